@@ -1,0 +1,41 @@
+"""The `livediff` console script: a thin argparse front over app.commands."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from app.commands import load_command_modules
+from pipelines.errors import LivediffError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livediff",
+        description="Real-time streaming image and video-to-video diffusion.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in load_command_modules():
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except LivediffError as exc:
+        if args.verbose:
+            raise
+        print(f"livediff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("livediff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

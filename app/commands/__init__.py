@@ -1,0 +1,11 @@
+"""One module per `livediff` sub-command; each exposes `register(subparsers)`.
+
+`COMMANDS` lists them in the order `livediff --help` shows them.
+"""
+import importlib
+
+COMMANDS = ["images"]
+
+
+def load_command_modules():
+    return [importlib.import_module(f"app.commands.{name}") for name in COMMANDS]
