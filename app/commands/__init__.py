@@ -4,7 +4,7 @@
 """
 import importlib
 
-COMMANDS = ["images"]
+COMMANDS = ["images", "eval"]
 
 
 def load_command_modules():
