@@ -1,0 +1,40 @@
+"""Streaming diffusion pipelines.
+
+    from pipelines import load_pipeline
+    pipe = load_pipeline(model="tiny", mode="img2img", t_index_list=[32, 45], cfg_type="self",
+                         width=512, height=512, device="cpu", dtype="float32")
+    pipe.prepare(prompt="oil painting")
+    out = pipe(frame)
+"""
+from __future__ import annotations
+
+import threading
+
+from pipelines.config import StreamConfig
+from pipelines.errors import ConfigError, InputError, LivediffError, ModelNotAvailableError
+from pipelines.models import ModelBundle, load_models
+
+__all__ = ["load_pipeline", "StreamConfig", "LivediffError", "ConfigError", "InputError", "ModelNotAvailableError"]
+
+_MODEL_CACHE: dict[tuple, ModelBundle] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str) -> ModelBundle:
+    """Load a model once per process; pipelines built with the same weights share it."""
+    key = (model, vae, tuple(loras), device, dtype)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype)
+        return _MODEL_CACHE[key]
+
+
+def load_pipeline(**settings):
+    """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading)."""
+    from accelerators import build_runners
+    from pipelines.pipeline import StreamPipeline
+
+    config = StreamConfig(**settings)
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    runners = build_runners(config.accelerator, models)
+    return StreamPipeline(config, models, runners)

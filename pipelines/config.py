@@ -1,0 +1,56 @@
+"""Validated settings of a stream pipeline. Everything is checked at construction so a bad value
+fails before any weights are loaded, with a message naming the value and the allowed range."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.errors import ConfigError
+from pipelines.rcfg import CFG_TYPES
+from pipelines.schedule import validate_t_index_list
+from pipelines.similarity import SimilarityFilterConfig
+
+MODES = ("img2img", "txt2img")
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_FRAME_BUFFER = 16
+
+
+def _check_size(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} {value!r} must be an integer")
+    if value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
+        raise ConfigError(f"{name} {value} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE}")
+    return value
+
+
+@dataclass
+class StreamConfig:
+    model: str = "stabilityai/sd-turbo"
+    mode: str = "img2img"
+    t_index_list: tuple[int, ...] = (32, 45)
+    cfg_type: str = "self"
+    width: int = 512
+    height: int = 512
+    frame_buffer_size: int = 1
+    vae: str | None = None
+    loras: tuple[str, ...] = ()
+    device: str = "cuda"
+    dtype: str = "float16"
+    seed: int = 2
+    accelerator: str = "eager"
+    similarity_filter: SimilarityFilterConfig | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        self.t_index_list = validate_t_index_list(self.t_index_list)
+        if self.cfg_type not in CFG_TYPES:
+            raise ConfigError(f"cfg_type {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
+        _check_size("width", self.width)
+        _check_size("height", self.height)
+        if not isinstance(self.frame_buffer_size, int) or not 1 <= self.frame_buffer_size <= MAX_FRAME_BUFFER:
+            raise ConfigError(f"frame_buffer_size {self.frame_buffer_size!r} is outside 1..{MAX_FRAME_BUFFER}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed {self.seed!r} must be an integer")
+        self.loras = tuple(self.loras)
+        if isinstance(self.similarity_filter, dict):
+            self.similarity_filter = SimilarityFilterConfig(**self.similarity_filter)

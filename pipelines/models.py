@@ -1,0 +1,182 @@
+"""Loading the networks: hub ids, local diffusers folders, single checkpoint files, or presets.
+
+Real loading is the default for users (`stabilityai/sd-turbo`). Presets (see `presets.py`) build
+random-weight models from configs for tests and speed measurement. LoRAs (LCM-LoRA is the usual
+one) are fused into the UNet once at load time so the per-frame cost is zero.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pipelines.errors import ConfigError, ModelNotAvailableError
+from pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelBundle:
+    """The networks and the scheduler one pipeline runs, already on their device and dtype."""
+
+    name: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL | AutoencoderTiny
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: LCMScheduler
+    loras: tuple[str, ...] = ()
+
+    @property
+    def vae_scale_factor(self) -> int:
+        config = self.vae.config
+        blocks = config.encoder_block_out_channels if isinstance(self.vae, AutoencoderTiny) else config.block_out_channels
+        return 2 ** (len(blocks) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not supported; choose one of {sorted(DTYPES)}")
+    if name == "float16" and torch.device(device).type == "cpu":
+        raise ConfigError("dtype 'float16' is not supported on device 'cpu'; use 'float32' or 'bfloat16' on CPU")
+    return DTYPES[name]
+
+
+def is_preset(model: str) -> bool:
+    return model in PRESETS
+
+
+def _offline_message(model: str) -> str:
+    return (f"Model {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
+            f"run `huggingface-cli download {model}` on a connected machine (or copy the folder here and pass "
+            f"its path with --model), or use --model tiny to try livediff without weights.")
+
+
+def _load_components(model: str) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(model)
+    if path.suffix in {".safetensors", ".ckpt"}:
+        if not path.is_file():
+            raise ModelNotAvailableError(f"Checkpoint file {model!r} does not exist.")
+        pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None)
+    elif path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(f"Folder {model!r} is not a diffusers model folder (no model_index.json in it).")
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
+    elif "/" in model and not model.startswith((".", "/")):
+        pipe = _from_hub(model)
+    else:
+        raise ConfigError(
+            f"Unknown model {model!r}: use a Hugging Face hub id (e.g. 'stabilityai/sd-turbo'), a local diffusers "
+            f"folder, a .safetensors file, or a preset ({', '.join(sorted(PRESETS))}).")
+    return dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                scheduler=LCMScheduler.from_config(pipe.scheduler.config), pipe=pipe)
+
+
+def _from_hub(model: str):
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    try:
+        return StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
+    except (OSError, LocalEntryNotFoundError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+        raise ModelNotAvailableError(_offline_message(model))
+    log.warning("Weights for %s are not cached; fetching them from the Hugging Face hub (several GB).", model)
+    try:
+        return StableDiffusionPipeline.from_pretrained(model, **kwargs)
+    except RepositoryNotFoundError as exc:
+        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(_offline_message(model)) from exc
+
+
+def load_tiny_vae(vae: str) -> AutoencoderTiny:
+    if vae in TINY_VAE_PRESETS:
+        return build_tiny_vae(vae)
+    path = Path(vae)
+    try:
+        if path.is_dir():
+            return AutoencoderTiny.from_pretrained(str(path))
+        if "/" in vae and not vae.startswith((".", "/")):
+            try:
+                return AutoencoderTiny.from_pretrained(vae, local_files_only=True)
+            except OSError:
+                return AutoencoderTiny.from_pretrained(vae)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(_offline_message(vae)) from exc
+    raise ConfigError(f"Unknown tiny VAE {vae!r}: use a hub id (e.g. 'madebyollin/taesd'), a local folder, "
+                      f"or a preset ({', '.join(sorted(TINY_VAE_PRESETS))}).")
+
+
+def _parse_lora(spec: str) -> tuple[str, float]:
+    """`name:scale` with a numeric scale, or just `name` (scale 1)."""
+    name, _, scale = spec.rpartition(":")
+    try:
+        return (name, float(scale)) if name else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0
+
+
+def _fuse_loras(components: dict, loras: tuple[str, ...]) -> None:
+    if not loras:
+        return
+    pipe = components.get("pipe")
+    if pipe is None:
+        raise ConfigError(f"LoRAs {list(loras)} cannot be fused into a random-weight preset; use a real model.")
+    names = []
+    for i, spec in enumerate(loras):
+        source, scale = _parse_lora(spec)
+        adapter = f"lora{i}"
+        try:
+            pipe.load_lora_weights(source, adapter_name=adapter)
+        except (OSError, ValueError) as exc:
+            raise ModelNotAvailableError(f"LoRA {source!r} could not be loaded ({exc}).") from exc
+        names.append((adapter, scale))
+    pipe.set_adapters([n for n, _ in names], adapter_weights=[s for _, s in names])
+    pipe.fuse_lora(adapter_names=[n for n, _ in names], lora_scale=1.0)
+    pipe.unload_lora_weights()
+
+
+def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, loras: tuple[str, ...] = (),
+                device: str = "cuda", dtype: str = "float16") -> ModelBundle:
+    """Load every network one pipeline needs.
+
+    Args:
+        model: hub id, local diffusers folder, `.safetensors` file, or a preset name.
+        vae: optional tiny VAE (TAESD) as hub id, local folder or preset; None keeps the model's VAE.
+        loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
+        device, dtype: where and in which precision the networks run.
+    """
+    torch_dtype = resolve_dtype(dtype, device)
+    components = build_preset(model) if is_preset(model) else _load_components(model)
+    _fuse_loras(components, tuple(loras))
+    if vae is not None:
+        components["vae"] = load_tiny_vae(vae)
+    bundle = ModelBundle(name=model, unet=components["unet"], vae=components["vae"],
+                         text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+                         scheduler=components["scheduler"], loras=tuple(loras))
+    for net in (bundle.unet, bundle.vae, bundle.text_encoder):
+        net.to(device=device).eval().requires_grad_(False)
+        if net.dtype != torch_dtype:
+            net.to(dtype=torch_dtype)
+    return bundle

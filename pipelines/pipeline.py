@@ -1,0 +1,154 @@
+"""The streaming img2img / txt2img pipeline: the stream core plus optional parts.
+
+Frame path: convert → similarity filter (maybe reuse the last output) → VAE encode → stream
+batch (one UNet call for all in-flight frames) → VAE decode of the finished frames → convert back.
+"""
+from __future__ import annotations
+
+import torch
+
+from accelerators.base import Runners
+from pipelines.config import StreamConfig
+from pipelines.errors import ConfigError
+from pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from pipelines.models import ModelBundle, resolve_dtype
+from pipelines.prompts import encode_prompt
+from pipelines.rcfg import CFG_TYPES
+from pipelines.schedule import StageSchedule, strength_to_t_index_list, validate_t_index_list
+from pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
+from pipelines.stream import Guidance, StreamBatch
+
+
+class StreamPipeline:
+    """One stream's state (buffers, noise, prompt) over shared, read-only networks.
+
+    `new_session()` gives another independent stream over the same networks, which is how the UI
+    serves several browser tabs with one model in memory.
+    """
+
+    def __init__(self, config: StreamConfig, models: ModelBundle, runners: Runners):
+        self.config = config
+        self.models = models
+        self.runners = runners
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(config.dtype, config.device)
+        scale = models.vae_scale_factor
+        self.latent_shape = (models.latent_channels, config.height // scale, config.width // scale)
+        self.guidance: Guidance | None = None
+        self.similarity_filter = (SimilarityFilter(config.similarity_filter, config.seed)
+                                  if config.similarity_filter else None)
+        self._last_output = None
+        self._build_stream()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _build_stream(self) -> None:
+        self.schedule = StageSchedule.build(self.models.scheduler, self.config.t_index_list,
+                                            self.config.frame_buffer_size, self.device, self.dtype)
+        self._txt2img_noise = torch.Generator("cpu").manual_seed(self.config.seed + 1)
+        self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(self.config.seed),
+                                  self.device, self.dtype)
+        self._last_output = None
+
+    def _embed(self, text: str) -> torch.Tensor:
+        return encode_prompt(self.models.tokenizer, self.models.text_encoder, text).to(self.dtype)
+
+    def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
+                delta: float = 1.0) -> None:
+        """Set the prompt and guidance; text embeddings are computed here, once, not per frame."""
+        self._check_guidance(guidance_scale, delta)
+        self.guidance = Guidance(cond=self._embed(prompt), uncond=self._embed(negative_prompt),
+                                 cfg_type=self.config.cfg_type, guidance_scale=guidance_scale, delta=delta)
+        self.prompt, self.negative_prompt = prompt, negative_prompt
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        """Change the prompt live: no rebuild, buffers kept, the CFG row layout follows automatically."""
+        guidance = self._require_guidance()
+        guidance.cond = self._embed(prompt)
+        self.prompt = prompt
+        if negative_prompt is not None:
+            guidance.uncond = self._embed(negative_prompt)
+            self.negative_prompt = negative_prompt
+
+    def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None,
+                     cfg_type: str | None = None) -> None:
+        guidance = self._require_guidance()
+        self._check_guidance(guidance_scale if guidance_scale is not None else guidance.guidance_scale,
+                             delta if delta is not None else guidance.delta)
+        if cfg_type is not None:
+            if cfg_type not in CFG_TYPES:
+                raise ConfigError(f"cfg_type {cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
+            guidance.cfg_type = self.config.cfg_type = cfg_type
+        if guidance_scale is not None:
+            guidance.guidance_scale = guidance_scale
+        if delta is not None:
+            guidance.delta = delta
+
+    def set_strength(self, strength: float) -> None:
+        """Map a strength in (0,1] to a t_index_list with the current number of steps."""
+        self.set_t_index_list(strength_to_t_index_list(strength, len(self.config.t_index_list)))
+
+    def set_t_index_list(self, t_index_list) -> None:
+        """New stages invalidate the in-flight latents (they sit at the old noise levels): the stream restarts."""
+        self.config.t_index_list = validate_t_index_list(t_index_list)
+        self._build_stream()
+
+    def set_similarity_filter(self, threshold: float | None, max_skip: int = 10) -> None:
+        """Turn the filter on with these settings, or off with threshold=None."""
+        if threshold is None:
+            self.config.similarity_filter = self.similarity_filter = None
+            return
+        self.config.similarity_filter = SimilarityFilterConfig(threshold=threshold, max_skip=max_skip)
+        self.similarity_filter = SimilarityFilter(self.config.similarity_filter, self.config.seed)
+
+    def reset(self) -> None:
+        """Back to the state of a freshly built pipeline with the same settings and prompt."""
+        self._build_stream()
+        if self.similarity_filter is not None:
+            self.similarity_filter.reset()
+
+    def new_session(self) -> "StreamPipeline":
+        """An independent stream (own buffers, noise, prompt) sharing these networks."""
+        from dataclasses import replace
+
+        return type(self)(replace(self.config), self.models, self.runners)
+
+    @staticmethod
+    def _check_guidance(guidance_scale: float, delta: float) -> None:
+        if not 0.0 <= guidance_scale <= 20.0:
+            raise ConfigError(f"guidance_scale {guidance_scale!r} is outside 0..20")
+        if not 0.0 <= delta <= 2.0:
+            raise ConfigError(f"delta {delta!r} is outside 0..2")
+
+    def _require_guidance(self) -> Guidance:
+        if self.guidance is None:
+            raise ConfigError("no prompt yet: call prepare(prompt=...) before running frames")
+        return self.guidance
+
+    # --- running ----------------------------------------------------------------------------
+    def __call__(self, frame=None):
+        guidance = self._require_guidance()
+        if self.config.mode == "txt2img":
+            if frame is not None:
+                raise ConfigError("mode 'txt2img' takes no input frame; build the pipeline with mode='img2img'")
+            return self._txt2img(guidance)
+        if frame is None:
+            raise ConfigError(f"mode {self.config.mode!r} needs an input frame")
+        images, kind = to_model_tensor(frame, self.config.height, self.config.width, self.config.frame_buffer_size)
+        images = images.to(self.device, self.dtype)
+        if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
+                and self._last_output is not None:
+            return self._last_output
+        latents = self.runners.encode(images)
+        finished = self.denoise(latents, guidance)
+        self._last_output = from_model_tensor(self.runners.decode(finished), kind)
+        return self._last_output
+
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
+        """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
+        return self.stream.step(latents, self.runners.unet, guidance, noised=noised)
+
+    def _txt2img(self, guidance: Guidance):
+        noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise)
+        finished = self.denoise(noise.to(self.device, self.dtype), guidance, noised=True)
+        kind = FrameKind("pil", batched=self.config.frame_buffer_size > 1)
+        return from_model_tensor(self.runners.decode(finished), kind)

@@ -1,0 +1,61 @@
+"""Similarity filter: skip frames that barely changed, to save GPU work on static scenes."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from pipelines.errors import ConfigError
+
+
+def skip_probability(similarity: float, threshold: float) -> float:
+    """max(0, 1 − (1−c)/(1−threshold)): 0 at the threshold, 1 for an identical frame."""
+    return max(0.0, 1.0 - (1.0 - similarity) / (1.0 - threshold))
+
+
+@dataclass
+class SimilarityFilterConfig:
+    threshold: float = 0.98
+    max_skip: int = 10
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"similarity threshold {self.threshold!r} is outside (0, 1)")
+        if not isinstance(self.max_skip, int) or self.max_skip < 0:
+            raise ConfigError(f"similarity max_skip {self.max_skip!r} must be an integer >= 0")
+
+
+class SimilarityFilter:
+    """Decides per frame whether to reuse the previous output.
+
+    Compares with the last *processed* input (cosine similarity), skips with `skip_probability`,
+    and never skips more than `max_skip` frames in a row, so a static scene still refreshes.
+    """
+
+    def __init__(self, config: SimilarityFilterConfig, seed: int = 0):
+        self.config = config
+        self._rng = random.Random(seed)
+        self._reference: torch.Tensor | None = None
+        self.consecutive_skips = 0
+
+    def reset(self) -> None:
+        self._reference = None
+        self.consecutive_skips = 0
+
+    def should_skip(self, frame: torch.Tensor) -> bool:
+        flat = frame.detach().flatten().float()
+        if self._reference is None or self._reference.shape != flat.shape:
+            return self._keep(flat)
+        similarity = float(torch.nn.functional.cosine_similarity(flat, self._reference, dim=0))
+        if self.consecutive_skips >= self.config.max_skip:
+            return self._keep(flat)
+        if self._rng.random() < skip_probability(similarity, self.config.threshold):
+            self.consecutive_skips += 1
+            return True
+        return self._keep(flat)
+
+    def _keep(self, flat: torch.Tensor) -> bool:
+        self._reference = flat
+        self.consecutive_skips = 0
+        return False

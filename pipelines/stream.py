@@ -1,0 +1,130 @@
+"""Stream batch: one denoiser call advances every in-flight frame by one stage.
+
+With n stages and F frames per call, the buffer holds (n−1)·F partially denoised latents,
+ordered by stage (rows s·F … s·F+F−1 are at stage s+1). A call stacks the F new frames (noised
+to stage 0) on top of the buffer, runs the UNet once on all n·F rows, then every frame moves
+down one stage: the buffer shifts by F rows and the F oldest frames leave finished.
+
+Noise per stage is drawn once per session (fixed noise is part of the temporal stability). The
+first call warms the buffer from its own frames (n−1 single-stage calls), so the first outputs
+are those frames fully denoised rather than half-denoised garbage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipelines import rcfg
+from pipelines.schedule import StageSchedule, add_noise, denoise
+
+UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Guidance:
+    """What the denoiser is steered towards; changed live without touching the buffers."""
+
+    cond: torch.Tensor              # (1, tokens, dim) prompt embeddings
+    uncond: torch.Tensor            # (1, tokens, dim) negative prompt embeddings
+    cfg_type: str = "self"
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+
+    @property
+    def residual(self) -> bool:
+        return rcfg.uses_guidance(self.cfg_type, self.guidance_scale) and self.cfg_type in ("self", "initialize")
+
+
+class StreamBatch:
+    """The in-flight latents of a stream and the fixed per-stage noise."""
+
+    def __init__(self, schedule: StageSchedule, latent_shape: tuple[int, int, int], generator: torch.Generator,
+                 device: torch.device | str, dtype: torch.dtype):
+        self.schedule = schedule
+        self.frames = schedule.frames
+        rows = schedule.steps * self.frames
+        self.noise = torch.randn((rows, *latent_shape), generator=generator, device=generator.device,
+                                 dtype=torch.float32).to(device=device, dtype=dtype)
+        self.buffer: torch.Tensor | None = None
+        self.stock: torch.Tensor | None = None
+
+    @property
+    def warmed(self) -> bool:
+        return self.buffer is not None or self.schedule.steps == 1
+
+    def reset(self) -> None:
+        """Forget the in-flight frames (keeps the session noise)."""
+        self.buffer = None
+        self.stock = None
+
+    def enter(self, x0: torch.Tensor, noised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise new frames to stage 0; returns the latent and the noise it holds (its stock)."""
+        if noised:
+            return x0, x0
+        noise = self.noise[: self.frames]
+        return add_noise(x0, noise, self.schedule.alpha[: self.frames], self.schedule.beta[: self.frames]), noise
+
+    def step(self, x0: torch.Tensor, unet: UNetFn, guidance: Guidance, noised: bool = False) -> torch.Tensor:
+        """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); get F finished ones."""
+        x_t, stock = self.enter(x0, noised)
+        if not self.warmed:
+            self._warm(x_t, stock, unet, guidance)
+        n, f = self.schedule.steps, self.frames
+        if n > 1:
+            x_t = torch.cat([x_t, self.buffer])
+            stock = torch.cat([stock, self.stock if self.stock is not None else self.noise[f:]])
+        denoised, guided, stock_used = self._advance(x_t, stock, 0, n, unet, guidance)
+        if n > 1:
+            moving, following = slice(0, (n - 1) * f), slice(f, n * f)
+            self.buffer = self._renoise(denoised[:-f], following)
+            self.stock = self._carry(guided[:-f], stock_used, moving, following)
+        return denoised[-f:]
+
+    def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetFn, guidance: Guidance) -> None:
+        """Denoise the first frames stage by stage, keeping each stage's latent as if they had entered earlier."""
+        f = self.frames
+        buffers, stocks = [], []
+        for stage in range(self.schedule.steps - 1):
+            denoised, guided, stock_used = self._advance(x_t, stock, stage, stage + 1, unet, guidance)
+            current, following = slice(stage * f, (stage + 1) * f), slice((stage + 1) * f, (stage + 2) * f)
+            x_t = self._renoise(denoised, following)
+            carried = self._carry(guided, stock_used, current, following)
+            stock = carried if carried is not None else self.noise[following]
+            buffers.append(x_t)
+            stocks.append(stock)
+        self.buffer = torch.cat(buffers)
+        self.stock = torch.cat(stocks) if guidance.residual else None
+
+    def _renoise(self, denoised: torch.Tensor, rows: slice) -> torch.Tensor:
+        return add_noise(denoised, self.noise[rows], self.schedule.alpha[rows], self.schedule.beta[rows])
+
+    def _advance(self, x_t: torch.Tensor, stock: torch.Tensor, first: int, last: int, unet: UNetFn,
+                 guidance: Guidance):
+        """One UNet call on the rows of stages first..last−1; returns (denoised, guided ε, stock used)."""
+        s, f = self.schedule, self.frames
+        rows = slice(first * f, last * f)
+        cfg_type = guidance.cfg_type
+        if cfg_type == "initialize" and first > 0:
+            cfg_type = "self"  # the real negative is only computed for frames entering stage 0
+        latents = rcfg.unet_rows(x_t, cfg_type, guidance.guidance_scale, f)
+        embeds = rcfg.embedding_rows(guidance.cond, guidance.uncond, x_t.shape[0], cfg_type,
+                                     guidance.guidance_scale, f)
+        t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
+        pred = unet(latents, t, embeds)
+        cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
+        guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
+        denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)
+        return denoised, guided, stock_used
+
+    def _carry(self, guided: torch.Tensor, stock_used: torch.Tensor | None, current: slice,
+               following: slice) -> torch.Tensor | None:
+        """Residual stock for the rows moving from `current` rows to `following` rows (None when not residual)."""
+        if stock_used is None:
+            return None
+        s = self.schedule
+        coefficients = (s.alpha[current], s.beta[current], s.c_skip[current], s.c_out[current])
+        used = stock_used[: guided.shape[0]]
+        return rcfg.carry_stock(guided, used, coefficients, self.noise[following], s.alpha[following],
+                                s.beta[following], s.prediction_type)
