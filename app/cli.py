@@ -21,10 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party_logs() -> None:
+    """diffusers/transformers warn about things a user cannot act on (optional torchvision, hub retries)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="livediff: %(message)s")
+    if not args.verbose:
+        _quiet_third_party_logs()
     try:
         return int(args.func(args) or 0)
     except LivediffError as exc:

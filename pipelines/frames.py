@@ -36,7 +36,7 @@ def _array_to_tensor(array: np.ndarray, height: int, width: int) -> torch.Tensor
         raise InputError(f"an image array must be HxWx3 uint8 (RGB); got shape {tuple(array.shape)} "
                          f"dtype {array.dtype}")
     _check_size(array.shape[0], array.shape[1], height, width, "the image")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.tensor(array).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def _torch_to_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""`livediff img2img` and `livediff txt2img`: single images through the streaming pipeline."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from app.commands.options import add_pipeline_options, build_pipeline
+from pipelines.errors import InputError
+
+
+def register(subparsers) -> None:
+    img = subparsers.add_parser("img2img", help="restyle one image (or every image in a folder)",
+                                description="Restyle images. The input is resized to cover the model size and "
+                                            "center-cropped; the output has the model size.")
+    img.add_argument("input", help="image file or folder of images")
+    img.add_argument("-o", "--output", required=True, help="output image (or folder for a folder input)")
+    add_pipeline_options(img)
+    img.set_defaults(func=run_img2img)
+
+    txt = subparsers.add_parser("txt2img", help="generate images from a prompt")
+    txt.add_argument("-o", "--output", required=True, help="output image path")
+    txt.add_argument("-n", "--count", type=int, default=1, help="how many images (numbered when > 1)")
+    add_pipeline_options(txt, default_t_index="0")
+    txt.set_defaults(func=run_txt2img)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def _open_image(path: Path, width: int, height: int):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(path).convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
+    return ImageOps.fit(image, (width, height))
+
+
+def run_img2img(args: argparse.Namespace) -> int:
+    source = Path(args.input)
+    if source.is_dir():
+        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise InputError(f"folder {str(source)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outputs = [out_dir / p.name for p in inputs]
+    elif source.is_file():
+        inputs, outputs = [source], [Path(args.output)]
+    else:
+        raise InputError(f"input {args.input!r} does not exist")
+    if args.frame_buffer_size != 1:
+        raise InputError(f"img2img on files takes one image per call; --frame-buffer-size {args.frame_buffer_size} "
+                         f"is for streams")
+    pipe = build_pipeline(args, "img2img")
+    for src, dst in zip(inputs, outputs):
+        pipe.reset()
+        result = pipe(_open_image(src, args.width, args.height))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        result.save(dst)
+        print(dst)
+    return 0
+
+
+def run_txt2img(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise InputError(f"--count {args.count} must be at least 1")
+    pipe = build_pipeline(args, "txt2img")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    images = []
+    while len(images) < args.count:
+        result = pipe()
+        images.extend(result if isinstance(result, list) else [result])
+    for i, image in enumerate(images[: args.count]):
+        path = output if args.count == 1 else output.with_name(f"{output.stem}-{i:03d}{output.suffix}")
+        image.save(path)
+        print(path)
+    return 0

@@ -1,0 +1,71 @@
+"""Pipeline options shared by every command that builds a pipeline, mirroring `load_pipeline`."""
+from __future__ import annotations
+
+import argparse
+
+from pipelines.rcfg import CFG_TYPES
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str = "32,45") -> None:
+    group = parser.add_argument_group("model and pipeline")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help="hub id, local diffusers folder, .safetensors file, or preset "
+                            "(tiny, sd-turbo-random, sd15-random, sd-turbo-reduced); default %(default)s")
+    group.add_argument("--vae", default=None, help="tiny VAE (e.g. madebyollin/taesd) instead of the model's VAE")
+    group.add_argument("--lora", action="append", default=[], metavar="ID[:SCALE]",
+                       help="LoRA fused at load time (repeatable), e.g. latent-consistency/lcm-lora-sdv1-5")
+    group.add_argument("--prompt", default="", help="what the output should look like")
+    group.add_argument("--negative-prompt", default="", help="what to steer away from (used by cfg full/initialize/self)")
+    group.add_argument("--t-index-list", default=default_t_index, metavar="I,J,...",
+                       help="stage indices into the 50-step LCM table, 0..49 (default %(default)s)")
+    group.add_argument("--strength", type=float, default=None,
+                       help="edit strength in (0,1]; overrides --t-index-list keeping its number of steps")
+    group.add_argument("--cfg-type", choices=CFG_TYPES, default="self", help="guidance mode (default %(default)s)")
+    group.add_argument("--guidance-scale", type=float, default=1.2, help="default %(default)s; <=1 disables guidance")
+    group.add_argument("--delta", type=float, default=1.0, help="residual CFG virtual-negative weight (default %(default)s)")
+    group.add_argument("--width", type=int, default=512)
+    group.add_argument("--height", type=int, default=512)
+    group.add_argument("--frame-buffer-size", type=int, default=1, help="frames per denoiser call")
+    group.add_argument("--seed", type=int, default=2)
+    group.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    group.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                       help="default float16 on CUDA, float32 on CPU")
+    group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime or tensorrt")
+
+
+def parse_t_index_list(text: str) -> list[int]:
+    from pipelines.errors import ConfigError
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--t-index-list {text!r} must be comma-separated integers in 0..49") from exc
+
+
+def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
+    """The `load_pipeline` keywords these options describe."""
+    device = args.device or default_device()
+    return dict(model=args.model, mode=mode, t_index_list=parse_t_index_list(args.t_index_list),
+                cfg_type=args.cfg_type, width=args.width, height=args.height,
+                frame_buffer_size=args.frame_buffer_size, vae=args.vae, loras=tuple(args.lora), device=device,
+                dtype=args.dtype or ("float16" if device.startswith("cuda") else "float32"), seed=args.seed,
+                accelerator=args.accelerator)
+
+
+def build_pipeline(args: argparse.Namespace, mode: str, **extra):
+    from pipelines import load_pipeline
+
+    pipe = load_pipeline(**pipeline_settings(args, mode), **extra)
+    if args.strength is not None:
+        pipe.set_strength(args.strength)
+    pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                 delta=args.delta)
+    return pipe
