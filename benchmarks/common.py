@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: synthetic frames, timing, tables."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def moving_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """A textured background panning right with a bright square moving across: known, smooth motion."""
+    rng = np.random.default_rng(seed)
+    texture = (rng.random((height, width * 2, 3)) * 255).astype(np.uint8)
+    frames = []
+    for i in range(count):
+        shift = (2 * i) % width
+        frame = texture[:, shift:shift + width].copy()
+        x = (5 * i) % max(1, width - height // 4)
+        frame[height // 3:height // 3 + height // 4, x:x + height // 4] = (250, 220, 40)
+        frames.append(frame)
+    return frames
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Timing:
+    seconds: list[float]
+
+    @property
+    def fps(self) -> float:
+        return len(self.seconds) / sum(self.seconds)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1000
+
+    @property
+    def p95_ms(self) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] * 1000
+
+
+def time_calls(fn, inputs, device: str, warmup: int = 3) -> Timing:
+    for item in inputs[:warmup]:
+        fn(item)
+    synchronize(device)
+    seconds = []
+    for item in inputs[warmup:]:
+        start = time.perf_counter()
+        fn(item)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return Timing(seconds)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def cell(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
