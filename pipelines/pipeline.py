@@ -5,6 +5,8 @@ batch (one UNet call for all in-flight frames) → VAE decode of the finished fr
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from accelerators.base import Runners
@@ -108,8 +110,6 @@ class StreamPipeline:
 
     def new_session(self) -> "StreamPipeline":
         """An independent stream (own buffers, noise, prompt) sharing these networks."""
-        from dataclasses import replace
-
         return type(self)(replace(self.config), self.models, self.runners)
 
     @staticmethod
