@@ -132,34 +132,24 @@ class _PipelineProcessor:
 
 @dataclass(frozen=True)
 class PipelineFactory:
-    """Picklable factory for the livediff video pipeline (built in the process that runs it).
+    """Picklable factory for a livediff pipeline, built in the process that runs it (one per Ray worker).
 
-    ``device=None`` picks ``cuda`` when available, else ``cpu``; ``options`` go to
-    ``pipelines.load_pipeline`` unchanged. Wiring follows the pipeline contract:
-    ``load_pipeline(model=, mode="video", width=, height=, device=, **options)``, then
-    ``prepare(prompt=)``; ``reset()`` between files.
+    ``settings`` are ``pipelines.load_pipeline`` keywords, ``prompt`` are ``prepare`` keywords;
+    ``strength`` (optional) is applied with ``set_strength``. The job calls ``reset()`` between files.
     """
 
-    prompt: str
-    model: str = "tiny"
-    width: int = 512
-    height: int = 512
-    device: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any]
+    prompt: Mapping[str, Any]
+    strength: float | None = None
 
     def __call__(self) -> FrameProcessor:
         from pipelines import load_pipeline  # heavy import, only where the model runs
 
-        device = self.device
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(
-            model=self.model, mode="video", width=self.width, height=self.height, device=device, **dict(self.options)
-        )
-        pipe.prepare(prompt=self.prompt)
-        return _PipelineProcessor(pipe, self.width, self.height)
+        pipe = load_pipeline(**dict(self.settings))
+        if self.strength is not None:
+            pipe.set_strength(self.strength)
+        pipe.prepare(**dict(self.prompt))
+        return _PipelineProcessor(pipe, pipe.config.width, pipe.config.height)
 
 
 def working_size(processor: Any) -> tuple[int, int] | None:

@@ -59,8 +59,9 @@ PRESETS: dict[str, Preset] = {
             attention_head_dim=8,
             cross_attention_dim=32,
             norm_num_groups=8,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            # attention only at the half-resolution level keeps large frames cheap on CPU
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         ),
         vae=dict(
             block_out_channels=(8, 8, 16, 16),

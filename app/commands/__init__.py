@@ -4,7 +4,7 @@
 """
 import importlib
 
-COMMANDS = ["images", "eval"]
+COMMANDS = ["ui", "webcam", "images", "video", "eval", "engines"]
 
 
 def load_command_modules():

@@ -1,0 +1,91 @@
+"""`livediff video IN... -o OUT`: restyle whole video files (one, several, or folders)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from app.commands.options import add_pipeline_options, pipeline_settings
+from pipelines.errors import LivediffError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "video", help="restyle video files (one file, several, or a folder)",
+        description="Restyle video files with the streaming video-to-video pipeline. fps, timestamps and the "
+                    "audio track are kept. Without --width/--height the model size follows the first input's "
+                    "aspect ratio (longest side 512), so outputs keep the input size; with an explicit size of "
+                    "another aspect, the largest centred region of that aspect is processed and written.")
+    parser.add_argument("inputs", nargs="+", help="video files and/or folders of videos")
+    parser.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
+    add_pipeline_options(parser)
+    parser.set_defaults(width=None, height=None)
+    parser.add_argument("--mode", choices=("video", "img2img"), default="video",
+                        help="video: with the feature bank for temporal consistency (default); img2img: per frame")
+    job = parser.add_argument_group("encoding and job")
+    job.add_argument("--codec", default=None, help="video codec (default libx264)")
+    job.add_argument("--quality", default=None,
+                     help="x264 CRF as an integer (lower is better, default 20) or a bitrate like 4M")
+    job.add_argument("--audio", choices=("auto", "copy", "aac", "none"), default="auto")
+    job.add_argument("--resize", choices=("crop", "stretch"), default="crop")
+    job.add_argument("--resume", action="store_true", help="continue an interrupted run from its finished segments")
+    job.add_argument("--workers", type=int, default=1, help="process files in parallel on Ray (livediff[ray])")
+    job.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of a local one")
+    job.add_argument("--metrics", action="store_true",
+                     help="write temporal metrics JSON (warp error, consistency, fps) next to each output")
+    job.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _quality(text: str | None):
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _working_size(args: argparse.Namespace) -> None:
+    """Fill in a model size from the first input's aspect when the user gave none."""
+    from app.video_io import VideoReader
+    from app.video_job import plan_outputs, suggest_working_size
+
+    if args.width and args.height:
+        return
+    first, _ = plan_outputs(args.inputs, args.output)[0]
+    try:
+        reader = VideoReader(first)
+        suggested = suggest_working_size(reader.width, reader.height)
+    except LivediffError:  # an unreadable first file is reported by the job itself
+        suggested = (512, 512)
+    args.width = args.width or suggested[0]
+    args.height = args.height or suggested[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.video_job import PipelineFactory, process_many
+
+    _working_size(args)
+    factory = PipelineFactory(
+        settings=pipeline_settings(args, args.mode),
+        prompt=dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                    delta=args.delta),
+        strength=args.strength)
+    results = process_many(args.inputs, args.output, factory, workers=args.workers, ray_address=args.ray_address,
+                           resume=args.resume, codec=args.codec, quality=_quality(args.quality), audio=args.audio,
+                           resize=args.resize, progress=not args.no_progress)
+    if args.metrics:
+        _write_metrics(results)
+    return results.exit_code
+
+
+def _write_metrics(results) -> None:
+    from pipelines.metrics import evaluate_videos
+
+    for result in results:
+        if not result.ok or result.status == "skipped":
+            continue
+        metrics = evaluate_videos(result.input_path, result.output_path,
+                                  elapsed_seconds=result.seconds or None)
+        path = Path(result.output_path).with_suffix(".metrics.json")
+        path.write_text(json.dumps(metrics.to_dict(), indent=2))
+        print(metrics.format_table())
+        print(f"metrics: {path}")

@@ -1,0 +1,33 @@
+"""`livediff video` end to end with the tiny model on clips made by PyAV."""
+from __future__ import annotations
+
+import json
+
+from app.cli import main
+from tests.media import make_clip, probe
+
+TINY = ["--model", "tiny", "--width", "64", "--height", "64", "--prompt", "claymation", "--no-progress"]
+
+
+def test_video_command_keeps_frames_fps_audio_and_writes_metrics(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", n_frames=12, size=(96, 64), fps=12)
+    out = tmp_path / "out.mp4"
+    assert main(["video", str(clip), "-o", str(out), "--metrics", "--mode", "img2img", *TINY]) == 0
+    source, result = probe(clip), probe(out)
+    assert result["frames"] == source["frames"] == 12
+    assert result["fps"] == source["fps"]
+    assert result["audio"] == source["audio"] == "aac"
+    assert abs(result["audio_seconds"] - source["audio_seconds"]) < 0.1
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["frames_used"] == 12 and metrics["warp_error"] >= 0
+
+
+def test_corrupt_input_is_named_and_the_good_one_finishes(tmp_path, capsys):
+    good = make_clip(tmp_path / "good.mp4", n_frames=6, size=(64, 64), fps=6, audio=False)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    out_dir = tmp_path / "out"
+    code = main(["video", str(good), str(bad), "-o", str(out_dir), "--mode", "img2img", *TINY])
+    assert code != 0
+    assert "bad.mp4" in capsys.readouterr().err
+    assert probe(out_dir / "good.mp4")["frames"] == 6
