@@ -1,0 +1,74 @@
+"""`livediff ui` (also `python -m app`): the browser UI on a local port.
+
+The model is loaded before the server starts, so a missing model or a bad option ends the command
+with one sentence (exit 2) instead of a page that fails on the first click. A hub id that is not
+in the local cache is downloaded on this first start (the loader says so); where it cannot be,
+the error says how to get the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from app.commands.options import add_pipeline_options, pipeline_settings
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ui", help="start the browser UI (webcam, image and video tabs)",
+        description="Start the Gradio UI: live webcam translation, img2img/txt2img and video files, with "
+                    "controls that act live. Every browser tab gets its own stream state; one model is shared.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default %(default)s; 0.0.0.0 to serve the network)")
+    parser.add_argument("--port", type=int, default=7860, help="default %(default)s")
+    parser.add_argument("--stream-mode", default=None,
+                        help="pipeline of the webcam and video tabs: video (feature bank; default when available) "
+                             "or img2img")
+    parser.add_argument("--stream-every", type=float, default=None, metavar="SECONDS",
+                        help="interval at which the page sends camera frames (default 0.04); frames sent while "
+                             "the model is busy replace each other")
+    parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="forget a session's stream state after this long without a request (default %(default)s)")
+    add_pipeline_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipelines.errors import ConfigError
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is outside 1..65535")
+    if args.stream_every is not None and not 0.005 <= args.stream_every <= 5:
+        raise ConfigError(f"--stream-every {args.stream_every} is outside 0.005..5 seconds")
+    if args.idle_timeout <= 0:
+        raise ConfigError(f"--idle-timeout {args.idle_timeout} must be > 0")
+    if args.frame_buffer_size != 1:
+        raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
+
+    from app.ui.engine import DEFAULT_STREAM_MODE, Engine
+    from app.ui.server import DEFAULT_STREAM_EVERY, launch
+    from app.ui.sessions import SessionRegistry
+    from app.ui.settings import LiveSettings
+
+    settings = pipeline_settings(args, "img2img")
+    settings.pop("mode")
+    print(f"livediff ui: loading {args.model} on {settings['device']} ({settings['dtype']}) ...", file=sys.stderr)
+    engine = Engine(settings, stream_mode=args.stream_mode or DEFAULT_STREAM_MODE)
+    defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt,
+                                         negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                                         delta=args.delta)
+    if args.strength is not None:
+        defaults = replace(defaults, strength=args.strength)
+    registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout)
+    print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        launch(registry, host=args.host, port=args.port, defaults=defaults,
+               stream_every=args.stream_every or DEFAULT_STREAM_EVERY)
+    finally:
+        registry.shutdown()
+    return 0

@@ -1,0 +1,171 @@
+"""`livediff webcam`: a local camera through the streaming pipeline, into a window or a video file.
+
+The camera is read on its own thread into a one-frame slot (`app.camera`), so the model always
+gets the newest frame and stale ones are dropped, never queued; fps, latency and the number of
+dropped frames are shown on the window and printed. Without a display (or with an OpenCV build
+that has no window support) and no `--output`, the command stops with an error that says so
+before loading the model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from app.commands.options import add_pipeline_options, pipeline_settings
+
+WINDOW = "livediff webcam (q to quit)"
+CAMERA_TIMEOUT_S = 10.0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "webcam", help="restyle a local camera live (window or video file)",
+        description="Restyle a local camera live. Frames are centre-cropped to the model's aspect and "
+                    "resized to --width x --height. Shows fps and latency; q or Esc closes the window.")
+    parser.add_argument("--camera", default="0", metavar="INDEX|FILE|URL",
+                        help="camera index (default 0), or a video file / stream URL played as if live")
+    parser.add_argument("-o", "--output", default=None, metavar="OUT.mp4",
+                        help="write the restyled stream to this file (real-time timestamps) instead of a window")
+    parser.add_argument("--window", action="store_true",
+                        help="with --output, also show the window")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N restyled frames")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--stream-mode", default=None, help="pipeline mode: video (feature bank, default when "
+                                                             "available) or img2img")
+    add_pipeline_options(parser)
+    parser.set_defaults(func=run)
+
+
+def window_support_problem() -> str | None:
+    """Why no OpenCV window can be opened here, or None if one can."""
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "there is no display (DISPLAY / WAYLAND_DISPLAY are not set)"
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        return "this OpenCV build has no window support (opencv-python-headless; install opencv-python for windows)"
+    return None
+
+
+def _check(args: argparse.Namespace) -> bool:
+    """Validate before the model loads; returns whether a window is shown."""
+    from pipelines.errors import ConfigError
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames} must be >= 1")
+    if args.seconds is not None and not args.seconds > 0:
+        raise ConfigError(f"--seconds {args.seconds} must be > 0")
+    if args.frame_buffer_size != 1:
+        raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: a live camera is streamed one frame per call")
+    show = args.output is None or args.window
+    if show:
+        problem = window_support_problem()
+        if problem:
+            raise ConfigError(f"cannot open a window: {problem}; use --output out.mp4 to record instead")
+    return show
+
+
+def _build_pipeline(args: argparse.Namespace):
+    from app.ui.engine import DEFAULT_STREAM_MODE
+    from pipelines import load_pipeline
+
+    pipe = load_pipeline(**pipeline_settings(args, args.stream_mode or DEFAULT_STREAM_MODE))
+    if args.strength is not None:
+        pipe.set_strength(args.strength)
+    pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                 delta=args.delta)
+    return pipe
+
+
+class _Recorder:
+    """Writes delivered frames with millisecond timestamps from the wall clock (first frame at 0),
+    so the file plays back at the speed the stream was seen, dropped frames and all."""
+
+    def __init__(self, path: str, width: int, height: int):
+        from fractions import Fraction
+
+        from app.video_io import VideoWriter
+
+        self.writer = VideoWriter(path, width=width, height=height, fps=30, time_base=Fraction(1, 1000))
+        self._origin: float | None = None
+        self._last_pts = -1
+
+    def write(self, picture, delivered: float) -> None:
+        if self._origin is None:
+            self._origin = delivered
+        pts = max(round((delivered - self._origin) * 1000), self._last_pts + 1)
+        self.writer.write(picture, pts=pts)
+        self._last_pts = pts
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.camera import CameraReader, parse_source
+    from app.live_metrics import LiveMeter, now
+    from app.ui.frames import fit_frame
+    from app.ui.webcam import stream_delay
+    from pipelines.errors import InputError
+
+    show = _check(args)
+    camera = CameraReader(parse_source(args.camera))
+    print(f"livediff webcam: loading {args.model} ...", file=sys.stderr)
+    pipe = _build_pipeline(args)
+    meter = LiveMeter(delay_frames=stream_delay(pipe), count_drops=True)
+    recorder = _Recorder(args.output, args.width, args.height) if args.output else None
+    camera.start()
+    started_at, last_print, previous = now(), 0.0, None
+    try:
+        while True:
+            grabbed = camera.slot.take(timeout=CAMERA_TIMEOUT_S)
+            if grabbed is None:
+                if camera.slot.closed:
+                    break
+                raise InputError(f"camera {args.camera} delivered no frame for {CAMERA_TIMEOUT_S:.0f} s")
+            begun = now()
+            picture = pipe(fit_frame(grabbed.rgb, args.width, args.height))
+            delivered = now()
+            meter.record(grabbed.at, begun, delivered, advanced=picture is not previous)
+            meter.set_dropped(camera.slot.dropped)
+            previous, reading = picture, meter.reading()
+            if recorder is not None:
+                recorder.write(picture, delivered)
+            if show and not _show(picture, reading.format()):
+                break
+            if delivered - last_print > 1.0:
+                print(f"\r{reading.format()}    ", end="", file=sys.stderr, flush=True)
+                last_print = delivered
+            if (args.max_frames and reading.frames >= args.max_frames) or \
+                    (args.seconds and delivered - started_at >= args.seconds):
+                break
+    finally:
+        camera.stop()
+        if recorder is not None:
+            recorder.close()
+        if show:
+            import cv2
+
+            cv2.destroyAllWindows()
+    reading = meter.reading()
+    print(f"\rlivediff webcam: {reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}",
+          file=sys.stderr)
+    if recorder is not None:
+        if reading.frames == 0:
+            raise InputError(f"camera {args.camera} delivered no frame; {args.output} holds no video")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _show(picture, text: str) -> bool:
+    """Draw the frame with the meter; False when the person pressed q or Esc."""
+    import cv2
+
+    bgr = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+    cv2.putText(bgr, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(bgr, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.imshow(WINDOW, bgr)
+    return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)

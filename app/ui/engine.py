@@ -1,0 +1,79 @@
+"""The one copy of the networks a UI server holds, and the lock every call into them takes.
+
+Why one global lock rather than concurrent calls: every browser session has its own pipeline
+objects (buffers, noise, prompt, feature bank: see `sessions.py`), but all of them run the same
+UNet, VAE and text encoder. On one GPU concurrent calls would only interleave on the device (no
+speed-up, more memory), and parts of a pipeline keep per-call state on the shared modules (e.g.
+attention processors). Holding `Engine.lock` around every pipeline call, including prompt
+encoding, resets and pipeline rebuilds, makes sharing safe by construction; the price is that N
+live users share the GPU's frame rate.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+from pipelines import load_pipeline
+from pipelines.config import MODES
+from pipelines.errors import ConfigError
+
+#: Default mode of live streams and video files: V2V (feature bank) when this build has it.
+DEFAULT_STREAM_MODE = "video" if "video" in MODES else "img2img"
+STREAM_MODES = tuple(m for m in ("video", "img2img") if m in MODES)
+
+#: What a session uses a pipeline for; each purpose gets its own pipeline per session, so a
+#: webcam stream and a video job in the same browser tab never share buffers.
+PURPOSES = ("webcam", "video", "img2img", "txt2img")
+
+
+class Engine:
+    """Loads one template pipeline per mode (the weights once, shared) and hands out new sessions of them.
+
+    Building every template at start-up means a missing model or a bad setting fails when the
+    server starts, not when the first person clicks.
+    """
+
+    def __init__(self, settings: dict[str, Any], stream_mode: str = DEFAULT_STREAM_MODE):
+        if stream_mode not in STREAM_MODES:
+            raise ConfigError(f"stream mode {stream_mode!r} is not one of {', '.join(STREAM_MODES)}")
+        self.settings = dict(settings)
+        self.stream_mode = stream_mode
+        self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
+        self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode})
+                          for mode in dict.fromkeys(self.modes.values())}
+        self.lock = threading.Lock()
+
+    @property
+    def stream_template(self):
+        return self.templates[self.stream_mode]
+
+    @property
+    def width(self) -> int:
+        return self.stream_template.config.width
+
+    @property
+    def height(self) -> int:
+        return self.stream_template.config.height
+
+    @property
+    def description(self) -> str:
+        config = self.stream_template.config
+        return (f"{config.model} · {self.stream_mode} · {config.width}x{config.height} · {config.device} "
+                f"{config.dtype} · {config.accelerator} · {len(config.t_index_list)} step(s)")
+
+    def template(self, purpose: str):
+        if purpose not in self.modes:
+            raise ValueError(f"unknown purpose {purpose!r}; one of {', '.join(PURPOSES)}")
+        return self.templates[self.modes[purpose]]
+
+    def new_pipeline(self, purpose: str, **config_overrides):
+        """An independent pipeline over the shared networks (use it with `lock` held).
+
+        `config_overrides` (bank, token merging) give a pipeline of another shape over the same
+        networks: the same construction `new_session()` does, with a re-validated config.
+        """
+        template = self.template(purpose)
+        if not config_overrides:
+            return template.new_session()
+        return type(template)(replace(template.config, **config_overrides), template.models, template.runners)

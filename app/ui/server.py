@@ -1,0 +1,210 @@
+"""The Gradio Blocks app: Webcam, Image and Video tabs around one shared set of live controls.
+
+Every event passes the current value of every control (`LiveSettings` order) along with its
+input, so a handler always has the complete desired state and applies only what changed (see
+`settings.py`); controls therefore act live on a running webcam stream without any reload.
+
+Handlers are plain (sync) functions: Gradio runs them in its worker thread pool, off the event
+loop, and they serialise their network calls on `Engine.lock`. Events:
+
+* `live_stream` (camera `.stream`, not for API use) and `live_frame` (the same step as a plain
+  request, for API clients): one camera frame in, the restyled frame and the meter out;
+* `image`: img2img / txt2img; `video`: a whole file, with a progress bar and temporal metrics.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from offline machines
+
+import gradio as gr  # noqa: E402
+
+from app.ui.image import IMAGE_MODES, restyle_image  # noqa: E402
+from app.ui.sessions import SessionRegistry  # noqa: E402
+from app.ui.settings import LiveSettings  # noqa: E402
+from app.ui.video import restyle_video  # noqa: E402
+from app.ui.webcam import LiveFrame, WebcamStream  # noqa: E402
+from pipelines.errors import LivediffError  # noqa: E402
+from pipelines.rcfg import CFG_TYPES  # noqa: E402
+
+#: Seconds between camera frames the page sends. Frames sent while the model is busy replace each
+#: other (newest wins), so this bounds the age of the frame picked up, not the work done.
+DEFAULT_STREAM_EVERY = 0.04
+IMAGE_HEIGHT = 420
+#: Model outputs are small (often 512² or less): scale them up to the panel instead of a stamp in its middle.
+CSS = "#live-output img, #image-output img { width: 100%; height: 100%; object-fit: contain; }"
+
+
+def _controls(defaults: LiveSettings, video_mode: bool) -> list[gr.components.Component]:
+    """Lay out the live controls; returned in `LiveSettings.names()` order (the order handlers get them).
+
+    The bank and token-merging controls exist only for the V2V stream mode; they stay in the
+    inputs (hidden) otherwise so every handler receives the same values in the same order.
+    """
+    d = defaults
+    made = {
+        "prompt": gr.Textbox(label="Prompt", value=d.prompt, lines=2, placeholder="a claymation character"),
+        "negative_prompt": gr.Textbox(label="Negative prompt", value=d.negative_prompt,
+                                      placeholder="blurry, low quality"),
+        "strength": gr.Slider(0.02, 1.0, value=d.strength, step=0.01, label="Strength",
+                              info="how far from the input the picture may move"),
+        "seed": gr.Number(value=d.seed, precision=0, label="Seed"),
+    }
+    with gr.Accordion("Guidance", open=False):
+        made["guidance_scale"] = gr.Slider(0.0, 10.0, value=d.guidance_scale, step=0.1, label="Guidance scale",
+                                           info="<= 1 turns guidance off")
+        made["delta"] = gr.Slider(0.0, 2.0, value=d.delta, step=0.05, label="Residual CFG delta")
+        made["cfg_type"] = gr.Radio(list(CFG_TYPES), value=d.cfg_type, label="CFG mode")
+    with gr.Accordion("Feature bank (temporal consistency)", open=False, visible=video_mode):
+        made["bank"] = gr.Checkbox(value=d.bank, label="Feature bank on")
+        made["bank_cache_interval"] = gr.Slider(1, 16, value=d.bank_cache_interval, step=1,
+                                                label="Bank update interval (frames)")
+        made["bank_max_frames"] = gr.Slider(1, 8, value=d.bank_max_frames, step=1, label="Banked frames")
+        made["bank_fusion_strength"] = gr.Slider(0.0, 1.0, value=d.bank_fusion_strength, step=0.05,
+                                                 label="Feature fusion strength")
+        made["token_merge_ratio"] = gr.Slider(0.0, 0.75, value=d.token_merge_ratio, step=0.05,
+                                              label="Token merging ratio", info="0 = exact attention")
+    with gr.Accordion("Similarity filter", open=False):
+        made["similarity_filter"] = gr.Checkbox(value=d.similarity_filter, label="Skip near-identical frames",
+                                                info="reuse the last picture when the camera barely changes")
+        made["similarity_threshold"] = gr.Slider(0.5, 0.999, value=d.similarity_threshold, step=0.001,
+                                                  label="Similarity threshold")
+        made["similarity_max_skip"] = gr.Slider(0, 60, value=d.similarity_max_skip, step=1,
+                                                label="Max skipped frames in a row")
+    for name, component in made.items():
+        component.elem_id = f"ctl-{name}"
+    return [made[name] for name in LiveSettings.names()]
+
+
+def _named_settings(handler):
+    """Show a `*values` handler to Gradio with one named parameter per setting, so API clients call
+    `/image` with `prompt=...`, `strength=...` instead of `param_4=...`. Gradio calls it positionally."""
+    signature = inspect.signature(handler)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_POSITIONAL]
+    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+               for name in LiveSettings.names()]
+    handler.__signature__ = signature.replace(parameters=params)
+    return handler
+
+
+def _settings(values) -> LiveSettings:
+    try:
+        return LiveSettings.from_values(values)
+    except LivediffError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def _stats(live: LiveFrame) -> str:
+    text = f"**{live.reading.format()}**"
+    if live.notice:
+        text += f"\n\n⚠ setting not applied: {live.notice}"
+    return text
+
+
+def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
+               stream_every: float = DEFAULT_STREAM_EVERY, restart_after_s: float = 2.0) -> gr.Blocks:
+    """The app; `defaults` are the controls' initial values (default: what the server's pipeline has);
+    a camera pause longer than `restart_after_s` restarts the session's stream (see `webcam.py`)."""
+    engine = registry.engine
+    webcam = WebcamStream(registry, restart_after_s)
+    defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
+    camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
+
+    @_named_settings
+    def on_frame(request: gr.Request, frame=None, *values):
+        if frame is None:
+            return None, "waiting for the camera"
+        try:
+            live = webcam.process(request.session_hash, frame, _settings(values))
+        except LivediffError as exc:
+            raise gr.Error(str(exc)) from exc
+        # a reused picture is already on the page: sending it again would only re-encode and re-download it
+        return (live.image if live.advanced else gr.skip()), _stats(live)
+
+    def on_restart(request: gr.Request):
+        webcam.reset(request.session_hash)
+        return None, "stream restarted"
+
+    @_named_settings
+    def on_image(request: gr.Request, mode="img2img", image=None, *values):
+        try:
+            return restyle_image(registry, request.session_hash, mode, image, _settings(values))
+        except LivediffError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    @_named_settings
+    def on_video(request: gr.Request, progress: gr.Progress = gr.Progress(), source=None, *values):
+        def report(done: int, total: int | None) -> None:
+            progress((done, total) if total else done, desc="restyling", unit="frames")
+
+        try:
+            result = restyle_video(registry, request.session_hash, source, _settings(values), report)
+        except LivediffError as exc:
+            raise gr.Error(str(exc)) from exc
+        files = [str(result.output), str(result.metrics_json)]
+        return str(result.output), files, result.metrics.format_table(), result.summary()
+
+    def on_unload(request: gr.Request):
+        registry.close(request.session_hash)
+
+    with gr.Blocks(title="livediff") as demo:
+        gr.Markdown(f"## livediff — live diffusion\n`{engine.description}`")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                controls = _controls(defaults, engine.stream_mode == "video")
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Webcam", id="webcam"):
+                        with gr.Row():
+                            camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy",
+                                              webcam_options=gr.WebcamOptions(mirror=True,
+                                                                              constraints={"video": camera_size}),
+                                              height=IMAGE_HEIGHT, elem_id="live-camera")
+                            live_out = gr.Image(label="Restyled", format="jpeg", interactive=False,
+                                                height=IMAGE_HEIGHT, elem_id="live-output")
+                        stats = gr.Markdown("press record on the camera to start", elem_id="live-stats")
+                        with gr.Row():
+                            restart = gr.Button("Restart stream", size="sm")
+                            frame_api = gr.Button(visible=False)
+                    with gr.Tab("Image", id="image"):
+                        image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
+                        with gr.Row():
+                            image_in = gr.Image(label="Input", sources=["upload", "clipboard"], type="numpy",
+                                                elem_id="image-input")
+                            image_out = gr.Image(label="Output", format="png", interactive=False,
+                                                 elem_id="image-output")
+                        image_run = gr.Button("Run", variant="primary")
+                        image_info = gr.Markdown()
+                    with gr.Tab("Video", id="video"):
+                        with gr.Row():
+                            video_in = gr.Video(label="Input video", sources=["upload"], elem_id="video-input")
+                            video_out = gr.Video(label="Restyled video", interactive=False, elem_id="video-output")
+                        video_run = gr.Button("Restyle video", variant="primary")
+                        video_info = gr.Markdown()
+                        video_metrics = gr.Code(label="Temporal consistency (livediff eval)", language=None,
+                                                interactive=False)
+                        video_files = gr.File(label="Download", file_count="multiple", interactive=False)
+
+        camera.stream(on_frame, [camera, *controls], [live_out, stats], stream_every=stream_every,
+                      concurrency_limit=None, show_progress="hidden", api_visibility="private")
+        frame_api.click(on_frame, [camera, *controls], [live_out, stats], api_name="live_frame",
+                        concurrency_limit=None, show_progress="hidden")
+        restart.click(on_restart, None, [live_out, stats], api_name="restart_stream", concurrency_limit=None)
+        image_mode.change(lambda mode: gr.update(visible=mode == "img2img"), image_mode, image_in,
+                          api_visibility="private", queue=False)
+        image_run.click(on_image, [image_mode, image_in, *controls], [image_out, image_info], api_name="image",
+                        concurrency_limit=None)
+        video_run.click(on_video, [video_in, *controls], [video_out, video_files, video_metrics, video_info],
+                        api_name="video", concurrency_limit=1)
+        demo.unload(on_unload)
+    return demo
+
+
+def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
+           block: bool = True, **options) -> gr.Blocks:
+    """Start the server; with `block=False` return at once (tests, embedding). `options` go to `build_demo`."""
+    demo = build_demo(registry, **options)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
+                allowed_paths=[str(registry.work_root)], quiet=not block, show_error=True, css=CSS)
+    return demo

@@ -1,0 +1,169 @@
+"""Per-browser-session stream state: each tab gets its own pipelines (buffers, noise, prompt, bank).
+
+Gradio gives every page load a `session_hash`; the registry maps it to a `Session`, created on the
+first event and removed when the page unloads (`demo.unload`) or, for API clients that never
+unload, after `idle_timeout_s` without a call. Nothing stream-related is global except the
+networks (see `engine.py`), so two tabs never see each other's frames.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from app.live_metrics import LiveMeter
+from app.ui.engine import Engine
+from app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
+from pipelines.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class _Entry:
+    pipe: object
+    applied: LiveSettings  # what the pipeline has now
+    overrides: dict        # the config part it was built with
+
+
+class Session:
+    """One browser tab: a pipeline per purpose (built on first use), its settings, a meter, a scratch folder.
+
+    Every method that touches a pipeline must be called with `engine.lock` held.
+    """
+
+    def __init__(self, engine: Engine, session_id: str, work_root: Path):
+        self.engine = engine
+        self.session_id = session_id
+        self.meter = LiveMeter()
+        self.last_frame_at: float | None = None
+        self.last_picture = None  # the webcam stream's last output; the same object back means "skipped"
+        self._pipes: dict[str, _Entry] = {}
+        self._work_root = work_root
+        self._work_dir: Path | None = None
+
+    def pipeline(self, purpose: str, wanted: LiveSettings) -> tuple[object, str | None]:
+        """The session's pipeline for `purpose`, brought to `wanted`; plus why a change was refused, if one was.
+
+        Bank and token-merging changes build a new pipeline (new stream) over the same networks;
+        everything else goes through the pipeline's live setters.
+        """
+        if purpose == "txt2img":
+            wanted = replace(wanted, strength=1.0)  # text-to-image always starts from pure noise
+        overrides = pipeline_overrides(self.engine.template(purpose).config, wanted)
+        current = self._pipes.get(purpose)
+        refused = None
+        if current is None or current.overrides != overrides:
+            try:
+                current = self._fresh(purpose, wanted, overrides)
+            except ConfigError as exc:
+                if current is None:
+                    raise
+                refused = str(exc)
+        applied, refused_change = apply_settings(current.pipe, current.applied, wanted)
+        self._pipes[purpose] = replace(current, applied=applied)
+        return current.pipe, refused or refused_change
+
+    def _fresh(self, purpose: str, wanted: LiveSettings, overrides: dict) -> "_Entry":
+        pipe = self.engine.new_pipeline(purpose, **overrides)
+        prepare(pipe, wanted)
+        start = LiveSettings.for_pipeline(pipe, prompt=wanted.prompt, negative_prompt=wanted.negative_prompt,
+                                          guidance_scale=wanted.guidance_scale, delta=wanted.delta)
+        return _Entry(pipe, start, overrides)
+
+    def applied(self, purpose: str) -> LiveSettings | None:
+        entry = self._pipes.get(purpose)
+        return entry.applied if entry else None
+
+    def reset(self, purpose: str) -> None:
+        """Restart one stream (buffers, filter, meter) keeping its settings."""
+        if purpose in self._pipes:
+            self._pipes[purpose].pipe.reset()
+        if purpose == "webcam":
+            self.meter.reset()
+            self.last_frame_at = self.last_picture = None
+
+    @property
+    def work_dir(self) -> Path:
+        """A private folder for this session's output files, removed with the session."""
+        if self._work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix=f"session-{self.session_id[:12]}-", dir=self._work_root))
+        return self._work_dir
+
+    def close(self) -> None:
+        self._pipes.clear()
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+
+
+class SessionRegistry:
+    """session id → Session, thread-safe; idle sessions are evicted when another one is looked up."""
+
+    def __init__(self, engine: Engine, idle_timeout_s: float = 900.0, work_root: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.idle_timeout_s = idle_timeout_s
+        self.work_root = Path(work_root) if work_root else Path(tempfile.mkdtemp(prefix="livediff-ui-"))
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._last_used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> Session:
+        if not session_id:
+            raise ValueError("a session id is required (Gradio passes one with every event)")
+        now = self._clock()
+        with self._lock:
+            stale = [sid for sid, t in self._last_used.items()
+                     if sid != session_id and now - t > self.idle_timeout_s]
+            closed = [self._sessions.pop(sid) for sid in stale]
+            for sid in stale:
+                del self._last_used[sid]
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = Session(self.engine, session_id, self.work_root)
+            self._last_used[session_id] = now
+        for old in closed:
+            self._close_session(old)
+        return session
+
+    def touch(self, session_id: str) -> None:
+        """Mark a session as in use (a long video job calls this so its session is not evicted as idle)."""
+        with self._lock:
+            if session_id in self._sessions:
+                self._last_used[session_id] = self._clock()
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+            self._last_used.pop(session_id, None)
+        if session is not None:
+            self._close_session(session)
+
+    def _close_session(self, session: Session) -> None:
+        with self.engine.lock:  # not while one of its frames is in the networks
+            session.close()
+
+    def snapshot(self) -> dict[str, Session]:
+        """The live sessions by id (a copy: for status displays and tests)."""
+        with self._lock:
+            return dict(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._sessions
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+            self._last_used.clear()
+        for session in sessions:
+            self._close_session(session)
+        shutil.rmtree(self.work_root, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""The controls a person changes while a stream runs, and how they reach a pipeline without a reload.
+
+Every UI event carries the current value of every control (see `server.py`), so a handler holds
+the complete desired state; `apply_settings` turns the difference to what a pipeline last got
+into the pipeline's live setters. Only what changed is touched: a new prompt re-encodes the text,
+a new strength restarts the stream buffers, a new guidance does neither.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from pipelines.errors import ConfigError
+from pipelines.rcfg import CFG_TYPES
+from pipelines.schedule import TABLE_STEPS
+
+
+_NUMBERS = ("strength", "guidance_scale", "delta", "similarity_threshold", "bank_fusion_strength", "token_merge_ratio")
+_INTEGERS = ("seed", "similarity_max_skip", "bank_cache_interval", "bank_max_frames")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """One value per UI control, in the order the controls are passed to handlers."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.36
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+    cfg_type: str = "self"
+    seed: int = 2
+    similarity_filter: bool = False
+    similarity_threshold: float = 0.98
+    similarity_max_skip: int = 10
+    # mode "video" only: the feature bank and token merging (see `pipeline_overrides`)
+    bank: bool = True
+    bank_cache_interval: int = 4
+    bank_max_frames: int = 1
+    bank_fusion_strength: float = 0.8
+    token_merge_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Types and the ranges the pipeline setters do not check; the setters check the rest."""
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise ConfigError("prompt and negative prompt must be text")
+        for name in _NUMBERS + _INTEGERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"{name.replace('_', ' ')} {value!r} must be a number")
+            if name in _INTEGERS:
+                if int(value) != value:
+                    raise ConfigError(f"{name.replace('_', ' ')} {value!r} must be an integer")
+                object.__setattr__(self, name, int(value))
+        if not 0 < self.strength <= 1:
+            raise ConfigError(f"strength {self.strength!r} is outside (0, 1]")
+        if self.cfg_type not in CFG_TYPES:
+            raise ConfigError(f"cfg mode {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
+        if self.similarity_max_skip < 0:
+            raise ConfigError(f"similarity max skip {self.similarity_max_skip!r} must be >= 0")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_values(cls, values: tuple[Any, ...] | list[Any]) -> "LiveSettings":
+        """Build from control values in `names()` order (how Gradio passes them)."""
+        names = cls.names()
+        if len(values) != len(names):
+            raise ConfigError(f"expected {len(names)} settings ({', '.join(names)}), got {len(values)}")
+        return cls(**dict(zip(names, values)))
+
+    @classmethod
+    def for_pipeline(cls, pipe, **overrides) -> "LiveSettings":
+        """The settings a freshly built pipeline already has, so the first diff touches nothing else."""
+        config = pipe.config
+        strength = round(1 - config.t_index_list[0] / TABLE_STEPS, 4)
+        values = dict(strength=strength, cfg_type=config.cfg_type, seed=config.seed)
+        if config.similarity_filter is not None:
+            values.update(similarity_filter=True, similarity_threshold=config.similarity_filter.threshold,
+                          similarity_max_skip=config.similarity_filter.max_skip)
+        if config.mode == "video":
+            values.update(bank=bool(config.bank), token_merge_ratio=config.token_merge_ratio)
+            if config.bank:
+                values.update(bank_cache_interval=config.bank.cache_interval, bank_max_frames=config.bank.max_frames,
+                              bank_fusion_strength=config.bank.fusion_strength)
+        return cls(**{**values, **overrides})
+
+
+def pipeline_overrides(template_config, settings: LiveSettings) -> dict[str, Any]:
+    """The pipeline-config part of the settings: the bank and token merging shape the denoiser call
+    (bank buffers, attention layout), so a change builds a new pipeline over the same networks
+    instead of a setter. Options the UI has no control for keep the server's values. Empty for
+    modes without earlier frames (img2img, txt2img)."""
+    if template_config.mode != "video":
+        return {}
+    from pipelines.bank.config import BankConfig  # part of the video pipeline, imported only with it
+
+    bank: Any = False
+    if settings.bank:
+        base = template_config.bank or BankConfig()
+        bank = replace(base, cache_interval=settings.bank_cache_interval, max_frames=settings.bank_max_frames,
+                       fusion_strength=settings.bank_fusion_strength)
+    return {"bank": bank, "token_merge_ratio": settings.token_merge_ratio}
+
+
+def prepare(pipe, settings: LiveSettings) -> None:
+    """First prompt and guidance of a new pipeline."""
+    pipe.prepare(prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+                 guidance_scale=settings.guidance_scale, delta=settings.delta)
+
+
+def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[LiveSettings, str | None]:
+    """Bring `pipe` from `applied` to `wanted`, one change at a time.
+
+    Returns what the pipeline now has and, if a change was refused (e.g. a strength too low for
+    the number of steps), the reason; the changes before it stay applied, so a bad value never
+    leaves the pipeline half-configured.
+    """
+    steps = (
+        (("prompt", "negative_prompt"), lambda s: pipe.update_prompt(s.prompt, s.negative_prompt)),
+        (("guidance_scale", "delta", "cfg_type"),
+         lambda s: pipe.set_guidance(guidance_scale=s.guidance_scale, delta=s.delta, cfg_type=s.cfg_type)),
+        (("strength",), lambda s: pipe.set_strength(s.strength)),
+        (("seed",), lambda s: _set_seed(pipe, s.seed)),
+        (("similarity_filter", "similarity_threshold", "similarity_max_skip"),
+         lambda s: pipe.set_similarity_filter(s.similarity_threshold if s.similarity_filter else None,
+                                              s.similarity_max_skip)),
+    )
+    for names, setter in steps:
+        if all(getattr(applied, n) == getattr(wanted, n) for n in names):
+            continue
+        try:
+            setter(wanted)
+        except ConfigError as exc:
+            return applied, str(exc)
+        applied = replace(applied, **{n: getattr(wanted, n) for n in names})
+    return applied, None
+
+
+def _set_seed(pipe, seed: int) -> None:
+    """The per-session noise is drawn from the seed when the stream is built, so a new seed restarts it."""
+    pipe.config.seed = seed
+    pipe.reset()

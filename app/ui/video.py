@@ -1,0 +1,77 @@
+"""The Video tab: a whole uploaded file through the batch video job, then its temporal metrics.
+
+The job (`app.video_job.process_video`) keeps the input's fps, timestamps and audio. Its frames
+go through the session's own stream pipeline, taking the engine lock once per *frame*, so live
+webcam tabs keep getting frames while a file is being processed. Settings are read when the job
+starts; changing a control during the job affects the next job, so one output never mixes styles.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from app.ui.sessions import SessionRegistry
+from app.ui.settings import LiveSettings
+from app.video_job import process_video
+from pipelines.errors import ConfigError, InputError
+from pipelines.metrics import TemporalMetrics, evaluate_videos
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    output: Path
+    metrics_json: Path
+    metrics: TemporalMetrics
+    frames: int
+    seconds: float
+
+    def summary(self) -> str:
+        fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return f"{self.frames} frames in {self.seconds:.1f} s ({fps:.2f} fps)"
+
+
+class _LockedProcessor:
+    """The job's frame processor: the session pipeline, one locked call per frame."""
+
+    def __init__(self, pipe, lock, width: int, height: int):
+        self.pipe, self.lock, self.width, self.height = pipe, lock, width, height
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        with self.lock:
+            return self.pipe(rgb)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.pipe.reset()
+
+
+def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path | None, settings: LiveSettings,
+                  on_progress: ProgressFn | None = None) -> VideoResult:
+    if not source:
+        raise InputError("upload a video first")
+    source = Path(source)
+    session = registry.get(session_id)
+    engine = registry.engine
+    with engine.lock:
+        pipe, refused = session.pipeline("video", settings)
+    if refused:
+        raise ConfigError(refused)
+    output = session.work_dir / f"{source.stem}-livediff.mp4"
+    processor = _LockedProcessor(pipe, engine.lock, engine.width, engine.height)
+
+    def on_frame(done: int, total: int | None) -> None:
+        registry.touch(session_id)
+        if on_progress is not None:
+            on_progress(done, total)
+
+    result = process_video(source, output, lambda: processor, progress=False, quiet=True, on_frame=on_frame)
+    metrics = evaluate_videos(source, output, elapsed_seconds=result.seconds)
+    metrics_json = output.with_suffix(".metrics.json")
+    metrics_json.write_text(json.dumps(metrics.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return VideoResult(output, metrics_json, metrics, result.frames, result.seconds)

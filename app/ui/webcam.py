@@ -1,0 +1,72 @@
+"""Live browser-camera frames through a session's stream pipeline, with an fps / latency meter.
+
+Stale frames are dropped, never queued, at two places:
+
+* in Gradio: a streaming event holds *one* pending input per session. The page sends a camera
+  frame every `stream_every` seconds; a frame that arrives while the previous one is still in the
+  pipeline replaces the pending one (`event.data` is overwritten, not appended), so when the
+  handler returns it is called with the newest frame and every older one is gone;
+* here: a frame that arrives more than `restart_after_s` after the session's previous picture was
+  delivered (the camera was stopped and started again) restarts the stream, so the stream batch
+  does not deliver pictures of the scene from before the pause. The gap is the page's round trip
+  (send the picture, wait `stream_every`, upload the next frame): time spent waiting for the
+  shared model is not part of it, so other tabs' load never triggers a restart.
+
+While a frame waits for the shared model (another tab is using it) it ages; that wait is part of
+the latency the meter reports.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.live_metrics import MeterReading, now
+from app.ui.frames import fit_frame
+from app.ui.sessions import SessionRegistry
+from app.ui.settings import LiveSettings
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    image: np.ndarray
+    reading: MeterReading
+    advanced: bool  # False: the pipeline handed back its previous picture (similarity filter)
+    notice: str | None = None  # a refused setting, shown next to the meter
+
+
+def stream_delay(pipe) -> int:
+    """How many calls ago the frame in a delivered picture entered (stream batch: stages − 1)."""
+    return (len(pipe.config.t_index_list) - 1) * pipe.config.frame_buffer_size
+
+
+class WebcamStream:
+    """Processes one session's camera frames; safe to call from many handler threads at once."""
+
+    def __init__(self, registry: SessionRegistry, restart_after_s: float = 2.0):
+        self.registry = registry
+        self.restart_after_s = restart_after_s
+
+    def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings) -> LiveFrame:
+        arrived = now()
+        session = self.registry.get(session_id)
+        engine = self.registry.engine
+        with engine.lock:
+            if session.last_frame_at is not None and arrived - session.last_frame_at > self.restart_after_s:
+                session.reset("webcam")
+            pipe, refused = session.pipeline("webcam", settings)
+            session.meter.set_delay(stream_delay(pipe))
+            previous = session.last_picture
+            started = now()
+            picture = pipe(fit_frame(frame, engine.width, engine.height))
+            delivered = now()
+            session.last_picture = picture
+            session.last_frame_at = delivered
+        advanced = picture is not previous
+        session.meter.record(arrived, started, delivered, advanced=advanced)
+        return LiveFrame(picture, session.meter.reading(), advanced, refused)
+
+    def reset(self, session_id: str) -> None:
+        session = self.registry.get(session_id)
+        with self.registry.engine.lock:
+            session.reset("webcam")

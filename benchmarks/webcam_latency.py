@@ -1,0 +1,106 @@
+"""Glass-to-glass numbers of the browser webcam path: a real headless Chromium with a fake camera
+streams into the UI server for a while; the page records when each camera frame is captured and
+when each restyled frame is displayed, the server records when each frame reaches the handler.
+
+    python benchmarks/webcam_latency.py --model tiny --size 128 --seconds 20
+
+Reported, side by side with the page's own meter (server-side, see app/live_metrics.py):
+* displayed fps: restyled frames shown per second, counted in the page;
+* capture→display latency: display time of a picture − capture time of the camera frame in it
+  (the frame that reached the handler `stream delay` calls earlier: the newest capture before it
+  arrived). Same machine, so browser and server share the wall clock.
+* frames captured vs processed: the difference is what was dropped as stale.
+Needs /usr/bin/chromium and the playwright package.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+RECORDER = """
+window.__captures = []; window.__shown = [];
+const toDataURL = HTMLCanvasElement.prototype.toDataURL;
+HTMLCanvasElement.prototype.toDataURL = function (...args) {
+  if (args[0] === 'image/jpeg') window.__captures.push(Date.now());
+  return toDataURL.apply(this, args);
+};
+document.addEventListener('load', (e) => {
+  if (e.target.closest && e.target.closest('#live-output')) window.__shown.push(Date.now());
+}, true);
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--stream-mode", default=None)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    from app.ui.engine import DEFAULT_STREAM_MODE, Engine
+    from app.ui.webcam import WebcamStream, stream_delay
+    from ui_helpers import running_server
+
+    engine = Engine(dict(model=args.model, width=args.size, height=args.size, device=args.device,
+                         dtype=args.dtype), stream_mode=args.stream_mode or DEFAULT_STREAM_MODE)
+    arrivals: list[float] = []
+    process = WebcamStream.process
+
+    def timed_process(self, session_id, frame, settings):
+        arrivals.append(time.time() * 1000)
+        return process(self, session_id, frame, settings)
+
+    WebcamStream.process = timed_process
+    with running_server(engine, restart_after_s=30.0) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page()
+        page.add_init_script(RECORDER)
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.get_by_text("Click to Access Webcam").click()
+        page.get_by_label("capture photo").click()
+        page.wait_for_timeout((args.warmup + args.seconds) * 1000)
+        captures, shown = page.evaluate("window.__captures"), page.evaluate("window.__shown")
+        meter = page.locator("#live-stats").inner_text().strip().splitlines()[-1]
+        browser.close()
+    delay = stream_delay(engine.stream_template)
+    start = captures[0] + args.warmup * 1000
+    latencies = []
+    for k, shown_at in enumerate(shown):
+        source_call = k - delay
+        if shown_at < start or not 0 <= source_call < len(arrivals):
+            continue
+        index = bisect.bisect_left(captures, arrivals[source_call]) - 1
+        if index >= 0:
+            latencies.append(shown_at - captures[index])
+    window = [t for t in shown if t >= start]
+    in_window = [t for t in captures if t >= start]
+    fps = (len(window) - 1) / ((window[-1] - window[0]) / 1000) if len(window) > 1 else 0.0
+    print(f"{engine.description}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}")
+    print(f"{'displayed fps':32s} {fps:8.1f}")
+    if latencies:
+        q = statistics.quantiles(latencies, n=10)
+        print(f"{'capture→display median (ms)':32s} {statistics.median(latencies):8.0f}")
+        print(f"{'capture→display p10 / p90 (ms)':32s} {q[0]:8.0f} / {q[-1]:.0f}")
+    print(f"{'camera frames captured':32s} {len(in_window):8d}")
+    print(f"{'frames processed':32s} {sum(t >= start for t in arrivals):8d}")
+    print(f"{'restyled frames displayed':32s} {len(window):8d}")
+    print(f"{'page meter (server side)':32s} {meter}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A real headless Chromium against the real UI: the fake camera streams, restyled frames come back
+and the meter shows them; two browser tabs keep separate sessions. Writes test-artifacts/ui.png."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_helpers import running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        "--disable-background-networking", "--disable-gpu"]
+WAIT_S = 90  # generous: CI machines are slow; nothing here asserts a speed
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (/usr/bin/chromium)")]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(restart_after_s=30.0) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def start_stream(page, url: str, prompt: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.locator("#ctl-prompt textarea").fill(prompt)
+    page.get_by_text("Click to Access Webcam").click()
+    page.get_by_label("capture photo").click()  # the record button of the streaming camera
+
+
+def wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up after {WAIT_S} s waiting for {what}")
+
+
+def output_src(page) -> str | None:
+    image = page.locator("#live-output img")
+    return image.first.get_attribute("src") if image.count() else None
+
+
+def meter_fps(page) -> float:
+    match = re.search(r"([\d.]+) fps", page.locator("#live-stats").inner_text())
+    return float(match.group(1)) if match else 0.0
+
+
+def test_webcam_stream_round_trips_in_a_real_browser(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    start_stream(page, server.url, "a claymation character")
+    seen: set[str] = set()
+
+    def new_frames() -> bool:
+        src = output_src(page)
+        if src:
+            seen.add(src)
+        return len(seen) >= 5
+
+    wait_for(new_frames, "5 different restyled frames in the page")
+    wait_for(lambda: meter_fps(page) > 0, "the fps meter to read above 0")
+    stats = page.locator("#live-stats").inner_text()
+    assert re.search(r"latency \d+ ms", stats), stats
+    (session,) = server.registry.snapshot().values()
+    assert session.applied("webcam").prompt == "a claymation character"
+    print(f"\nbrowser webcam stream, tiny 128x128 CPU: {stats}")
+    if server.registry.engine.stream_mode == "video":
+        page.get_by_text("Feature bank (temporal consistency)").click()  # show its knobs in the screenshot
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui.png"))
+    page.close()
+    wait_for(lambda: len(server.registry) == 0, "the closed tab's session to be removed")
+
+
+def test_two_tabs_stream_with_separate_sessions(server, browser):
+    pages = {prompt: browser.new_page() for prompt in ("a red fox", "a blue whale")}
+    for prompt, page in pages.items():
+        start_stream(page, server.url, prompt)
+
+    def both_streaming():
+        sessions = server.registry.snapshot().values()
+        return sorted(s.applied("webcam").prompt for s in sessions if s.applied("webcam")
+                      and s.meter.reading().frames >= 3) == ["a blue whale", "a red fox"]
+
+    wait_for(both_streaming, "two sessions with their own prompts to stream 3 frames each")
+    for page in pages.values():
+        wait_for(lambda: output_src(page), "a restyled frame in each tab")
+        page.close()

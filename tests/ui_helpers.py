@@ -1,0 +1,46 @@
+"""A real UI server for tests: the tiny model at 128x128 on CPU, on a free local port."""
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+SIZE = 128
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_engine(**overrides):
+    from app.ui.engine import Engine
+
+    return Engine(dict(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", **overrides))
+
+
+@dataclass
+class RunningServer:
+    url: str
+    registry: object
+    demo: object
+
+
+@contextmanager
+def running_server(engine=None, **launch_options) -> Iterator[RunningServer]:
+    """Tests drive sessions one request after another, so one session's gap includes the others'
+    calls: the restart-after-pause rule is set out of reach unless a test sets it."""
+    launch_options.setdefault("restart_after_s", 1e9)
+    from app.ui.server import launch
+    from app.ui.sessions import SessionRegistry
+
+    registry = SessionRegistry(engine or tiny_engine())
+    port = free_port()
+    demo = launch(registry, port=port, block=False, **launch_options)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}/", registry, demo)
+    finally:
+        demo.close()
+        registry.shutdown()
