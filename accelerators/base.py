@@ -2,14 +2,22 @@
 
 A pipeline only ever calls `runners.unet(sample, timesteps, text)`, `runners.encode(images)` and
 `runners.decode(latents)`, so the streaming maths is written once and every backend (eager,
-compile, ONNX Runtime, TensorRT) plugs in underneath.
+compile, ONNX Runtime, TensorRT) plugs in underneath. Backend choices that are not part of the
+stream itself (CUDA graphs, cache folder, dynamic resolution) travel in `AcceleratorOptions`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
+
+from pipelines.errors import ConfigError
+
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+CACHE_ENV = "LIVEDIFF_CACHE_DIR"
 
 
 class UNetRunner(Protocol):
@@ -19,11 +27,121 @@ class UNetRunner(Protocol):
 ImageFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class Backend(Protocol):
+    """Makes a runner for a pure tensor function (`accelerators.networks.TensorFunction`)."""
+
+    name: str
+
+    def runner(self, function) -> Callable[..., Any]: ...
+
+
 @dataclass
 class Runners:
-    """unet: noise prediction; encode: images in [-1,1] → scaled latents; decode: the inverse."""
+    """unet: noise prediction; encode: images in [-1,1] → scaled latents; decode: the inverse.
+
+    `wrap(function)` runs a further pure tensor function on the same backend: that is how a
+    pipeline part with its own network (the UNet with the feature bank as explicit inputs and
+    outputs) gets compiled, exported or built like the three base networks.
+    """
 
     unet: UNetRunner
     encode: ImageFn
     decode: ImageFn
     name: str = "eager"
+    backend: Backend | None = None
+
+    def wrap(self, function) -> Callable[..., Any]:
+        if self.backend is None:
+            raise ConfigError(f"runners {self.name!r} were built without a backend and cannot run extra networks")
+        return self.backend.runner(function)
+
+
+def default_cache_dir() -> Path:
+    """Where exported graphs and engines live: $LIVEDIFF_CACHE_DIR, else ~/.cache/livediff/engines."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "livediff" / "engines"
+
+
+@dataclass(frozen=True)
+class ResolutionRange:
+    """Pixel sizes a graph or engine accepts; min == max is a static resolution."""
+
+    min_height: int
+    min_width: int
+    max_height: int
+    max_width: int
+
+    @classmethod
+    def static(cls, height: int, width: int) -> "ResolutionRange":
+        return cls(height, width, height, width)
+
+    @property
+    def dynamic(self) -> bool:
+        return (self.min_height, self.min_width) != (self.max_height, self.max_width)
+
+    def contains(self, height: int, width: int) -> bool:
+        return self.min_height <= height <= self.max_height and self.min_width <= width <= self.max_width
+
+    def describe(self) -> str:
+        if not self.dynamic:
+            return f"{self.max_width}x{self.max_height}"
+        return f"{self.min_width}x{self.min_height}..{self.max_width}x{self.max_height}"
+
+
+@dataclass
+class AcceleratorOptions:
+    """Backend settings beyond the stream config.
+
+    cuda_graphs: `compile` only; None means on when the device is CUDA. Requesting True on CPU is
+        an error, not a silent no-op.
+    compile_mode: torch.compile mode; modes that bring their own CUDA graphs are refused because
+        `compile` captures its own (two capture layers would fight over the static buffers).
+    cache_dir: exported ONNX graphs and TensorRT engines (default `default_cache_dir()`).
+    resolution: (min_height, min_width, max_height, max_width) for a graph/engine that accepts a
+        range of sizes; None exports the pipeline's own resolution only (static, the fastest).
+    opset: ONNX opset of exported graphs (>= 17: LayerNormalization is a single op from 17 on).
+    build: when False a missing engine or graph is an error instead of being built on the spot.
+    workspace_gb: TensorRT builder workspace limit (None: TensorRT's default, the whole GPU).
+    """
+
+    cuda_graphs: bool | None = None
+    compile_mode: str = "default"
+    cache_dir: str | Path | None = None
+    resolution: ResolutionRange | tuple[int, int, int, int] | None = None
+    opset: int = 18
+    build: bool = True
+    workspace_gb: float | None = None
+
+    def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)} "
+                              f"(CUDA graphs are set with cuda_graphs=True/False)")
+        if not isinstance(self.opset, int) or not 17 <= self.opset <= 23:
+            raise ConfigError(f"opset {self.opset!r} is outside 17..23")
+        if self.resolution is not None and not isinstance(self.resolution, ResolutionRange):
+            self.resolution = _resolution_range(self.resolution)
+        if self.workspace_gb is not None and not self.workspace_gb > 0:
+            raise ConfigError(f"workspace_gb {self.workspace_gb!r} must be positive")
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+
+    def resolution_for(self, height: int, width: int) -> ResolutionRange:
+        """The range to build for a pipeline at height x width; it must contain that size."""
+        if self.resolution is None:
+            return ResolutionRange.static(height, width)
+        if not self.resolution.contains(height, width):
+            raise ConfigError(f"pipeline size {width}x{height} is outside the accelerator resolution range "
+                              f"{self.resolution.describe()}")
+        return self.resolution
+
+
+def _resolution_range(values) -> ResolutionRange:
+    try:
+        min_h, min_w, max_h, max_w = (int(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"resolution {values!r} must be (min_height, min_width, max_height, max_width)") from None
+    for v in (min_h, min_w, max_h, max_w):
+        if v % 8 or not 64 <= v <= 2048:
+            raise ConfigError(f"resolution bound {v} must be a multiple of 8 between 64 and 2048")
+    if min_h > max_h or min_w > max_w:
+        raise ConfigError(f"resolution {values!r}: minimum {min_w}x{min_h} exceeds maximum {max_w}x{max_h}")
+    return ResolutionRange(min_h, min_w, max_h, max_w)

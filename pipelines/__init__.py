@@ -29,12 +29,17 @@ def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: s
         return _MODEL_CACHE[key]
 
 
-def load_pipeline(**settings):
-    """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading)."""
-    from accelerators import build_runners
+def load_pipeline(accelerator_options=None, **settings):
+    """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
+
+    `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
+    e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.
+    """
+    from accelerators import build_runners, check_accelerator
     from pipelines.pipeline import StreamPipeline
 
     config = StreamConfig(**settings)
+    options = check_accelerator(config.accelerator, config, accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
-    runners = build_runners(config.accelerator, models)
+    runners = build_runners(config.accelerator, models, config, options)
     return StreamPipeline(config, models, runners)

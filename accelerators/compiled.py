@@ -1,0 +1,145 @@
+"""`compile`: torch.compile of every network, then CUDA-graph replay of each fixed-shape call.
+
+Compilation is static-shape (`dynamic=False`): the stream pipeline only ever uses a handful of row
+counts (see `shapes.RowPlan`), and a graph specialised to each is faster than a symbolic one.
+
+CUDA graphs remove the per-kernel launch cost, which dominates a 1-step UNet at 512². A graph is
+captured per input signature (shapes, dtypes), on the *second* call with that signature: the
+first call compiles and warms up, and one-off shapes (the warm-up rows after a reset) never cost a
+capture. Inputs are copied into the graph's static buffers and outputs are cloned out, so callers
+may keep results across calls. A new row count or bank size is a new signature, hence a new graph;
+the oldest graphs are dropped beyond `max_graphs`.
+"""
+from __future__ import annotations
+
+import shutil
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+
+from accelerators.networks import TensorFunction
+from pipelines.errors import AcceleratorError, ConfigError
+
+Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
+
+
+def signature(inputs: Sequence[torch.Tensor]) -> Signature:
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+
+
+class CapturedCall:
+    """One CUDA graph of `fn` over static input buffers shaped like `inputs`."""
+
+    def __init__(self, fn: Callable[..., object], inputs: Sequence[torch.Tensor], pool):
+        self.static_inputs = [t.detach().clone() for t in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*self.static_inputs)  # lazy initialisation (cuBLAS handles, autotuning) must happen outside capture
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            outputs = fn(*self.static_inputs)
+        self.tuple_output = isinstance(outputs, tuple)
+        self.static_outputs = outputs if self.tuple_output else (outputs,)
+
+    def __call__(self, *inputs: torch.Tensor):
+        for buffer, value in zip(self.static_inputs, inputs):
+            buffer.copy_(value)
+        self.graph.replay()
+        outputs = tuple(t.clone() for t in self.static_outputs)
+        return outputs if self.tuple_output else outputs[0]
+
+
+class GraphReplay:
+    """Runs `fn` eagerly on a signature's first call and through a captured graph from the second on.
+
+    `capture(fn, inputs)` makes the replayable call; it is a parameter so the bookkeeping (when to
+    capture, when to re-capture, eviction) is testable without a GPU.
+    """
+
+    def __init__(self, fn: Callable[..., object], name: str, max_graphs: int = 8,
+                 capture: Callable[[Callable[..., object], Sequence[torch.Tensor]], Callable[..., object]]
+                 | None = None):
+        self.fn = fn
+        self.name = name
+        self.max_graphs = max_graphs
+        self._pool = None
+        self._capture = capture or self._capture_cuda
+        self._seen: set[Signature] = set()
+        self.graphs: OrderedDict[Signature, Callable[..., object]] = OrderedDict()
+
+    def _capture_cuda(self, fn, inputs):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return CapturedCall(fn, inputs, self._pool)
+
+    def __call__(self, *inputs: torch.Tensor):
+        key = signature(inputs)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key not in self._seen:
+                self._seen.add(key)
+                return self.fn(*inputs)
+            try:
+                graph = self._capture(self.fn, inputs)
+            except RuntimeError as exc:
+                raise AcceleratorError(f"CUDA graph capture of {self.name} failed for input shapes "
+                                       f"{[tuple(t.shape) for t in inputs]}: {exc}") from exc
+            self.graphs[key] = graph
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        else:
+            self.graphs.move_to_end(key)
+        return graph(*inputs)
+
+
+class CompiledRunner:
+    """torch.compile'd network; the first call of each new shape compiles (seconds to minutes)."""
+
+    def __init__(self, function: TensorFunction, mode: str, cuda_graphs: bool):
+        self.function = function
+        self.compiled = torch.compile(function, mode=mode, dynamic=False, fullgraph=True)
+        self._compiled_signatures: set[Signature] = set()
+        self._call = GraphReplay(self._run, function.name) if cuda_graphs else self._run
+
+    def _run(self, *inputs: torch.Tensor):
+        key = signature(inputs)
+        if key in self._compiled_signatures:
+            return self.compiled(*inputs)
+        try:
+            result = self.compiled(*inputs)
+        except Exception as exc:  # dynamo/inductor raise many types; the user needs the network and shapes
+            raise AcceleratorError(f"torch.compile of {self.function.name} failed for input shapes "
+                                   f"{[tuple(t.shape) for t in inputs]}: {exc}") from exc
+        self._compiled_signatures.add(key)
+        return result
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor):
+        return self._call(*self.function.adapt_inputs(*inputs))
+
+
+def check_compile_supported(device: torch.device, cuda_graphs: bool | None) -> bool:
+    """Whether CUDA graphs will be used; raises when the request cannot be met on this device."""
+    if device.type == "cuda":
+        return True if cuda_graphs is None else cuda_graphs
+    if cuda_graphs:
+        raise ConfigError(f"cuda_graphs=True needs device 'cuda'; the pipeline runs on {device.type!r} "
+                          f"(use cuda_graphs=None or False there)")
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise AcceleratorError("accelerator 'compile' on CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                               "install one or use accelerator='eager'")
+    return False
+
+
+class CompileBackend:
+    def __init__(self, mode: str, cuda_graphs: bool):
+        self.mode = mode
+        self.cuda_graphs = cuda_graphs
+        self.name = "compile+cudagraphs" if cuda_graphs else "compile"
+
+    def runner(self, function: TensorFunction) -> CompiledRunner:
+        return CompiledRunner(function, self.mode, self.cuda_graphs)
+

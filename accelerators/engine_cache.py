@@ -1,0 +1,239 @@
+"""On-disk cache of exported ONNX graphs and TensorRT engines, keyed by everything that changes them.
+
+StreamDiffusion keys engines by file name only, so a changed LoRA, resolution or TensorRT version
+silently loads a stale engine. Here an entry is a folder named by the hash of an `EngineKey`
+(model, weight fingerprint covering fused LoRAs, resolution range, batch rows, bank shape,
+precision, builder version, GPU compute capability) holding the artifact files and `entry.json`:
+the full key plus the size and sha256 of every file. An entry is only used when its recorded key
+equals the requested one and every file still hashes to what was recorded; anything else is
+reported (`get`) or rebuilt (`get_or_build`), never loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipelines.errors import AcceleratorError
+
+log = logging.getLogger(__name__)
+
+ENTRY_FILE = "entry.json"
+ENTRY_FORMAT = 1
+KINDS = ("onnx", "tensorrt")
+_SAMPLES_PER_TENSOR = 4096
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an artifact depends on. Fields that do not apply to a kind are None.
+
+    rows: (min, opt, max) UNet rows of the profile; None for ONNX graphs, whose rows axis is
+        dynamic. CFG mode, steps and frame_buffer_size enter through the rows (see `RowPlan`).
+    resolution: (min_height, min_width, max_height, max_width) in pixels.
+    opt_resolution: (height, width) the engine is tuned for (TensorRT profiles only).
+    builder: the exporter/builder and its version ("torch 2.13.0 opset 18", "tensorrt 10.7.0").
+    device: GPU compute capability ("sm_89") for engines; None for device-independent graphs.
+    """
+
+    kind: str
+    network: str
+    model: str
+    loras: tuple[str, ...]
+    weights: str
+    resolution: tuple[int, int, int, int]
+    precision: str
+    builder: str
+    rows: tuple[int, int, int] | None = None
+    opt_resolution: tuple[int, int] | None = None
+    bank: tuple[tuple[int, ...], ...] | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {KINDS}")
+
+    def as_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.kind}-{self.network}-{self.digest()}"
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of a module's weights: every tensor's name, shape and dtype plus an even sample of its values.
+
+    Sampling (4096 values per tensor) keeps this to a fraction of a second for a full SD UNet on
+    GPU, and a fused LoRA changes every value of the matrices it touches, so it cannot hide.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+        sample = flat[::stride].to("cpu")
+        if sample.dtype == torch.bfloat16:
+            sample = sample.view(torch.int16)
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    key: dict
+    files: dict[str, dict]
+    created: float = 0.0
+    problem: str | None = field(default=None, compare=False)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def size(self) -> int:
+        return sum(int(info.get("size", 0)) for info in self.files.values())
+
+
+class EngineCache:
+    """Artifacts under `root`, one folder per key; see the module docstring for the rules."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, key: EngineKey) -> Path:
+        return self.root / key.folder_name
+
+    def timing_cache_path(self, builder: str, device: str) -> Path:
+        """TensorRT timing cache shared by every build with the same TensorRT version and GPU."""
+        safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{builder}-{device}")
+        return self.root / "timing" / f"{safe}.cache"
+
+    # --- reading -----------------------------------------------------------------------------
+    @staticmethod
+    def _read_entry(folder: Path) -> CacheEntry:
+        meta_path = folder / ENTRY_FILE
+        if not meta_path.is_file():
+            return CacheEntry(folder, {}, {}, problem=f"{ENTRY_FILE} is missing (interrupted build?)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            entry = CacheEntry(folder, dict(meta["key"]), dict(meta["files"]), float(meta.get("created", 0)))
+            if meta.get("format") != ENTRY_FORMAT:
+                entry.problem = f"entry format {meta.get('format')!r} is not {ENTRY_FORMAT}"
+            return entry
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return CacheEntry(folder, {}, {}, problem=f"{ENTRY_FILE} is unreadable ({exc})")
+
+    @staticmethod
+    def verify(entry: CacheEntry, hash_files: bool = True) -> str | None:
+        """Why `entry` must not be loaded, or None when its files are intact."""
+        if entry.problem:
+            return entry.problem
+        if not entry.files:
+            return "the entry lists no files"
+        for name, info in entry.files.items():
+            path = entry.file(name)
+            if not path.is_file():
+                return f"file {name} is missing"
+            if path.stat().st_size != info.get("size"):
+                return f"file {name} has {path.stat().st_size} bytes, {info.get('size')} were recorded"
+            if hash_files and file_sha256(path) != info.get("sha256"):
+                return f"file {name} does not match its recorded sha256 (corrupted or modified)"
+        return None
+
+    def inspect(self, key: EngineKey) -> tuple[CacheEntry | None, str | None]:
+        """(entry, None) when valid; (None, None) when absent; (None, reason) when present but unusable."""
+        folder = self.path(key)
+        if not folder.exists():
+            return None, None
+        entry = self._read_entry(folder)
+        if not entry.problem and entry.key != key.as_json():
+            changed = sorted(k for k in set(entry.key) | set(key.as_json())
+                             if entry.key.get(k) != key.as_json().get(k))
+            return None, f"its recorded key differs in {', '.join(changed)}"
+        problem = self.verify(entry)
+        return (None, problem) if problem else (entry, None)
+
+    def get(self, key: EngineKey) -> CacheEntry | None:
+        """The valid entry, None when absent; an unusable entry is an error naming why."""
+        entry, problem = self.inspect(key)
+        if problem:
+            raise AcceleratorError(f"cached {key.kind} for {key.network} at {self.path(key)} is unusable: {problem}; "
+                                   f"rebuild it (livediff build-engines) or remove it (livediff engines clear)")
+        return entry
+
+    def entries(self) -> list[CacheEntry]:
+        if not self.root.is_dir():
+            return []
+        folders = [p for p in sorted(self.root.iterdir()) if p.is_dir() and p.name.split("-", 1)[0] in KINDS]
+        return [self._read_entry(p) for p in folders]
+
+    # --- writing -----------------------------------------------------------------------------
+    def get_or_build(self, key: EngineKey, build: Callable[[Path], None], allow_build: bool = True) -> CacheEntry:
+        """The valid entry for `key`, building it (into a fresh folder) when absent or unusable."""
+        entry, problem = self.inspect(key)
+        if entry is not None:
+            return entry
+        if not allow_build:
+            what = f"is unusable ({problem})" if problem else "does not exist"
+            raise AcceleratorError(f"the {key.kind} artifact for {key.network} at {self.path(key)} {what} and "
+                                   f"building was disabled; run `livediff build-engines` with the same settings")
+        if problem:
+            log.warning("rebuilding %s for %s at %s: %s", key.kind, key.network, self.path(key), problem)
+        return self.store(key, build)
+
+    def store(self, key: EngineKey, build: Callable[[Path], None]) -> CacheEntry:
+        """Run `build(folder)` in a temporary folder, record hashes, then move it into place atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".build-{key.folder_name}-", dir=self.root))
+        try:
+            build(staging)
+            files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+                     for p in sorted(staging.iterdir()) if p.is_file()}
+            if not files:
+                raise AcceleratorError(f"building the {key.kind} artifact for {key.network} produced no files")
+            meta = dict(format=ENTRY_FORMAT, key=key.as_json(), files=files, created=time.time())
+            (staging / ENTRY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            target = self.path(key)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return CacheEntry(target, meta["key"], files, meta["created"])
+
+    def remove(self, entry: CacheEntry) -> None:
+        shutil.rmtree(entry.path)
+
+    def clear(self, kind: str | None = None) -> int:
+        """Remove every entry (or those of one kind) and leftover staging folders; returns how many entries."""
+        removed = 0
+        for entry in self.entries():
+            if kind is None or entry.path.name.startswith(f"{kind}-"):
+                self.remove(entry)
+                removed += 1
+        if kind is None and self.root.is_dir():
+            for leftover in self.root.glob(".build-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        return removed

@@ -1,0 +1,176 @@
+"""The networks as pure tensor functions: tensors in, tensors out, no Python objects.
+
+This is the form every backend runs: eager calls them, `compile` compiles them, ONNX export traces
+them. Each one knows its input/output names, example inputs for a given row count and resolution,
+which axes may vary, and the shapes of its outputs (so GPU backends can allocate them up front).
+The UNet takes its timestep as float32: diffusers casts it to float for the sinusoidal embedding
+anyway, and float inputs avoid int64 tensors in engines.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from diffusers import AutoencoderTiny
+from torch import nn
+
+from accelerators.base import Backend, Runners
+
+Shape = tuple[int, ...]
+
+
+class TensorFunction(nn.Module):
+    """Base of the exportable networks; `rows` is always axis 0 of every input and output."""
+
+    name: str = ""
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    spatial_multiple: int = 8
+    stream_rows: bool = True  # rows follow the stream batch (see `RowPlan`); False: one row per frame
+
+    def variant(self) -> tuple | None:
+        """What a graph bakes in beyond weights and sizes (bank shapes, constants); part of cache keys."""
+        return None
+
+    def example_inputs(self, rows: int, height: int, width: int, dtype: torch.dtype,
+                       device: torch.device | str) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def output_shapes(self, inputs: Sequence[torch.Tensor]) -> list[Shape]:
+        raise NotImplementedError
+
+    def spatial_axes(self) -> dict[str, tuple[int, int, int]]:
+        """input name → (height axis, width axis, pixels per element on those axes), for dynamic resolution.
+
+        Sizes along them change in steps of `spatial_multiple` pixels."""
+        raise NotImplementedError
+
+    def adapt_inputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What callers pass → what the function takes (dtype casts, contiguous memory)."""
+        return tuple(t.contiguous() for t in inputs)
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class UNetFunction(TensorFunction):
+    """(sample, timestep, encoder_hidden_states) → noise prediction, one row per stream-batch row."""
+
+    name = "unet"
+    input_names = ("sample", "timestep", "encoder_hidden_states")
+    output_names = ("noise_pred",)
+
+    def __init__(self, unet, vae_scale_factor: int = 8):
+        super().__init__()
+        self.unet = unet
+        self.vae_scale_factor = vae_scale_factor
+        self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
+                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    def example_inputs(self, rows, height, width, dtype, device):
+        config = self.unet.config
+        f = self.vae_scale_factor
+        return (torch.randn(rows, config.in_channels, height // f, width // f, dtype=dtype, device=device),
+                torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
+                torch.randn(rows, 77, config.cross_attention_dim, dtype=dtype, device=device))
+
+    def output_shapes(self, inputs):
+        sample = inputs[0]
+        return [(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])]
+
+    def spatial_axes(self):
+        return {"sample": (2, 3, self.vae_scale_factor)}
+
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states):
+        return sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous()
+
+
+class VaeEncoderFunction(TensorFunction):
+    """Images in [-1,1] → latents scaled for the UNet.
+
+    Uses the distribution's mean, not a sample, so the same frame always gives the same latent (a
+    sample would add flicker). TAESD (AutoencoderTiny) is deterministic already.
+    """
+
+    name = "vae_encoder"
+    input_names = ("images",)
+    output_names = ("latents",)
+    stream_rows = False
+
+    def __init__(self, vae, vae_scale_factor: int):
+        super().__init__()
+        self.vae = vae
+        self.scale = float(vae.config.scaling_factor)
+        self.tiny = isinstance(vae, AutoencoderTiny)
+        self.vae_scale_factor = vae_scale_factor
+        self.latent_channels = vae.config.latent_channels
+        self.spatial_multiple = vae_scale_factor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        encoded = self.vae.encode(images)
+        latents = encoded.latents if self.tiny else encoded.latent_dist.mean
+        return latents * self.scale
+
+    def example_inputs(self, rows, height, width, dtype, device):
+        return (torch.rand(rows, 3, height, width, dtype=dtype, device=device) * 2 - 1,)
+
+    def output_shapes(self, inputs):
+        images = inputs[0]
+        f = self.vae_scale_factor
+        return [(images.shape[0], self.latent_channels, images.shape[2] // f, images.shape[3] // f)]
+
+    def spatial_axes(self):
+        return {"images": (2, 3, 1)}
+
+
+class VaeDecoderFunction(TensorFunction):
+    """Scaled latents → images in about [-1,1]."""
+
+    name = "vae_decoder"
+    input_names = ("latents",)
+    output_names = ("images",)
+    stream_rows = False
+
+    def __init__(self, vae, vae_scale_factor: int):
+        super().__init__()
+        self.vae = vae
+        self.scale = float(vae.config.scaling_factor)
+        self.vae_scale_factor = vae_scale_factor
+        self.latent_channels = vae.config.latent_channels
+        self.spatial_multiple = vae_scale_factor
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scale, return_dict=False)[0]
+
+    def example_inputs(self, rows, height, width, dtype, device):
+        f = self.vae_scale_factor
+        return (torch.randn(rows, self.latent_channels, height // f, width // f, dtype=dtype, device=device),)
+
+    def output_shapes(self, inputs):
+        latents = inputs[0]
+        f = self.vae_scale_factor
+        return [(latents.shape[0], 3, latents.shape[2] * f, latents.shape[3] * f)]
+
+    def spatial_axes(self):
+        return {"latents": (2, 3, self.vae_scale_factor)}
+
+
+def stream_networks(models) -> dict[str, TensorFunction]:
+    """The three networks every stream pipeline runs, as pure functions over the shared modules."""
+    factor = models.vae_scale_factor
+    return {
+        "unet": UNetFunction(models.unet, factor).eval(),
+        "vae_encoder": VaeEncoderFunction(models.vae, factor).eval(),
+        "vae_decoder": VaeDecoderFunction(models.vae, factor).eval(),
+    }
+
+
+def runners_for(models, backend: Backend) -> Runners:
+    """The three stream networks of `models`, each run by `backend`."""
+    networks = stream_networks(models)
+    return Runners(unet=backend.runner(networks["unet"]), encode=backend.runner(networks["vae_encoder"]),
+                   decode=backend.runner(networks["vae_decoder"]), name=backend.name, backend=backend)

@@ -1,0 +1,112 @@
+"""`onnxruntime`: the exported graphs run by ONNX Runtime (CPU EP, or CUDA EP where installed).
+
+On CPU this is how the exported graphs are tested end to end. Graphs come from the `EngineCache`
+(exported on first use, reused afterwards). One session per network serves every row count: the
+rows axis of the graphs is dynamic, which costs ONNX Runtime nothing. Precision follows the
+pipeline: float32 on CPU, float16 (or float32) on CUDA.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accelerators.base import AcceleratorOptions
+from accelerators.networks import TensorFunction
+from accelerators.onnx_export import GraphExporter, ProgressFn
+from pipelines.errors import AcceleratorError, ConfigError
+
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
+_NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+
+
+def providers_for(device: torch.device) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise AcceleratorError(f"accelerator 'onnxruntime' on CUDA needs the CUDA execution provider; this "
+                                   f"onnxruntime has {', '.join(available)} (install onnxruntime-gpu instead)")
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    raise ConfigError(f"accelerator 'onnxruntime' runs on 'cpu' or 'cuda', not {device.type!r}")
+
+
+def check_precision(dtype: torch.dtype, device: torch.device) -> None:
+    if dtype not in (torch.float32, torch.float16) or (dtype == torch.float16 and device.type == "cpu"):
+        raise ConfigError(f"accelerator 'onnxruntime' runs float32 on CPU and float16/float32 on CUDA, "
+                          f"not {dtype} on {device.type}")
+
+
+class OnnxRuntimeRunner:
+    """One InferenceSession over one exported graph; torch tensors in and out."""
+
+    def __init__(self, function: TensorFunction, graph: Path, device: torch.device):
+        import onnxruntime as ort
+
+        self.function = function
+        self.device = device
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=providers_for(device))
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            raise AcceleratorError(f"ONNX Runtime cannot load {graph} for {function.name}: {exc}") from exc
+        self.input_types = [_ORT_TYPES.get(i.type) for i in self.session.get_inputs()]
+        self.output_types = [_ORT_TYPES.get(o.type) for o in self.session.get_outputs()]
+
+    def _check(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        if len(inputs) != len(self.input_types):
+            raise AcceleratorError(f"{self.function.name} graph takes {len(self.input_types)} inputs, "
+                                   f"got {len(inputs)}")
+        for name, tensor, expected in zip(self.function.input_names, inputs, self.input_types):
+            if tensor.dtype != expected:
+                raise AcceleratorError(f"{self.function.name} input {name} is {tensor.dtype} but the graph was "
+                                       f"exported for {expected}")
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor):
+        inputs = self.function.adapt_inputs(*inputs)
+        self._check(inputs)
+        outputs = self._run_cuda(inputs) if self.device.type == "cuda" else self._run_cpu(inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _run_cpu(self, inputs):
+        feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.function.input_names, inputs)}
+        return [torch.from_numpy(array) for array in self.session.run(None, feeds)]
+
+    def _run_cuda(self, inputs):
+        """IO binding on torch-owned device memory: no host round trip."""
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        for name, tensor in zip(self.function.input_names, inputs):
+            binding.bind_input(name, "cuda", index, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
+        outputs = [torch.empty(shape, dtype=dtype, device=self.device)
+                   for shape, dtype in zip(self.function.output_shapes(inputs), self.output_types)]
+        for name, tensor in zip(self.function.output_names, outputs):
+            binding.bind_output(name, "cuda", index, _NUMPY_TYPES[tensor.dtype], tuple(tensor.shape), tensor.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # ONNX Runtime runs on its own stream
+        self.session.run_with_iobinding(binding)
+        return outputs
+
+
+class OnnxRuntimeBackend:
+    """Runs each function's cached ONNX graph (exported on first use) in its own session."""
+
+    name = "onnxruntime"
+
+    def __init__(self, models, config, options: AcceleratorOptions, progress: ProgressFn | None = None):
+        self.device = torch.device(config.device)
+        check_precision(next(models.unet.parameters()).dtype, self.device)
+        providers_for(self.device)
+        self.graphs = GraphExporter(models, config, options, progress)
+
+    def artifact(self, function: TensorFunction) -> Path:
+        return self.graphs.artifact(function)
+
+    def runner(self, function: TensorFunction) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(function, self.artifact(function), self.device)
+

@@ -1,0 +1,270 @@
+"""`tensorrt`: ONNX graph → TensorRT engine (Python API), cached by a key of everything that changes it.
+
+Precision: the graph is exported from the fp16 model on CUDA and built as a *strongly typed*
+network, so the engine runs the precisions the graph states. TensorRT 11 removed the weakly typed
+`BuilderFlag.FP16` route; strong typing works the same on 10.x and 11.x.
+
+Rows: one engine per network with one optimisation profile spanning every row count the pipeline
+can send (`RowPlan`: warm-up F .. steady state, optimised for the steady state), and the requested
+resolution range (optimised for the pipeline's own size). A call outside the profile (e.g. the CFG
+mode changed live to one needing more rows) is an error naming the profile, never a fallback.
+
+The builder's timing cache is kept on disk per TensorRT version and GPU, so rebuilding for another
+resolution or LoRA reuses the kernel timings. `tensorrt` is imported lazily: everything else in
+livediff works without it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from accelerators.base import AcceleratorOptions, ResolutionRange
+from accelerators.engine_cache import EngineKey, weights_fingerprint
+from accelerators.networks import TensorFunction
+from accelerators.onnx_export import GraphExporter, ProgressFn
+from accelerators.shapes import RowPlan, rows_for
+from pipelines.errors import AcceleratorError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "model.plan"
+PRECISIONS = {torch.float16: "float16", torch.float32: "float32"}
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]
+BuildProgressFn = Callable[[str, int, int | None], None]
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise AcceleratorError("accelerator 'tensorrt' needs TensorRT: install livediff[tensorrt] on a machine "
+                               "with CUDA") from exc
+    return tensorrt
+
+
+def check_tensorrt_supported(device: torch.device, dtype: torch.dtype):
+    """The tensorrt module, once device, CUDA, TensorRT and precision are all usable."""
+    if device.type != "cuda":
+        raise AcceleratorError(f"accelerator 'tensorrt' needs device 'cuda', not {device.type!r}")
+    if not torch.cuda.is_available():
+        raise AcceleratorError("accelerator 'tensorrt' needs a CUDA GPU, and torch sees none")
+    if dtype not in PRECISIONS:
+        raise ConfigError(f"accelerator 'tensorrt' builds float16 or float32 engines, not {dtype}")
+    return import_tensorrt()
+
+
+def compute_capability(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def profile_shapes(function: TensorFunction, rows: RowPlan, resolution: ResolutionRange, height: int,
+                   width: int, dtype: torch.dtype) -> Profile:
+    """(min, opt, max) shape of every input, from the rows plan and the resolution range."""
+    corners = [(rows.min, resolution.min_height, resolution.min_width), (rows.opt, height, width),
+               (rows.max, resolution.max_height, resolution.max_width)]
+    shapes = [[tuple(t.shape) for t in function.example_inputs(r, h, w, dtype, "meta")] for r, h, w in corners]
+    return {name: (shapes[0][i], shapes[1][i], shapes[2][i]) for i, name in enumerate(function.input_names)}
+
+
+def engine_key(function: TensorFunction, models, rows: RowPlan, resolution: ResolutionRange, height: int,
+               width: int, precision: str, trt_version: str, device: str) -> EngineKey:
+    return EngineKey(kind="tensorrt", network=function.name, model=models.name, loras=tuple(models.loras),
+                     weights=weights_fingerprint(function), precision=precision,
+                     builder=f"tensorrt {trt_version}", device=device,
+                     resolution=(resolution.min_height, resolution.min_width, resolution.max_height,
+                                 resolution.max_width),
+                     opt_resolution=(height, width), rows=(rows.min, rows.opt, rows.max), bank=function.variant())
+
+
+def _collecting_logger(trt):
+    """A TensorRT logger that forwards to `logging` and keeps errors for the exception message."""
+
+    class CollectingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return CollectingLogger()
+
+
+def _progress_monitor(trt, report: BuildProgressFn):
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = num_steps
+            report(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name, step):
+            report(phase_name, step + 1, self.steps.get(phase_name))
+            return True
+
+        def phase_finish(self, phase_name):
+            self.steps.pop(phase_name, None)
+
+    return Monitor()
+
+
+def _load_timing_cache(config, path: Path):
+    data = b""
+    if path.is_file():
+        data = path.read_bytes()
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("TensorRT timing cache %s is unusable (other TensorRT version or GPU?); starting a new one", path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=True)
+    return cache
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    staging.replace(path)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, timing_cache: Path,
+                 workspace_gb: float | None = None, progress: BuildProgressFn | None = None) -> None:
+    """Parse the ONNX graph and build a strongly typed engine with one optimisation profile."""
+    trt = import_tensorrt()
+    logger = _collecting_logger(trt)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise AcceleratorError(f"TensorRT cannot parse {onnx_path}: {errors or 'no parser message'}")
+    config = builder.create_builder_config()
+    if workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 1024 ** 3))
+    optimisation = builder.create_optimization_profile()
+    for name, (smallest, optimal, largest) in profile.items():
+        optimisation.set_shape(name, smallest, optimal, largest)
+    config.add_optimization_profile(optimisation)
+    _load_timing_cache(config, timing_cache)
+    if progress is not None:
+        monitor = _progress_monitor(trt, progress)  # must outlive the build
+        config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        detail = "; ".join(logger.errors[-5:]) or "no error message from TensorRT"
+        raise AcceleratorError(f"TensorRT failed to build an engine from {onnx_path}: {detail}")
+    engine_path.write_bytes(memoryview(serialized))
+    _save_timing_cache(config, timing_cache)
+
+
+class TensorRTRunner:
+    """One engine and execution context; inputs are torch CUDA tensors, outputs are allocated per call."""
+
+    def __init__(self, function: TensorFunction, engine_path: Path, device: torch.device):
+        trt = import_tensorrt()
+        self.function = function
+        self.device = device
+        self.logger = _collecting_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            detail = "; ".join(self.logger.errors[-3:])
+            raise AcceleratorError(f"TensorRT cannot load the engine {engine_path} ({detail or 'no message'}); "
+                                   f"remove it with `livediff engines clear` and rebuild")
+        self.context = self.engine.create_execution_context()
+        types = {trt.DataType.HALF: torch.float16, trt.DataType.FLOAT: torch.float32,
+                 trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64}
+        names = list(function.input_names) + list(function.output_names)
+        self.dtypes = {name: types[self.engine.get_tensor_dtype(name)] for name in names}
+        self.profile = {name: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+                        for name in function.input_names}
+
+    def _bind_input(self, name: str, tensor: torch.Tensor) -> None:
+        if tensor.dtype != self.dtypes[name]:
+            raise AcceleratorError(f"{self.function.name} input {name} is {tensor.dtype}; the engine takes "
+                                   f"{self.dtypes[name]}")
+        smallest, _, largest = self.profile[name]
+        shape = tuple(tensor.shape)
+        if not all(lo <= s <= hi for s, lo, hi in zip(shape, smallest, largest)):
+            raise AcceleratorError(f"{self.function.name} input {name} has shape {shape}, outside the engine "
+                                   f"profile {smallest}..{largest}; rebuild the engine for these rows/sizes "
+                                   f"(livediff build-engines with the pipeline's settings)")
+        self.context.set_input_shape(name, shape)
+        self.context.set_tensor_address(name, tensor.data_ptr())
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor):
+        inputs = self.function.adapt_inputs(*inputs)
+        for name, tensor in zip(self.function.input_names, inputs):
+            self._bind_input(name, tensor)
+        outputs = []
+        for name in self.function.output_names:
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
+        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise AcceleratorError(f"TensorRT execution of {self.function.name} failed: "
+                                   f"{'; '.join(self.logger.errors[-3:]) or 'no message'}")
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class TensorRTBackend:
+    """Builds (or reuses) a function's engine from its (cached) ONNX graph and runs it.
+
+    `progress(network, message, done, total)` hears about exports and TensorRT build phases.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, models, config, options: AcceleratorOptions, progress: ProgressFn | None = None):
+        self.models = models
+        self.config = config
+        self.options = options
+        self.progress = progress
+        self.device = torch.device(config.device)
+        self.dtype = next(models.unet.parameters()).dtype
+        self.trt = check_tensorrt_supported(self.device, self.dtype)
+        self.graphs = GraphExporter(models, config, options, progress)
+        self.cache = self.graphs.cache
+        self.resolution = self.graphs.resolution
+        self.capability = compute_capability(self.device)
+        self.timing_cache = self.cache.timing_cache_path(f"tensorrt-{self.trt.__version__}", self.capability)
+
+    def artifact(self, function: TensorFunction) -> Path:
+        """The cached engine of `function`, exported and built now when missing or unusable."""
+        rows = rows_for(function, self.config)
+        key = engine_key(function, self.models, rows, self.resolution, self.config.height, self.config.width,
+                         PRECISIONS[self.dtype], self.trt.__version__, self.capability)
+        report = None
+        if self.progress is not None:
+            report = lambda message, done, total: self.progress(function.name, message, done, total)  # noqa: E731
+
+        def build(folder: Path) -> None:
+            graph = self.graphs.artifact(function)
+            profile = profile_shapes(function, rows, self.resolution, self.config.height, self.config.width,
+                                     self.dtype)
+            build_engine(graph, folder / ENGINE_FILE, profile, self.timing_cache, self.options.workspace_gb, report)
+
+        entry = self.cache.get_or_build(key, build, allow_build=self.options.build)
+        if report:
+            report("engine ready", 1, 1)
+        return entry.file(ENGINE_FILE)
+
+    def runner(self, function: TensorFunction) -> TensorRTRunner:
+        return TensorRTRunner(function, self.artifact(function), self.device)
+

@@ -1,0 +1,142 @@
+"""`livediff build-engines` and `livediff engines list|clear`: the ONNX graph / TensorRT engine cache.
+
+Building ahead of time matters for TensorRT (minutes per engine); a pipeline started later with
+the same settings finds the engines by their key and starts in seconds. Heavy modules are imported
+inside the handlers so `livediff --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+from app.commands.options import add_pipeline_options
+
+BUILD_ACCELERATORS = ("tensorrt", "onnxruntime")
+
+
+def register(subparsers) -> None:
+    build = subparsers.add_parser(
+        "build-engines", help="export ONNX graphs and build TensorRT engines ahead of time",
+        description="Export the pipeline's networks to ONNX and (with --accelerator tensorrt) build TensorRT "
+                    "engines for exactly these settings: model and LoRAs, resolution (or --min/--max range), "
+                    "steps, CFG mode and frame buffer size (they fix the batch rows). Results are cached by a "
+                    "key of all of them; existing valid entries are reused.")
+    add_pipeline_options(build)
+    build.set_defaults(accelerator="tensorrt")
+    group = build.add_argument_group("engines")
+    group.add_argument("--mode", choices=("img2img", "txt2img"), default="img2img")
+    for bound in ("min", "max"):
+        for side in ("width", "height"):
+            group.add_argument(f"--{bound}-{side}", type=int, default=None,
+                               help=f"{bound}imum {side} of a dynamic-resolution engine (default: --{side})")
+    group.add_argument("--cache-dir", default=None, help="engine cache folder (default $LIVEDIFF_CACHE_DIR or "
+                                                         "~/.cache/livediff/engines)")
+    group.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..23 (default %(default)s)")
+    group.add_argument("--workspace-gb", type=float, default=None, help="TensorRT builder workspace limit")
+    build.set_defaults(func=run_build)
+
+    engines = subparsers.add_parser("engines", help="list or clear cached ONNX graphs and TensorRT engines")
+    actions = engines.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show every cache entry with its key and state")
+    listing.add_argument("--verify", action="store_true", help="also check every file's sha256 (slow for big files)")
+    clear = actions.add_parser("clear", help="remove cache entries")
+    clear.add_argument("--kind", choices=("onnx", "tensorrt"), default=None, help="only this kind (default: all)")
+    for sub in (listing, clear):
+        sub.add_argument("--cache-dir", default=None, help="engine cache folder")
+    listing.set_defaults(func=run_list)
+    clear.set_defaults(func=run_clear)
+
+
+def _resolution(args: argparse.Namespace):
+    bounds = (args.min_height, args.min_width, args.max_height, args.max_width)
+    if all(b is None for b in bounds):
+        return None
+    defaults = (args.height, args.width, args.height, args.width)
+    return tuple(d if b is None else b for b, d in zip(bounds, defaults))
+
+
+class _ProgressDisplay:
+    """One progress line per network, fed by the backends' `progress(network, message, done, total)`."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, network: str, message: str, done: int, total: int | None) -> None:
+        if network not in self.tasks:
+            self.tasks[network] = self.progress.add_task(network, total=None)
+        self.progress.update(self.tasks[network], description=f"{network}: {message}", completed=done, total=total)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from accelerators import check_accelerator, make_backend
+    from accelerators.networks import stream_networks
+    from app.commands.options import pipeline_settings
+    from pipelines import StreamConfig, shared_models
+    from pipelines.errors import ConfigError
+
+    if args.accelerator not in BUILD_ACCELERATORS:
+        raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
+                          f"{' or '.join(BUILD_ACCELERATORS)}")
+    config = StreamConfig(**pipeline_settings(args, args.mode))
+    options = check_accelerator(config.accelerator, config,
+                                dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
+                                     workspace_gb=args.workspace_gb))
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        backend = make_backend(config.accelerator, models, config, options, _ProgressDisplay(progress))
+        paths = {name: backend.artifact(function) for name, function in stream_networks(models).items()}
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _describe(entry) -> str:
+    key = entry.key
+    resolution = key.get("resolution") or ()
+    size = "?"
+    if len(resolution) == 4:
+        min_h, min_w, max_h, max_w = resolution
+        size = f"{max_w}x{max_h}" if (min_h, min_w) == (max_h, max_w) else f"{min_w}x{min_h}..{max_w}x{max_h}"
+    rows = key.get("rows")
+    return "  ".join([
+        f"{key.get('kind', '?'):<8}", f"{key.get('network', '?'):<12}", f"model={key.get('model', '?')}",
+        f"loras={','.join(key.get('loras') or []) or '-'}", f"size={size}",
+        f"rows={'-'.join(map(str, rows)) if rows else 'dynamic'}", f"{key.get('precision', '?')}",
+        f"{key.get('builder', '?')}", f"{key.get('device') or ''}".strip(),
+        f"{entry.size / 1024 ** 2:.1f} MB",
+        datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
+    ])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from accelerators.base import AcceleratorOptions
+    from accelerators.engine_cache import EngineCache
+
+    cache = EngineCache(AcceleratorOptions(cache_dir=args.cache_dir).cache_dir)
+    entries = cache.entries()
+    if not entries:
+        print(f"no cached graphs or engines in {cache.root}")
+        return 0
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache.root}")
+    for entry in entries:
+        problem = cache.verify(entry, hash_files=args.verify)
+        state = f"UNUSABLE: {problem}" if problem else ("ok (verified)" if args.verify else "ok")
+        print(f"{entry.path.name}  {state}\n    {_describe(entry)}")
+    return 0
+
+
+def run_clear(args: argparse.Namespace) -> int:
+    from accelerators.base import AcceleratorOptions
+    from accelerators.engine_cache import EngineCache
+
+    cache = EngineCache(AcceleratorOptions(cache_dir=args.cache_dir).cache_dir)
+    removed = cache.clear(args.kind)
+    what = f"{args.kind} entries" if args.kind else "entries"
+    print(f"removed {removed} {what} from {cache.root}", file=sys.stdout)
+    return 0

@@ -1,0 +1,193 @@
+"""Runner interface, row plans, accelerator validation, CUDA-graph bookkeeping and `compile` on CPU."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from accelerators import ACCELERATORS, AcceleratorOptions, build_runners, check_accelerator
+from accelerators.compiled import GraphReplay, signature
+from accelerators.networks import stream_networks
+from accelerators.shapes import RowPlan
+from pipelines import StreamConfig, load_pipeline, shared_models
+from pipelines.errors import AcceleratorError, ConfigError
+
+SIZE = 64
+
+
+def config(**overrides) -> StreamConfig:
+    settings = dict(model="tiny", t_index_list=(20, 40), cfg_type="self", width=SIZE, height=SIZE, device="cpu",
+                    dtype="float32")
+    settings.update(overrides)
+    return StreamConfig(**settings)
+
+
+def image(seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+# --- row plans ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg_type,expected", [("none", (2, 6, 6)), ("self", (2, 6, 6)), ("full", (2, 12, 12)),
+                                               ("initialize", (2, 8, 8))])
+def test_row_plan_for_three_steps_two_frames(cfg_type, expected):
+    plan = RowPlan.for_stream(steps=3, frames=2, cfg_type=cfg_type)
+    assert (plan.min, plan.opt, plan.max) == expected
+
+
+@pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
+@pytest.mark.parametrize("guidance_scale", [1.0, 1.8])
+def test_row_plan_covers_every_unet_call_of_a_real_stream(cfg_type, guidance_scale):
+    cfg = config(cfg_type=cfg_type, t_index_list=(10, 25, 40), frame_buffer_size=2)
+    pipe = load_pipeline(**{k: getattr(cfg, k) for k in ("model", "t_index_list", "cfg_type", "width", "height",
+                                                         "device", "dtype", "frame_buffer_size")})
+    pipe.prepare(prompt="a", guidance_scale=guidance_scale)
+    seen = []
+    unet = pipe.runners.unet
+    pipe.runners.unet = lambda sample, t, text: seen.append(sample.shape[0]) or unet(sample, t, text)
+    for seed in range(3):
+        pipe([image(seed)[0], image(seed + 10)[0]])
+    plan = RowPlan.for_config(cfg)
+    assert all(plan.contains(rows) for rows in seen), (seen, plan)
+    if guidance_scale > 1 or cfg_type in ("none", "self"):
+        assert seen[-1] == plan.opt  # the steady state is what static backends optimise for
+
+
+# --- validation -----------------------------------------------------------------------------------
+def test_cuda_graphs_requested_on_cpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="cuda_graphs=True needs device 'cuda'"):
+        load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", accelerator="compile",
+                      accelerator_options={"cuda_graphs": True})
+
+
+def test_cuda_graphs_is_only_an_option_of_compile():
+    with pytest.raises(ConfigError, match="option of accelerator 'compile'"):
+        check_accelerator("onnxruntime", config(), {"cuda_graphs": True})
+
+
+def test_tensorrt_on_cpu_is_an_accelerator_error():
+    with pytest.raises(AcceleratorError, match="needs device 'cuda'"):
+        load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", accelerator="tensorrt")
+
+
+def test_missing_tensorrt_names_the_extra(monkeypatch):
+    from accelerators.tensorrt_backend import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(AcceleratorError, match=r"install livediff\[tensorrt\] on a machine with CUDA"):
+        import_tensorrt()
+
+
+def test_onnxruntime_on_cuda_needs_the_cuda_provider():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(AcceleratorError, match="onnxruntime-gpu"):
+        check_accelerator("onnxruntime", config(device="cuda", dtype="float16"))
+
+
+def test_onnxruntime_refuses_bfloat16():
+    with pytest.raises(ConfigError, match="float32 on CPU"):
+        check_accelerator("onnxruntime", config(dtype="bfloat16"))
+
+
+def test_unknown_accelerator_and_options_are_config_errors():
+    with pytest.raises(ConfigError, match="not one of"):
+        check_accelerator("openvino", config())
+    with pytest.raises(ConfigError, match="unknown accelerator option"):
+        check_accelerator("compile", config(), {"graphs": True})
+    with pytest.raises(ConfigError, match="compile_mode"):
+        AcceleratorOptions(compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="opset"):
+        AcceleratorOptions(opset=13)
+
+
+def test_resolution_range_must_contain_the_pipeline_size():
+    with pytest.raises(ConfigError, match="outside the accelerator resolution range"):
+        check_accelerator("onnxruntime", config(), {"resolution": (128, 128, 256, 256)})
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        AcceleratorOptions(resolution=(60, 64, 128, 128))
+
+
+def test_every_accelerator_is_known():
+    assert ACCELERATORS == ("eager", "compile", "onnxruntime", "tensorrt")
+
+
+# --- runner interface -----------------------------------------------------------------------------
+def test_eager_runners_match_the_diffusers_modules_and_wrap_extra_networks():
+    cfg = config()
+    models = shared_models(cfg.model, cfg.vae, cfg.loras, cfg.device, cfg.dtype)
+    runners = build_runners("eager", models, cfg)
+    sample, t, text = stream_networks(models)["unet"].example_inputs(2, SIZE, SIZE, torch.float32, "cpu")
+    with torch.no_grad():
+        expected = models.unet(sample, t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(runners.unet(sample, t, text), expected)
+    decoder = runners.wrap(stream_networks(models)["vae_decoder"])
+    latents = runners.encode(image() * 2 - 1)
+    torch.testing.assert_close(decoder(latents), runners.decode(latents))
+
+
+# --- CUDA-graph bookkeeping (capture is injected, so this runs without a GPU) ------------------------
+class FakeCapture:
+    def __init__(self):
+        self.captured = []
+
+    def __call__(self, fn, inputs):
+        self.captured.append(tuple(t.shape for t in inputs))
+        return lambda *xs: ("replayed", fn(*xs))
+
+
+def test_graph_replay_captures_on_the_second_call_of_a_shape():
+    capture = FakeCapture()
+    replay = GraphReplay(lambda x: x * 2, "net", capture=capture)
+    x = torch.ones(2, 3)
+    assert torch.equal(replay(x), x * 2) and capture.captured == []
+    kind, value = replay(x)
+    assert kind == "replayed" and torch.equal(value, x * 2) and capture.captured == [(torch.Size([2, 3]),)]
+    replay(x)
+    assert len(capture.captured) == 1  # replayed, not captured again
+
+
+def test_graph_replay_recaptures_for_new_rows_or_bank_size_and_evicts_the_oldest():
+    capture = FakeCapture()
+    replay = GraphReplay(lambda *xs: xs[0], "net", max_graphs=2, capture=capture)
+    shapes = [((1, 4), (1, 8)), ((3, 4), (3, 8)), ((3, 4), (3, 16))]  # rows change, then the bank grows
+    for shape in shapes:
+        tensors = [torch.zeros(s) for s in shape]
+        replay(*tensors)
+        replay(*tensors)
+    assert len(capture.captured) == 3
+    assert len(replay.graphs) == 2
+    assert signature([torch.zeros(s) for s in shapes[0]]) not in replay.graphs
+
+
+# --- compile on CPU ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compile_matches_eager_on_cpu():
+    """One img2img stream (1 step, no CFG: every call has 1 row) through torch.compile vs eager."""
+    settings = dict(model="tiny", vae="tiny-taesd", t_index_list=[30], cfg_type="none", width=SIZE, height=SIZE,
+                    device="cpu", dtype="float32")
+    outputs = {}
+    for accelerator in ("eager", "compile"):
+        pipe = load_pipeline(accelerator=accelerator, **settings)
+        pipe.prepare(prompt="oil painting")
+        outputs[accelerator] = [pipe(image(seed)) for seed in range(2)]
+    assert pipe.runners.name == "compile"
+    for eager, compiled in zip(outputs["eager"], outputs["compile"]):
+        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_compile_with_cuda_graphs_matches_eager_on_cuda():
+    settings = dict(model="tiny", vae="tiny-taesd", t_index_list=[20, 40], cfg_type="self", width=SIZE, height=SIZE,
+                    device="cuda", dtype="float16")
+    outputs = {}
+    for accelerator in ("eager", "compile"):
+        pipe = load_pipeline(accelerator=accelerator, **settings)
+        pipe.prepare(prompt="oil painting", guidance_scale=1.5)
+        outputs[accelerator] = [pipe(image(seed).cuda().half()).float() for seed in range(5)]
+    assert pipe.runners.name == "compile+cudagraphs"
+    assert len(pipe.runners.unet._call.graphs) == 1  # the steady-state shape, replayed from its second call on
+    for eager, compiled in zip(outputs["eager"], outputs["compile"]):
+        assert (compiled - eager).abs().max() < 1e-2

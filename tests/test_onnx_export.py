@@ -1,0 +1,156 @@
+"""Exported ONNX graphs run by ONNX Runtime (CPU) against eager PyTorch, on fresh random inputs.
+
+Graphs are exported once per test module into a temporary cache; the pipeline tests then find
+them there by key, which also checks that a second pipeline reuses a cached graph.
+"""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from accelerators import AcceleratorOptions
+from accelerators import onnx_export as export_module
+from accelerators.base import ResolutionRange
+from accelerators.engine_cache import EngineCache
+from accelerators.networks import stream_networks
+from accelerators.onnx_export import GRAPH_FILE, GraphExporter, export_onnx
+from accelerators.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeRunner
+from pipelines import StreamConfig, load_pipeline, shared_models
+
+SIZE = 64
+REL_TOLERANCE = 1e-4  # fp32: max |onnx − eager| / max |eager|
+IMAGE_TOLERANCE = 1e-3  # max abs difference of output pixels in [0, 1] after a whole stream
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+def settings(**overrides) -> dict:
+    base = dict(model="tiny", t_index_list=[20, 40], cfg_type="self", width=SIZE, height=SIZE, device="cpu",
+                dtype="float32")
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture(scope="module")
+def exported(cache_dir):
+    """(backend, networks) for the tiny model with its KL VAE, graphs exported into `cache_dir`."""
+    config = StreamConfig(**settings())
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    backend = OnnxRuntimeBackend(models, config, AcceleratorOptions(cache_dir=cache_dir))
+    return backend, stream_networks(models)
+
+
+def fresh_inputs(function, rows: int, seed: int):
+    torch.manual_seed(seed)
+    return function.example_inputs(rows, SIZE, SIZE, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("network", ["unet", "vae_encoder", "vae_decoder"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_graph_matches_eager(exported, network, rows):
+    backend, networks = exported
+    function = networks[network]
+    runner = backend.runner(function)
+    inputs = fresh_inputs(function, rows, seed=100 + rows)
+    with torch.no_grad():
+        expected = function(*inputs)
+    actual = runner(*inputs)
+    assert actual.shape == expected.shape
+    assert relative_error(actual, expected) < REL_TOLERANCE
+
+
+def test_graphs_have_static_resolution_dynamic_rows_and_a_recent_opset(exported):
+    backend, networks = exported
+    model = onnx.load(str(backend.artifact(networks["unet"])))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    sample = next(i for i in model.graph.input if i.name == "sample")
+    dims = sample.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # rows: symbolic
+    assert [d.dim_value for d in dims[1:]] == [4, SIZE // 8, SIZE // 8]
+    assert [i.name for i in model.graph.input] == ["sample", "timestep", "encoder_hidden_states"]
+
+
+def test_taesd_graphs_match_eager(tmp_path):
+    config = StreamConfig(**settings(vae="tiny-taesd"))
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    backend = OnnxRuntimeBackend(models, config, AcceleratorOptions(cache_dir=tmp_path))
+    for name in ("vae_encoder", "vae_decoder"):
+        function = stream_networks(models)[name]
+        inputs = fresh_inputs(function, 2, seed=7)
+        with torch.no_grad():
+            expected = function(*inputs)
+        assert relative_error(backend.runner(function)(*inputs), expected) < REL_TOLERANCE
+
+
+def test_dynamic_resolution_graph_with_external_data_runs_every_size_in_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_LIMIT", 0)  # as if the weights were over 2 GB
+    config = StreamConfig(**settings(vae="tiny-taesd"))
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    decoder = stream_networks(models)["vae_decoder"]
+    export_onnx(decoder, tmp_path, height=SIZE, width=SIZE, resolution=ResolutionRange(64, 64, 128, 192),
+                dtype=torch.float32, device="cpu", opset=18)
+    data = [p for p in tmp_path.iterdir() if p.name != GRAPH_FILE]
+    assert len(data) == 1 and data[0].stat().st_size > 0  # the weights went next to the graph
+    runner = OnnxRuntimeRunner(decoder, tmp_path / GRAPH_FILE, torch.device("cpu"))
+    for height, width in [(64, 64), (128, 192), (96, 64)]:
+        inputs = decoder.example_inputs(2, height, width, torch.float32, "cpu")
+        with torch.no_grad():
+            expected = decoder(*inputs)
+        actual = runner(*inputs)
+        assert actual.shape == (2, 3, height, width)
+        assert relative_error(actual, expected) < REL_TOLERANCE
+
+
+@pytest.mark.parametrize("cfg_type", ["self", "initialize"])
+def test_img2img_stream_through_onnxruntime_matches_eager(cache_dir, exported, cfg_type):
+    """A whole stream (warm-up + steady state, residual CFG) through the exported graphs."""
+    frames = [torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    outputs = {}
+    for accelerator in ("eager", "onnxruntime"):
+        pipe = load_pipeline(accelerator=accelerator, accelerator_options={"cache_dir": cache_dir},
+                             **settings(cfg_type=cfg_type))
+        pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
+        outputs[accelerator] = [pipe(frame) for frame in frames]
+    assert pipe.runners.name == "onnxruntime"
+    for eager, ort in zip(outputs["eager"], outputs["onnxruntime"]):
+        assert (ort - eager).abs().max() < IMAGE_TOLERANCE
+
+
+def test_pipeline_reuses_the_cached_graphs(cache_dir, exported, monkeypatch):
+    exported[0].runner(exported[1]["unet"])  # make sure the unet graph exists
+    before = sorted(p.name for p in EngineCache(cache_dir).root.iterdir())
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a cached graph was exported again")
+
+    monkeypatch.setattr("accelerators.onnx_export.export_onnx", no_export)
+    pipe = load_pipeline(accelerator="onnxruntime", accelerator_options={"cache_dir": cache_dir}, **settings())
+    assert pipe.runners.name == "onnxruntime"
+    assert sorted(p.name for p in EngineCache(cache_dir).root.iterdir()) == before
+
+
+def test_missing_graph_with_building_disabled_is_an_error(tmp_path):
+    from pipelines.errors import AcceleratorError
+
+    with pytest.raises(AcceleratorError, match="building was disabled"):
+        load_pipeline(accelerator="onnxruntime", accelerator_options={"cache_dir": tmp_path, "build": False},
+                      **settings())
+
+
+def test_graph_exporter_reports_progress(tmp_path):
+    config = StreamConfig(**settings(vae="tiny-taesd"))
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    events = []
+    exporter = GraphExporter(models, config, AcceleratorOptions(cache_dir=tmp_path),
+                             progress=lambda *event: events.append(event))
+    exporter.artifact(stream_networks(models)["vae_decoder"])
+    assert events[0][:2] == ("vae_decoder", "exporting ONNX")
+    assert events[-1] == ("vae_decoder", "ONNX graph ready", 1, 1)

@@ -1,0 +1,91 @@
+"""TensorRT backend. Engine building and running need CUDA + TensorRT (marked `gpu`, skipped otherwise);
+the optimisation profile logic is checked everywhere."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from accelerators.base import ResolutionRange
+from accelerators.networks import stream_networks
+from accelerators.shapes import RowPlan
+from accelerators.tensorrt_backend import profile_shapes
+from pipelines import StreamConfig, load_pipeline, shared_models
+
+SIZE = 64
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_tensorrt = pytest.mark.skipif(not (HAS_TENSORRT and torch.cuda.is_available()), reason="needs CUDA + TensorRT")
+
+
+def tiny_networks():
+    config = StreamConfig(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    return stream_networks(models)
+
+
+def test_unet_profile_spans_warm_up_to_steady_rows_and_the_resolution_range():
+    unet = tiny_networks()["unet"]
+    rows = RowPlan.for_stream(steps=3, frames=2, cfg_type="initialize")
+    profile = profile_shapes(unet, rows, ResolutionRange(64, 64, 128, 256), 96, 128, torch.float16)
+    assert profile["sample"] == ((2, 4, 8, 8), (8, 4, 12, 16), (8, 4, 16, 32))
+    assert profile["timestep"] == ((2,), (8,), (8,))
+    assert profile["encoder_hidden_states"][2] == (8, 77, 32)
+
+
+def test_vae_profile_has_one_row_per_frame():
+    decoder = tiny_networks()["vae_decoder"]
+    profile = profile_shapes(decoder, RowPlan(2, 2, 2), ResolutionRange.static(SIZE, SIZE), SIZE, SIZE,
+                             torch.float16)
+    assert profile["latents"] == ((2, 4, 8, 8),) * 3
+
+
+def gpu_settings(cache_dir, **overrides):
+    settings = dict(model="tiny", t_index_list=[20, 40], cfg_type="self", width=SIZE, height=SIZE, device="cuda",
+                    dtype="float16", accelerator="tensorrt")
+    settings.update(overrides)
+    return dict(accelerator_options={"cache_dir": cache_dir}, **settings)
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_stream_matches_eager_and_reuses_its_engines(tmp_path):
+    frames = [torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    outputs = {}
+    for accelerator in ("eager", "tensorrt"):
+        pipe = load_pipeline(**gpu_settings(tmp_path, accelerator=accelerator))
+        pipe.prepare(prompt="oil painting", guidance_scale=1.5)
+        outputs[accelerator] = [pipe(frame.cuda().half()).float() for frame in frames]
+    for eager, trt in zip(outputs["eager"], outputs["tensorrt"]):
+        assert (trt - eager).abs().max() < 2e-2  # fp16 engine vs fp16 PyTorch
+    engines = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tensorrt-"))
+    assert len(engines) == 3
+    load_pipeline(**gpu_settings(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tensorrt-")) == engines
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_rows_outside_the_profile_are_an_error(tmp_path):
+    from pipelines.errors import AcceleratorError
+
+    pipe = load_pipeline(**gpu_settings(tmp_path))
+    pipe.prepare(prompt="oil painting", guidance_scale=1.5)
+    pipe(torch.rand(1, 3, SIZE, SIZE, device="cuda", dtype=torch.float16))
+    pipe.set_guidance(cfg_type="full")  # doubles the rows beyond the engine profile
+    with pytest.raises(AcceleratorError, match="outside the engine profile"):
+        pipe(torch.rand(1, 3, SIZE, SIZE, device="cuda", dtype=torch.float16))
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_a_corrupted_engine_is_rebuilt_not_loaded(tmp_path):
+    load_pipeline(**gpu_settings(tmp_path))
+    engine = next(tmp_path.glob("tensorrt-unet-*/model.plan"))
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    pipe = load_pipeline(**gpu_settings(tmp_path))
+    pipe.prepare(prompt="oil painting")
+    assert pipe(torch.rand(1, 3, SIZE, SIZE, device="cuda", dtype=torch.float16)).isfinite().all()
+    assert next(tmp_path.glob("tensorrt-unet-*/model.plan")).read_bytes() != bytes(data)
