@@ -19,10 +19,13 @@ import bisect
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+BITS, CELL = 12, 8  # the call number, stamped into the output as 12 black/white 8x8 cells (survives JPEG)
 
 RECORDER = """
 window.__captures = []; window.__shown = [];
@@ -31,10 +34,30 @@ HTMLCanvasElement.prototype.toDataURL = function (...args) {
   if (args[0] === 'image/jpeg') window.__captures.push(Date.now());
   return toDataURL.apply(this, args);
 };
+const reader = document.createElement('canvas');
 document.addEventListener('load', (e) => {
-  if (e.target.closest && e.target.closest('#live-output')) window.__shown.push(Date.now());
+  const img = e.target;
+  if (!(img.closest && img.closest('#live-output'))) return;
+  const at = Date.now();
+  reader.width = img.naturalWidth; reader.height = img.naturalHeight;
+  const ctx = reader.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  let call = 0;
+  for (let b = 0; b < %(bits)d; b++) {
+    const px = ctx.getImageData(b * %(cell)d + %(cell)d / 2, %(cell)d / 2, 1, 1).data;
+    if (px[0] > 127) call |= (1 << b);
+  }
+  window.__shown.push([at, call]);
 }, true);
-"""
+""" % {"bits": BITS, "cell": CELL}
+
+
+def stamp(picture, call: int):
+    """Write `call` into the picture's top row of cells so the page can tell which call it shows."""
+    picture = picture.copy()
+    for bit in range(BITS):
+        picture[:CELL, bit * CELL:(bit + 1) * CELL] = 255 if call >> bit & 1 else 0
+    return picture
 
 
 def main() -> None:
@@ -61,7 +84,8 @@ def main() -> None:
 
     def timed_process(self, session_id, frame, settings):
         arrivals.append(time.time() * 1000)
-        return process(self, session_id, frame, settings)
+        live = process(self, session_id, frame, settings)
+        return replace(live, image=stamp(live.image, len(arrivals) - 1))
 
     WebcamStream.process = timed_process
     with running_server(engine, restart_after_s=30.0) as server, sync_playwright() as p:
@@ -79,15 +103,17 @@ def main() -> None:
         browser.close()
     delay = stream_delay(engine.stream_template)
     start = captures[0] + args.warmup * 1000
-    latencies = []
-    for k, shown_at in enumerate(shown):
-        source_call = k - delay
+    latencies, transport = [], []
+    for shown_at, call in shown:
+        source_call = call - delay
         if shown_at < start or not 0 <= source_call < len(arrivals):
             continue
         index = bisect.bisect_left(captures, arrivals[source_call]) - 1
         if index >= 0:
             latencies.append(shown_at - captures[index])
-    window = [t for t in shown if t >= start]
+        if call + 1 < len(arrivals):
+            transport.append(shown_at - arrivals[call])
+    window = [t for t, _ in shown if t >= start]
     in_window = [t for t in captures if t >= start]
     fps = (len(window) - 1) / ((window[-1] - window[0]) / 1000) if len(window) > 1 else 0.0
     print(f"{engine.description}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}")
@@ -96,6 +122,7 @@ def main() -> None:
         q = statistics.quantiles(latencies, n=10)
         print(f"{'capture→display median (ms)':32s} {statistics.median(latencies):8.0f}")
         print(f"{'capture→display p10 / p90 (ms)':32s} {q[0]:8.0f} / {q[-1]:.0f}")
+        print(f"{'handler arrival→display med (ms)':32s} {statistics.median(transport):8.0f}")
     print(f"{'camera frames captured':32s} {len(in_window):8d}")
     print(f"{'frames processed':32s} {sum(t >= start for t in arrivals):8d}")
     print(f"{'restyled frames displayed':32s} {len(window):8d}")

@@ -185,6 +185,16 @@ def test_video_endpoint_keeps_frames_fps_and_audio_and_reports_metrics(client, t
     assert metrics["frames_used"] == 12 and metrics["fps"] > 0
 
 
+def test_an_unusable_control_value_keeps_the_stream_going_and_is_reported(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "f.png"
+    Image.fromarray(frames(1)[0]).save(path)
+    image, stats = client.predict(handle_file(str(path)), seed=None, api_name="/live_frame")
+    assert Image.open(image).size == (SIZE, SIZE)
+    assert "setting not applied" in stats and "seed" in stats
+
+
 def test_two_clients_stream_with_separate_state(server, tmp_path):
     """Two API clients (two sessions) send frames alternately with different prompts: the server
     keeps one session each, with its own prompt and its own frame count."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from offline machines
 
@@ -116,9 +117,15 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         if frame is None:
             return None, "waiting for the camera"
         try:
-            live = webcam.process(request.session_hash, frame, _settings(values))
+            settings, invalid = LiveSettings.from_values(values), None
+        except LivediffError as exc:
+            settings, invalid = None, str(exc)
+        try:
+            live = webcam.process(request.session_hash, frame, settings)
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
+        if invalid:
+            live = replace(live, notice=invalid)
         # a reused picture is already on the page: sending it again would only re-encode and re-download it
         return (live.image if live.advanced else gr.skip()), _stats(live)
 
@@ -136,7 +143,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     @_named_settings
     def on_video(request: gr.Request, progress: gr.Progress = gr.Progress(), source=None, *values):
         def report(done: int, total: int | None) -> None:
-            progress((done, total) if total else done, desc="restyling", unit="frames")
+            progress((done, total), desc="restyling", unit="frames")
 
         try:
             result = restyle_video(registry, request.session_hash, source, _settings(values), report)

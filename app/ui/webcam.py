@@ -47,13 +47,17 @@ class WebcamStream:
         self.registry = registry
         self.restart_after_s = restart_after_s
 
-    def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings) -> LiveFrame:
+    def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings | None) -> LiveFrame:
+        """One camera frame through the session's stream. `settings=None` keeps what the stream has
+        (a control holds an unusable value: the stream goes on rather than stopping for it)."""
         arrived = now()
         session = self.registry.get(session_id)
         engine = self.registry.engine
         with engine.lock:
             if session.last_frame_at is not None and arrived - session.last_frame_at > self.restart_after_s:
                 session.reset("webcam")
+            if settings is None:
+                settings = session.applied("webcam") or LiveSettings.for_pipeline(engine.stream_template)
             pipe, refused = session.pipeline("webcam", settings)
             session.meter.set_delay(stream_delay(pipe))
             previous = session.last_picture
