@@ -42,4 +42,8 @@ def load_pipeline(accelerator_options=None, **settings):
     options = check_accelerator(config.accelerator, config, accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     runners = build_runners(config.accelerator, models, config, options)
+    if config.mode == "video":
+        from pipelines.video import VideoPipeline
+
+        return VideoPipeline(config, models, runners)
     return StreamPipeline(config, models, runners)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.bank.config import BankConfig
 from pipelines.errors import ConfigError
 from pipelines.rcfg import CFG_TYPES
 from pipelines.schedule import validate_t_index_list
 from pipelines.similarity import SimilarityFilterConfig
+from pipelines.token_merge import check_ratio
 
-MODES = ("img2img", "txt2img")
+MODES = ("img2img", "txt2img", "video")
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 16
 
@@ -38,6 +40,10 @@ class StreamConfig:
     seed: int = 2
     accelerator: str = "eager"
     similarity_filter: SimilarityFilterConfig | None = None
+    # mode "video" only. bank: None = the method's defaults, False = off, a dict of BankConfig
+    # options or a BankConfig; after validation a BankConfig or False (None outside video mode).
+    bank: BankConfig | dict | bool | None = None
+    token_merge_ratio: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -54,3 +60,19 @@ class StreamConfig:
         self.loras = tuple(self.loras)
         if isinstance(self.similarity_filter, dict):
             self.similarity_filter = SimilarityFilterConfig(**self.similarity_filter)
+        self._check_video_parts()
+
+    def _check_video_parts(self) -> None:
+        self.token_merge_ratio = check_ratio(self.token_merge_ratio)
+        if self.mode != "video":
+            if self.bank not in (None, False):
+                raise ConfigError(f"bank is a mode 'video' option; mode {self.mode!r} has no earlier frames to bank")
+            if self.token_merge_ratio:
+                raise ConfigError(f"token_merge_ratio is a mode 'video' option (mode {self.mode!r}); use mode='video' "
+                                  f"with bank=False for token merging alone")
+            self.bank = None
+            return
+        self.bank = BankConfig.from_setting(self.bank)
+        if self.bank and self.bank.sparse and self.token_merge_ratio:
+            raise ConfigError(f"bank sparse_keep_ratio {self.bank.sparse_keep_ratio} selects banked tokens by position "
+                              f"and token_merge_ratio {self.token_merge_ratio} merges positions away; use one of them")

@@ -138,10 +138,13 @@ class StreamPipeline:
         if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
                 and self._last_output is not None:
             return self._last_output
-        latents = self.runners.encode(images)
-        finished = self.denoise(latents, guidance)
+        finished = self.denoise(self.encode(images), guidance)
         self._last_output = from_model_tensor(self.runners.decode(finished), kind)
         return self._last_output
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Input images in [-1,1] → latents; the hook for parts that look at the input frames (scene cuts)."""
+        return self.runners.encode(images)
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap."""

@@ -1,0 +1,52 @@
+"""A cheap scene-cut detector on the input frames.
+
+After a cut, banked features belong to another scene: attending to them or fusing with them drags
+the old scene into the new one. The detector compares small grey thumbnails of consecutive input
+frames by correlation, which ignores global brightness/contrast changes (exposure, fades) and
+barely moves for object or camera motion, but drops for a new scene.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+THUMBNAIL = 32
+FLAT_STD = 1e-3  # a thumbnail with less spread than this (on [-1, 1]) is a flat frame
+
+
+def thumbnails(images: torch.Tensor) -> torch.Tensor:
+    """(F, 3, H, W) in [-1, 1] → (F, 32·32) area-averaged grey thumbnails."""
+    grey = images.float().mean(dim=1, keepdim=True)
+    return F.adaptive_avg_pool2d(grey, THUMBNAIL).flatten(1)
+
+
+def structural_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    """1 − Pearson correlation of two thumbnails (0: same structure, 2: inverted). Two flat frames
+    have no structure to compare and score 0; a flat frame against a structured one scores 1."""
+    a, b = a - a.mean(), b - b.mean()
+    sa, sb = a.norm() / a.numel() ** 0.5, b.norm() / b.numel() ** 0.5
+    if sa < FLAT_STD and sb < FLAT_STD:
+        return 0.0
+    if sa < FLAT_STD or sb < FLAT_STD:
+        return 1.0
+    return float(1.0 - (a @ b) / (a.norm() * b.norm()))
+
+
+class SceneCutDetector:
+    """Remembers the last input thumbnail; `__call__` says whether the new frames start a new scene."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self._previous: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self._previous = None
+
+    def __call__(self, images: torch.Tensor) -> bool:
+        """True when any consecutive pair (previous call's last frame, then within the batch) changes
+        more than the threshold."""
+        current = thumbnails(images).cpu()
+        sequence = current if self._previous is None else torch.cat([self._previous, current])
+        self._previous = current[-1:]
+        return any(structural_change(sequence[i], sequence[i + 1]) > self.threshold
+                   for i in range(sequence.shape[0] - 1))

@@ -1,0 +1,107 @@
+"""The UNet with the bank as a pure function of tensors, and the row → stage map of a stream call.
+
+`BankedUNet.forward(sample, timestep, encoder_hidden_states, *bank) -> (noise_pred, *new_entries)`
+with the tensor layout documented in `pipelines.bank.layout`: every shape is fixed by the
+resolution and the settings, so the same module runs eagerly and can be exported (ONNX/TensorRT)
+or captured (CUDA graphs) with the bank on. The `FeatureBank` object stays outside: it gives each
+call its per-row bank slices and applies FIFO/merged updates between calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contextlib import AbstractContextManager
+from typing import Sequence
+
+from pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
+from pipelines.bank.layout import BankLayout
+
+
+class BankedUNet(nn.Module):
+    """A diffusers UNet with the bank: runs a weight-sharing copy of it (`banked_copy`) whose
+    processors get the bank tensors of each call through a `BankCall` and return its new entries.
+
+    token_merge_ratio, fusion_threshold and fusion_strength are constants of the function (an
+    exported graph bakes them in); the layout fixes which layers take bank inputs.
+    """
+
+    name = "banked_unet"
+
+    def __init__(self, unet, layout: BankLayout, token_merge_ratio: float = 0.0, fusion_threshold: float = 2.0,
+                 fusion_strength: float = 0.0):
+        super().__init__()
+        self.unet, self._slot = banked_copy(unet)
+        self.layout = layout
+        self.token_merge_ratio = token_merge_ratio
+        self.fusion_threshold = fusion_threshold
+        self.fusion_strength = fusion_strength
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return ("sample", "timestep", "encoder_hidden_states", *(n for n, _ in self.layout.input_shapes(1)))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("noise_pred", *(n for n, _ in self.layout.output_shapes(1)))
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        expected = len(self.layout.input_shapes(1))
+        if len(bank) != expected:
+            raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
+        kv = {e.layer: tuple(bank[3 * i:3 * i + 3]) for i, e in enumerate(self.layout.kv)}
+        start = 3 * len(self.layout.kv)
+        out = {e.layer: tuple(bank[start + 2 * j:start + 2 * j + 2]) for j, e in enumerate(self.layout.out)}
+        call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
+                        kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
+        with bank_call(self._slot, call):
+            noise_pred = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]
+        new += [call.new_out[e.layer] for e in self.layout.out]
+        return (noise_pred, *new)
+
+    def cached_cross_attention(self, cache: CrossAttentionCache, texts: Sequence[torch.Tensor],
+                               row_text: torch.Tensor) -> AbstractContextManager:
+        """Eager streaming only: within the block, cross-attention K/V of row b come from `cache`
+        for the embedding `texts[row_text[b]]` instead of being projected every call."""
+        return cross_attention_cache(self._slot, cache, texts, row_text)
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Rows of one stream UNet call: `stage` (B,) each row's stage; the first `extra` rows are the
+    unconditional CFG rows (`rcfg.unet_rows` puts them first), the rest are the stream rows,
+    F per stage present, in stage order."""
+
+    stage: torch.Tensor
+    extra: int
+    stages: tuple[int, ...]
+
+    @property
+    def stream_stage(self) -> torch.Tensor:
+        return self.stage[self.extra:]
+
+
+def row_layout(timesteps: torch.Tensor, stage_timesteps: torch.Tensor, frames: int) -> RowLayout:
+    """Map each row of a stream call to its stage by its timestep (stages have distinct timesteps).
+
+    Covers every call the stream batch makes: steady state (all stages), warm-up (one stage), and
+    the extra unconditional rows of `full` (a copy of every row) and `initialize` (the entering
+    frames). Raises when the rows do not have that shape, rather than banking under a wrong stage.
+    """
+    t = timesteps.detach().to("cpu", torch.long).flatten()
+    table = stage_timesteps.detach().to("cpu", torch.long).flatten()
+    match = t[:, None] == table[None, :]
+    if not bool(match.any(dim=1).all()):
+        raise ValueError(f"timesteps {t.tolist()} are not all stage timesteps {table.tolist()}")
+    stage = match.int().argmax(dim=1)
+    present = tuple(sorted(set(stage.tolist())))
+    extra = t.numel() - len(present) * frames
+    expected = torch.tensor(present).repeat_interleave(frames)
+    if extra < 0 or not torch.equal(stage[extra:], expected):
+        raise ValueError(f"rows at stages {stage.tolist()} are not [extra unconditional rows; {frames} per stage in "
+                         f"stage order]")
+    return RowLayout(stage=stage.to(timesteps.device), extra=extra, stages=present)

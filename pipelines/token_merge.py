@@ -1,0 +1,134 @@
+"""Token merging for Stable Diffusion (the ToMe for SD idea) inside self-attention.
+
+Self-attention cost is quadratic in the number of tokens, and neighbouring tokens of a latent are
+often nearly equal. Before self-attention the `r = ratio·N` most redundant tokens are averaged into
+similar ones; attention runs on N − r tokens; afterwards every merged token gets its
+destination's output back, so the rest of the network sees the full grid.
+
+Choices: destinations are one token per 2×2 cell at a fixed position (no random choice, so the same
+frame always merges the same way — random choices would add flicker to video — and the graph has
+no random op); only the highest-resolution level that has self-attention merges (level 0 for
+SD1.5/2.x, level 1 for SDXL), where most of the cost is; ratio 0 skips merging entirely, so it is
+exactly the unmerged computation.
+
+`apply_patch(unet, ratio)` / `remove_patch(unet)` install and remove it on any diffusers UNet; the
+video pipeline's bank processors call the same pure functions (`attention_plan`, then
+`merge_tokens` / `unmerge_tokens` from `pipelines.bank.merge`).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from pipelines.bank.merge import MergePlan, bipartite_plan, merge_tokens, unmerge_tokens
+from pipelines.errors import ConfigError
+
+MAX_RATIO = 0.75  # every token but the 2×2 destinations: a ratio above 3/4 has nothing left to merge
+
+
+def check_ratio(ratio) -> float:
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio <= MAX_RATIO:
+        raise ConfigError(f"token_merge_ratio {ratio!r} is outside [0, {MAX_RATIO}]")
+    return float(ratio)
+
+
+@lru_cache(maxsize=64)
+def _grid_partition(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    is_dst = ((ys % 2 == 0) & (xs % 2 == 0)).flatten()
+    positions = torch.arange(h * w)
+    return positions[~is_dst], positions[is_dst]
+
+
+def merged_count(h: int, w: int, ratio: float) -> int:
+    """r for a grid: ratio·N, at most the number of source (non-destination) tokens."""
+    sources = _grid_partition(h, w)[0].numel()
+    return min(int(h * w * ratio), sources)
+
+
+def merge_level(layers) -> int:
+    """The level whose self-attention layers merge: the highest-resolution one that has any."""
+    levels = [layer.level for layer in layers if not layer.cross]
+    if not levels:
+        raise ConfigError("this UNet has no self-attention layer to merge tokens in")
+    return min(levels)
+
+
+def tokens_after_merge(grid: tuple[int, int], ratio: float) -> int:
+    """Tokens a merging self-attention layer attends over (what the bank stores per frame for it)."""
+    h, w = grid
+    return h * w - merged_count(h, w, ratio)
+
+
+def attention_plan(x: torch.Tensor, grid: tuple[int, int], ratio: float) -> MergePlan | None:
+    """The merge plan of hidden states x (B, h·w, C) for self-attention; None when nothing merges."""
+    h, w = grid
+    if x.shape[1] != h * w:
+        raise ValueError(f"{x.shape[1]} tokens do not form the expected {h}x{w} grid")
+    r = merged_count(h, w, ratio)
+    if r == 0:
+        return None
+    src, dst = (p.to(x.device).expand(x.shape[0], -1) for p in _grid_partition(h, w))
+    return bipartite_plan(x, src, dst, r)
+
+
+class TokenMergeProcessor:
+    """Merge → the original processor on N − r tokens → unmerge, for one self-attention layer."""
+
+    def __init__(self, original, ratio: float, shape: dict):
+        self.original = original
+        self.ratio = ratio
+        self.shape = shape  # filled by the UNet pre-hook: {"grid": (h, w)} of this layer's level
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        plan = None
+        if encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3:
+            plan = attention_plan(hidden_states, self.shape["grid"], self.ratio)
+        if plan is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        merged, _ = merge_tokens(hidden_states, plan)
+        out = self.original(attn, merged, None, None, temb, **kwargs)
+        return unmerge_tokens(out, plan, hidden_states.shape[1])
+
+
+_PATCH = "_livediff_token_merge"
+
+
+def apply_patch(unet, ratio: float) -> None:
+    """Merge tokens in the highest-resolution self-attention layers of `unet`; replaces an earlier patch."""
+    from pipelines.bank.layout import attention_layers, grid_at
+
+    ratio = check_ratio(ratio)
+    remove_patch(unet)
+    shape: dict = {"grid": None}
+    modules = dict(unet.named_modules())
+    originals = {}
+    layers = attention_layers(unet)
+    level = merge_level(layers)
+    for layer in layers:
+        if layer.cross or layer.level != level:
+            continue
+        module = modules[layer.name]
+        originals[layer.name] = module.processor
+        module.set_processor(TokenMergeProcessor(module.processor, ratio, shape))
+
+    def record_grid(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        shape["grid"] = grid_at(tuple(sample.shape[-2:]), level)
+
+    hook = unet.register_forward_pre_hook(record_grid, with_kwargs=True)
+    setattr(unet, _PATCH, (originals, hook))
+
+
+def remove_patch(unet) -> None:
+    """Undo `apply_patch`: the original processors are back, the UNet computes exactly as before."""
+    patch = getattr(unet, _PATCH, None)
+    if patch is None:
+        return
+    originals, hook = patch
+    modules = dict(unet.named_modules())
+    for name, processor in originals.items():
+        modules[name].set_processor(processor)
+    hook.remove()
+    delattr(unet, _PATCH)

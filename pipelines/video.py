@@ -1,0 +1,164 @@
+"""Streaming video-to-video: the stream pipeline plus the feature bank, token merging and the
+per-prompt cross-attention cache.
+
+    pipe = load_pipeline(model="tiny", mode="video", t_index_list=[30, 35, 40, 45], width=512, height=512,
+                         bank=dict(cache_interval=4, max_frames=1, merge=True), token_merge_ratio=0.0, device="cpu")
+    pipe.prepare(prompt="claymation", guidance_scale=1.0)
+    for frame in frames: out = pipe(frame)
+
+Only the UNet call changes: the stream batch still makes one call per frame, through `BankedUNet`
+with the bank slices of each row's stage, and the call's new keys/values/outputs are written to
+the `FeatureBank` every `cache_interval` frames (frames counted since the bank was last emptied,
+so the first frame after a reset is always banked).
+
+Policies:
+* scene cut (a structural change of the input frames above `scene_cut_threshold`): the bank is
+  emptied before the frame is denoised, so nothing of the old scene leaks into the new one;
+* prompt change (`update_prompt`, `prepare`): the bank is emptied, because banked features of the
+  old style would keep pulling the new edit back towards it; the in-flight frames are kept (as in
+  the image pipeline), so the change still appears after the usual n−1 frames of latency;
+* `reset()`: everything (stream, bank, detectors) is as in a freshly built pipeline.
+
+CFG rows: the unconditional rows of `full` / `initialize` read the bank of their stage (same
+frame, same noise level) but only the conditional stream rows write to it.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from accelerators.base import Runners
+from pipelines.bank.attention import CrossAttentionCache
+from pipelines.bank.config import BankConfig
+from pipelines.bank.feature_bank import FeatureBank
+from pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
+from pipelines.bank.scene_cut import SceneCutDetector
+from pipelines.bank.sparse import latent_motion
+from pipelines.bank.unet import BankedUNet, RowLayout, row_layout
+from pipelines.config import StreamConfig
+from pipelines.errors import AcceleratorError
+from pipelines.models import ModelBundle
+from pipelines.pipeline import StreamPipeline
+from pipelines.stream import Guidance
+from pipelines.token_merge import merge_level, tokens_after_merge
+
+
+class _BankedStreamCall:
+    """The UNet function handed to the stream batch for one frame: maps rows to stages, gives each
+    row its stage's bank, serves cross-attention K/V from the prompt cache, keeps the new entries."""
+
+    def __init__(self, pipe: "VideoPipeline", guidance: Guidance):
+        self.pipe = pipe
+        self.guidance = guidance
+        self.rows: RowLayout | None = None
+        self.new: list[torch.Tensor] = []
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        pipe = self.pipe
+        rows = row_layout(timestep, pipe.schedule.timesteps, pipe.schedule.frames)
+        bank = pipe.bank.rows(rows.stage) if pipe.bank is not None else []
+        row_text = (torch.arange(sample.shape[0], device=sample.device) >= rows.extra).long()
+        texts = (self.guidance.uncond, self.guidance.cond)
+        with torch.no_grad(), pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text):
+            noise_pred, *new = pipe.banked_unet(sample, timestep, text, *bank)
+        self.rows, self.new = rows, new
+        return noise_pred
+
+    def stream_entries(self, stages: int, frames: int) -> list[torch.Tensor]:
+        """The last call's new entries of the stream rows as (stages, frames, T, C)."""
+        if self.rows is None or self.rows.stages != tuple(range(stages)):
+            raise RuntimeError("the last UNet call of a frame must carry every stage")
+        return [t[self.rows.extra:].unflatten(0, (stages, frames)) for t in self.new]
+
+
+class VideoPipeline(StreamPipeline):
+    """`StreamPipeline` whose denoiser call carries the feature bank (see the module docstring).
+
+    Attributes worth reading: `bank` (None when off), `banked_unet` (the pure-function UNet),
+    `scene_cuts` (how many cuts reset the bank), `cross_cache`.
+    """
+
+    def __init__(self, config: StreamConfig, models: ModelBundle, runners: Runners):
+        if runners.name != "eager":
+            raise AcceleratorError(f"mode 'video' runs its banked UNet with accelerator 'eager' only for now, not "
+                                   f"{runners.name!r}")
+        self.bank_config: BankConfig | None = config.bank or None
+        layers = attention_layers(models.unet)
+        self.fusion_blocks = (resolve_fusion_blocks(layers, self.bank_config.fusion_blocks)
+                              if self.bank_config else ())
+        scale = models.vae_scale_factor
+        layout = self._layout(layers, (config.height // scale, config.width // scale), config.token_merge_ratio)
+        fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
+                  else (2.0, 0.0))
+        self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion)
+        self.cross_cache = CrossAttentionCache()
+        threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
+        self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None
+        self.scene_cuts = 0
+        super().__init__(config, models, runners)
+
+    def _layout(self, layers: list[AttentionLayer], latent_hw: tuple[int, int], ratio: float) -> BankLayout:
+        cfg = self.bank_config
+        if cfg is None:
+            return BankLayout.empty()
+        level = merge_level(layers)
+
+        def tokens(layer: AttentionLayer, grid: tuple[int, int]) -> int:
+            return tokens_after_merge(grid, ratio) if layer.level == level else grid[0] * grid[1]
+
+        return BankLayout.build(layers, latent_hw, cfg.max_frames, cfg.sparse_keep_ratio, self.fusion_blocks, tokens)
+
+    def _build_stream(self) -> None:
+        """A new stream (new stages, or a reset) starts with an empty bank sized for its stages."""
+        super()._build_stream()
+        cfg = self.bank_config
+        self.bank = (FeatureBank(self.banked_unet.layout, cfg, self.schedule.steps, self.device, self.dtype)
+                     if cfg else None)
+        self._motion: deque[torch.Tensor] = deque(maxlen=self.schedule.steps)
+        self._previous_latents: torch.Tensor | None = None
+        self._frames_since_bank_reset = 0
+        if self.scene_cut is not None:
+            self.scene_cut.reset()
+
+    def _forget_bank(self) -> None:
+        if self.bank is not None:
+            self.bank.reset()
+        self._frames_since_bank_reset = 0
+
+    def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
+                delta: float = 1.0) -> None:
+        super().prepare(prompt, negative_prompt, guidance_scale, delta)
+        self.cross_cache.clear()
+        self._forget_bank()
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        """New prompt: new text embeddings (the cross-attention cache follows) and an empty bank."""
+        super().update_prompt(prompt, negative_prompt)
+        self.cross_cache.clear()
+        self._forget_bank()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scene_cut is not None and self.scene_cut(images):
+            self.scene_cuts += 1
+            self._forget_bank()
+        return super().encode(images)
+
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
+        motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
+        call = _BankedStreamCall(self, guidance)
+        finished = self.stream.step(latents, call, guidance, noised=noised)
+        if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
+            self.bank.update(call.stream_entries(self.schedule.steps, self.schedule.frames), motion)
+        self._frames_since_bank_reset += 1
+        return finished
+
+    def _track_motion(self, latents: torch.Tensor) -> torch.Tensor:
+        """(stages, F, h, w) motion of the frames the rows of this call hold: the frame at stage s
+        entered s calls ago. The first frame ever has no predecessor and counts as static."""
+        previous = self._previous_latents if self._previous_latents is not None else latents[:1]
+        sequence = torch.cat([previous, latents])
+        self._motion.appendleft(latent_motion(sequence[:-1], sequence[1:]))
+        self._previous_latents = latents[-1:]
+        oldest = len(self._motion) - 1
+        return torch.stack([self._motion[min(s, oldest)] for s in range(self.schedule.steps)])

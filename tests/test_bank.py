@@ -1,0 +1,380 @@
+"""The feature bank's parts on random tensors: extended attention, fusion, FIFO/merged memory,
+sparse selection, scene cuts, the cross-attention cache, the row → stage map and the static layout."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from pipelines import rcfg
+from pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallSlot,
+                                      CrossAttentionCache, bank_call, cross_attention_cache)
+from pipelines.bank.config import BankConfig
+from pipelines.bank.feature_bank import FeatureBank
+from pipelines.bank.fusion import fuse_features
+from pipelines.bank.layout import BankEntry, BankLayout, attention_layers, default_fusion_blocks, grid_at
+from pipelines.bank.merge import bipartite_plan, merge_memory, merge_tokens, unmerge_tokens
+from pipelines.bank.scene_cut import SceneCutDetector
+from pipelines.bank.sparse import latent_motion, select_tokens
+from pipelines.bank.unet import BankedUNet, row_layout
+from pipelines.errors import ConfigError
+from pipelines.presets import build_preset
+
+DIM, HEADS, GRID = 32, 4, (4, 6)
+TOKENS = GRID[0] * GRID[1]
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def self_attention(seed: int = 0) -> Attention:
+    torch.manual_seed(seed)
+    return Attention(query_dim=DIM, heads=HEADS, dim_head=DIM // HEADS).eval()
+
+
+def reference_attention(attn: Attention, x: torch.Tensor, bank_k=None, bank_v=None, bias=None) -> torch.Tensor:
+    """Extended attention written out: concatenate, logits + bias, softmax, weighted sum, projection."""
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    logit_bias = torch.zeros(x.shape[0], x.shape[1])
+    if bank_k is not None:
+        k, v = torch.cat([k, bank_k], 1), torch.cat([v, bank_v], 1)
+        logit_bias = torch.cat([logit_bias, bias], 1)
+    d = DIM // HEADS
+    heads = lambda t: t.view(t.shape[0], t.shape[1], HEADS, d).transpose(1, 2)  # noqa: E731
+    logits = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(d) + logit_bias[:, None, None, :]
+    out = (logits.softmax(-1) @ heads(v)).transpose(1, 2).reshape(x.shape[0], x.shape[1], DIM)
+    return attn.to_out[0](out)
+
+
+def run_processor(attn: Attention, x: torch.Tensor, call: BankCall) -> torch.Tensor:
+    slot = CallSlot()
+    attn.set_processor(BankSelfAttnProcessor("layer", 0, False, slot))
+    with bank_call(slot, call):
+        return attn(x)
+
+
+@torch.no_grad()
+def test_extended_attention_with_empty_bank_equals_plain_attention():
+    attn, x = self_attention(), torch.randn(2, TOKENS, DIM, generator=generator())
+    plain = AttnProcessor2_0()(attn, x)
+    empty = (torch.randn(2, 10, DIM), torch.randn(2, 10, DIM), torch.full((2, 10), float("-inf")))
+    out = run_processor(attn, x, BankCall(latent_hw=GRID, kv={"layer": empty}))
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="BankedUNet"):
+        attn(x)  # outside a call the processor has no bank to read
+
+
+@torch.no_grad()
+def test_extended_attention_with_bank_equals_hand_written_reference():
+    g = generator(1)
+    attn, x = self_attention(), torch.randn(2, TOKENS, DIM, generator=g)
+    bank_k, bank_v = torch.randn(2, 12, DIM, generator=g), torch.randn(2, 12, DIM, generator=g)
+    mass = torch.rand(2, 12, generator=g) * 3
+    mass[0, :4] = 0  # empty slots
+    bias = mass.log()
+    call = BankCall(latent_hw=GRID, kv={"layer": (bank_k, bank_v, bias)})
+    out = run_processor(attn, x, call)
+    torch.testing.assert_close(out, reference_attention(attn, x, bank_k, bank_v, bias), rtol=1e-5, atol=1e-5)
+    assert torch.equal(call.new_kv["layer"][0], attn.to_k(x))  # this call's keys come back as new entries
+    assert not torch.allclose(out, reference_attention(attn, x), atol=1e-3)  # the bank does change the output
+
+
+@torch.no_grad()
+def test_mass_bias_is_proportional_attention():
+    """A banked token with mass 2 weighs exactly like two copies of it (what a merged memory relies on)."""
+    g = generator(2)
+    attn, x = self_attention(), torch.randn(1, TOKENS, DIM, generator=g)
+    k, v = torch.randn(1, 3, DIM, generator=g), torch.randn(1, 3, DIM, generator=g)
+    bias = torch.tensor([[0.0, math.log(2), 0.0]])
+    weighted = run_processor(attn, x, BankCall(latent_hw=GRID, kv={"layer": (k, v, bias)}))
+    copies = (torch.cat([k, k[:, 1:2]], 1), torch.cat([v, v[:, 1:2]], 1), torch.zeros(1, 4))
+    torch.testing.assert_close(weighted, run_processor(attn, x, BankCall(latent_hw=GRID, kv={"layer": copies})),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_threshold_above_one_changes_nothing():
+    g = generator(3)
+    out, banked = torch.randn(2, 16, 8, generator=g), torch.randn(2, 16, 8, generator=g)
+    banked[:, :16] = out * 2  # perfect matches exist
+    assert torch.equal(fuse_features(out, banked, torch.zeros(2, 16), 1.01, 0.8), out)
+
+
+def test_fusion_with_identical_bank_frame_blends_by_strength():
+    g = generator(4)
+    out = torch.randn(1, 16, 8, generator=g)
+    banked = (out * 3)[:, torch.randperm(16, generator=g)]  # same directions (cosine 1), scaled, shuffled
+    fused = fuse_features(out, banked, torch.zeros(1, 16), 0.98, 0.8)
+    torch.testing.assert_close(fused, 0.2 * out + 0.8 * (3 * out))
+    empty = fuse_features(out, banked, torch.full((1, 16), float("-inf")), 0.98, 0.8)
+    assert torch.equal(empty, out)  # empty slots never match
+
+
+def test_fusion_leaves_unmatched_tokens_alone():
+    out = torch.eye(4).unsqueeze(0)
+    banked = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]])
+    fused = fuse_features(out, banked, torch.zeros(1, 2), 0.9, 0.5)
+    assert torch.equal(fused[0, 1:], out[0, 1:])  # best cosine 0.71 < 0.9
+    assert torch.equal(fused[0, 0], out[0, 0])  # matched a banked copy of itself: the blend is itself
+
+
+def test_merge_then_unmerge_restores_kept_tokens_and_averages_merged_ones():
+    x = torch.randn(2, 10, 4, generator=generator(5))
+    x[:, 1] = x[:, 6] + 1e-3  # source 1 is nearly destination 6
+    src, dst = torch.arange(5).expand(2, -1), torch.arange(5, 10).expand(2, -1)
+    plan = bipartite_plan(x, src, dst, r=1)
+    assert plan.merged.tolist() == [[1], [1]] and plan.target.tolist() == [[1], [1]]
+    merged, mass = merge_tokens(x, plan)
+    assert merged.shape == (2, 9, 4) and mass.sum(1).tolist() == [10.0, 10.0]
+    restored = unmerge_tokens(merged, plan, 10)
+    keep = [0, 2, 3, 4, 5, 7, 8, 9]
+    assert torch.equal(restored[:, keep], x[:, keep])
+    torch.testing.assert_close(restored[:, 1], (x[:, 1] + x[:, 6]) / 2)
+    torch.testing.assert_close(restored[:, 6], (x[:, 1] + x[:, 6]) / 2)
+
+
+def test_mass_weighted_merge_is_associative():
+    """Merging a mass-3 token equals merging its three originals: masses make repeated merges exact."""
+    a, b = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]])
+    x = torch.cat([a, b], 1)
+    plan = bipartite_plan(x, torch.tensor([[0]]), torch.tensor([[1]]), 1)
+    merged, mass = merge_tokens(x, plan, torch.tensor([[3.0, 1.0]]))
+    torch.testing.assert_close(merged, torch.tensor([[[0.75, 0.25]]]))
+    assert mass.tolist() == [[4.0]]
+
+
+def entry(tokens=TOKENS, capacity_frames=1, kept=None, channels=8, grid=GRID) -> BankEntry:
+    kept = kept or tokens
+    return BankEntry(layer="l", tokens=tokens, grid=grid, channels=channels, kept=kept, capacity=capacity_frames * kept)
+
+
+def small_bank(merge: bool, max_frames: int, stages=2, keep_ratio=1.0, tokens=TOKENS, seed=0) -> FeatureBank:
+    config = BankConfig(merge=merge, max_frames=max_frames, sparse_keep_ratio=keep_ratio, seed=seed)
+    kept = math.ceil(tokens * keep_ratio)
+    layout = BankLayout(max_frames=max_frames, kv=(entry(tokens, max_frames, kept),),
+                        out=(entry(tokens, max_frames, kept),))
+    return FeatureBank(layout, config, stages, "cpu", torch.float32)
+
+
+def random_entries(g: torch.Generator, stages=2, frames=1, tokens=TOKENS) -> list[torch.Tensor]:
+    return [torch.randn(stages, frames, tokens, 8, generator=g) for _ in range(3)]
+
+
+def test_fifo_keeps_exactly_the_last_max_frames():
+    bank, g = small_bank(merge=False, max_frames=3), generator(6)
+    history = []
+    for _ in range(7):
+        entries = random_entries(g)
+        history.append(entries[0][:, 0])
+        bank.update(entries)
+        k, _, bias, *_ = bank.tensors()
+        assert int(torch.isfinite(bias).sum()) == 2 * TOKENS * min(len(history), 3)
+    stored = {tuple(k[0, i * TOKENS].tolist()) for i in range(3)}
+    assert stored == {tuple(h[0, 0].tolist()) for h in history[-3:]}
+
+
+def test_merged_memory_stays_the_same_size_over_1000_frames():
+    bank, g = small_bank(merge=True, max_frames=2, tokens=16), generator(7)
+    shapes, nbytes = [tuple(t.shape) for t in bank.tensors()], bank.nbytes
+    pointers = [t.data_ptr() for t in bank.tensors()]
+    for _ in range(1000):
+        bank.update(random_entries(g, tokens=16))
+    assert [tuple(t.shape) for t in bank.tensors()] == shapes and bank.nbytes == nbytes
+    assert [t.data_ptr() for t in bank.tensors()] == pointers  # updated in place
+    k, v, bias, o, o_bias = bank.tensors()
+    assert torch.isfinite(k).all() and torch.isfinite(bias).all() and torch.isfinite(o_bias).all()
+    torch.testing.assert_close(bias.exp().sum(1), torch.full((2,), 2.0 * 16))  # weighs max_frames frames
+    assert bank.stored_frames == 1000 and bank.frames_in_memory() == 2
+
+
+def test_merged_memory_is_reproducible_with_its_seed():
+    def run(seed):
+        bank, g = small_bank(merge=True, max_frames=1, seed=seed), generator(8)
+        for _ in range(5):
+            bank.update(random_entries(g))
+        return bank.tensors()[0]
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_merged_memory_merges_the_most_similar_pairs():
+    values = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, -1.0]]])
+    (merged,), mass = merge_memory((values,), torch.ones(1, 4), values, 1, generator(0))
+    assert merged.shape == (1, 3, 2) and sorted(mass[0].tolist()) == [1.0, 1.0, 2.0]
+    # whatever the random partition, the only merge with cosine ~1 is tokens 0 and 2
+    assert any(torch.allclose(t, torch.tensor([1.0, 0.005])) for t in merged[0])
+
+
+def test_bank_reset_empties_every_slot():
+    bank = small_bank(merge=True, max_frames=1)
+    bank.update(random_entries(generator(9)))
+    bank.reset()
+    _, _, bias, _, out_bias = bank.tensors()
+    assert torch.isneginf(bias).all() and torch.isneginf(out_bias).all() and bank.stored_frames == 0
+
+
+def moving_square_latents(step: int, size=(8, 12)) -> torch.Tensor:
+    torch.manual_seed(0)
+    background = torch.randn(1, 4, *size) * 0.1
+    latent = background.clone()
+    latent[:, :, 2:4, step:step + 2] += 3.0
+    return latent
+
+
+def test_sparse_bank_keeps_every_moving_token_of_a_moving_square():
+    motion = latent_motion(moving_square_latents(3), moving_square_latents(4))[0]
+    moving_positions = {(y, x) for y in range(8) for x in range(12) if motion[y, x] > 0.1}
+    assert moving_positions == {(y, x) for y in (2, 3) for x in (3, 5)}  # the uncovered and the covered column
+    grid = (4, 6)  # a level-1 layer: the square covers grid cells (1, 1) and (1, 2)
+    rank = torch.rand(24, generator=generator(10))
+    selection = select_tokens(motion[None], grid, keep=8, threshold=0.1, static_rank=rank)
+    kept = set(selection.index[0].tolist())
+    assert {1 * 6 + 1, 1 * 6 + 2} <= kept and len(kept) == 8
+    assert int(selection.dropped_moving[0]) == 0
+    torch.testing.assert_close(selection.mass.sum(), torch.tensor(24.0))  # a frame keeps its full mass
+    static = [i for i in range(24) if i not in (7, 8)]
+    assert kept - {7, 8} == {static[i] for i in rank[static].topk(6).indices.tolist()}  # the fixed static sample
+
+
+def test_sparse_bank_update_keeps_budget_and_full_mass():
+    bank, g = small_bank(merge=False, max_frames=2, keep_ratio=0.25), generator(11)
+    motion = torch.zeros(2, 1, 8, 12)
+    motion[:, :, 0:2, 0:2] = 1.0  # grid cell (0, 0) moves
+    bank.update(random_entries(g), motion)
+    _, _, bias, _, _ = bank.tensors()
+    assert bias.shape == (2, 2 * 6)
+    torch.testing.assert_close(bias[:, :6].exp().sum(1), torch.full((2,), float(TOKENS)))
+    with pytest.raises(ValueError, match="motion"):
+        bank.update(random_entries(g))
+
+
+def test_scene_cut_detector_ignores_motion_and_brightness_but_sees_a_new_scene():
+    detector = SceneCutDetector(0.5)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    scene = torch.stack([x, y, x * y])
+    frames = []
+    for i in range(6):
+        f = scene.clone()
+        f[:, 10:26, 4 + 4 * i:20 + 4 * i] = 1.0
+        frames.append(f)
+    assert not any(detector(f[None]) for f in frames)
+    assert not detector((frames[-1] * 0.5 - 0.2)[None])  # exposure change
+    other = torch.rand(3, 64, 64, generator=generator(12)) * 2 - 1
+    assert detector(other[None])
+    assert detector(torch.zeros(1, 3, 64, 64))  # a flat frame after a structured one (cut to black)
+    detector.reset()
+    assert not detector(torch.zeros(1, 3, 64, 64)) and not detector(torch.full((1, 3, 64, 64), 0.5))
+
+
+@torch.no_grad()
+def test_cross_attention_cache_equals_uncached_and_projects_once_per_prompt():
+    torch.manual_seed(13)
+    attn = Attention(query_dim=DIM, cross_attention_dim=16, heads=HEADS, dim_head=DIM // HEADS).eval()
+    calls = []
+    attn.to_k.register_forward_hook(lambda *_: calls.append(1))
+    cond, uncond = torch.randn(1, 7, 16), torch.randn(1, 7, 16)
+    x = torch.randn(3, TOKENS, DIM)
+    text = torch.cat([uncond, cond, cond])
+    plain = AttnProcessor2_0()(attn, x, text)
+    slot = CallSlot()
+    attn.set_processor(CachedCrossAttnProcessor("layer", slot))
+    torch.testing.assert_close(attn(x, text), plain, rtol=1e-5, atol=1e-6)  # no cache: projects the rows
+    cache, rows = CrossAttentionCache(), torch.tensor([0, 1, 1])
+    calls.clear()
+    for _ in range(3):
+        with cross_attention_cache(slot, cache, (uncond, cond), rows):
+            torch.testing.assert_close(attn(x, text), plain, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+    new_cond = torch.randn(1, 7, 16)  # a new prompt is a new tensor
+    with cross_attention_cache(slot, cache, (uncond, new_cond), rows):
+        attn(x, torch.cat([uncond, new_cond, new_cond]))
+    assert len(calls) == 2
+    new_cond.mul_(2)  # an in-place edit also invalidates
+    expected = AttnProcessor2_0()(attn, x, torch.cat([uncond, new_cond, new_cond]))
+    calls.clear()
+    with cross_attention_cache(slot, cache, (uncond, new_cond), rows):
+        torch.testing.assert_close(attn(x, torch.cat([uncond, new_cond, new_cond])), expected, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
+@pytest.mark.parametrize("frames", [1, 2])
+def test_row_layout_maps_every_stream_call_to_stages(cfg_type, frames):
+    stage_t = torch.tensor([999, 759, 499, 259])
+    per_stage = stage_t.repeat_interleave(frames)
+    steady = rcfg.unet_rows(per_stage, cfg_type, 1.5, frames)
+    layout = row_layout(steady, stage_t, frames)
+    extra = {"none": 0, "self": 0, "full": 4 * frames, "initialize": frames}[cfg_type]
+    stream = torch.arange(4).repeat_interleave(frames).tolist()
+    unconditional = {"full": stream, "initialize": [0] * frames}.get(cfg_type, [])
+    assert layout.extra == extra and layout.stages == (0, 1, 2, 3)
+    assert layout.stage.tolist() == unconditional + stream  # CFG rows read the bank of their own stage
+    for stage in range(3):  # warm-up calls: one stage; `initialize` only adds rows at stage 0
+        warm_type = cfg_type if (cfg_type != "initialize" or stage == 0) else "self"
+        rows = rcfg.unet_rows(stage_t[stage].repeat(frames), warm_type, 1.5, frames)
+        warm = row_layout(rows, stage_t, frames)
+        assert warm.stages == (stage,) and (warm.stage == stage).all()
+        assert warm.extra == rows.shape[0] - frames
+
+
+def test_row_layout_rejects_rows_it_cannot_place():
+    stage_t = torch.tensor([999, 499])
+    with pytest.raises(ValueError, match="not all stage timesteps"):
+        row_layout(torch.tensor([999, 3]), stage_t, 1)
+    with pytest.raises(ValueError, match="stage order"):
+        row_layout(torch.tensor([499, 999]), stage_t, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    return build_preset("tiny")["unet"].eval()
+
+
+def test_layout_matches_the_unet_at_an_odd_latent_size(tiny_unet):
+    layers = attention_layers(tiny_unet)
+    first_up = next(i for i, block in enumerate(tiny_unet.up_blocks) if getattr(block, "attentions", None))
+    assert default_fusion_blocks(layers) == ("mid_block", f"up_blocks.{first_up}")
+    latent_hw = (9, 7)
+    layout = BankLayout.build(layers, latent_hw, 2, 1.0, ("mid_block",), lambda layer, grid: grid[0] * grid[1])
+    banked = BankedUNet(tiny_unet, layout, fusion_threshold=0.5, fusion_strength=0.5)
+    rows = 3
+    bank = [torch.zeros(shape) for _, shape in layout.input_shapes(rows)]
+    with torch.no_grad():
+        outputs = banked(torch.randn(rows, 4, *latent_hw), torch.tensor([999, 500, 10]), torch.randn(rows, 77, 32),
+                         *bank)
+    assert [tuple(o.shape) for o in outputs[1:]] == [shape for _, shape in layout.output_shapes(rows)]
+    assert outputs[0].shape == (rows, 4, *latent_hw)
+    assert len(banked.input_names) == 3 + len(bank) and len(banked.output_names) == len(outputs)
+    assert grid_at(latent_hw, 1) == (5, 4)
+
+
+def test_banked_unet_shares_the_weights_and_leaves_the_original_untouched(tiny_unet):
+    sample, t, text = torch.randn(2, 4, 8, 8), torch.tensor([999, 500]), torch.randn(2, 77, 32)
+    processors = dict(tiny_unet.attn_processors)
+    with torch.no_grad():
+        before = tiny_unet(sample, t, encoder_hidden_states=text).sample
+        banked = BankedUNet(tiny_unet, BankLayout.empty())
+        (through_copy,) = banked(sample, t, text)
+        after = tiny_unet(sample, t, encoder_hidden_states=text).sample
+    assert torch.equal(before, after) and dict(tiny_unet.attn_processors) == processors
+    torch.testing.assert_close(through_copy, before, rtol=1e-5, atol=1e-6)
+    assert {p.data_ptr() for p in banked.parameters()} == {p.data_ptr() for p in tiny_unet.parameters()}
+
+
+def test_bank_config_validation_names_the_bad_value():
+    with pytest.raises(ConfigError, match="cache_interval 0"):
+        BankConfig(cache_interval=0)
+    with pytest.raises(ConfigError, match="max_frames"):
+        BankConfig(max_frames=True)
+    with pytest.raises(ConfigError, match=r"fusion_strength 1.5 is outside \[0.0, 1.0\]"):
+        BankConfig(fusion_strength=1.5)
+    with pytest.raises(ConfigError, match="sparse_keep_ratio 0"):
+        BankConfig(sparse_keep_ratio=0)
+    with pytest.raises(ConfigError, match="unknown bank option"):
+        BankConfig.from_setting({"cache_size": 3})
+    with pytest.raises(ConfigError, match="fusion_blocks"):
+        BankConfig(fusion_blocks="mid_block")
+    assert BankConfig.from_setting(None) == BankConfig() and BankConfig.from_setting(False) is False
