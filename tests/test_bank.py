@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -362,6 +363,35 @@ def test_banked_unet_shares_the_weights_and_leaves_the_original_untouched(tiny_u
     assert torch.equal(before, after) and dict(tiny_unet.attn_processors) == processors
     torch.testing.assert_close(through_copy, before, rtol=1e-5, atol=1e-6)
     assert {p.data_ptr() for p in banked.parameters()} == {p.data_ptr() for p in tiny_unet.parameters()}
+
+
+def test_banked_unet_exports_to_onnx_and_runs_the_same(tiny_unet, tmp_path):
+    """The bank as explicit static-shape inputs/outputs is what lets compiled backends keep it on."""
+    import onnxruntime
+
+    from pipelines.token_merge import merge_level, tokens_after_merge
+
+    layers = attention_layers(tiny_unet)
+    level = merge_level(layers)
+    layout = BankLayout.build(layers, (8, 8), 2, 1.0, default_fusion_blocks(layers),
+                              lambda layer, grid: tokens_after_merge(grid, 0.5) if layer.level == level
+                              else grid[0] * grid[1])
+    banked = BankedUNet(tiny_unet, layout, token_merge_ratio=0.5, fusion_threshold=0.5, fusion_strength=0.8).eval()
+    g = generator(14)
+    bank = [torch.randn(shape, generator=g) for _, shape in layout.input_shapes(3)]
+    bank[2][:, :5] = float("-inf")  # some empty slots in the first layer
+    inputs = (torch.randn(3, 4, 8, 8, generator=g), torch.tensor([999.0, 500.0, 10.0]),
+              torch.randn(3, 77, 32, generator=g), *bank)
+    path = tmp_path / "banked.onnx"
+    with torch.no_grad():
+        expected = banked(*inputs)
+        torch.onnx.export(banked, inputs, str(path), dynamo=True, input_names=list(banked.input_names),
+                          output_names=list(banked.output_names))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {name: x.numpy() for name, x in zip(banked.input_names, inputs)})
+    assert [o.shape for o in outputs] == [tuple(e.shape) for e in expected]
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_bank_config_validation_names_the_bad_value():

@@ -51,7 +51,7 @@ def bipartite_plan(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r
     normed = F.normalize(metric, dim=-1)
     scores = take(normed, src) @ take(normed, dst).transpose(1, 2)
     best, best_dst = scores.max(dim=-1)
-    order = torch.sort(best, dim=-1, descending=True, stable=True).indices
+    order = best.argsort(dim=-1, descending=True)  # exports as TopK; a stable sort has no ONNX lowering
     merged, kept = order[:, :r], order[:, r:]
     return MergePlan(src=src, dst=dst, kept=kept, merged=merged, target=best_dst.gather(1, merged))
 
