@@ -31,3 +31,18 @@ def test_corrupt_input_is_named_and_the_good_one_finishes(tmp_path, capsys):
     assert code != 0
     assert "bad.mp4" in capsys.readouterr().err
     assert probe(out_dir / "good.mp4")["frames"] == 6
+
+
+def test_video_mode_with_bank_options(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", n_frames=8, size=(64, 64), fps=8, audio=False)
+    out = tmp_path / "out.mp4"
+    args = ["video", str(clip), "-o", str(out), "--bank-interval", "2", "--bank-fifo", "--bank-frames", "2", *TINY]
+    assert main(args) == 0
+    assert probe(out)["frames"] == 8
+
+
+def test_bad_bank_option_is_named(tmp_path, capsys):
+    clip = make_clip(tmp_path / "in.mp4", n_frames=4, size=(64, 64), fps=8, audio=False)
+    code = main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--bank-interval", "0", *TINY])
+    assert code == 2
+    assert "cache_interval" in capsys.readouterr().err

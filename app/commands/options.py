@@ -69,3 +69,35 @@ def build_pipeline(args: argparse.Namespace, mode: str, **extra):
     pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                  delta=args.delta)
     return pipe
+
+
+def add_video_options(parser: argparse.ArgumentParser) -> None:
+    """Feature bank and token sparsity options of mode "video" (defaults: the method's)."""
+    group = parser.add_argument_group("feature bank (mode video)")
+    group.add_argument("--no-bank", action="store_true", help="turn the feature bank off")
+    group.add_argument("--bank-interval", type=int, default=None, help="write the bank every N frames (default 4)")
+    group.add_argument("--bank-frames", type=int, default=None, help="frames of memory per stage (default 1)")
+    group.add_argument("--bank-fifo", action="store_true",
+                       help="keep the last frames as a FIFO instead of the fixed-size merged memory")
+    group.add_argument("--fusion-threshold", type=float, default=None, help="cosine above which tokens fuse (0.98)")
+    group.add_argument("--fusion-strength", type=float, default=None, help="weight of the banked token (0.8)")
+    group.add_argument("--sparse-keep-ratio", type=float, default=None,
+                       help="fraction of static banked tokens kept (1 = dense bank)")
+    group.add_argument("--scene-cut-threshold", type=float, default=None,
+                       help="input change that empties the bank (default 0.5)")
+    group.add_argument("--token-merge-ratio", type=float, default=0.0,
+                       help="fraction of self-attention tokens merged (0 = exact)")
+
+
+def video_settings(args: argparse.Namespace) -> dict:
+    """`load_pipeline` keywords for the bank and token merging; only the options the user set."""
+    if args.no_bank:
+        bank = False
+    else:
+        chosen = dict(cache_interval=args.bank_interval, max_frames=args.bank_frames,
+                      fusion_threshold=args.fusion_threshold, fusion_strength=args.fusion_strength,
+                      sparse_keep_ratio=args.sparse_keep_ratio, scene_cut_threshold=args.scene_cut_threshold)
+        bank = {key: value for key, value in chosen.items() if value is not None}
+        if args.bank_fifo:
+            bank["merge"] = False
+    return dict(bank=bank, token_merge_ratio=args.token_merge_ratio)

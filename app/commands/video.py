@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.options import add_pipeline_options, pipeline_settings
+from app.commands.options import add_pipeline_options, add_video_options, pipeline_settings, video_settings
 from pipelines.errors import LivediffError
 
 
@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     parser.set_defaults(width=None, height=None)
     parser.add_argument("--mode", choices=("video", "img2img"), default="video",
                         help="video: with the feature bank for temporal consistency (default); img2img: per frame")
+    add_video_options(parser)
     job = parser.add_argument_group("encoding and job")
     job.add_argument("--codec", default=None, help="video codec (default libx264)")
     job.add_argument("--quality", default=None,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     _working_size(args)
     factory = PipelineFactory(
-        settings=pipeline_settings(args, args.mode),
+        settings={**pipeline_settings(args, args.mode), **(video_settings(args) if args.mode == "video" else {})},
         prompt=dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                     delta=args.delta),
         strength=args.strength)
