@@ -58,7 +58,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, runtime_checkable

@@ -108,9 +108,20 @@ class StreamPipeline:
         if self.similarity_filter is not None:
             self.similarity_filter.reset()
 
-    def new_session(self) -> "StreamPipeline":
-        """An independent stream (own buffers, noise, prompt) sharing these networks."""
-        return type(self)(replace(self.config), self.models, self.runners)
+    def new_session(self, **overrides) -> "StreamPipeline":
+        """An independent stream (own buffers, noise, prompt) sharing these networks.
+
+        `overrides` are `StreamConfig` fields (e.g. bank, token_merge_ratio), validated again; the
+        new session has no prompt until `prepare`.
+        """
+        return type(self)(replace(self.config, **overrides), self.models, self.runners)
+
+    def set_seed(self, seed: int) -> None:
+        """The session noise is drawn from the seed when the stream is built, so a new seed restarts it."""
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed {seed!r} must be an integer")
+        self.config.seed = seed
+        self.reset()
 
     @staticmethod
     def _check_guidance(guidance_scale: float, delta: float) -> None:

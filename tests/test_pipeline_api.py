@@ -72,7 +72,7 @@ def test_txt2img_makes_images():
 
 
 def test_reset_gives_a_fresh_pipelines_outputs():
-    pipe, image = tiny(t_index_list=[10, 25, 40]), frame()
+    pipe = tiny(t_index_list=[10, 25, 40])
     first = [pipe(frame(i)) for i in range(4)]
     pipe.reset()
     again = [pipe(frame(i)) for i in range(4)]

@@ -11,7 +11,6 @@ live users share the GPU's frame rate.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any
 
 from pipelines import load_pipeline
@@ -73,7 +72,4 @@ class Engine:
         `config_overrides` (bank, token merging) give a pipeline of another shape over the same
         networks: the same construction `new_session()` does, with a re-validated config.
         """
-        template = self.template(purpose)
-        if not config_overrides:
-            return template.new_session()
-        return type(template)(replace(template.config, **config_overrides), template.models, template.runners)
+        return self.template(purpose).new_session(**config_overrides)

@@ -123,7 +123,7 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
         (("guidance_scale", "delta", "cfg_type"),
          lambda s: pipe.set_guidance(guidance_scale=s.guidance_scale, delta=s.delta, cfg_type=s.cfg_type)),
         (("strength",), lambda s: pipe.set_strength(s.strength)),
-        (("seed",), lambda s: _set_seed(pipe, s.seed)),
+        (("seed",), lambda s: pipe.set_seed(s.seed)),
         (("similarity_filter", "similarity_threshold", "similarity_max_skip"),
          lambda s: pipe.set_similarity_filter(s.similarity_threshold if s.similarity_filter else None,
                                               s.similarity_max_skip)),
@@ -138,8 +138,3 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
         applied = replace(applied, **{n: getattr(wanted, n) for n in names})
     return applied, None
 
-
-def _set_seed(pipe, seed: int) -> None:
-    """The per-session noise is drawn from the seed when the stream is built, so a new seed restarts it."""
-    pipe.config.seed = seed
-    pipe.reset()
