@@ -15,6 +15,7 @@ from diffusers import AutoencoderTiny
 from torch import nn
 
 from accelerators.base import Backend, Runners
+from pipelines.errors import ConfigError
 
 Shape = tuple[int, ...]
 
@@ -48,6 +49,10 @@ class TensorFunction(nn.Module):
     def adapt_inputs(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What callers pass → what the function takes (dtype casts, contiguous memory)."""
         return tuple(t.contiguous() for t in inputs)
+
+    def nest(self, per_input: list) -> tuple:
+        """Per-input values (e.g. torch.export dynamic shapes) shaped like `forward`'s parameters."""
+        return tuple(per_input)
 
 
 def _parameter_dtype(module: nn.Module) -> torch.dtype:
@@ -174,3 +179,62 @@ def runners_for(models, backend: Backend) -> Runners:
     networks = stream_networks(models)
     return Runners(unet=backend.runner(networks["unet"]), encode=backend.runner(networks["vae_encoder"]),
                    decode=backend.runner(networks["vae_decoder"]), name=backend.name, backend=backend)
+
+
+class BankedUNetFunction(TensorFunction):
+    """The UNet with the feature bank (`pipelines.bank.unet.BankedUNet`) as a function of tensors.
+
+    Inputs: (sample, timestep, encoder_hidden_states, *bank); outputs: (noise_pred, *new entries),
+    laid out as `pipelines.bank.layout` documents. Bank sizes follow from the resolution, so the
+    graph's resolution is static; only the rows axis varies, like the plain UNet's.
+    """
+
+    name = "banked_unet"
+
+    def __init__(self, banked, vae_scale_factor: int = 8):
+        super().__init__()
+        self.banked = banked
+        self.vae_scale_factor = vae_scale_factor
+        self.input_names = tuple(banked.input_names)
+        self.output_names = tuple(banked.output_names)
+        config = banked.unet.config
+        self.in_channels, self.out_channels = config.in_channels, config.out_channels
+        self.cross_attention_dim = config.cross_attention_dim
+        self.spatial_multiple = vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.banked(sample, timestep, encoder_hidden_states, *bank)
+
+    def variant(self) -> tuple:
+        banked = self.banked
+        return (("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
+                ("token_merge_ratio", float(banked.token_merge_ratio)),
+                ("fusion", float(banked.fusion_threshold), float(banked.fusion_strength)))
+
+    def example_inputs(self, rows, height, width, dtype, device):
+        f = self.vae_scale_factor
+        base = (torch.randn(rows, self.in_channels, height // f, width // f, dtype=dtype, device=device),
+                torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
+                torch.randn(rows, 77, self.cross_attention_dim, dtype=dtype, device=device))
+        bank = [torch.zeros(shape, dtype=dtype, device=device) if name.endswith(".bias")
+                else torch.randn(shape, dtype=dtype, device=device)
+                for name, shape in self.banked.layout.input_shapes(rows)]
+        return (*base, *bank)
+
+    def output_shapes(self, inputs):
+        sample = inputs[0]
+        rows = sample.shape[0]
+        return [(rows, self.out_channels, *sample.shape[2:]),
+                *(shape for _, shape in self.banked.layout.output_shapes(rows))]
+
+    def spatial_axes(self):
+        raise ConfigError("the banked UNet's graph has a static resolution (its bank sizes follow from it); "
+                          "build it without a resolution range")
+
+    def nest(self, per_input: list) -> tuple:
+        return (*per_input[:3], tuple(per_input[3:]))  # forward takes the bank as *args
+
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *bank):
+        return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
+                *(t.contiguous() for t in bank))

@@ -51,6 +51,8 @@ class OnnxRuntimeRunner:
         self.device = device
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if device.type == "cpu":
+            options.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as the torch backends
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=providers_for(device))
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
@@ -103,10 +105,15 @@ class OnnxRuntimeBackend:
         check_precision(next(models.unet.parameters()).dtype, self.device)
         providers_for(self.device)
         self.graphs = GraphExporter(models, config, options, progress)
+        self._runners: dict[Path, OnnxRuntimeRunner] = {}
 
     def artifact(self, function: TensorFunction) -> Path:
         return self.graphs.artifact(function)
 
     def runner(self, function: TensorFunction) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(function, self.artifact(function), self.device)
+        """One session per graph, however often a pipeline asks for it (streams are rebuilt on reset)."""
+        path = self.artifact(function)
+        if path not in self._runners:
+            self._runners[path] = OnnxRuntimeRunner(function, path, self.device)
+        return self._runners[path]
 

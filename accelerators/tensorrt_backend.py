@@ -244,6 +244,8 @@ class TensorRTBackend:
         self.resolution = self.graphs.resolution
         self.capability = compute_capability(self.device)
         self.timing_cache = self.cache.timing_cache_path(f"tensorrt-{self.trt.__version__}", self.capability)
+        self._verified: dict[str, Path] = {}
+        self._runners: dict[Path, TensorRTRunner] = {}
 
     def artifact(self, function: TensorFunction) -> Path:
         """The cached engine of `function`, exported and built now when missing or unusable."""
@@ -260,11 +262,18 @@ class TensorRTBackend:
                                      self.dtype)
             build_engine(graph, folder / ENGINE_FILE, profile, self.timing_cache, self.options.workspace_gb, report)
 
-        entry = self.cache.get_or_build(key, build, allow_build=self.options.build)
+        digest = key.digest()
+        if digest not in self._verified:  # hash the engine once per process, not at every stream rebuild
+            entry = self.cache.get_or_build(key, build, allow_build=self.options.build)
+            self._verified[digest] = entry.file(ENGINE_FILE)
         if report:
             report("engine ready", 1, 1)
-        return entry.file(ENGINE_FILE)
+        return self._verified[digest]
 
     def runner(self, function: TensorFunction) -> TensorRTRunner:
-        return TensorRTRunner(function, self.artifact(function), self.device)
+        """One runner (engine + execution context) per engine, however often a pipeline asks for it."""
+        path = self.artifact(function)
+        if path not in self._runners:
+            self._runners[path] = TensorRTRunner(function, path, self.device)
+        return self._runners[path]
 
