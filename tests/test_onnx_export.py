@@ -240,3 +240,22 @@ def test_v2v_stream_with_the_bank_through_onnxruntime_matches_eager(banked):
         assert (actual - reference).abs().max() < IMAGE_TOLERANCE
     bank_effect = max(float((a - b).abs().max()) for a, b in zip(outputs["eager"], outputs["no bank"]))
     assert bank_effect > 100 * IMAGE_TOLERANCE  # so the comparison above would see a graph ignoring the bank
+
+
+def test_build_engines_command_finds_the_pipeline_graphs_in_the_cache(cache_dir, exported, monkeypatch, capsys):
+    from app.cli import main as cli
+
+    for name in ("unet", "vae_encoder", "vae_decoder"):
+        exported[0].artifact(exported[1][name])
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a cached graph was exported again")
+
+    monkeypatch.setattr("accelerators.onnx_export.export_onnx", no_export)
+    args = ["build-engines", "--accelerator", "onnxruntime", "--model", "tiny", "--width", str(SIZE), "--height",
+            str(SIZE), "--t-index-list", "20,40", "--device", "cpu", "--cache-dir", str(cache_dir)]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: {cache_dir}" in printed for name in ("unet", "vae_encoder", "vae_decoder"))
+    assert cli(args[:2] + ["eager"] + args[3:]) == 2
+    assert "builds nothing" in capsys.readouterr().err

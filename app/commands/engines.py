@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     add_pipeline_options(build)
     build.set_defaults(accelerator="tensorrt")
     group = build.add_argument_group("engines")
-    group.add_argument("--mode", choices=("img2img", "txt2img"), default="img2img")
+    group.add_argument("--mode", choices=("img2img", "txt2img", "video"), default="img2img",
+                       help="video also builds the UNet with the feature bank (default bank settings) as a graph")
     for bound in ("min", "max"):
         for side in ("width", "height"):
             group.add_argument(f"--{bound}-{side}", type=int, default=None,
@@ -86,14 +87,29 @@ def run_build(args: argparse.Namespace) -> int:
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
                                      workspace_gb=args.workspace_gb))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    functions = stream_networks(models)
+    if config.mode == "video":
+        functions["banked_unet"] = _banked_function(config)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
         backend = make_backend(config.accelerator, models, config, options, _ProgressDisplay(progress))
-        paths = {name: backend.artifact(function) for name, function in stream_networks(models).items()}
+        paths = {name: backend.artifact(function) for name, function in functions.items()}
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
+
+
+def _banked_function(config):
+    """The banked UNet of a video pipeline with these settings (its bank layout fixes the graph's shapes)."""
+    from dataclasses import asdict
+
+    from accelerators.networks import BankedUNetFunction
+    from pipelines import load_pipeline
+
+    settings = {k: v for k, v in asdict(config).items() if k not in ("accelerator", "similarity_filter")}
+    pipe = load_pipeline(**settings)
+    return BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
 
 
 def _describe(entry) -> str:
