@@ -5,8 +5,9 @@ Every configuration runs in its own process so its peak memory is its own: on CU
 torch.cuda.max_memory_allocated during the frames, on CPU the process's peak RSS growth over its
 RSS after loading (torch's CPU allocations are invisible to tracemalloc). fps counts every frame
 after `--warmup` (VAE encode, UNet, bank update, VAE decode, conversion to numpy). On CPU the
-process's CPU seconds per frame are printed too: unlike wall time they barely change when other
-programs compete for the cores, so their ratios are the ones to trust on a shared machine.
+process's CPU seconds per frame are printed too: with `--threads 1` they barely change when other
+programs compete for the cores (with more threads, threads waiting for each other spin and count
+as CPU time), so on a shared machine their ratios are the ones to trust.
 
 The clip is a static camera over a smooth background with two textured objects moving across it,
 so most tokens are static and the sparse bank has something to leave out.
@@ -86,6 +87,8 @@ def worker(args, name: str) -> dict:
     from pipelines.metrics import evaluate_frames
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     t_index = [int(i) for i in args.t_index_list.split(",")]
     pipe = load_pipeline(model=args.preset, mode="video", t_index_list=t_index, cfg_type=args.cfg_type,
@@ -136,7 +139,7 @@ def tables(results: list[dict], args, dtype: str) -> str:
                 r["source_warp_error"], r["scene_cuts"], r["dropped_moving"]] for r in results]
     title = (f"{args.preset}, {args.size}x{args.size}, {args.device} {dtype}, vae {args.vae}, "
              f"t_index_list={args.t_index_list}, cfg {args.cfg_type}, {args.frames} frames per configuration "
-             f"({args.warmup} untimed), {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+             f"({args.warmup} untimed), {args.threads or torch.get_num_threads()} torch threads, torch {torch.__version__}")
     return "\n\n".join([
         title,
         markdown_table(["configuration", "fps", "× fps vs off", "median ms", "CPU s/frame", "× CPU s vs off",
@@ -161,6 +164,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=300, help="frames per configuration (>= 300 for the report)")
     parser.add_argument("--warmup", type=int, default=5, help="first frames left out of the timing")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per configuration (0: torch's default); 1 keeps CPU seconds "
+                             "comparable on a shared machine, where waiting threads spin and count as CPU time")
     parser.add_argument("--out", default=None, help="also write the tables to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
