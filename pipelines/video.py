@@ -25,10 +25,12 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import nullcontext
 
 import torch
 
 from accelerators.base import Runners
+from accelerators.networks import BankedUNetFunction
 from pipelines.bank.attention import CrossAttentionCache
 from pipelines.bank.config import BankConfig
 from pipelines.bank.feature_bank import FeatureBank
@@ -37,7 +39,6 @@ from pipelines.bank.scene_cut import SceneCutDetector
 from pipelines.bank.sparse import latent_motion
 from pipelines.bank.unet import BankedUNet, RowLayout, row_layout
 from pipelines.config import StreamConfig
-from pipelines.errors import AcceleratorError
 from pipelines.models import ModelBundle
 from pipelines.pipeline import StreamPipeline
 from pipelines.stream import Guidance
@@ -60,8 +61,11 @@ class _BankedStreamCall:
         bank = pipe.bank.rows(rows.stage) if pipe.bank is not None else []
         row_text = (torch.arange(sample.shape[0], device=sample.device) >= rows.extra).long()
         texts = (self.guidance.uncond, self.guidance.cond)
-        with torch.no_grad(), pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text):
-            noise_pred, *new = pipe.banked_unet(sample, timestep, text, *bank)
+        # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
+        cache = (pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
+                 if pipe.runners.name == "eager" else nullcontext())
+        with torch.no_grad(), cache:
+            noise_pred, *new = pipe.banked_run(sample, timestep, text, *bank)
         self.rows, self.new = rows, new
         return noise_pred
 
@@ -80,9 +84,6 @@ class VideoPipeline(StreamPipeline):
     """
 
     def __init__(self, config: StreamConfig, models: ModelBundle, runners: Runners):
-        if runners.name != "eager":
-            raise AcceleratorError(f"mode 'video' runs its banked UNet with accelerator 'eager' only for now, not "
-                                   f"{runners.name!r}")
         self.bank_config: BankConfig | None = config.bank or None
         layers = attention_layers(models.unet)
         self.fusion_blocks = (resolve_fusion_blocks(layers, self.bank_config.fusion_blocks)
@@ -92,6 +93,7 @@ class VideoPipeline(StreamPipeline):
         fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
                   else (2.0, 0.0))
         self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion)
+        self.banked_run = runners.wrap(BankedUNetFunction(self.banked_unet, scale).eval())
         self.cross_cache = CrossAttentionCache()
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
         self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None

@@ -5,7 +5,6 @@ them there by key, which also checks that a second pipeline reuses a cached grap
 """
 from __future__ import annotations
 
-import contextlib
 
 import onnx
 import pytest
@@ -197,25 +196,6 @@ def test_banked_unet_graph_matches_eager(banked, rows, empty_fraction):
     assert [o.name for o in model.graph.output] == list(function.output_names)
 
 
-class ExportedBankedUNet:
-    """Stands in for `VideoPipeline.banked_unet`: every banked UNet call runs the exported graph.
-
-    Until `VideoPipeline` takes its banked UNet runner from `runners.wrap`, this is how a V2V
-    stream is put through ONNX Runtime. The graph projects the text itself, so the eager-only
-    per-prompt cross-attention cache is left out.
-    """
-
-    def __init__(self, runner, layout):
-        self.runner = runner
-        self.layout = layout
-
-    def __call__(self, *inputs):
-        return self.runner(*inputs)
-
-    def cached_cross_attention(self, *args):
-        return contextlib.nullcontext()
-
-
 def moving_scene(i: int) -> torch.Tensor:
     texture = torch.rand(1, 3, SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(3))
     frame = texture[..., 3 * i:3 * i + SIZE].clone()
@@ -223,13 +203,12 @@ def moving_scene(i: int) -> torch.Tensor:
     return frame
 
 
-def test_v2v_stream_with_the_bank_through_onnxruntime_matches_eager(banked):
+def test_v2v_stream_with_the_bank_through_onnxruntime_matches_eager(cache_dir):
     """10 frames: the bank is read from and written with the graph's outputs (merged memory, fusion)."""
-    backend, function = banked
     frames = [moving_scene(i) for i in range(10)]
     eager = load_pipeline(**video_settings())
-    exported = load_pipeline(**video_settings())
-    exported.banked_unet = ExportedBankedUNet(backend.runner(function), function.banked.layout)
+    exported = load_pipeline(accelerator="onnxruntime", accelerator_options={"cache_dir": cache_dir},
+                             **video_settings())
     without_bank = load_pipeline(**video_settings(bank=False))
     outputs = {}
     for name, pipe in (("eager", eager), ("onnxruntime", exported), ("no bank", without_bank)):

@@ -11,7 +11,7 @@ from pipelines import load_pipeline
 from pipelines.bank.config import BankConfig
 from pipelines.bank.layout import attention_layers
 from pipelines.config import StreamConfig
-from pipelines.errors import AcceleratorError, ConfigError
+from pipelines.errors import ConfigError
 from pipelines.token_merge import merged_count
 from pipelines.video import VideoPipeline
 
@@ -92,11 +92,11 @@ def test_fifo_bank_holds_max_frames_and_every_stage_after_warm_up():
 
 
 class Recorder:
-    """Wraps the banked UNet to keep the last call's inputs and outputs."""
+    """Wraps the banked UNet runner to keep the last call's inputs and outputs."""
 
     def __init__(self, pipe):
-        self.inner, self.calls = pipe.banked_unet, []
-        pipe.banked_unet = self
+        self.inner, self.calls = pipe.banked_run, []
+        pipe.banked_run = self
 
     def __call__(self, *inputs):
         outputs = self.inner(*inputs)
@@ -214,8 +214,8 @@ def test_video_options_are_validated_before_loading():
 
 def test_video_pipeline_refuses_runners_it_cannot_feed_the_bank_to():
     pipe = build(bank=False)
-    runners = Runners(unet=pipe.runners.unet, encode=pipe.runners.encode, decode=pipe.runners.decode, name="compile")
-    with pytest.raises(AcceleratorError, match="eager"):
+    runners = Runners(unet=pipe.runners.unet, encode=pipe.runners.encode, decode=pipe.runners.decode, name="custom")
+    with pytest.raises(ConfigError, match="cannot run extra networks"):
         VideoPipeline(pipe.config, pipe.models, runners)
 
 
