@@ -53,8 +53,12 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=1.5)
     parser.add_argument("--frames", type=int, default=10, help="timed frames (after 3 warm-up frames)")
     parser.add_argument("--vae", default=None, help="e.g. taesd-random")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 keeps timings stable on a machine shared with other work)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     t_index = [int(i) for i in args.t_index_list.split(",")]
     frames = moving_frames(args.frames + 3, args.size, args.size)
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
         rows.append([f"livediff stream, cfg={cfg_type}", timing.fps, timing.median_ms,
                      timing.fps / baseline_plain.fps, timing.fps / baseline_cfg.fps])
     title = (f"{args.preset}, {args.size}x{args.size}, {args.device} {dtype}, t_index_list={t_index}, "
-             f"guidance {args.guidance_scale}, {args.frames} timed frames, torch {torch.__version__}")
+             f"guidance {args.guidance_scale}, {args.frames} timed frames, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} CPU threads")
     table = markdown_table(["pipeline", "fps", "median ms", "× diffusers no-CFG", "× diffusers CFG"], rows)
     print(title)
     print(table)
