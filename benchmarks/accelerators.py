@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from accelerators import build_runners  # noqa: E402
 from accelerators.networks import BankedUNetFunction  # noqa: E402
-from benchmarks.common import Timing, markdown_table, moving_frames, synchronize  # noqa: E402
+from benchmarks.common import Timing, markdown_table, moving_frames, publish, synchronize  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
 from pipelines.errors import LivediffError  # noqa: E402
 
@@ -189,10 +189,7 @@ def main(argv=None) -> int:
              f"{load_before:.1f} at start / {os.getloadavg()[0]:.1f} at end (other processes share the machine)")
     table = markdown_table(["scenario", "backend", "setup s", "fps", "median ms", "p95 ms", "max abs err vs eager",
                             "rel L2 err vs eager", "note"], rows)
-    print(title)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(title + "\n\n" + table + "\n")
+    publish(title, table, args.out)
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 import time
 from dataclasses import dataclass
 
@@ -66,3 +67,11 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def publish(title: str, table: str, out: str | None) -> None:
+    """Print the table under its title (what was measured, where) and write both to `out` when given."""
+    text = f"{title}\n\n{table}\n"
+    print(text, end="")
+    if out:
+        Path(out).write_text(text)

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, moving_frames, time_calls  # noqa: E402
+from benchmarks.common import markdown_table, moving_frames, publish, time_calls  # noqa: E402
 from pipelines import load_pipeline  # noqa: E402
 
 
@@ -85,10 +85,7 @@ def main(argv=None) -> int:
              f"guidance {args.guidance_scale}, {args.frames} timed frames, torch {torch.__version__}, "
              f"{torch.get_num_threads()} CPU threads")
     table = markdown_table(["pipeline", "fps", "median ms", "× diffusers no-CFG", "× diffusers CFG"], rows)
-    print(title)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(title + "\n\n" + table + "\n")
+    publish(title, table, args.out)
     return 0
 
 
