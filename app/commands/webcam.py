@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from app.commands.options import add_pipeline_options, pipeline_settings
+from app.commands.options import add_pipeline_options, build_pipeline
 
 WINDOW = "livediff webcam (q to quit)"
 CAMERA_TIMEOUT_S = 10.0
@@ -70,14 +70,8 @@ def _check(args: argparse.Namespace) -> bool:
 
 def _build_pipeline(args: argparse.Namespace):
     from app.ui.engine import DEFAULT_STREAM_MODE
-    from pipelines import load_pipeline
 
-    pipe = load_pipeline(**pipeline_settings(args, args.stream_mode or DEFAULT_STREAM_MODE))
-    if args.strength is not None:
-        pipe.set_strength(args.strength)
-    pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                 delta=args.delta)
-    return pipe
+    return build_pipeline(args, args.stream_mode or DEFAULT_STREAM_MODE)
 
 
 class _Recorder:
