@@ -31,6 +31,7 @@ RUN apt-get update \
 
 WORKDIR /opt/livediff
 COPY pyproject.toml README.md ./
+COPY livediff ./livediff
 COPY app ./app
 COPY pipelines ./pipelines
 COPY accelerators ./accelerators

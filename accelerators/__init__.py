@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from accelerators.base import AcceleratorOptions, Backend, ResolutionRange, Runners
-from accelerators.networks import runners_for
-from pipelines.errors import ConfigError
+from livediff.accelerators.base import AcceleratorOptions, Backend, ResolutionRange, Runners
+from livediff.accelerators.networks import runners_for
+from livediff.errors import ConfigError
 
 ACCELERATORS = ("eager", "compile", "onnxruntime", "tensorrt")
 
@@ -34,7 +34,7 @@ def _options(options: AcceleratorOptions | dict | None) -> AcceleratorOptions:
 
 def check_accelerator(name: str, config, options: AcceleratorOptions | dict | None = None) -> AcceleratorOptions:
     """Reject impossible combinations before any weights are loaded; returns the validated options."""
-    from pipelines.models import resolve_dtype
+    from livediff.pipelines.models import resolve_dtype
 
     if name not in ACCELERATORS:
         raise ConfigError(f"accelerator {name!r} is not one of {', '.join(ACCELERATORS)}")
@@ -43,18 +43,18 @@ def check_accelerator(name: str, config, options: AcceleratorOptions | dict | No
     if name != "eager":
         options.resolution_for(config.height, config.width)
     if name == "compile":
-        from accelerators.compiled import check_compile_supported
+        from livediff.accelerators.compiled import check_compile_supported
 
         check_compile_supported(device, options.cuda_graphs)
     elif options.cuda_graphs:
         raise ConfigError(f"cuda_graphs=True is an option of accelerator 'compile', not {name!r}")
     if name == "onnxruntime":
-        from accelerators.onnxruntime_backend import check_precision, providers_for
+        from livediff.accelerators.onnxruntime_backend import check_precision, providers_for
 
         check_precision(dtype, device)
         providers_for(device)
     if name == "tensorrt":
-        from accelerators.tensorrt_backend import check_tensorrt_supported
+        from livediff.accelerators.tensorrt_backend import check_tensorrt_supported
 
         check_tensorrt_supported(device, dtype)
     return options
@@ -63,19 +63,19 @@ def check_accelerator(name: str, config, options: AcceleratorOptions | dict | No
 def make_backend(name: str, models, config, options: AcceleratorOptions, progress=None) -> Backend:
     """The backend object behind `name`; `progress(network, message, done, total)` hears about builds."""
     if name == "eager":
-        from accelerators.eager import EagerBackend
+        from livediff.accelerators.eager import EagerBackend
 
         return EagerBackend()
     if name == "compile":
-        from accelerators.compiled import CompileBackend, check_compile_supported
+        from livediff.accelerators.compiled import CompileBackend, check_compile_supported
 
         return CompileBackend(options.compile_mode, check_compile_supported(torch.device(config.device),
                                                                             options.cuda_graphs))
     if name == "onnxruntime":
-        from accelerators.onnxruntime_backend import OnnxRuntimeBackend
+        from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(models, config, options, progress)
-    from accelerators.tensorrt_backend import TensorRTBackend
+    from livediff.accelerators.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(models, config, options, progress)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from pipelines.errors import ConfigError
+from livediff.errors import ConfigError
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 CACHE_ENV = "LIVEDIFF_CACHE_DIR"

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from accelerators.networks import TensorFunction
-from pipelines.errors import AcceleratorError, ConfigError
+from livediff.accelerators.networks import TensorFunction
+from livediff.errors import AcceleratorError, ConfigError
 
 Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
 

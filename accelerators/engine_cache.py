@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from pipelines.errors import AcceleratorError
+from livediff.errors import AcceleratorError
 
 log = logging.getLogger(__name__)
 

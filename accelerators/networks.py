@@ -14,8 +14,8 @@ import torch
 from diffusers import AutoencoderTiny
 from torch import nn
 
-from accelerators.base import Backend, Runners
-from pipelines.errors import ConfigError
+from livediff.accelerators.base import Backend, Runners
+from livediff.errors import ConfigError
 
 Shape = tuple[int, ...]
 

@@ -22,11 +22,11 @@ from typing import Callable
 
 import torch
 
-from accelerators.base import AcceleratorOptions, ResolutionRange
-from accelerators.engine_cache import EngineCache, EngineKey, weights_fingerprint
-from accelerators.networks import TensorFunction
-from accelerators.shapes import rows_for
-from pipelines.errors import AcceleratorError, ConfigError
+from livediff.accelerators.base import AcceleratorOptions, ResolutionRange
+from livediff.accelerators.engine_cache import EngineCache, EngineKey, weights_fingerprint
+from livediff.accelerators.networks import TensorFunction
+from livediff.accelerators.shapes import rows_for
+from livediff.errors import AcceleratorError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accelerators.base import AcceleratorOptions
-from accelerators.networks import TensorFunction
-from accelerators.onnx_export import GraphExporter, ProgressFn
-from pipelines.errors import AcceleratorError, ConfigError
+from livediff.accelerators.base import AcceleratorOptions
+from livediff.accelerators.networks import TensorFunction
+from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
+from livediff.errors import AcceleratorError, ConfigError
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}

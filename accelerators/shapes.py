@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.errors import ConfigError
-from pipelines.rcfg import CFG_TYPES
+from livediff.errors import ConfigError
+from livediff.pipelines.rcfg import CFG_TYPES
 
 
 @dataclass(frozen=True)

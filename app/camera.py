@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.errors import InputError
+from livediff.errors import InputError
 
 
 @dataclass(frozen=True)

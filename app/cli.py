@@ -5,8 +5,8 @@ import argparse
 import logging
 import sys
 
-from app.commands import load_command_modules
-from pipelines.errors import LivediffError
+from livediff.app.commands import load_command_modules
+from livediff.errors import LivediffError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 Three building blocks:
 
 * :class:`VideoReader` opens a file, validates it (a corrupt or unreadable file raises
-  :class:`pipelines.errors.InputError` naming the file) and yields RGB frames together with their
+  :class:`livediff.errors.InputError` naming the file) and yields RGB frames together with their
   presentation timestamps, so the output can keep the input's exact timing (variable frame rate
   included).
 * :class:`VideoWriter` encodes RGB frames to H.264 (``libx264``) or another codec in ``yuv420p``,
@@ -34,7 +34,7 @@ from typing import Iterator, Literal, Sequence
 import av
 import numpy as np
 
-from pipelines.errors import ConfigError, InputError
+from livediff.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, runtime_
 
 import numpy as np
 
-from app.video_io import (
+from livediff.app.video_io import (
     VIDEO_EXTENSIONS,
     AudioMode,
     Quality,
@@ -76,7 +76,7 @@ from app.video_io import (
     encoder_settings,
     resolve_codec,
 )
-from pipelines.errors import ConfigError, InputError, LivediffError
+from livediff.errors import ConfigError, InputError, LivediffError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class PipelineFactory:
     strength: float | None = None
 
     def __call__(self) -> FrameProcessor:
-        from pipelines import load_pipeline  # heavy import, only where the model runs
+        from livediff.pipelines import load_pipeline  # heavy import, only where the model runs
 
         pipe = load_pipeline(**dict(self.settings))
         if self.strength is not None:

@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from accelerators import build_runners  # noqa: E402
-from accelerators.networks import BankedUNetFunction  # noqa: E402
+from livediff.accelerators import build_runners  # noqa: E402
+from livediff.accelerators.networks import BankedUNetFunction  # noqa: E402
 from benchmarks.common import Timing, markdown_table, moving_frames, publish, synchronize  # noqa: E402
-from pipelines import load_pipeline  # noqa: E402
-from pipelines.errors import LivediffError  # noqa: E402
+from livediff.pipelines import load_pipeline  # noqa: E402
+from livediff.errors import LivediffError  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import markdown_table, moving_frames, publish, time_calls  # noqa: E402
-from pipelines import load_pipeline  # noqa: E402
+from livediff.pipelines import load_pipeline  # noqa: E402
 
 
 def diffusers_runner(pipe, guidance_scale: float):

@@ -1,6 +1,6 @@
 """Streaming diffusion pipelines.
 
-    from pipelines import load_pipeline
+    from livediff.pipelines import load_pipeline
     pipe = load_pipeline(model="tiny", mode="img2img", t_index_list=[32, 45], cfg_type="self",
                          width=512, height=512, device="cpu", dtype="float32")
     pipe.prepare(prompt="oil painting")
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 
-from pipelines.config import StreamConfig
-from pipelines.errors import ConfigError, InputError, LivediffError, ModelNotAvailableError
-from pipelines.models import ModelBundle, load_models
+from livediff.pipelines.config import StreamConfig
+from livediff.errors import ConfigError, InputError, LivediffError, ModelNotAvailableError
+from livediff.pipelines.models import ModelBundle, load_models
 
 __all__ = ["load_pipeline", "StreamConfig", "LivediffError", "ConfigError", "InputError", "ModelNotAvailableError"]
 
@@ -35,15 +35,15 @@ def load_pipeline(accelerator_options=None, **settings):
     `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
     e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.
     """
-    from accelerators import build_runners, check_accelerator
-    from pipelines.pipeline import StreamPipeline
+    from livediff.accelerators import build_runners, check_accelerator
+    from livediff.pipelines.pipeline import StreamPipeline
 
     config = StreamConfig(**settings)
     options = check_accelerator(config.accelerator, config, accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     runners = build_runners(config.accelerator, models, config, options)
     if config.mode == "video":
-        from pipelines.video import VideoPipeline
+        from livediff.pipelines.video import VideoPipeline
 
         return VideoPipeline(config, models, runners)
     return StreamPipeline(config, models, runners)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.bank.config import BankConfig
-from pipelines.errors import ConfigError
-from pipelines.rcfg import CFG_TYPES
-from pipelines.schedule import validate_t_index_list
-from pipelines.similarity import SimilarityFilterConfig
-from pipelines.token_merge import check_ratio
+from livediff.pipelines.bank.config import BankConfig
+from livediff.errors import ConfigError
+from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.schedule import validate_t_index_list
+from livediff.pipelines.similarity import SimilarityFilterConfig
+from livediff.pipelines.token_merge import check_ratio
 
 MODES = ("img2img", "txt2img", "video")
 MIN_SIZE, MAX_SIZE = 64, 2048

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.errors import InputError
+from livediff.errors import InputError
 
 Kind = Literal["pil", "numpy", "torch"]
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from pipelines.errors import ConfigError, InputError
+from livediff.errors import ConfigError, InputError
 
 FLOW_METHODS: tuple[str, ...] = ("dis", "farneback")
 

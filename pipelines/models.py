@@ -15,8 +15,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pipelines.errors import ConfigError, ModelNotAvailableError
-from pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
+from livediff.errors import ConfigError, ModelNotAvailableError
+from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,16 @@ from dataclasses import replace
 
 import torch
 
-from accelerators.base import Runners
-from pipelines.config import StreamConfig
-from pipelines.errors import ConfigError
-from pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
-from pipelines.models import ModelBundle, resolve_dtype
-from pipelines.prompts import encode_prompt
-from pipelines.rcfg import CFG_TYPES
-from pipelines.schedule import StageSchedule, strength_to_t_index_list, validate_t_index_list
-from pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
-from pipelines.stream import Guidance, StreamBatch
+from livediff.accelerators.base import Runners
+from livediff.pipelines.config import StreamConfig
+from livediff.errors import ConfigError
+from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from livediff.pipelines.models import ModelBundle, resolve_dtype
+from livediff.pipelines.prompts import encode_prompt
+from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list, validate_t_index_list
+from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
+from livediff.pipelines.stream import Guidance, StreamBatch
 
 
 class StreamPipeline:

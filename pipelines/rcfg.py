@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from pipelines.schedule import denoise
+from livediff.pipelines.schedule import denoise
 
 CfgType = Literal["none", "full", "self", "initialize"]
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")

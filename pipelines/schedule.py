@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import LCMScheduler
 
-from pipelines.errors import ConfigError
+from livediff.errors import ConfigError
 
 TABLE_STEPS = 50
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.errors import ConfigError
+from livediff.errors import ConfigError
 
 
 def skip_probability(similarity: float, threshold: float) -> float:

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from pipelines import rcfg
-from pipelines.schedule import StageSchedule, add_noise, denoise
+from livediff.pipelines import rcfg
+from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

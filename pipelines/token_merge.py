@@ -21,8 +21,8 @@ from functools import lru_cache
 
 import torch
 
-from pipelines.bank.merge import MergePlan, bipartite_plan, merge_tokens, unmerge_tokens
-from pipelines.errors import ConfigError
+from livediff.pipelines.bank.merge import MergePlan, bipartite_plan, merge_tokens, unmerge_tokens
+from livediff.errors import ConfigError
 
 MAX_RATIO = 0.75  # every token but the 2×2 destinations: a ratio above 3/4 has nothing left to merge
 
@@ -97,7 +97,7 @@ _PATCH = "_livediff_token_merge"
 
 def apply_patch(unet, ratio: float) -> None:
     """Merge tokens in the highest-resolution self-attention layers of `unet`; replaces an earlier patch."""
-    from pipelines.bank.layout import attention_layers, grid_at
+    from livediff.pipelines.bank.layout import attention_layers, grid_at
 
     ratio = check_ratio(ratio)
     remove_patch(unet)

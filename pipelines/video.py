@@ -29,20 +29,20 @@ from contextlib import nullcontext
 
 import torch
 
-from accelerators.base import Runners
-from accelerators.networks import BankedUNetFunction
-from pipelines.bank.attention import CrossAttentionCache
-from pipelines.bank.config import BankConfig
-from pipelines.bank.feature_bank import FeatureBank
-from pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
-from pipelines.bank.scene_cut import SceneCutDetector
-from pipelines.bank.sparse import latent_motion
-from pipelines.bank.unet import BankedUNet, RowLayout, row_layout
-from pipelines.config import StreamConfig
-from pipelines.models import ModelBundle
-from pipelines.pipeline import StreamPipeline
-from pipelines.stream import Guidance
-from pipelines.token_merge import merge_level, tokens_after_merge
+from livediff.accelerators.base import Runners
+from livediff.accelerators.networks import BankedUNetFunction
+from livediff.pipelines.bank.attention import CrossAttentionCache
+from livediff.pipelines.bank.config import BankConfig
+from livediff.pipelines.bank.feature_bank import FeatureBank
+from livediff.pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
+from livediff.pipelines.bank.scene_cut import SceneCutDetector
+from livediff.pipelines.bank.sparse import latent_motion
+from livediff.pipelines.bank.unet import BankedUNet, RowLayout, row_layout
+from livediff.pipelines.config import StreamConfig
+from livediff.pipelines.models import ModelBundle
+from livediff.pipelines.pipeline import StreamPipeline
+from livediff.pipelines.stream import Guidance
+from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
 
 class _BankedStreamCall:

@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from accelerators import ACCELERATORS, AcceleratorOptions, build_runners, check_accelerator
-from accelerators.compiled import GraphReplay, signature
-from accelerators.networks import stream_networks
-from accelerators.shapes import RowPlan
-from pipelines import StreamConfig, load_pipeline, shared_models
-from pipelines.errors import AcceleratorError, ConfigError
+from livediff.accelerators import ACCELERATORS, AcceleratorOptions, build_runners, check_accelerator
+from livediff.accelerators.compiled import GraphReplay, signature
+from livediff.accelerators.networks import stream_networks
+from livediff.accelerators.shapes import RowPlan
+from livediff.pipelines import StreamConfig, load_pipeline, shared_models
+from livediff.errors import AcceleratorError, ConfigError
 
 SIZE = 64
 
@@ -71,7 +71,7 @@ def test_tensorrt_on_cpu_is_an_accelerator_error():
 
 
 def test_missing_tensorrt_names_the_extra(monkeypatch):
-    from accelerators.tensorrt_backend import import_tensorrt
+    from livediff.accelerators.tensorrt_backend import import_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(AcceleratorError, match=r"install livediff\[tensorrt\] on a machine with CUDA"):
@@ -196,7 +196,7 @@ def test_compile_with_cuda_graphs_matches_eager_on_cuda():
 @pytest.mark.gpu
 def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
     """The bank as explicit static-shape inputs/outputs lets the whole banked UNet be captured."""
-    from accelerators.networks import BankedUNetFunction
+    from livediff.accelerators.networks import BankedUNetFunction
 
     pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
                          device="cuda", dtype="float16")

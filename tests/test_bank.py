@@ -9,19 +9,19 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from pipelines import rcfg
-from pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallSlot,
+from livediff.pipelines import rcfg
+from livediff.pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallSlot,
                                       CrossAttentionCache, bank_call, cross_attention_cache)
-from pipelines.bank.config import BankConfig
-from pipelines.bank.feature_bank import FeatureBank
-from pipelines.bank.fusion import fuse_features
-from pipelines.bank.layout import BankEntry, BankLayout, attention_layers, default_fusion_blocks, grid_at
-from pipelines.bank.merge import bipartite_plan, merge_memory, merge_tokens, unmerge_tokens
-from pipelines.bank.scene_cut import SceneCutDetector
-from pipelines.bank.sparse import latent_motion, select_tokens
-from pipelines.bank.unet import BankedUNet, row_layout
-from pipelines.errors import ConfigError
-from pipelines.presets import build_preset
+from livediff.pipelines.bank.config import BankConfig
+from livediff.pipelines.bank.feature_bank import FeatureBank
+from livediff.pipelines.bank.fusion import fuse_features
+from livediff.pipelines.bank.layout import BankEntry, BankLayout, attention_layers, default_fusion_blocks, grid_at
+from livediff.pipelines.bank.merge import bipartite_plan, merge_memory, merge_tokens, unmerge_tokens
+from livediff.pipelines.bank.scene_cut import SceneCutDetector
+from livediff.pipelines.bank.sparse import latent_motion, select_tokens
+from livediff.pipelines.bank.unet import BankedUNet, row_layout
+from livediff.errors import ConfigError
+from livediff.pipelines.presets import build_preset
 
 DIM, HEADS, GRID = 32, 4, (4, 6)
 TOKENS = GRID[0] * GRID[1]
@@ -369,7 +369,7 @@ def test_banked_unet_exports_to_onnx_and_runs_the_same(tiny_unet, tmp_path):
     """The bank as explicit static-shape inputs/outputs is what lets compiled backends keep it on."""
     import onnxruntime
 
-    from pipelines.token_merge import merge_level, tokens_after_merge
+    from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
     layers = attention_layers(tiny_unet)
     level = merge_level(layers)

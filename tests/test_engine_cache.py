@@ -7,14 +7,14 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from accelerators.base import ResolutionRange
-from accelerators.engine_cache import ENTRY_FILE, EngineCache, EngineKey, weights_fingerprint
-from accelerators.networks import stream_networks
-from accelerators.shapes import RowPlan
-from accelerators.tensorrt_backend import engine_key
-from app.cli import main as cli
-from pipelines import StreamConfig, shared_models
-from pipelines.errors import AcceleratorError
+from livediff.accelerators.base import ResolutionRange
+from livediff.accelerators.engine_cache import ENTRY_FILE, EngineCache, EngineKey, weights_fingerprint
+from livediff.accelerators.networks import stream_networks
+from livediff.accelerators.shapes import RowPlan
+from livediff.accelerators.tensorrt_backend import engine_key
+from livediff.app.cli import main as cli
+from livediff.pipelines import StreamConfig, shared_models
+from livediff.errors import AcceleratorError
 
 KEY = EngineKey(kind="tensorrt", network="unet", model="stabilityai/sd-turbo", loras=("lcm:1.0",), weights="abc",
                 resolution=(512, 512, 512, 512), precision="float16", builder="tensorrt 10.7.0", rows=(1, 2, 2),

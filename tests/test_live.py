@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.camera import Grabbed, LatestFrame
-from app.live_metrics import LiveMeter
+from livediff.app.camera import Grabbed, LatestFrame
+from livediff.app.live_metrics import LiveMeter
 from media import make_clip, probe
 
 
@@ -51,7 +51,7 @@ def test_latest_frame_slot_keeps_only_the_newest_and_counts_the_rest():
 
 
 def test_webcam_command_records_a_file_source(tmp_path, capsys):
-    from app.cli import main
+    from livediff.app.cli import main
 
     clip = make_clip(tmp_path / "camera.mp4", n_frames=30, size=(80, 60), fps=30, audio=False)
     out = tmp_path / "live.mp4"
@@ -65,7 +65,7 @@ def test_webcam_command_records_a_file_source(tmp_path, capsys):
 
 
 def test_webcam_command_without_a_display_says_so(monkeypatch, tmp_path, capsys):
-    from app.cli import main
+    from livediff.app.cli import main
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -75,7 +75,7 @@ def test_webcam_command_without_a_display_says_so(monkeypatch, tmp_path, capsys)
 
 
 def test_webcam_command_names_a_camera_it_cannot_open(tmp_path, capsys):
-    from app.cli import main
+    from livediff.app.cli import main
 
     assert main(["webcam", "--model", "tiny", "--camera", str(tmp_path / "none.mp4"),
                  "--output", str(tmp_path / "o.mp4")]) == 2

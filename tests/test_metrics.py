@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-import app.commands
-from app import cli
-from pipelines import metrics as M
-from pipelines.errors import ConfigError, InputError
+import livediff.app.commands
+from livediff.app import cli
+from livediff.pipelines import metrics as M
+from livediff.errors import ConfigError, InputError
 
 SIZE = 64
 N_FRAMES = 10
@@ -84,7 +84,7 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
 def eval_only_cli(monkeypatch):
     """Build the CLI with only the `eval` command so this file does not depend on the state of
     the other sub-command modules."""
-    monkeypatch.setattr(app.commands, "COMMANDS", ["eval"])
+    monkeypatch.setattr(livediff.app.commands, "COMMANDS", ["eval"])
 
 
 # --------------------------------------------------------------------------- pure functions

@@ -10,14 +10,14 @@ import onnx
 import pytest
 import torch
 
-from accelerators import AcceleratorOptions
-from accelerators import onnx_export as export_module
-from accelerators.base import ResolutionRange
-from accelerators.engine_cache import EngineCache
-from accelerators.networks import stream_networks
-from accelerators.onnx_export import GRAPH_FILE, export_onnx
-from accelerators.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeRunner
-from pipelines import StreamConfig, load_pipeline, shared_models
+from livediff.accelerators import AcceleratorOptions
+from livediff.accelerators import onnx_export as export_module
+from livediff.accelerators.base import ResolutionRange
+from livediff.accelerators.engine_cache import EngineCache
+from livediff.accelerators.networks import stream_networks
+from livediff.accelerators.onnx_export import GRAPH_FILE, export_onnx
+from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeRunner
+from livediff.pipelines import StreamConfig, load_pipeline, shared_models
 
 SIZE = 64
 REL_TOLERANCE = 1e-4  # fp32: max |onnx − eager| / max |eager|
@@ -145,14 +145,14 @@ def test_pipeline_reuses_the_cached_graphs(cache_dir, exported, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("a cached graph was exported again")
 
-    monkeypatch.setattr("accelerators.onnx_export.export_onnx", no_export)
+    monkeypatch.setattr("livediff.accelerators.onnx_export.export_onnx", no_export)
     pipe = load_pipeline(accelerator="onnxruntime", accelerator_options={"cache_dir": cache_dir}, **settings())
     assert pipe.runners.name == "onnxruntime"
     assert sorted(p.name for p in EngineCache(cache_dir).root.iterdir()) == before
 
 
 def test_missing_graph_with_building_disabled_is_an_error(tmp_path):
-    from pipelines.errors import AcceleratorError
+    from livediff.errors import AcceleratorError
 
     with pytest.raises(AcceleratorError, match="building was disabled"):
         load_pipeline(accelerator="onnxruntime", accelerator_options={"cache_dir": tmp_path, "build": False},
@@ -167,7 +167,7 @@ def video_settings(**overrides) -> dict:
 @pytest.fixture(scope="module")
 def banked(cache_dir):
     """(backend, banked function) for a tiny video pipeline with the default bank (extended attention + fusion)."""
-    from accelerators.networks import BankedUNetFunction
+    from livediff.accelerators.networks import BankedUNetFunction
 
     pipe = load_pipeline(**video_settings())
     config = pipe.config
@@ -222,7 +222,7 @@ def test_v2v_stream_with_the_bank_through_onnxruntime_matches_eager(cache_dir):
 
 
 def test_build_engines_command_finds_the_pipeline_graphs_in_the_cache(cache_dir, exported, monkeypatch, capsys):
-    from app.cli import main as cli
+    from livediff.app.cli import main as cli
 
     for name in ("unet", "vae_encoder", "vae_decoder"):
         exported[0].artifact(exported[1][name])
@@ -230,7 +230,7 @@ def test_build_engines_command_finds_the_pipeline_graphs_in_the_cache(cache_dir,
     def no_export(*args, **kwargs):
         raise AssertionError("a cached graph was exported again")
 
-    monkeypatch.setattr("accelerators.onnx_export.export_onnx", no_export)
+    monkeypatch.setattr("livediff.accelerators.onnx_export.export_onnx", no_export)
     args = ["build-engines", "--accelerator", "onnxruntime", "--model", "tiny", "--width", str(SIZE), "--height",
             str(SIZE), "--t-index-list", "20,40", "--device", "cpu", "--cache-dir", str(cache_dir)]
     assert cli(args) == 0

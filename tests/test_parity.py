@@ -7,7 +7,7 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from pipelines import load_pipeline
+from livediff.pipelines import load_pipeline
 
 SIZE = 64
 TOLERANCE = 2e-5  # max abs difference of output pixels in [0, 1], fp32 on CPU

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import ConfigError, InputError, ModelNotAvailableError, load_pipeline
-from pipelines.schedule import strength_to_t_index_list
-from pipelines.similarity import SimilarityFilter, SimilarityFilterConfig, skip_probability
+from livediff.pipelines import ConfigError, InputError, ModelNotAvailableError, load_pipeline
+from livediff.pipelines.schedule import strength_to_t_index_list
+from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig, skip_probability
 
 SIZE = 64
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import LCMScheduler
 
-from pipelines.schedule import StageSchedule, lcm_timestep_table
-from pipelines.stream import Guidance, StreamBatch
+from livediff.pipelines.schedule import StageSchedule, lcm_timestep_table
+from livediff.pipelines.stream import Guidance, StreamBatch
 
 LATENT = (4, 6, 5)
 TOKENS, DIM = 3, 8

@@ -7,11 +7,11 @@ import importlib.util
 import pytest
 import torch
 
-from accelerators.base import ResolutionRange
-from accelerators.networks import stream_networks
-from accelerators.shapes import RowPlan
-from accelerators.tensorrt_backend import profile_shapes
-from pipelines import StreamConfig, load_pipeline, shared_models
+from livediff.accelerators.base import ResolutionRange
+from livediff.accelerators.networks import stream_networks
+from livediff.accelerators.shapes import RowPlan
+from livediff.accelerators.tensorrt_backend import profile_shapes
+from livediff.pipelines import StreamConfig, load_pipeline, shared_models
 
 SIZE = 64
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -67,7 +67,7 @@ def test_tensorrt_stream_matches_eager_and_reuses_its_engines(tmp_path):
 @pytest.mark.gpu
 @needs_tensorrt
 def test_rows_outside_the_profile_are_an_error(tmp_path):
-    from pipelines.errors import AcceleratorError
+    from livediff.errors import AcceleratorError
 
     pipe = load_pipeline(**gpu_settings(tmp_path))
     pipe.prepare(prompt="oil painting", guidance_scale=1.5)

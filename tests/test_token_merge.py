@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import token_merge
-from pipelines.bank.layout import attention_layers, grid_at
-from pipelines.errors import ConfigError
-from pipelines.presets import build_preset
+from livediff.pipelines import token_merge
+from livediff.pipelines.bank.layout import attention_layers, grid_at
+from livediff.errors import ConfigError
+from livediff.pipelines.presets import build_preset
 
 
 @pytest.fixture(scope="module")

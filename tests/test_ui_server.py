@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.ui.settings import LiveSettings, apply_settings, prepare
-from app.ui.sessions import SessionRegistry
-from app.ui.webcam import WebcamStream
+from livediff.app.ui.settings import LiveSettings, apply_settings, prepare
+from livediff.app.ui.sessions import SessionRegistry
+from livediff.app.ui.webcam import WebcamStream
 from media import clip_frame, make_clip, probe
 from ui_helpers import SIZE, running_server, tiny_engine
 
@@ -216,7 +216,7 @@ def test_two_clients_stream_with_separate_state(server, tmp_path):
 
 
 def test_ui_command_reports_a_missing_model_in_one_sentence(monkeypatch, capsys):
-    from app.cli import main
+    from livediff.app.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["ui", "--model", "nobody/no-such-model", "--device", "cpu"]) == 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from app.cli import main
+from livediff.app.cli import main
 from tests.media import make_clip, probe
 
 TINY = ["--model", "tiny", "--width", "64", "--height", "64", "--prompt", "claymation", "--no-progress"]

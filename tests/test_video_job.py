@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from app.video_io import VideoReader, VideoWriter, count_video_packets, resolve_codec
-from app.video_job import (
+from livediff.app.video_io import VideoReader, VideoWriter, count_video_packets, resolve_codec
+from livediff.app.video_job import (
     BatchResult,
     FrameProcessor,
     parts_dir_for,
@@ -22,7 +22,7 @@ from app.video_job import (
     suggest_working_size,
 )
 from media import clip_frame, make_clip, probe, read_frames
-from pipelines.errors import ConfigError, InputError, ModelNotAvailableError
+from livediff.errors import ConfigError, InputError, ModelNotAvailableError
 
 
 # ---------------------------------------------------------------------------------- processors

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from accelerators.base import Runners
-from pipelines import load_pipeline
-from pipelines.bank.config import BankConfig
-from pipelines.bank.layout import attention_layers
-from pipelines.config import StreamConfig
-from pipelines.errors import ConfigError
-from pipelines.token_merge import merged_count
-from pipelines.video import VideoPipeline
+from livediff.accelerators.base import Runners
+from livediff.pipelines import load_pipeline
+from livediff.pipelines.bank.config import BankConfig
+from livediff.pipelines.bank.layout import attention_layers
+from livediff.pipelines.config import StreamConfig
+from livediff.errors import ConfigError
+from livediff.pipelines.token_merge import merged_count
+from livediff.pipelines.video import VideoPipeline
 
 SIZE = 64
 

@@ -16,7 +16,7 @@ def free_port() -> int:
 
 
 def tiny_engine(**overrides):
-    from app.ui.engine import Engine
+    from livediff.app.ui.engine import Engine
 
     return Engine(dict(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", **overrides))
 
@@ -33,8 +33,8 @@ def running_server(engine=None, **launch_options) -> Iterator[RunningServer]:
     """Tests drive sessions one request after another, so one session's gap includes the others'
     calls: the restart-after-pause rule is set out of reach unless a test sets it."""
     launch_options.setdefault("restart_after_s", 1e9)
-    from app.ui.server import launch
-    from app.ui.sessions import SessionRegistry
+    from livediff.app.ui.server import launch
+    from livediff.app.ui.sessions import SessionRegistry
 
     registry = SessionRegistry(engine or tiny_engine())
     port = free_port()

@@ -8,4 +8,4 @@ COMMANDS = ["ui", "webcam", "images", "video", "eval", "engines"]
 
 
 def load_command_modules():
-    return [importlib.import_module(f"app.commands.{name}") for name in COMMANDS]
+    return [importlib.import_module(f"livediff.app.commands.{name}") for name in COMMANDS]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from datetime import datetime
 
-from app.commands.options import add_pipeline_options
+from livediff.app.commands.options import add_pipeline_options
 
 BUILD_ACCELERATORS = ("tensorrt", "onnxruntime")
 
@@ -73,11 +73,11 @@ class _ProgressDisplay:
 def run_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from accelerators import check_accelerator, make_backend
-    from accelerators.networks import stream_networks
-    from app.commands.options import pipeline_settings
-    from pipelines import StreamConfig, shared_models
-    from pipelines.errors import ConfigError
+    from livediff.accelerators import check_accelerator, make_backend
+    from livediff.accelerators.networks import stream_networks
+    from livediff.app.commands.options import pipeline_settings
+    from livediff.pipelines import StreamConfig, shared_models
+    from livediff.errors import ConfigError
 
     if args.accelerator not in BUILD_ACCELERATORS:
         raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
@@ -104,8 +104,8 @@ def _banked_function(config):
     """The banked UNet of a video pipeline with these settings (its bank layout fixes the graph's shapes)."""
     from dataclasses import asdict
 
-    from accelerators.networks import BankedUNetFunction
-    from pipelines import load_pipeline
+    from livediff.accelerators.networks import BankedUNetFunction
+    from livediff.pipelines import load_pipeline
 
     settings = {k: v for k, v in asdict(config).items() if k not in ("accelerator", "similarity_filter")}
     pipe = load_pipeline(**settings)
@@ -131,8 +131,8 @@ def _describe(entry) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from accelerators.base import AcceleratorOptions
-    from accelerators.engine_cache import EngineCache
+    from livediff.accelerators.base import AcceleratorOptions
+    from livediff.accelerators.engine_cache import EngineCache
 
     cache = EngineCache(AcceleratorOptions(cache_dir=args.cache_dir).cache_dir)
     entries = cache.entries()
@@ -148,8 +148,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from accelerators.base import AcceleratorOptions
-    from accelerators.engine_cache import EngineCache
+    from livediff.accelerators.base import AcceleratorOptions
+    from livediff.accelerators.engine_cache import EngineCache
 
     cache = EngineCache(AcceleratorOptions(cache_dir=args.cache_dir).cache_dir)
     removed = cache.clear(args.kind)

@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.errors import ConfigError
-    from pipelines.metrics import evaluate_videos
+    from livediff.errors import ConfigError
+    from livediff.pipelines.metrics import evaluate_videos
 
     metrics = evaluate_videos(args.source, args.edited, flow=args.flow,
                               max_frames=args.max_frames, elapsed_seconds=args.elapsed)

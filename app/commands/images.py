@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.commands.options import add_pipeline_options, build_pipeline
-from pipelines.errors import InputError
+from livediff.app.commands.options import add_pipeline_options, build_pipeline
+from livediff.errors import InputError
 
 
 def register(subparsers) -> None:

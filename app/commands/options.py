@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.rcfg import CFG_TYPES
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 
@@ -42,7 +42,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
 
 
 def parse_t_index_list(text: str) -> list[int]:
-    from pipelines.errors import ConfigError
+    from livediff.errors import ConfigError
 
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -61,7 +61,7 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
 
 
 def build_pipeline(args: argparse.Namespace, mode: str, **extra):
-    from pipelines import load_pipeline
+    from livediff.pipelines import load_pipeline
 
     pipe = load_pipeline(**pipeline_settings(args, mode), **extra)
     if args.strength is not None:

@@ -1,4 +1,4 @@
-"""`livediff ui` (also `python -m app`): the browser UI on a local port.
+"""`livediff ui` (also `python -m livediff.app`): the browser UI on a local port.
 
 The model is loaded before the server starts, so a missing model or a bad option ends the command
 with one sentence (exit 2) instead of a page that fails on the first click. A hub id that is not
@@ -11,7 +11,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from app.commands.options import add_pipeline_options, pipeline_settings
+from livediff.app.commands.options import add_pipeline_options, pipeline_settings
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from pipelines.errors import ConfigError
+    from livediff.errors import ConfigError
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
 
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
 
-    from app.ui.engine import DEFAULT_STREAM_MODE, Engine
-    from app.ui.server import DEFAULT_STREAM_EVERY, launch
-    from app.ui.sessions import SessionRegistry
-    from app.ui.settings import LiveSettings
+    from livediff.app.ui.engine import DEFAULT_STREAM_MODE, Engine
+    from livediff.app.ui.server import DEFAULT_STREAM_EVERY, launch
+    from livediff.app.ui.sessions import SessionRegistry
+    from livediff.app.ui.settings import LiveSettings
 
     settings = pipeline_settings(args, "img2img")
     settings.pop("mode")

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.options import add_pipeline_options, add_video_options, pipeline_settings, video_settings
-from pipelines.errors import LivediffError
+from livediff.app.commands.options import add_pipeline_options, add_video_options, pipeline_settings, video_settings
+from livediff.errors import LivediffError
 
 
 def register(subparsers) -> None:
@@ -46,8 +46,8 @@ def _quality(text: str | None):
 
 def _working_size(args: argparse.Namespace) -> None:
     """Fill in a model size from the first input's aspect when the user gave none."""
-    from app.video_io import VideoReader
-    from app.video_job import plan_outputs, suggest_working_size
+    from livediff.app.video_io import VideoReader
+    from livediff.app.video_job import plan_outputs, suggest_working_size
 
     if args.width and args.height:
         return
@@ -62,7 +62,7 @@ def _working_size(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.video_job import PipelineFactory, process_many
+    from livediff.app.video_job import PipelineFactory, process_many
 
     _working_size(args)
     factory = PipelineFactory(
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_metrics(results) -> None:
-    from pipelines.metrics import evaluate_videos
+    from livediff.pipelines.metrics import evaluate_videos
 
     for result in results:
         if not result.ok or result.status == "skipped":

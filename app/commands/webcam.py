@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from app.commands.options import add_pipeline_options, build_pipeline
+from livediff.app.commands.options import add_pipeline_options, build_pipeline
 
 WINDOW = "livediff webcam (q to quit)"
 CAMERA_TIMEOUT_S = 10.0
@@ -52,7 +52,7 @@ def window_support_problem() -> str | None:
 
 def _check(args: argparse.Namespace) -> bool:
     """Validate before the model loads; returns whether a window is shown."""
-    from pipelines.errors import ConfigError
+    from livediff.errors import ConfigError
 
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames {args.max_frames} must be >= 1")
@@ -69,7 +69,7 @@ def _check(args: argparse.Namespace) -> bool:
 
 
 def _build_pipeline(args: argparse.Namespace):
-    from app.ui.engine import DEFAULT_STREAM_MODE
+    from livediff.app.ui.engine import DEFAULT_STREAM_MODE
 
     return build_pipeline(args, args.stream_mode or DEFAULT_STREAM_MODE)
 
@@ -81,7 +81,7 @@ class _Recorder:
     def __init__(self, path: str, width: int, height: int):
         from fractions import Fraction
 
-        from app.video_io import VideoWriter
+        from livediff.app.video_io import VideoWriter
 
         self.writer = VideoWriter(path, width=width, height=height, fps=30, time_base=Fraction(1, 1000))
         self._origin: float | None = None
@@ -99,11 +99,11 @@ class _Recorder:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.camera import CameraReader, parse_source
-    from app.live_metrics import LiveMeter, now
-    from app.ui.frames import fit_frame
-    from app.ui.webcam import stream_delay
-    from pipelines.errors import InputError
+    from livediff.app.camera import CameraReader, parse_source
+    from livediff.app.live_metrics import LiveMeter, now
+    from livediff.app.ui.frames import fit_frame
+    from livediff.app.ui.webcam import stream_delay
+    from livediff.errors import InputError
 
     show = _check(args)
     camera = CameraReader(parse_source(args.camera))

@@ -13,9 +13,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from pipelines import load_pipeline
-from pipelines.config import MODES
-from pipelines.errors import ConfigError
+from livediff.pipelines import load_pipeline
+from livediff.pipelines.config import MODES
+from livediff.errors import ConfigError
 
 #: Default mode of live streams and video files: V2V (feature bank) when this build has it.
 DEFAULT_STREAM_MODE = "video" if "video" in MODES else "img2img"

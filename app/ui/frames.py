@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipelines.errors import InputError
+from livediff.errors import InputError
 
 
 def fit_frame(rgb: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -1,11 +1,11 @@
 """The Image tab: one picture through img2img, or one from text through txt2img."""
 from __future__ import annotations
 
-from app.live_metrics import now
-from app.ui.frames import fit_frame
-from app.ui.sessions import SessionRegistry
-from app.ui.settings import LiveSettings
-from pipelines.errors import ConfigError, InputError
+from livediff.app.live_metrics import now
+from livediff.app.ui.frames import fit_frame
+from livediff.app.ui.sessions import SessionRegistry
+from livediff.app.ui.settings import LiveSettings
+from livediff.errors import ConfigError, InputError
 
 IMAGE_MODES = ("img2img", "txt2img")
 

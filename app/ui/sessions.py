@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from app.live_metrics import LiveMeter
-from app.ui.engine import Engine
-from app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
-from pipelines.errors import ConfigError
+from livediff.app.live_metrics import LiveMeter
+from livediff.app.ui.engine import Engine
+from livediff.app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
+from livediff.errors import ConfigError
 
 
 @dataclass(frozen=True)

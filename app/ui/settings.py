@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from pipelines.errors import ConfigError
-from pipelines.rcfg import CFG_TYPES
-from pipelines.schedule import TABLE_STEPS
+from livediff.errors import ConfigError
+from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.schedule import TABLE_STEPS
 
 
 _NUMBERS = ("strength", "guidance_scale", "delta", "similarity_threshold", "bank_fusion_strength", "token_merge_ratio")
@@ -95,7 +95,7 @@ def pipeline_overrides(template_config, settings: LiveSettings) -> dict[str, Any
     modes without earlier frames (img2img, txt2img)."""
     if template_config.mode != "video":
         return {}
-    from pipelines.bank.config import BankConfig  # part of the video pipeline, imported only with it
+    from livediff.pipelines.bank.config import BankConfig  # part of the video pipeline, imported only with it
 
     bank: Any = False
     if settings.bank:

@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from app.ui.sessions import SessionRegistry
-from app.ui.settings import LiveSettings
-from app.video_job import process_video
-from pipelines.errors import ConfigError, InputError
-from pipelines.metrics import TemporalMetrics, evaluate_videos
+from livediff.app.ui.sessions import SessionRegistry
+from livediff.app.ui.settings import LiveSettings
+from livediff.app.video_job import process_video
+from livediff.errors import ConfigError, InputError
+from livediff.pipelines.metrics import TemporalMetrics, evaluate_videos
 
 ProgressFn = Callable[[int, int | None], None]
 

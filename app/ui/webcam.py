@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.live_metrics import MeterReading, now
-from app.ui.frames import fit_frame
-from app.ui.sessions import SessionRegistry
-from app.ui.settings import LiveSettings
+from livediff.app.live_metrics import MeterReading, now
+from livediff.app.ui.frames import fit_frame
+from livediff.app.ui.sessions import SessionRegistry
+from livediff.app.ui.settings import LiveSettings
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipelines import token_merge
-from pipelines.bank.fusion import fuse_features
-from pipelines.bank.layout import attention_layers, grid_at
-from pipelines.bank.merge import merge_tokens, unmerge_tokens
-from pipelines.errors import ConfigError
+from livediff.pipelines import token_merge
+from livediff.pipelines.bank.fusion import fuse_features
+from livediff.pipelines.bank.layout import attention_layers, grid_at
+from livediff.pipelines.bank.merge import merge_tokens, unmerge_tokens
+from livediff.errors import ConfigError
 
 
 @dataclass

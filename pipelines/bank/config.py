@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from pipelines.errors import ConfigError
+from livediff.errors import ConfigError
 
 MAX_BANK_FRAMES = 16
 MAX_CACHE_INTERVAL = 1000

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.bank.config import BankConfig
-from pipelines.bank.layout import BankEntry, BankLayout
-from pipelines.bank.merge import merge_memory, take
-from pipelines.bank.sparse import select_tokens
+from livediff.pipelines.bank.config import BankConfig
+from livediff.pipelines.bank.layout import BankEntry, BankLayout
+from livediff.pipelines.bank.merge import merge_memory, take
+from livediff.pipelines.bank.sparse import select_tokens
 
 
 class _Slots:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipelines.bank.merge import take
+from livediff.pipelines.bank.merge import take
 
 
 def fuse_features(out: torch.Tensor, banked: torch.Tensor, bias: torch.Tensor, threshold: float,

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.bank.sparse import budget
-from pipelines.errors import ConfigError
+from livediff.pipelines.bank.sparse import budget
+from livediff.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from torch import nn
 from contextlib import AbstractContextManager
 from typing import Sequence
 
-from pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
-from pipelines.bank.layout import BankLayout
+from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
+from livediff.pipelines.bank.layout import BankLayout
 
 
 class BankedUNet(nn.Module):
