@@ -1,21 +1,20 @@
 """How the networks run: eager PyTorch, torch.compile (+ CUDA graphs), ONNX Runtime or TensorRT.
 
-`build_runners(name, models, config, options)` is the one entry point; an accelerator that cannot
-do what was asked raises `AcceleratorError` or `ConfigError` — there is never a silent fallback to
-another backend.
+`check_accelerator(name, target, options)` rejects impossible combinations before any weights load;
+`make_backend(name, target, options)` gives the backend whose `runner(function)` runs a pure tensor
+function (`livediff.networks`). An accelerator that cannot do what was asked raises
+`AcceleratorError` or `ConfigError`: there is never a silent fallback to another backend. Nothing
+here imports `livediff.pipelines`: the pipeline describes what it needs in a `BuildTarget`.
 """
 from __future__ import annotations
 
-import torch
-
-from livediff.accelerators.base import AcceleratorOptions, Backend, ResolutionRange, Runners
-from livediff.accelerators.networks import runners_for
+from livediff.accelerators.base import AcceleratorOptions, Backend, BuildTarget, ResolutionRange, RowRange
 from livediff.errors import ConfigError
 
 ACCELERATORS = ("eager", "compile", "onnxruntime", "tensorrt")
 
-__all__ = ["ACCELERATORS", "AcceleratorOptions", "ResolutionRange", "Runners", "build_runners", "check_accelerator",
-           "make_backend"]
+__all__ = ["ACCELERATORS", "AcceleratorOptions", "Backend", "BuildTarget", "ResolutionRange", "RowRange",
+           "check_accelerator", "make_backend"]
 
 
 def _options(options: AcceleratorOptions | dict | None) -> AcceleratorOptions:
@@ -32,36 +31,36 @@ def _options(options: AcceleratorOptions | dict | None) -> AcceleratorOptions:
     raise ConfigError(f"accelerator_options must be a dict or AcceleratorOptions, not {type(options).__name__}")
 
 
-def check_accelerator(name: str, config, options: AcceleratorOptions | dict | None = None) -> AcceleratorOptions:
+def check_accelerator(name: str, target: BuildTarget,
+                      options: AcceleratorOptions | dict | None = None) -> AcceleratorOptions:
     """Reject impossible combinations before any weights are loaded; returns the validated options."""
-    from livediff.pipelines.models import resolve_dtype
-
     if name not in ACCELERATORS:
         raise ConfigError(f"accelerator {name!r} is not one of {', '.join(ACCELERATORS)}")
     options = _options(options)
-    device, dtype = torch.device(config.device), resolve_dtype(config.dtype, config.device)
     if name != "eager":
-        options.resolution_for(config.height, config.width)
+        options.resolution_for(target.height, target.width)
     if name == "compile":
         from livediff.accelerators.compiled import check_compile_supported
 
-        check_compile_supported(device, options.cuda_graphs)
+        check_compile_supported(target.device, options.cuda_graphs)
     elif options.cuda_graphs:
         raise ConfigError(f"cuda_graphs=True is an option of accelerator 'compile', not {name!r}")
     if name == "onnxruntime":
         from livediff.accelerators.onnxruntime_backend import check_precision, providers_for
 
-        check_precision(dtype, device)
-        providers_for(device)
+        check_precision(target.dtype, target.device)
+        providers_for(target.device)
     if name == "tensorrt":
         from livediff.accelerators.tensorrt_backend import check_tensorrt_supported
 
-        check_tensorrt_supported(device, dtype)
+        check_tensorrt_supported(target.device, target.dtype)
     return options
 
 
-def make_backend(name: str, models, config, options: AcceleratorOptions, progress=None) -> Backend:
-    """The backend object behind `name`; `progress(network, message, done, total)` hears about builds."""
+def make_backend(name: str, target: BuildTarget, options: AcceleratorOptions | dict | None = None,
+                 progress=None) -> Backend:
+    """The backend behind `name` (checked first); `progress(network, message, done, total)` hears about builds."""
+    options = check_accelerator(name, target, options)
     if name == "eager":
         from livediff.accelerators.eager import EagerBackend
 
@@ -69,22 +68,11 @@ def make_backend(name: str, models, config, options: AcceleratorOptions, progres
     if name == "compile":
         from livediff.accelerators.compiled import CompileBackend, check_compile_supported
 
-        return CompileBackend(options.compile_mode, check_compile_supported(torch.device(config.device),
-                                                                            options.cuda_graphs))
+        return CompileBackend(options.compile_mode, check_compile_supported(target.device, options.cuda_graphs))
     if name == "onnxruntime":
         from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(models, config, options, progress)
+        return OnnxRuntimeBackend(target, options, progress)
     from livediff.accelerators.tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(models, config, options, progress)
-
-
-def build_runners(name: str, models, config, options: AcceleratorOptions | dict | None = None) -> Runners:
-    """Runners for the three stream networks of `models` on backend `name`.
-
-    `config` (a StreamConfig) gives device, resolution and the row counts static backends must
-    support.
-    """
-    options = check_accelerator(name, config, options)
-    return runners_for(models, make_backend(name, models, config, options))
+    return TensorRTBackend(target, options, progress)

@@ -1,9 +1,9 @@
-"""The runner interface: how the pipelines call their networks, whatever the backend.
+"""What a backend is told: the function to run (`livediff.networks`), the target it builds for
+(device, precision, size, rows per call, model identity) and the options beyond the stream.
 
-A pipeline only ever calls `runners.unet(sample, timesteps, text)`, `runners.encode(images)` and
-`runners.decode(latents)`, so the streaming maths is written once and every backend (eager,
-compile, ONNX Runtime, TensorRT) plugs in underneath. Backend choices that are not part of the
-stream itself (CUDA graphs, cache folder, dynamic resolution) travel in `AcceleratorOptions`.
+Backends know nothing of streams: the pipeline works out how many rows its calls have
+(`pipelines.stream.stream_rows`) and hands the range over in a `BuildTarget`, so static-shape
+backends (TensorRT profiles, CUDA graphs) can prepare for every call in advance.
 """
 from __future__ import annotations
 
@@ -20,40 +20,55 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 CACHE_ENV = "LIVEDIFF_CACHE_DIR"
 
 
-class UNetRunner(Protocol):
-    def __call__(self, sample: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
-
-
-ImageFn = Callable[[torch.Tensor], torch.Tensor]
-
-
 class Backend(Protocol):
-    """Makes a runner for a pure tensor function (`accelerators.networks.TensorFunction`)."""
+    """Makes a runner for a pure tensor function (`livediff.networks.TensorFunction`)."""
 
     name: str
 
     def runner(self, function) -> Callable[..., Any]: ...
 
 
-@dataclass
-class Runners:
-    """unet: noise prediction; encode: images in [-1,1] → scaled latents; decode: the inverse.
+@dataclass(frozen=True)
+class RowRange:
+    """Row counts of a function's calls: every call has min <= rows <= max; `opt` is the steady state."""
 
-    `wrap(function)` runs a further pure tensor function on the same backend: that is how a
-    pipeline part with its own network (the UNet with the feature bank as explicit inputs and
-    outputs) gets compiled, exported or built like the three base networks.
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self):
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ConfigError(f"row range {self.min}..{self.max} (steady {self.opt}) needs 1 <= min <= steady <= max")
+
+    def contains(self, rows: int) -> bool:
+        return self.min <= rows <= self.max
+
+    def describe(self) -> str:
+        return f"{self.min}..{self.max} (steady {self.opt})"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Everything a backend builds for besides the function itself.
+
+    stream_rows: rows of the calls of functions whose rows follow the stream batch (the UNets);
+        frame_rows: rows of the per-frame functions (the VAE), one per frame of a call.
+    model, loras: identity of the weights, part of the cache keys of exported graphs and engines.
     """
 
-    unet: UNetRunner
-    encode: ImageFn
-    decode: ImageFn
-    name: str = "eager"
-    backend: Backend | None = None
+    device: torch.device
+    dtype: torch.dtype
+    height: int
+    width: int
+    stream_rows: RowRange
+    frame_rows: int
+    model: str = ""
+    loras: tuple[str, ...] = ()
 
-    def wrap(self, function) -> Callable[..., Any]:
-        if self.backend is None:
-            raise ConfigError(f"runners {self.name!r} were built without a backend and cannot run extra networks")
-        return self.backend.runner(function)
+    def rows_for(self, function) -> RowRange:
+        if getattr(function, "stream_rows", True):
+            return self.stream_rows
+        return RowRange(self.frame_rows, self.frame_rows, self.frame_rows)
 
 
 def default_cache_dir() -> Path:

@@ -1,7 +1,7 @@
 """`compile`: torch.compile of every network, then CUDA-graph replay of each fixed-shape call.
 
 Compilation is static-shape (`dynamic=False`): the stream pipeline only ever uses a handful of row
-counts (see `shapes.RowPlan`), and a graph specialised to each is faster than a symbolic one.
+counts (`BuildTarget.stream_rows`), and a graph specialised to each is faster than a symbolic one.
 
 CUDA graphs remove the per-kernel launch cost, which dominates a 1-step UNet at 512². A graph is
 captured per input signature (shapes, dtypes), on the *second* call with that signature: the
@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from livediff.accelerators.networks import TensorFunction
 from livediff.errors import AcceleratorError, ConfigError
+from livediff.networks import TensorFunction
 
 Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
 

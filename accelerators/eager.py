@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from livediff.accelerators.networks import TensorFunction
+from livediff.networks import TensorFunction
 
 
 class EagerRunner:

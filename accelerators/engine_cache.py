@@ -37,7 +37,7 @@ class EngineKey:
     """Everything an artifact depends on. Fields that do not apply to a kind are None.
 
     rows: (min, opt, max) UNet rows of the profile; None for ONNX graphs, whose rows axis is
-        dynamic. CFG mode, steps and frame_buffer_size enter through the rows (see `RowPlan`).
+        dynamic. CFG mode, steps and frame_buffer_size enter through the rows (see `BuildTarget.stream_rows`).
     resolution: (min_height, min_width, max_height, max_width) in pixels.
     opt_resolution: (height, width) the engine is tuned for (TensorRT profiles only).
     builder: the exporter/builder and its version ("torch 2.13.0 opset 18", "tensorrt 10.7.0").

@@ -7,7 +7,7 @@ torch.export records such branches as guards on symbolic sizes, so graphs with a
 or resolution are correct by construction or fail at export, never at run time.
 
 Axes: rows (axis 0) are always dynamic, because the stream pipeline calls the UNet with several
-row counts (warm-up, CFG variants; see `RowPlan`) and one graph should serve them all. Resolution
+row counts (warm-up, CFG variants; see `BuildTarget.stream_rows`) and one graph should serve them all. Resolution
 is static unless a range is requested; the spatial axes then move in steps the network can take
 (64 pixels for the SD UNet, whose three 2x down-samplings must divide the latent size).
 Weights go to an external data file only above 2 GB, the protobuf limit.
@@ -22,11 +22,10 @@ from typing import Callable
 
 import torch
 
-from livediff.accelerators.base import AcceleratorOptions, ResolutionRange
+from livediff.accelerators.base import AcceleratorOptions, BuildTarget, ResolutionRange
 from livediff.accelerators.engine_cache import EngineCache, EngineKey, weights_fingerprint
-from livediff.accelerators.networks import TensorFunction
-from livediff.accelerators.shapes import rows_for
 from livediff.errors import AcceleratorError, ConfigError
+from livediff.networks import TensorFunction
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def dynamic_shapes(function: TensorFunction, resolution: ResolutionRange) -> tup
                 if dim is not None:
                     axes[axis] = (step // pixels_per_element) * dim
         shapes.append(axes)
-    return function.nest(shapes)
+    return function.grouped_like_forward(shapes)
 
 
 @contextmanager
@@ -133,8 +132,9 @@ def export_onnx(function: TensorFunction, folder: Path, *, height: int, width: i
     return path
 
 
-def onnx_key(function: TensorFunction, models, resolution: ResolutionRange, precision: str, opset: int) -> EngineKey:
-    return EngineKey(kind="onnx", network=function.name, model=models.name, loras=tuple(models.loras),
+def onnx_key(function: TensorFunction, target: BuildTarget, resolution: ResolutionRange, precision: str,
+             opset: int) -> EngineKey:
+    return EngineKey(kind="onnx", network=function.name, model=target.model, loras=tuple(target.loras),
                      weights=weights_fingerprint(function), precision=precision, builder=exporter_version(opset),
                      resolution=(resolution.min_height, resolution.min_width, resolution.max_height,
                                  resolution.max_width), bank=function.variant())
@@ -146,17 +146,16 @@ class GraphExporter:
     `progress(network, message, done, total)` hears about exports (for `livediff build-engines`).
     """
 
-    def __init__(self, models, config, options: AcceleratorOptions, progress: ProgressFn | None = None):
-        self.models = models
-        self.config = config
+    def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
+        self.target = target
         self.options = options
         self.progress = progress
-        self.device = torch.device(config.device)
-        self.dtype = next(models.unet.parameters()).dtype
+        self.device = target.device
+        self.dtype = target.dtype
         if self.dtype not in PRECISIONS:
             raise ConfigError(f"ONNX graphs are exported in float32 or float16, not {self.dtype}")
         self.cache = EngineCache(options.cache_dir)
-        self.resolution = options.resolution_for(config.height, config.width)
+        self.resolution = options.resolution_for(target.height, target.width)
         self._verified: dict[str, Path] = {}
 
     def _report(self, function: TensorFunction, message: str, done: int, total: int | None) -> None:
@@ -165,13 +164,13 @@ class GraphExporter:
 
     def artifact(self, function: TensorFunction) -> Path:
         """The cached ONNX graph of `function`, exported now when missing or unusable."""
-        key = onnx_key(function, self.models, self.resolution, PRECISIONS[self.dtype], self.options.opset)
+        key = onnx_key(function, self.target, self.resolution, PRECISIONS[self.dtype], self.options.opset)
 
         def build(folder: Path) -> None:
             self._report(function, "exporting ONNX", 0, None)
-            export_onnx(function, folder, height=self.config.height, width=self.config.width,
+            export_onnx(function, folder, height=self.target.height, width=self.target.width,
                         resolution=self.resolution, dtype=self.dtype, device=self.device, opset=self.options.opset,
-                        rows=rows_for(function, self.config).opt)
+                        rows=self.target.rows_for(function).opt)
 
         digest = key.digest()
         if digest not in self._verified:  # hash the files once per process, not at every stream rebuild

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from livediff.accelerators.base import AcceleratorOptions
-from livediff.accelerators.networks import TensorFunction
+from livediff.accelerators.base import AcceleratorOptions, BuildTarget
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
 from livediff.errors import AcceleratorError, ConfigError
+from livediff.networks import TensorFunction
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
@@ -100,11 +100,11 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, models, config, options: AcceleratorOptions, progress: ProgressFn | None = None):
-        self.device = torch.device(config.device)
-        check_precision(next(models.unet.parameters()).dtype, self.device)
+    def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
+        self.device = target.device
+        check_precision(target.dtype, self.device)
         providers_for(self.device)
-        self.graphs = GraphExporter(models, config, options, progress)
+        self.graphs = GraphExporter(target, options, progress)
         self._runners: dict[Path, OnnxRuntimeRunner] = {}
 
     def artifact(self, function: TensorFunction) -> Path:

@@ -5,7 +5,7 @@ network, so the engine runs the precisions the graph states. TensorRT 11 removed
 `BuilderFlag.FP16` route; strong typing works the same on 10.x and 11.x.
 
 Rows: one engine per network with one optimisation profile spanning every row count the pipeline
-can send (`RowPlan`: warm-up F .. steady state, optimised for the steady state), and the requested
+can send (`BuildTarget.stream_rows`: warm-up F .. steady state, optimised for the steady state), and the requested
 resolution range (optimised for the pipeline's own size). A call outside the profile (e.g. the CFG
 mode changed live to one needing more rows) is an error naming the profile, never a fallback.
 
@@ -22,12 +22,11 @@ from typing import Callable
 
 import torch
 
-from livediff.accelerators.base import AcceleratorOptions, ResolutionRange
+from livediff.accelerators.base import AcceleratorOptions, BuildTarget, ResolutionRange, RowRange
 from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
-from livediff.accelerators.networks import TensorFunction
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
-from livediff.accelerators.shapes import RowPlan, rows_for
 from livediff.errors import AcceleratorError, ConfigError
+from livediff.networks import TensorFunction
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def compute_capability(device: torch.device) -> str:
     return f"sm_{major}{minor}"
 
 
-def profile_shapes(function: TensorFunction, rows: RowPlan, resolution: ResolutionRange, height: int,
+def profile_shapes(function: TensorFunction, rows: RowRange, resolution: ResolutionRange, height: int,
                    width: int, dtype: torch.dtype) -> Profile:
     """(min, opt, max) shape of every input, from the rows plan and the resolution range."""
     corners = [(rows.min, resolution.min_height, resolution.min_width), (rows.opt, height, width),
@@ -72,14 +71,14 @@ def profile_shapes(function: TensorFunction, rows: RowPlan, resolution: Resoluti
     return {name: (shapes[0][i], shapes[1][i], shapes[2][i]) for i, name in enumerate(function.input_names)}
 
 
-def engine_key(function: TensorFunction, models, rows: RowPlan, resolution: ResolutionRange, height: int,
-               width: int, precision: str, trt_version: str, device: str) -> EngineKey:
-    return EngineKey(kind="tensorrt", network=function.name, model=models.name, loras=tuple(models.loras),
+def engine_key(function: TensorFunction, target: BuildTarget, rows: RowRange, resolution: ResolutionRange,
+               precision: str, trt_version: str, device: str) -> EngineKey:
+    return EngineKey(kind="tensorrt", network=function.name, model=target.model, loras=tuple(target.loras),
                      weights=weights_fingerprint(function), precision=precision,
                      builder=f"tensorrt {trt_version}", device=device,
                      resolution=(resolution.min_height, resolution.min_width, resolution.max_height,
                                  resolution.max_width),
-                     opt_resolution=(height, width), rows=(rows.min, rows.opt, rows.max), bank=function.variant())
+                     opt_resolution=(target.height, target.width), rows=(rows.min, rows.opt, rows.max), bank=function.variant())
 
 
 def _collecting_logger(trt):
@@ -231,15 +230,14 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, models, config, options: AcceleratorOptions, progress: ProgressFn | None = None):
-        self.models = models
-        self.config = config
+    def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
+        self.target = target
         self.options = options
         self.progress = progress
-        self.device = torch.device(config.device)
-        self.dtype = next(models.unet.parameters()).dtype
+        self.device = target.device
+        self.dtype = target.dtype
         self.trt = check_tensorrt_supported(self.device, self.dtype)
-        self.graphs = GraphExporter(models, config, options, progress)
+        self.graphs = GraphExporter(target, options, progress)
         self.cache = self.graphs.cache
         self.resolution = self.graphs.resolution
         self.capability = compute_capability(self.device)
@@ -249,16 +247,16 @@ class TensorRTBackend:
 
     def artifact(self, function: TensorFunction) -> Path:
         """The cached engine of `function`, exported and built now when missing or unusable."""
-        rows = rows_for(function, self.config)
-        key = engine_key(function, self.models, rows, self.resolution, self.config.height, self.config.width,
-                         PRECISIONS[self.dtype], self.trt.__version__, self.capability)
+        rows = self.target.rows_for(function)
+        key = engine_key(function, self.target, rows, self.resolution, PRECISIONS[self.dtype], self.trt.__version__,
+                         self.capability)
         report = None
         if self.progress is not None:
             report = lambda message, done, total: self.progress(function.name, message, done, total)  # noqa: E731
 
         def build(folder: Path) -> None:
             graph = self.graphs.artifact(function)
-            profile = profile_shapes(function, rows, self.resolution, self.config.height, self.config.width,
+            profile = profile_shapes(function, rows, self.resolution, self.target.height, self.target.width,
                                      self.dtype)
             build_engine(graph, folder / ENGINE_FILE, profile, self.timing_cache, self.options.workspace_gb, report)
 

@@ -15,7 +15,6 @@ hits them alike. A backend that cannot run a scenario gets a row saying why.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -27,8 +26,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livediff.accelerators import build_runners  # noqa: E402
-from livediff.accelerators.networks import BankedUNetFunction  # noqa: E402
 from benchmarks.common import Timing, markdown_table, moving_frames, publish, synchronize  # noqa: E402
 from livediff.pipelines import load_pipeline  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
@@ -69,39 +66,14 @@ def parity(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[
     return float(diff.abs().max()), float(diff.norm() / torch.stack(reference).norm())
 
 
-class BankedThroughBackend:
-    """Routes a video pipeline's banked UNet calls to a backend runner (`runners.wrap`).
-
-    `VideoPipeline` itself accepts only eager runners so far; this stands in for the integration
-    (the graph projects the text itself, so the eager-only cross-attention cache is left out).
-    """
-
-    def __init__(self, runner, layout):
-        self.runner = runner
-        self.layout = layout
-
-    def __call__(self, *inputs):
-        return self.runner(*inputs)
-
-    def cached_cross_attention(self, *args):
-        return contextlib.nullcontext()
-
-
 def build(backend: str, scenario: Scenario, args, frames: list[torch.Tensor], cache_dir: str):
     """A pipeline on `backend`, run over the warm-up frames (compiles, exports, captures), then reset."""
     accelerator, options = BACKENDS[backend]
     options = {**options, "cache_dir": cache_dir}
-    video = scenario.settings["mode"] == "video"
     start = time.perf_counter()
     pipe = load_pipeline(model=args.preset, vae=args.vae, width=args.size, height=args.size, device=args.device,
-                         dtype=args.dtype, accelerator="eager" if video else accelerator,
-                         accelerator_options=None if video else options, **scenario.settings)
+                         dtype=args.dtype, accelerator=accelerator, accelerator_options=options, **scenario.settings)
     name = pipe.runners.name
-    if video and accelerator != "eager":
-        pipe.runners = build_runners(accelerator, pipe.models, pipe.config, options)
-        banked = BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
-        pipe.banked_unet = BankedThroughBackend(pipe.runners.wrap(banked), banked.banked.layout)
-        name = f"{pipe.runners.name} (banked UNet via runners.wrap)"
     pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=scenario.guidance_scale)
     for frame in frames[: args.warmup]:
         pipe(frame)

@@ -1,49 +1,30 @@
-"""Streaming diffusion pipelines.
+"""Streaming diffusion pipelines: the stream maths, its optional parts (feature bank, similarity
+filter, token merging) and the sessions that run them.
 
-    from livediff.pipelines import load_pipeline
+    from livediff import load_pipeline
     pipe = load_pipeline(model="tiny", mode="img2img", t_index_list=[32, 45], cfg_type="self",
                          width=512, height=512, device="cpu", dtype="float32")
     pipe.prepare(prompt="oil painting")
     out = pipe(frame)
+
+Importing this package loads nothing heavy: `load_pipeline`, `shared_models` and `StreamConfig`
+bring in torch and diffusers when first used.
 """
 from __future__ import annotations
 
-import threading
-
-from livediff.pipelines.config import StreamConfig
 from livediff.errors import ConfigError, InputError, LivediffError, ModelNotAvailableError
-from livediff.pipelines.models import ModelBundle, load_models
 
-__all__ = ["load_pipeline", "StreamConfig", "LivediffError", "ConfigError", "InputError", "ModelNotAvailableError"]
-
-_MODEL_CACHE: dict[tuple, ModelBundle] = {}
-_MODEL_LOCK = threading.Lock()
+__all__ = ["load_pipeline", "shared_models", "StreamConfig", "LivediffError", "ConfigError", "InputError",
+           "ModelNotAvailableError"]
 
 
-def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str) -> ModelBundle:
-    """Load a model once per process; pipelines built with the same weights share it."""
-    key = (model, vae, tuple(loras), device, dtype)
-    with _MODEL_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype)
-        return _MODEL_CACHE[key]
+def __getattr__(name: str):
+    if name in ("load_pipeline", "shared_models"):
+        from livediff.pipelines import loader
 
+        return getattr(loader, name)
+    if name == "StreamConfig":
+        from livediff.pipelines.config import StreamConfig
 
-def load_pipeline(accelerator_options=None, **settings):
-    """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
-
-    `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
-    e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.
-    """
-    from livediff.accelerators import build_runners, check_accelerator
-    from livediff.pipelines.pipeline import StreamPipeline
-
-    config = StreamConfig(**settings)
-    options = check_accelerator(config.accelerator, config, accelerator_options)
-    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
-    runners = build_runners(config.accelerator, models, config, options)
-    if config.mode == "video":
-        from livediff.pipelines.video import VideoPipeline
-
-        return VideoPipeline(config, models, runners)
-    return StreamPipeline(config, models, runners)
+        return StreamConfig
+    raise AttributeError(f"module 'livediff.pipelines' has no attribute {name!r}")

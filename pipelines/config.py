@@ -76,3 +76,29 @@ class StreamConfig:
         if self.bank and self.bank.sparse and self.token_merge_ratio:
             raise ConfigError(f"bank sparse_keep_ratio {self.bank.sparse_keep_ratio} selects banked tokens by position "
                               f"and token_merge_ratio {self.token_merge_ratio} merges positions away; use one of them")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The settings a stream runs with *now*: they start as the built `StreamConfig`'s and change
+    live (strength, CFG mode, seed, similarity filter) without touching the config as built.
+
+    Frozen and validated at construction: a live change builds a new value first, so a rejected
+    change leaves the running stream exactly as it was.
+    """
+
+    t_index_list: tuple[int, ...]
+    cfg_type: str
+    seed: int
+    similarity_filter: SimilarityFilterConfig | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "t_index_list", validate_t_index_list(self.t_index_list))
+        if self.cfg_type not in CFG_TYPES:
+            raise ConfigError(f"cfg_type {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed {self.seed!r} must be an integer")
+
+    @classmethod
+    def from_config(cls, config: StreamConfig) -> "StreamSettings":
+        return cls(config.t_index_list, config.cfg_type, config.seed, config.similarity_filter)

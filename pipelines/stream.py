@@ -16,10 +16,38 @@ from typing import Callable
 
 import torch
 
+from livediff.accelerators.base import RowRange
+from livediff.errors import ConfigError
 from livediff.pipelines import rcfg
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def stream_rows(steps: int, frames: int, cfg_type: str) -> RowRange:
+    """How many rows the stream batch puts through the UNet in one call.
+
+    Static-shape backends (TensorRT profiles, CUDA graphs) must know this in advance. With n stages,
+    F frames per call and the CFG mode, the UNet is called with:
+
+    * steady state: n·F rows; 2·n·F with `full` CFG; n·F + F with `initialize` (the real negative
+      of the entering frames);
+    * warm-up (first call after a reset): F rows per stage, 2·F for the first stage with `full` or
+      `initialize`;
+    * a guidance scale <= 1 turns the extra CFG rows off, so n·F is always possible.
+
+    So every call lies in [F, steady]; the steady count is what backends optimise for.
+    """
+    if cfg_type not in rcfg.CFG_TYPES:
+        raise ConfigError(f"cfg_type {cfg_type!r} is not one of {', '.join(rcfg.CFG_TYPES)}")
+    if steps < 1 or frames < 1:
+        raise ConfigError(f"steps {steps} and frames {frames} must both be at least 1")
+    steady = steps * frames
+    if cfg_type == "full":
+        steady *= 2
+    elif cfg_type == "initialize":
+        steady += frames
+    return RowRange(min=frames, opt=steady, max=steady)
 
 
 @dataclass

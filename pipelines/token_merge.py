@@ -11,9 +11,9 @@ no random op); only the highest-resolution level that has self-attention merges 
 SD1.5/2.x, level 1 for SDXL), where most of the cost is; ratio 0 skips merging entirely, so it is
 exactly the unmerged computation.
 
-`apply_patch(unet, ratio)` / `remove_patch(unet)` install and remove it on any diffusers UNet; the
-video pipeline's bank processors call the same pure functions (`attention_plan`, then
-`merge_tokens` / `unmerge_tokens` from `pipelines.bank.merge`).
+The maths is pure functions; the video pipeline's attention processors (`pipelines.bank.attention`,
+installed on a weight-sharing copy of the UNet, so the original is never patched) call them:
+`attention_plan`, then `merge_tokens` / `unmerge_tokens` from `pipelines.bank.merge`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from livediff.pipelines.bank.merge import MergePlan, bipartite_plan, merge_tokens, unmerge_tokens
+from livediff.pipelines.bank.merge import MergePlan, bipartite_plan
 from livediff.errors import ConfigError
 
 MAX_RATIO = 0.75  # every token but the 2×2 destinations: a ratio above 3/4 has nothing left to merge
@@ -71,64 +71,3 @@ def attention_plan(x: torch.Tensor, grid: tuple[int, int], ratio: float) -> Merg
         return None
     src, dst = (p.to(x.device).expand(x.shape[0], -1) for p in _grid_partition(h, w))
     return bipartite_plan(x, src, dst, r)
-
-
-class TokenMergeProcessor:
-    """Merge → the original processor on N − r tokens → unmerge, for one self-attention layer."""
-
-    def __init__(self, original, ratio: float, shape: dict):
-        self.original = original
-        self.ratio = ratio
-        self.shape = shape  # filled by the UNet pre-hook: {"grid": (h, w)} of this layer's level
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        plan = None
-        if encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3:
-            plan = attention_plan(hidden_states, self.shape["grid"], self.ratio)
-        if plan is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        merged, _ = merge_tokens(hidden_states, plan)
-        out = self.original(attn, merged, None, None, temb, **kwargs)
-        return unmerge_tokens(out, plan, hidden_states.shape[1])
-
-
-_PATCH = "_livediff_token_merge"
-
-
-def apply_patch(unet, ratio: float) -> None:
-    """Merge tokens in the highest-resolution self-attention layers of `unet`; replaces an earlier patch."""
-    from livediff.pipelines.bank.layout import attention_layers, grid_at
-
-    ratio = check_ratio(ratio)
-    remove_patch(unet)
-    shape: dict = {"grid": None}
-    modules = dict(unet.named_modules())
-    originals = {}
-    layers = attention_layers(unet)
-    level = merge_level(layers)
-    for layer in layers:
-        if layer.cross or layer.level != level:
-            continue
-        module = modules[layer.name]
-        originals[layer.name] = module.processor
-        module.set_processor(TokenMergeProcessor(module.processor, ratio, shape))
-
-    def record_grid(_module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        shape["grid"] = grid_at(tuple(sample.shape[-2:]), level)
-
-    hook = unet.register_forward_pre_hook(record_grid, with_kwargs=True)
-    setattr(unet, _PATCH, (originals, hook))
-
-
-def remove_patch(unet) -> None:
-    """Undo `apply_patch`: the original processors are back, the UNet computes exactly as before."""
-    patch = getattr(unet, _PATCH, None)
-    if patch is None:
-        return
-    originals, hook = patch
-    modules = dict(unet.named_modules())
-    for name, processor in originals.items():
-        modules[name].set_processor(processor)
-    hook.remove()
-    delattr(unet, _PATCH)

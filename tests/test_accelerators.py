@@ -6,10 +6,13 @@ import sys
 import pytest
 import torch
 
-from livediff.accelerators import ACCELERATORS, AcceleratorOptions, build_runners, check_accelerator
+from dataclasses import replace
+
+from livediff.accelerators import AcceleratorOptions, check_accelerator
 from livediff.accelerators.compiled import GraphReplay, signature
-from livediff.accelerators.networks import stream_networks
-from livediff.accelerators.shapes import RowPlan
+from livediff.networks import stream_networks
+from livediff.pipelines.runners import build_runners, build_target
+from livediff.pipelines.stream import stream_rows
 from livediff.pipelines import StreamConfig, load_pipeline, shared_models
 from livediff.errors import AcceleratorError, ConfigError
 
@@ -31,7 +34,7 @@ def image(seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("cfg_type,expected", [("none", (2, 6, 6)), ("self", (2, 6, 6)), ("full", (2, 12, 12)),
                                                ("initialize", (2, 8, 8))])
 def test_row_plan_for_three_steps_two_frames(cfg_type, expected):
-    plan = RowPlan.for_stream(steps=3, frames=2, cfg_type=cfg_type)
+    plan = stream_rows(steps=3, frames=2, cfg_type=cfg_type)
     assert (plan.min, plan.opt, plan.max) == expected
 
 
@@ -47,7 +50,7 @@ def test_row_plan_covers_every_unet_call_of_a_real_stream(cfg_type, guidance_sca
     pipe.runners.unet = lambda sample, t, text: seen.append(sample.shape[0]) or unet(sample, t, text)
     for seed in range(3):
         pipe([image(seed)[0], image(seed + 10)[0]])
-    plan = RowPlan.for_config(cfg)
+    plan = build_target(cfg).stream_rows
     assert all(plan.contains(rows) for rows in seen), (seen, plan)
     if guidance_scale > 1 or cfg_type in ("none", "self"):
         assert seen[-1] == plan.opt  # the steady state is what static backends optimise for
@@ -62,7 +65,7 @@ def test_cuda_graphs_requested_on_cpu_is_a_config_error():
 
 def test_cuda_graphs_is_only_an_option_of_compile():
     with pytest.raises(ConfigError, match="option of accelerator 'compile'"):
-        check_accelerator("onnxruntime", config(), {"cuda_graphs": True})
+        check_accelerator("onnxruntime", build_target(config()), {"cuda_graphs": True})
 
 
 def test_tensorrt_on_cpu_is_an_accelerator_error():
@@ -84,19 +87,19 @@ def test_onnxruntime_on_cuda_needs_the_cuda_provider():
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
     with pytest.raises(AcceleratorError, match="onnxruntime-gpu"):
-        check_accelerator("onnxruntime", config(device="cuda", dtype="float16"))
+        check_accelerator("onnxruntime", build_target(config(device="cuda", dtype="float16")))
 
 
 def test_onnxruntime_refuses_bfloat16():
     with pytest.raises(ConfigError, match="float32 on CPU"):
-        check_accelerator("onnxruntime", config(dtype="bfloat16"))
+        check_accelerator("onnxruntime", build_target(config(dtype="bfloat16")))
 
 
 def test_unknown_accelerator_and_options_are_config_errors():
     with pytest.raises(ConfigError, match="not one of"):
-        check_accelerator("openvino", config())
+        check_accelerator("openvino", build_target(config()))
     with pytest.raises(ConfigError, match="unknown accelerator option"):
-        check_accelerator("compile", config(), {"graphs": True})
+        check_accelerator("compile", build_target(config()), {"graphs": True})
     with pytest.raises(ConfigError, match="compile_mode"):
         AcceleratorOptions(compile_mode="reduce-overhead")
     with pytest.raises(ConfigError, match="opset"):
@@ -105,25 +108,21 @@ def test_unknown_accelerator_and_options_are_config_errors():
 
 def test_resolution_range_must_contain_the_pipeline_size():
     with pytest.raises(ConfigError, match="outside the accelerator resolution range"):
-        check_accelerator("onnxruntime", config(), {"resolution": (128, 128, 256, 256)})
+        check_accelerator("onnxruntime", build_target(config()), {"resolution": (128, 128, 256, 256)})
     with pytest.raises(ConfigError, match="multiple of 8"):
         AcceleratorOptions(resolution=(60, 64, 128, 128))
-
-
-def test_every_accelerator_is_known():
-    assert ACCELERATORS == ("eager", "compile", "onnxruntime", "tensorrt")
 
 
 # --- runner interface -----------------------------------------------------------------------------
 def test_eager_runners_match_the_diffusers_modules_and_wrap_extra_networks():
     cfg = config()
     models = shared_models(cfg.model, cfg.vae, cfg.loras, cfg.device, cfg.dtype)
-    runners = build_runners("eager", models, cfg)
+    runners = build_runners(cfg, models)
     sample, t, text = stream_networks(models)["unet"].example_inputs(2, SIZE, SIZE, torch.float32, "cpu")
     with torch.no_grad():
         expected = models.unet(sample, t, encoder_hidden_states=text).sample
     torch.testing.assert_close(runners.unet(sample, t, text), expected)
-    decoder = runners.wrap(stream_networks(models)["vae_decoder"])
+    decoder = runners.runner_for(stream_networks(models)["vae_decoder"])
     latents = runners.encode(image() * 2 - 1)
     torch.testing.assert_close(decoder(latents), runners.decode(latents))
 
@@ -196,12 +195,12 @@ def test_compile_with_cuda_graphs_matches_eager_on_cuda():
 @pytest.mark.gpu
 def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
     """The bank as explicit static-shape inputs/outputs lets the whole banked UNet be captured."""
-    from livediff.accelerators.networks import BankedUNetFunction
+    from livediff.networks import BankedUNetFunction
 
     pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
                          device="cuda", dtype="float16")
     function = BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
-    runner = build_runners("compile", pipe.models, pipe.config).wrap(function)
+    runner = build_runners(replace(pipe.config, accelerator="compile"), pipe.models).runner_for(function)
     for seed in range(3):  # eager-compiled, captured, replayed
         torch.manual_seed(seed)
         inputs = function.example_inputs(3, SIZE, SIZE, torch.float16, "cuda")

@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from livediff.pipelines import rcfg
-from livediff.pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallSlot,
+from livediff.pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallState,
                                       CrossAttentionCache, bank_call, cross_attention_cache)
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
@@ -51,7 +51,7 @@ def reference_attention(attn: Attention, x: torch.Tensor, bank_k=None, bank_v=No
 
 
 def run_processor(attn: Attention, x: torch.Tensor, call: BankCall) -> torch.Tensor:
-    slot = CallSlot()
+    slot = CallState()
     attn.set_processor(BankSelfAttnProcessor("layer", 0, False, slot))
     with bank_call(slot, call):
         return attn(x)
@@ -280,7 +280,7 @@ def test_cross_attention_cache_equals_uncached_and_projects_once_per_prompt():
     x = torch.randn(3, TOKENS, DIM)
     text = torch.cat([uncond, cond, cond])
     plain = AttnProcessor2_0()(attn, x, text)
-    slot = CallSlot()
+    slot = CallState()
     attn.set_processor(CachedCrossAttnProcessor("layer", slot))
     torch.testing.assert_close(attn(x, text), plain, rtol=1e-5, atol=1e-6)  # no cache: projects the rows
     cache, rows = CrossAttentionCache(), torch.tensor([0, 1, 1])

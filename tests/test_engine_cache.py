@@ -9,8 +9,9 @@ import torch
 
 from livediff.accelerators.base import ResolutionRange
 from livediff.accelerators.engine_cache import ENTRY_FILE, EngineCache, EngineKey, weights_fingerprint
-from livediff.accelerators.networks import stream_networks
-from livediff.accelerators.shapes import RowPlan
+from livediff.networks import stream_networks
+from livediff.pipelines.runners import build_target
+from livediff.pipelines.stream import stream_rows
 from livediff.accelerators.tensorrt_backend import engine_key
 from livediff.app.cli import main as cli
 from livediff.pipelines import StreamConfig, shared_models
@@ -133,9 +134,9 @@ def test_tensorrt_key_follows_the_stream_settings():
     unet = stream_networks(models)["unet"]
 
     def key(cfg_type="self", steps=2, frames=1, size=64, version="10.7.0", device="sm_90"):
-        rows = RowPlan.for_stream(steps, frames, cfg_type)
-        return engine_key(unet, models, rows, ResolutionRange.static(size, size), size, size, "float16", version,
-                          device).digest()
+        rows = stream_rows(steps, frames, cfg_type)
+        target = replace(build_target(config), height=size, width=size)
+        return engine_key(unet, target, rows, ResolutionRange.static(size, size), "float16", version, device).digest()
 
     base = key()
     variants = [key(cfg_type="full"), key(cfg_type="initialize"), key(steps=5), key(frames=2), key(size=128),

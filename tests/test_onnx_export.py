@@ -14,7 +14,8 @@ from livediff.accelerators import AcceleratorOptions
 from livediff.accelerators import onnx_export as export_module
 from livediff.accelerators.base import ResolutionRange
 from livediff.accelerators.engine_cache import EngineCache
-from livediff.accelerators.networks import stream_networks
+from livediff.networks import stream_networks
+from livediff.pipelines.runners import build_target
 from livediff.accelerators.onnx_export import GRAPH_FILE, export_onnx
 from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeRunner
 from livediff.pipelines import StreamConfig, load_pipeline, shared_models
@@ -50,7 +51,7 @@ def exported(cache_dir, progress_events):
     """(backend, networks) for the tiny model with its KL VAE, graphs exported into `cache_dir`."""
     config = StreamConfig(**settings())
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
-    backend = OnnxRuntimeBackend(models, config, AcceleratorOptions(cache_dir=cache_dir),
+    backend = OnnxRuntimeBackend(build_target(config), AcceleratorOptions(cache_dir=cache_dir),
                                  progress=lambda *event: progress_events.append(event))
     return backend, stream_networks(models)
 
@@ -95,7 +96,7 @@ def test_graphs_have_static_resolution_dynamic_rows_and_a_recent_opset(exported)
 def test_taesd_graphs_match_eager(tmp_path):
     config = StreamConfig(**settings(vae="tiny-taesd"))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
-    backend = OnnxRuntimeBackend(models, config, AcceleratorOptions(cache_dir=tmp_path))
+    backend = OnnxRuntimeBackend(build_target(config), AcceleratorOptions(cache_dir=tmp_path))
     for name in ("vae_encoder", "vae_decoder"):
         function = stream_networks(models)[name]
         inputs = fresh_inputs(function, 2, seed=7)
@@ -167,11 +168,11 @@ def video_settings(**overrides) -> dict:
 @pytest.fixture(scope="module")
 def banked(cache_dir):
     """(backend, banked function) for a tiny video pipeline with the default bank (extended attention + fusion)."""
-    from livediff.accelerators.networks import BankedUNetFunction
+    from livediff.networks import BankedUNetFunction
 
     pipe = load_pipeline(**video_settings())
     config = pipe.config
-    backend = OnnxRuntimeBackend(pipe.models, config, AcceleratorOptions(cache_dir=cache_dir))
+    backend = OnnxRuntimeBackend(build_target(config), AcceleratorOptions(cache_dir=cache_dir))
     return backend, BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
 
 

@@ -102,7 +102,7 @@ def test_strength_maps_to_stage_indices():
         strength_to_t_index_list(0.02, 4)
     pipe = tiny()
     pipe.set_strength(0.5)
-    assert pipe.config.t_index_list == (25, 45)
+    assert pipe.settings.t_index_list == (25, 45)
     assert pipe(frame()).shape == (SIZE, SIZE, 3)
 
 

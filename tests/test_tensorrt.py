@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from livediff.accelerators.base import ResolutionRange
-from livediff.accelerators.networks import stream_networks
-from livediff.accelerators.shapes import RowPlan
+from livediff.accelerators.base import RowRange
+from livediff.networks import stream_networks
+from livediff.pipelines.stream import stream_rows
 from livediff.accelerators.tensorrt_backend import profile_shapes
 from livediff.pipelines import StreamConfig, load_pipeline, shared_models
 
@@ -26,7 +27,7 @@ def tiny_networks():
 
 def test_unet_profile_spans_warm_up_to_steady_rows_and_the_resolution_range():
     unet = tiny_networks()["unet"]
-    rows = RowPlan.for_stream(steps=3, frames=2, cfg_type="initialize")
+    rows = stream_rows(steps=3, frames=2, cfg_type="initialize")
     profile = profile_shapes(unet, rows, ResolutionRange(64, 64, 128, 256), 96, 128, torch.float16)
     assert profile["sample"] == ((2, 4, 8, 8), (8, 4, 12, 16), (8, 4, 16, 32))
     assert profile["timestep"] == ((2,), (8,), (8,))
@@ -35,7 +36,7 @@ def test_unet_profile_spans_warm_up_to_steady_rows_and_the_resolution_range():
 
 def test_vae_profile_has_one_row_per_frame():
     decoder = tiny_networks()["vae_decoder"]
-    profile = profile_shapes(decoder, RowPlan(2, 2, 2), ResolutionRange.static(SIZE, SIZE), SIZE, SIZE,
+    profile = profile_shapes(decoder, RowRange(2, 2, 2), ResolutionRange.static(SIZE, SIZE), SIZE, SIZE,
                              torch.float16)
     assert profile["latents"] == ((2, 4, 8, 8),) * 3
 

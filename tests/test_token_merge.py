@@ -1,12 +1,13 @@
 """Token merging inside self-attention: exact at ratio 0, same shapes and a real change above it,
-a patch that comes off cleanly, and merge plans that pick the most redundant tokens."""
+the shared UNet left untouched, and merge plans that pick the most redundant tokens."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from livediff.pipelines import token_merge
-from livediff.pipelines.bank.layout import attention_layers, grid_at
+from livediff.pipelines.bank.layout import BankLayout, attention_layers, grid_at
+from livediff.pipelines.bank.unet import BankedUNet
 from livediff.errors import ConfigError
 from livediff.pipelines.presets import build_preset
 
@@ -27,43 +28,42 @@ def predict(unet, sample, t, text):
     return unet(sample, t, encoder_hidden_states=text).sample
 
 
+def merging(unet, ratio: float) -> BankedUNet:
+    """The UNet with token merging and no bank: the path the video pipeline runs."""
+    return BankedUNet(unet, BankLayout.empty(), token_merge_ratio=ratio).eval()
+
+
 def test_ratio_zero_is_exactly_the_unmerged_computation(unet):
     sample, t, text = inputs()
-    plain = predict(unet, sample, t, text)
-    token_merge.apply_patch(unet, 0.0)
-    try:
-        assert torch.equal(predict(unet, sample, t, text), plain)
-    finally:
-        token_merge.remove_patch(unet)
+    with torch.no_grad():
+        merged = merging(unet, 0.0)(sample, t, text)[0]
+    torch.testing.assert_close(merged, predict(unet, sample, t, text), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
-def test_merging_changes_the_output_but_not_its_shape_and_comes_off_cleanly(unet, ratio):
+def test_merging_changes_the_output_but_not_its_shape_and_leaves_the_unet_alone(unet, ratio):
     sample, t, text = inputs((8, 12))
     plain = predict(unet, sample, t, text)
-    token_merge.apply_patch(unet, ratio)
-    try:
-        merged = predict(unet, sample, t, text)
-    finally:
-        token_merge.remove_patch(unet)
+    with torch.no_grad():
+        merged = merging(unet, ratio)(sample, t, text)[0]
     assert merged.shape == plain.shape and torch.isfinite(merged).all()
     assert not torch.allclose(merged, plain, atol=1e-4)
     assert torch.equal(predict(unet, sample, t, text), plain)
 
 
 def test_only_the_highest_resolution_attention_sees_merged_tokens(unet):
-    layers = [layer for layer in attention_layers(unet) if not layer.cross]
+    banked = merging(unet, 0.5)
+    layers = [layer for layer in attention_layers(banked.unet) if not layer.cross]
     level = token_merge.merge_level(layers)
     assert level == min(layer.level for layer in layers)
-    modules = dict(unet.named_modules())
+    modules = dict(banked.unet.named_modules())
     seen: dict[str, list[int]] = {layer.name: [] for layer in layers}
     hooks = [modules[layer.name].to_q.register_forward_hook(
         lambda _m, args, _out, name=layer.name: seen[name].append(args[0].shape[1])) for layer in layers]
-    token_merge.apply_patch(unet, 0.5)
     try:
-        predict(unet, *inputs((16, 16)))
+        with torch.no_grad():
+            banked(*inputs((16, 16)))
     finally:
-        token_merge.remove_patch(unet)
         for hook in hooks:
             hook.remove()
     for layer in layers:

@@ -54,11 +54,11 @@ def test_apply_settings_changes_only_what_differs_and_reports_a_refused_value(en
     applied, refused = apply_settings(pipe, applied, replace(applied, prompt="a red fox", strength=0.02))
     assert "strength" in refused
     assert pipe.prompt == "a red fox" and applied.prompt == "a red fox", "changes before the refused one stay"
-    assert applied.strength == base.strength and pipe.config.t_index_list == (32, 45)
+    assert applied.strength == base.strength and pipe.settings.t_index_list == (32, 45)
 
     applied, refused = apply_settings(pipe, applied, replace(applied, strength=0.5, seed=7))
     assert refused is None and pipe.stream is not stream
-    assert pipe.config.t_index_list == (25, 45) and pipe.config.seed == 7
+    assert pipe.settings.t_index_list == (25, 45) and pipe.settings.seed == 7
 
 
 def test_live_settings_reject_wrong_types_with_the_name():

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from livediff.accelerators.base import Runners
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.layout import attention_layers
 from livediff.pipelines.config import StreamConfig
 from livediff.errors import ConfigError
 from livediff.pipelines.token_merge import merged_count
-from livediff.pipelines.video import VideoPipeline
+from livediff.pipelines.video_pipeline import VideoPipeline
 
 SIZE = 64
 
@@ -95,8 +94,8 @@ class Recorder:
     """Wraps the banked UNet runner to keep the last call's inputs and outputs."""
 
     def __init__(self, pipe):
-        self.inner, self.calls = pipe.banked_run, []
-        pipe.banked_run = self
+        self.inner, self.calls = pipe.banked_unet_runner, []
+        pipe.banked_unet_runner = self
 
     def __call__(self, *inputs):
         outputs = self.inner(*inputs)
@@ -210,13 +209,6 @@ def test_video_options_are_validated_before_loading():
     with pytest.raises(ConfigError, match=r"fusion_blocks \['middle'\] .* choose from"):
         build(bank=dict(fusion_blocks=["middle"]))
     assert StreamConfig(model="tiny", mode="img2img", bank=False).bank is None
-
-
-def test_video_pipeline_refuses_runners_it_cannot_feed_the_bank_to():
-    pipe = build(bank=False)
-    runners = Runners(unet=pipe.runners.unet, encode=pipe.runners.encode, decode=pipe.runners.decode, name="custom")
-    with pytest.raises(ConfigError, match="cannot run extra networks"):
-        VideoPipeline(pipe.config, pipe.models, runners)
 
 
 def test_numpy_frames_round_trip():

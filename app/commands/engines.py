@@ -74,16 +74,18 @@ def run_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from livediff.accelerators import check_accelerator, make_backend
-    from livediff.accelerators.networks import stream_networks
     from livediff.app.commands.options import pipeline_settings
-    from livediff.pipelines import StreamConfig, shared_models
     from livediff.errors import ConfigError
+    from livediff.networks import stream_networks
+    from livediff.pipelines import StreamConfig, shared_models
+    from livediff.pipelines.runners import build_target
 
     if args.accelerator not in BUILD_ACCELERATORS:
         raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
                           f"{' or '.join(BUILD_ACCELERATORS)}")
     config = StreamConfig(**pipeline_settings(args, args.mode))
-    options = check_accelerator(config.accelerator, config,
+    target = build_target(config)
+    options = check_accelerator(config.accelerator, target,
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
                                      workspace_gb=args.workspace_gb))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
@@ -93,7 +95,7 @@ def run_build(args: argparse.Namespace) -> int:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
-        backend = make_backend(config.accelerator, models, config, options, _ProgressDisplay(progress))
+        backend = make_backend(config.accelerator, target, options, _ProgressDisplay(progress))
         paths = {name: backend.artifact(function) for name, function in functions.items()}
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -104,7 +106,7 @@ def _banked_function(config):
     """The banked UNet of a video pipeline with these settings (its bank layout fixes the graph's shapes)."""
     from dataclasses import asdict
 
-    from livediff.accelerators.networks import BankedUNetFunction
+    from livediff.networks import BankedUNetFunction
     from livediff.pipelines import load_pipeline
 
     settings = {k: v for k, v in asdict(config).items() if k not in ("accelerator", "similarity_filter")}

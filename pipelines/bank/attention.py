@@ -5,7 +5,7 @@ They are installed on a *structural copy* of the UNet (`banked_copy`): new modul
 share every parameter and buffer with the original, so no weight memory is spent, while the
 original UNet — shared by every pipeline of the process and traced by compile/export backends —
 keeps its own processors untouched. The processors hold no stream state: they read the state of
-the call in progress from the copy's `CallSlot`, a plain object (tracers such as torch.compile
+the call in progress from the copy's `CallState`, a plain object (tracers such as torch.compile
 follow plain attribute reads; a context variable made them break the graph at every layer):
 
 * `slot.bank` (a `BankCall`, set by `BankedUNet.forward`): the bank slices of every row, the
@@ -94,7 +94,7 @@ class CrossCall:
 
 
 @dataclass
-class CallSlot:
+class CallState:
     """Where the owner of a banked UNet copy puts the state of the call in progress."""
 
     bank: BankCall | None = None
@@ -102,7 +102,7 @@ class CallSlot:
 
 
 @contextmanager
-def bank_call(slot: CallSlot, call: BankCall) -> Iterator[BankCall]:
+def bank_call(slot: CallState, call: BankCall) -> Iterator[BankCall]:
     slot.bank = call
     try:
         yield call
@@ -111,7 +111,7 @@ def bank_call(slot: CallSlot, call: BankCall) -> Iterator[BankCall]:
 
 
 @contextmanager
-def cross_attention_cache(slot: CallSlot, cache: CrossAttentionCache, texts: Sequence[torch.Tensor],
+def cross_attention_cache(slot: CallState, cache: CrossAttentionCache, texts: Sequence[torch.Tensor],
                           row_text: torch.Tensor) -> Iterator[None]:
     """Within the block, cross-attention layers take row b's K/V from `texts[row_text[b]]`'s cache."""
     cache.bind(texts)
@@ -150,7 +150,7 @@ class BankSelfAttnProcessor:
     row's stage] with bias [0; log mass] → output projection → unmerge → record the output → fuse.
     """
 
-    def __init__(self, name: str, level: int, merges: bool, slot: CallSlot):
+    def __init__(self, name: str, level: int, merges: bool, slot: CallState):
         self.name = name
         self.level = level
         self.merges = merges  # at the level where token merging applies (`token_merge.merge_level`)
@@ -194,7 +194,7 @@ class CachedCrossAttnProcessor:
     """Cross-attention whose K/V come from the per-prompt cache when the slot has one (eager
     streaming), and from projecting the text rows otherwise (e.g. when exported)."""
 
-    def __init__(self, name: str, slot: CallSlot):
+    def __init__(self, name: str, slot: CallState):
         self.name = name
         self.slot = slot
 
@@ -220,12 +220,12 @@ class CachedCrossAttnProcessor:
 _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
 
 
-def banked_copy(unet) -> tuple[torch.nn.Module, CallSlot]:
+def banked_copy(unet) -> tuple[torch.nn.Module, CallState]:
     """A copy of `unet` sharing all its parameters and buffers, with the bank processors on every
     attention layer, and the slot they read. The original UNet is not modified."""
     shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
     twin = copy.deepcopy(unet, shared)
-    slot = CallSlot()
+    slot = CallState()
     modules = dict(twin.named_modules())
     layers = attention_layers(twin)
     level = token_merge.merge_level(layers)

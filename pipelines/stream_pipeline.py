@@ -9,14 +9,13 @@ from dataclasses import replace
 
 import torch
 
-from livediff.accelerators.base import Runners
-from livediff.pipelines.config import StreamConfig
 from livediff.errors import ConfigError
+from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
 from livediff.pipelines.prompts import encode_prompt
-from livediff.pipelines.rcfg import CFG_TYPES
-from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list, validate_t_index_list
+from livediff.pipelines.runners import StreamRunners
+from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
 from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
 from livediff.pipelines.stream import Guidance, StreamBatch
 
@@ -24,12 +23,14 @@ from livediff.pipelines.stream import Guidance, StreamBatch
 class StreamPipeline:
     """One stream's state (buffers, noise, prompt) over shared, read-only networks.
 
-    `new_session()` gives another independent stream over the same networks, which is how the UI
-    serves several browser tabs with one model in memory.
+    `config` is the configuration as built; `settings` are the ones the stream runs with now (live
+    setters change them, never the config). `new_session()` gives another independent stream over
+    the same networks, which is how the UI serves several browser tabs with one model in memory.
     """
 
-    def __init__(self, config: StreamConfig, models: ModelBundle, runners: Runners):
+    def __init__(self, config: StreamConfig, models: ModelBundle, runners: StreamRunners):
         self.config = config
+        self.settings = StreamSettings.from_config(config)
         self.models = models
         self.runners = runners
         self.device = torch.device(config.device)
@@ -44,10 +45,11 @@ class StreamPipeline:
 
     # --- set-up -----------------------------------------------------------------------------
     def _build_stream(self) -> None:
-        self.schedule = StageSchedule.build(self.models.scheduler, self.config.t_index_list,
+        seed = self.settings.seed
+        self.schedule = StageSchedule.build(self.models.scheduler, self.settings.t_index_list,
                                             self.config.frame_buffer_size, self.device, self.dtype)
-        self._txt2img_noise = torch.Generator("cpu").manual_seed(self.config.seed + 1)
-        self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(self.config.seed),
+        self._txt2img_noise = torch.Generator("cpu").manual_seed(seed + 1)
+        self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(seed),
                                   self.device, self.dtype)
         self._last_output = None
 
@@ -59,7 +61,7 @@ class StreamPipeline:
         """Set the prompt and guidance; text embeddings are computed here, once, not per frame."""
         self._check_guidance(guidance_scale, delta)
         self.guidance = Guidance(cond=self._embed(prompt), uncond=self._embed(negative_prompt),
-                                 cfg_type=self.config.cfg_type, guidance_scale=guidance_scale, delta=delta)
+                                 cfg_type=self.settings.cfg_type, guidance_scale=guidance_scale, delta=delta)
         self.prompt, self.negative_prompt = prompt, negative_prompt
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
@@ -77,9 +79,8 @@ class StreamPipeline:
         self._check_guidance(guidance_scale if guidance_scale is not None else guidance.guidance_scale,
                              delta if delta is not None else guidance.delta)
         if cfg_type is not None:
-            if cfg_type not in CFG_TYPES:
-                raise ConfigError(f"cfg_type {cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
-            guidance.cfg_type = self.config.cfg_type = cfg_type
+            self.settings = replace(self.settings, cfg_type=cfg_type)
+            guidance.cfg_type = cfg_type
         if guidance_scale is not None:
             guidance.guidance_scale = guidance_scale
         if delta is not None:
@@ -87,20 +88,22 @@ class StreamPipeline:
 
     def set_strength(self, strength: float) -> None:
         """Map a strength in (0,1] to a t_index_list with the current number of steps."""
-        self.set_t_index_list(strength_to_t_index_list(strength, len(self.config.t_index_list)))
+        self.set_t_index_list(strength_to_t_index_list(strength, len(self.settings.t_index_list)))
 
     def set_t_index_list(self, t_index_list) -> None:
         """New stages invalidate the in-flight latents (they sit at the old noise levels): the stream restarts."""
-        self.config.t_index_list = validate_t_index_list(t_index_list)
+        self.settings = replace(self.settings, t_index_list=t_index_list)
         self._build_stream()
 
     def set_similarity_filter(self, threshold: float | None, max_skip: int = 10) -> None:
         """Turn the filter on with these settings, or off with threshold=None."""
         if threshold is None:
-            self.config.similarity_filter = self.similarity_filter = None
+            self.settings = replace(self.settings, similarity_filter=None)
+            self.similarity_filter = None
             return
-        self.config.similarity_filter = SimilarityFilterConfig(threshold=threshold, max_skip=max_skip)
-        self.similarity_filter = SimilarityFilter(self.config.similarity_filter, self.config.seed)
+        config = SimilarityFilterConfig(threshold=threshold, max_skip=max_skip)
+        self.settings = replace(self.settings, similarity_filter=config)
+        self.similarity_filter = SimilarityFilter(config, self.settings.seed)
 
     def reset(self) -> None:
         """Back to the state of a freshly built pipeline with the same settings and prompt."""
@@ -112,15 +115,14 @@ class StreamPipeline:
         """An independent stream (own buffers, noise, prompt) sharing these networks.
 
         `overrides` are `StreamConfig` fields (e.g. bank, token_merge_ratio), validated again; the
-        new session has no prompt until `prepare`.
+        new session starts from the config as built (not this stream's live settings) and has no
+        prompt until `prepare`.
         """
         return type(self)(replace(self.config, **overrides), self.models, self.runners)
 
     def set_seed(self, seed: int) -> None:
         """The session noise is drawn from the seed when the stream is built, so a new seed restarts it."""
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"seed {seed!r} must be an integer")
-        self.config.seed = seed
+        self.settings = replace(self.settings, seed=seed)
         self.reset()
 
     @staticmethod

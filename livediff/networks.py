@@ -1,6 +1,8 @@
 """The networks as pure tensor functions: tensors in, tensors out, no Python objects.
 
-This is the form every backend runs: eager calls them, `compile` compiles them, ONNX export traces
+They sit below both `accelerators` (which run a function given its shape spec and know nothing of
+streams) and `pipelines` (which choose the functions and the rows per call). This is the form every
+backend runs: eager calls them, `compile` compiles them, ONNX export traces
 them. Each one knows its input/output names, example inputs for a given row count and resolution,
 which axes may vary, and the shapes of its outputs (so GPU backends can allocate them up front).
 The UNet takes its timestep as float32: diffusers casts it to float for the sinusoidal embedding
@@ -11,10 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from diffusers import AutoencoderTiny
 from torch import nn
 
-from livediff.accelerators.base import Backend, Runners
 from livediff.errors import ConfigError
 
 Shape = tuple[int, ...]
@@ -27,7 +27,7 @@ class TensorFunction(nn.Module):
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
     spatial_multiple: int = 8
-    stream_rows: bool = True  # rows follow the stream batch (see `RowPlan`); False: one row per frame
+    stream_rows: bool = True  # rows follow the stream batch (`pipelines.stream.stream_rows`); False: one per frame
 
     def variant(self) -> tuple | None:
         """What a graph bakes in beyond weights and sizes (bank shapes, constants); part of cache keys."""
@@ -50,8 +50,8 @@ class TensorFunction(nn.Module):
         """What callers pass → what the function takes (dtype casts, contiguous memory)."""
         return tuple(t.contiguous() for t in inputs)
 
-    def nest(self, per_input: list) -> tuple:
-        """Per-input values (e.g. torch.export dynamic shapes) shaped like `forward`'s parameters."""
+    def grouped_like_forward(self, per_input: list) -> tuple:
+        """Per-input values (e.g. torch.export dynamic shapes) grouped like `forward`'s parameters."""
         return tuple(per_input)
 
 
@@ -110,6 +110,8 @@ class VaeEncoderFunction(TensorFunction):
         super().__init__()
         self.vae = vae
         self.scale = float(vae.config.scaling_factor)
+        from diffusers import AutoencoderTiny
+
         self.tiny = isinstance(vae, AutoencoderTiny)
         self.vae_scale_factor = vae_scale_factor
         self.latent_channels = vae.config.latent_channels
@@ -174,13 +176,6 @@ def stream_networks(models) -> dict[str, TensorFunction]:
     }
 
 
-def runners_for(models, backend: Backend) -> Runners:
-    """The three stream networks of `models`, each run by `backend`."""
-    networks = stream_networks(models)
-    return Runners(unet=backend.runner(networks["unet"]), encode=backend.runner(networks["vae_encoder"]),
-                   decode=backend.runner(networks["vae_decoder"]), name=backend.name, backend=backend)
-
-
 class BankedUNetFunction(TensorFunction):
     """The UNet with the feature bank (`pipelines.bank.unet.BankedUNet`) as a function of tensors.
 
@@ -232,7 +227,7 @@ class BankedUNetFunction(TensorFunction):
         raise ConfigError("the banked UNet's graph has a static resolution (its bank sizes follow from it); "
                           "build it without a resolution range")
 
-    def nest(self, per_input: list) -> tuple:
+    def grouped_like_forward(self, per_input: list) -> tuple:
         return (*per_input[:3], tuple(per_input[3:]))  # forward takes the bank as *args
 
     def adapt_inputs(self, sample, timestep, encoder_hidden_states, *bank):

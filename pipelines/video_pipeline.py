@@ -29,8 +29,6 @@ from contextlib import nullcontext
 
 import torch
 
-from livediff.accelerators.base import Runners
-from livediff.accelerators.networks import BankedUNetFunction
 from livediff.pipelines.bank.attention import CrossAttentionCache
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
@@ -39,13 +37,15 @@ from livediff.pipelines.bank.scene_cut import SceneCutDetector
 from livediff.pipelines.bank.sparse import latent_motion
 from livediff.pipelines.bank.unet import BankedUNet, RowLayout, row_layout
 from livediff.pipelines.config import StreamConfig
+from livediff.networks import BankedUNetFunction
 from livediff.pipelines.models import ModelBundle
-from livediff.pipelines.pipeline import StreamPipeline
+from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.stream import Guidance
+from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
 
-class _BankedStreamCall:
+class BankedUNetCall:
     """The UNet function handed to the stream batch for one frame: maps rows to stages, gives each
     row its stage's bank, serves cross-attention K/V from the prompt cache, keeps the new entries."""
 
@@ -65,7 +65,7 @@ class _BankedStreamCall:
         cache = (pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
                  if pipe.runners.name == "eager" else nullcontext())
         with torch.no_grad(), cache:
-            noise_pred, *new = pipe.banked_run(sample, timestep, text, *bank)
+            noise_pred, *new = pipe.banked_unet_runner(sample, timestep, text, *bank)
         self.rows, self.new = rows, new
         return noise_pred
 
@@ -79,11 +79,12 @@ class _BankedStreamCall:
 class VideoPipeline(StreamPipeline):
     """`StreamPipeline` whose denoiser call carries the feature bank (see the module docstring).
 
-    Attributes worth reading: `bank` (None when off), `banked_unet` (the pure-function UNet),
+    Attributes worth reading: `bank` (None when off), `banked_unet` (the pure-function UNet) and
+    `banked_unet_runner` (it, run by the pipeline's backend),
     `scene_cuts` (how many cuts reset the bank), `cross_cache`.
     """
 
-    def __init__(self, config: StreamConfig, models: ModelBundle, runners: Runners):
+    def __init__(self, config: StreamConfig, models: ModelBundle, runners: StreamRunners):
         self.bank_config: BankConfig | None = config.bank or None
         layers = attention_layers(models.unet)
         self.fusion_blocks = (resolve_fusion_blocks(layers, self.bank_config.fusion_blocks)
@@ -93,7 +94,7 @@ class VideoPipeline(StreamPipeline):
         fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
                   else (2.0, 0.0))
         self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion)
-        self.banked_run = runners.wrap(BankedUNetFunction(self.banked_unet, scale).eval())
+        self.banked_unet_runner = runners.runner_for(BankedUNetFunction(self.banked_unet, scale).eval())
         self.cross_cache = CrossAttentionCache()
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
         self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None
@@ -148,7 +149,7 @@ class VideoPipeline(StreamPipeline):
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
         motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
-        call = _BankedStreamCall(self, guidance)
+        call = BankedUNetCall(self, guidance)
         finished = self.stream.step(latents, call, guidance, noised=noised)
         if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
             self.bank.update(call.stream_entries(self.schedule.steps, self.schedule.frames), motion)

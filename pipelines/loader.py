@@ -1,0 +1,40 @@
+"""Building pipelines: the process-wide model cache and `load_pipeline`."""
+from __future__ import annotations
+
+import threading
+
+from livediff.pipelines.config import StreamConfig
+from livediff.pipelines.models import ModelBundle, load_models
+
+_MODEL_CACHE: dict[tuple, ModelBundle] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str) -> ModelBundle:
+    """Load a model once per process; pipelines built with the same weights share it."""
+    key = (model, vae, tuple(loras), device, dtype)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype)
+        return _MODEL_CACHE[key]
+
+
+def load_pipeline(accelerator_options=None, **settings):
+    """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
+
+    `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
+    e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.
+    """
+    from livediff.accelerators import check_accelerator
+    from livediff.pipelines.runners import build_runners, build_target
+    from livediff.pipelines.stream_pipeline import StreamPipeline
+
+    config = StreamConfig(**settings)
+    options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    runners = build_runners(config, models, options)
+    if config.mode == "video":
+        from livediff.pipelines.video_pipeline import VideoPipeline
+
+        return VideoPipeline(config, models, runners)
+    return StreamPipeline(config, models, runners)
