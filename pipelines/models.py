@@ -62,9 +62,20 @@ def is_preset(model: str) -> bool:
     return model in PRESETS
 
 
+def download_command(model: str) -> str:
+    """The download command of the installed huggingface_hub: `hf` since 0.34, `huggingface-cli` before."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("huggingface_hub").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return f"hf download {model}"
+    return f"hf download {model}" if (major, minor) >= (0, 34) else f"huggingface-cli download {model}"
+
+
 def _offline_message(model: str) -> str:
     return (f"Model {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
-            f"run `huggingface-cli download {model}` on a connected machine (or copy the folder here and pass "
+            f"run `{download_command(model)}` on a connected machine (or copy the folder here and pass "
             f"its path with --model), or use --model tiny to try livediff without weights.")
 
 
@@ -101,13 +112,35 @@ def _from_hub(model: str):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
         raise ModelNotAvailableError(_offline_message(model))
-    log.warning("Weights for %s are not cached; fetching them from the Hugging Face hub (several GB).", model)
+    size = _hub_size(model)
+    log.warning("Weights for %s are not cached; fetching %s from the Hugging Face hub.", model,
+                f"{size / 1e9:.1f} GB" if size else "them")
     try:
         return StableDiffusionPipeline.from_pretrained(model, **kwargs)
     except RepositoryNotFoundError as exc:
         raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
     except (OSError, ValueError) as exc:
         raise ModelNotAvailableError(_offline_message(model)) from exc
+
+
+def _hub_size(model: str) -> int | None:
+    """Bytes of the hub repository's files, asked before announcing a download, so that a machine
+    without a connection hears one sentence about it instead of a "fetching" line and then an error."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        info = HfApi().model_info(model, files_metadata=True, timeout=10)
+    except GatedRepoError as exc:
+        raise ModelNotAvailableError(f"Model {model!r} is gated on the Hugging Face hub: accept its licence on "
+                                     f"huggingface.co and log in with `hf auth login`.") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
+    except HfHubHTTPError:
+        return None  # the hub answered; the download itself will say what is wrong
+    except Exception as exc:  # no route, DNS, proxy, TLS: the HTTP client's errors have no common base here
+        raise ModelNotAvailableError(_offline_message(model)) from exc
+    return sum(sibling.size or 0 for sibling in info.siblings or ()) or None
 
 
 def load_tiny_vae(vae: str) -> AutoencoderTiny:
