@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 from livediff.pipelines.bank.config import BankConfig
 from livediff.errors import ConfigError
-from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.choices import CFG_TYPES, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
 from livediff.pipelines.token_merge import check_ratio
 
-MODES = ("img2img", "txt2img", "video")
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 16
 

@@ -15,14 +15,10 @@ estimate that the boundary step attributes to noise.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
+from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import denoise
-
-CfgType = Literal["none", "full", "self", "initialize"]
-CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
 
 
 def uses_guidance(cfg_type: str, guidance_scale: float) -> bool:

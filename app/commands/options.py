@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.choices import CFG_TYPES
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 

@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from livediff.pipelines import load_pipeline
-from livediff.pipelines.config import MODES
+from livediff.pipelines.choices import MODES
 from livediff.errors import ConfigError
 
 #: Default mode of live streams and video files: V2V (feature bank) when this build has it.

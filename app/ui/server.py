@@ -27,7 +27,7 @@ from livediff.app.ui.settings import LiveSettings  # noqa: E402
 from livediff.app.ui.video import restyle_video  # noqa: E402
 from livediff.app.ui.webcam import LiveFrame, WebcamStream  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
-from livediff.pipelines.rcfg import CFG_TYPES  # noqa: E402
+from livediff.pipelines.choices import CFG_TYPES  # noqa: E402
 
 #: Seconds between camera frames the page sends. Frames sent while the model is busy replace each
 #: other (newest wins), so this bounds the age of the frame picked up, not the work done.

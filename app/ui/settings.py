@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from livediff.errors import ConfigError
-from livediff.pipelines.rcfg import CFG_TYPES
+from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import TABLE_STEPS
 
 

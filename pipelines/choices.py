@@ -1,0 +1,6 @@
+"""The names a user chooses between, importable without torch: the CLI lists them in `--help`,
+which must answer at once rather than after loading torch and diffusers."""
+from __future__ import annotations
+
+MODES: tuple[str, ...] = ("img2img", "txt2img", "video")
+CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
