@@ -38,7 +38,7 @@ def running_server(engine=None, **launch_options) -> Iterator[RunningServer]:
 
     registry = SessionRegistry(engine or tiny_engine())
     port = free_port()
-    demo = launch(registry, port=port, block=False, **launch_options)
+    demo = launch(registry, port=port, **launch_options)
     try:
         yield RunningServer(f"http://127.0.0.1:{port}/", registry, demo)
     finally:

@@ -8,6 +8,7 @@ the error says how to get the weights.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import replace
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--idle-timeout {args.idle_timeout} must be > 0")
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
+    check_port_free(args.host, args.port)
 
     from livediff.app.ui.engine import DEFAULT_STREAM_MODE, Engine
     from livediff.app.ui.server import DEFAULT_STREAM_EVERY, launch
@@ -65,10 +67,34 @@ def run(args: argparse.Namespace) -> int:
     if args.strength is not None:
         defaults = replace(defaults, strength=args.strength)
     registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout)
-    print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the clean-up below also runs for `kill` and Docker stops
     try:
-        launch(registry, host=args.host, port=args.port, defaults=defaults,
-               stream_every=args.stream_every or DEFAULT_STREAM_EVERY)
+        demo = launch(registry, host=args.host, port=args.port, defaults=defaults,
+                      stream_every=args.stream_every or DEFAULT_STREAM_EVERY)
+        print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
+        try:
+            demo.block_thread()
+        finally:
+            demo.close(verbose=False)
     finally:
         registry.shutdown()
     return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the model loads (which can take minutes) when the address is taken."""
+    import socket
+
+    from livediff.errors import ConfigError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror}); choose another with "
+                              f"--port") from None

@@ -208,10 +208,13 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     return demo
 
 
-def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
-           block: bool = True, **options) -> gr.Blocks:
-    """Start the server; with `block=False` return at once (tests, embedding). `options` go to `build_demo`."""
+def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, **options) -> gr.Blocks:
+    """Start the server and return once it listens (`demo.block_thread()` waits for it to stop).
+
+    Quiet: Gradio's own start-up lines (its URL, a `share=True` hint livediff has no option for) are
+    not livediff's; the caller prints the address once the server really listens. `options` go to
+    `build_demo`."""
     demo = build_demo(registry, **options)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, ssr_mode=False,
-                allowed_paths=[str(registry.work_root)], quiet=not block, show_error=True, css=CSS)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
+                allowed_paths=[str(registry.work_root)], quiet=True, show_error=True, css=CSS)
     return demo
