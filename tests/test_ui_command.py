@@ -16,3 +16,36 @@ def test_a_port_in_use_is_reported_before_loading_and_names_the_option(capsys):
     assert code == 2
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
     assert "loading" not in err and "open http" not in err and "Traceback" not in err
+
+
+def test_sigterm_stops_the_server_and_removes_its_session_folder(tmp_path):
+    """`kill` (and `docker stop`) send SIGTERM: the temporary session folder must not be left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    server = subprocess.Popen([sys.executable, "-m", "livediff.app", "--model", "tiny", "--device", "cpu",
+                               "--port", str(port), "--width", "64", "--height", "64"],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = server.stderr.readline()
+            lines.append(line)
+            if "open http" in line or not line:
+                break
+        assert "open http" in lines[-1], lines
+        assert any(p.name.startswith("livediff-ui-") for p in tmp_path.iterdir())
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        server.kill()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("livediff-ui-")]
+    assert server.returncode == 128 + signal.SIGTERM and not leftovers, (server.returncode, leftovers)
