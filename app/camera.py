@@ -4,7 +4,8 @@ The camera delivers frames at its own rate whatever the model's speed. Reading o
 thread into a slot that holds only the newest frame means the model always gets the freshest
 picture and a slow model never builds a backlog: a frame not taken before the next one arrives is
 dropped (and counted). A video file can stand in for a camera (tests, demos); it is paced at its
-own frame rate so it behaves like a live source.
+own frame rate and, like a camera, keeps delivering: it starts again at its end (`loop=False`
+plays it once).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def parse_source(text: str) -> int | str:
 class CameraReader:
     """Opens the source and fills a `LatestFrame` from a daemon thread until `stop()` or end of file."""
 
-    def __init__(self, source: int | str, clock=time.perf_counter):
+    def __init__(self, source: int | str, clock=time.perf_counter, loop: bool = True):
         self.source = source
         self._clock = clock
         self._capture = cv2.VideoCapture(source)
@@ -76,6 +77,8 @@ class CameraReader:
             raise InputError(f"{what} cannot be opened{hint}")
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self._is_file = isinstance(source, str) and Path(source).is_file()
+        self._loop = loop and self._is_file
+        self.loops = 0
         self._interval = 1.0 / fps if self._is_file and fps and fps > 0 else 0.0
         self.slot = LatestFrame()
         self._stop = threading.Event()
@@ -90,6 +93,9 @@ class CameraReader:
         try:
             while not self._stop.is_set():
                 ok, bgr = self._capture.read()
+                if not ok and self._loop and self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                    self.loops += 1
+                    ok, bgr = self._capture.read()
                 if not ok:
                     break
                 if self._interval:

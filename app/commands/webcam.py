@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                         help="with --output, also show the window")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N restyled frames")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--once", action="store_true",
+                        help="play a video file used as --camera once instead of looping it like a live camera")
     parser.add_argument("--stream-mode", default=None, help="pipeline mode: video (feature bank, default when "
                                                              "available) or img2img")
     add_pipeline_options(parser)
@@ -106,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
     from livediff.errors import InputError
 
     show = _check(args)
-    camera = CameraReader(parse_source(args.camera))
+    camera = CameraReader(parse_source(args.camera), loop=not args.once)
     print(f"livediff webcam: loading {args.model} ...", file=sys.stderr)
     pipe = _build_pipeline(args)
     meter = LiveMeter(delay_frames=stream_delay(pipe), count_drops=True)
     recorder = _Recorder(args.output, args.width, args.height) if args.output else None
     camera.start()
-    started_at, last_print, previous = now(), 0.0, None
+    started_at, last_print, previous, interrupted = now(), 0.0, None, False
     try:
         while True:
             grabbed = camera.slot.take(timeout=CAMERA_TIMEOUT_S)
@@ -136,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             if (args.max_frames and reading.frames >= args.max_frames) or \
                     (args.seconds and delivered - started_at >= args.seconds):
                 break
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C is how a live session ends: what was recorded is kept and reported
     finally:
         camera.stop()
         if recorder is not None:
@@ -145,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
             cv2.destroyAllWindows()
     reading = meter.reading()
-    print(f"\rlivediff webcam: {reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}",
+    how = "stopped by Ctrl-C after " if interrupted else ""
+    print(f"\rlivediff webcam: {how}{reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}",
           file=sys.stderr)
     if recorder is not None:
         if reading.frames == 0:

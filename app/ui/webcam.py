@@ -37,7 +37,7 @@ class LiveFrame:
 
 def stream_delay(pipe) -> int:
     """How many calls ago the frame in a delivered picture entered (stream batch: stages − 1)."""
-    return (len(pipe.config.t_index_list) - 1) * pipe.config.frame_buffer_size
+    return (len(pipe.settings.t_index_list) - 1) * pipe.config.frame_buffer_size
 
 
 class WebcamStream:
