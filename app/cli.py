@@ -6,6 +6,7 @@ import logging
 import sys
 
 from livediff.app.commands import load_command_modules
+from livediff.app.threads import apply_threads
 from livediff.errors import LivediffError
 
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_third_party_logs()
     try:
+        if getattr(args, "threads", None) is not None:
+            apply_threads(args.threads)
         return int(args.func(args) or 0)
     except LivediffError as exc:
         if args.verbose:

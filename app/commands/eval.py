@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from livediff.app.threads import add_threads_option
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="also write the metrics to this JSON file")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="what to print on stdout (default: table)")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from livediff.app.threads import add_threads_option
 from livediff.pipelines.choices import CFG_TYPES
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
@@ -39,6 +40,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                        help="default float16 on CUDA, float32 on CPU")
     group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime or tensorrt")
+    add_threads_option(group)
 
 
 def parse_t_index_list(text: str) -> list[int]:
