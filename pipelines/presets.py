@@ -24,7 +24,8 @@ class Preset:
     unet: dict[str, Any]
     vae: dict[str, Any]
     text: dict[str, Any]
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"prediction_type": "epsilon"})
+    # steps_offset=1 as in the real SD 1.5 / 2.1 scheduler configs (LCM ignores it; diffusers warns without it)
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"prediction_type": "epsilon", "steps_offset": 1})
 
 
 _SD_VAE = dict(

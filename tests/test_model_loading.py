@@ -31,3 +31,18 @@ def test_download_command_follows_the_installed_huggingface_hub(monkeypatch):
     assert download_command("a/b") == "huggingface-cli download a/b"
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.2.0")
     assert download_command("a/b") == "hf download a/b"
+
+
+def test_preset_schedulers_are_current_so_diffusers_prints_no_config_warning():
+    """A diffusers pipeline over a preset's networks must not dump a deprecated-config warning
+    (with the whole scheduler JSON) into the user's or the test's output."""
+    import warnings
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    models = load_models("tiny", device="cpu", dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StableDiffusionImg2ImgPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
+                                       unet=models.unet, scheduler=models.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
