@@ -143,9 +143,10 @@ class PipelineFactory:
     strength: float | None = None
 
     def __call__(self) -> FrameProcessor:
+        from livediff.app.build_progress import BuildReporter
         from livediff.pipelines import load_pipeline  # heavy import, only where the model runs
 
-        pipe = load_pipeline(**dict(self.settings))
+        pipe = load_pipeline(**dict(self.settings), progress=BuildReporter())
         if self.strength is not None:
             pipe.set_strength(self.strength)
         pipe.prepare(**dict(self.prompt))

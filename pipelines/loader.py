@@ -19,11 +19,13 @@ def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: s
         return _MODEL_CACHE[key]
 
 
-def load_pipeline(accelerator_options=None, **settings):
+def load_pipeline(accelerator_options=None, progress=None, **settings):
     """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
 
     `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
     e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.
+    `progress(network, message, done, total)` hears about graph exports and engine builds, which
+    happen on first use of a size and setting (also later, for the video pipeline's banked UNet).
     """
     from livediff.accelerators import check_accelerator
     from livediff.pipelines.runners import build_runners, build_target
@@ -32,7 +34,7 @@ def load_pipeline(accelerator_options=None, **settings):
     config = StreamConfig(**settings)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
-    runners = build_runners(config, models, options)
+    runners = build_runners(config, models, options, progress)
     if config.mode == "video":
         from livediff.pipelines.video_pipeline import VideoPipeline
 

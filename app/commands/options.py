@@ -63,9 +63,10 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
 
 
 def build_pipeline(args: argparse.Namespace, mode: str, **extra):
+    from livediff.app.build_progress import BuildReporter
     from livediff.pipelines import load_pipeline
 
-    pipe = load_pipeline(**pipeline_settings(args, mode), **extra)
+    pipe = load_pipeline(**pipeline_settings(args, mode), progress=BuildReporter(), **extra)
     if args.strength is not None:
         pipe.set_strength(args.strength)
     pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,

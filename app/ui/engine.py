@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from livediff.app.build_progress import BuildReporter
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.choices import MODES
 from livediff.errors import ConfigError
@@ -39,7 +40,7 @@ class Engine:
         self.settings = dict(settings)
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
-        self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode})
+        self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode}, progress=BuildReporter())
                           for mode in dict.fromkeys(self.modes.values())}
         self.lock = threading.Lock()
 
