@@ -84,7 +84,7 @@ def _peak_rss_mb() -> float:
 def worker(args, name: str) -> dict:
     """Run one configuration; returns its measurements as a dict (printed as JSON by the child)."""
     from livediff.pipelines import load_pipeline
-    from livediff.pipelines.metrics import evaluate_frames
+    from livediff.app.eval.metrics import evaluate_frames
 
     torch.set_grad_enabled(False)
     if args.threads:

@@ -74,7 +74,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from livediff.app.ui.engine import DEFAULT_STREAM_MODE, Engine
-    from livediff.app.ui.webcam import WebcamStream, stream_delay
+    from livediff.app.ui.webcam_tab import WebcamStream, stream_delay
     from ui_helpers import running_server
 
     engine = Engine(dict(model=args.model, width=args.size, height=args.size, device=args.device,

@@ -10,7 +10,7 @@ import pytest
 
 import livediff.app.commands
 from livediff.app import cli
-from livediff.pipelines import metrics as M
+from livediff.app.eval import flow, metrics
 from livediff.errors import ConfigError, InputError
 
 SIZE = 64
@@ -96,12 +96,12 @@ def test_warp_uses_backward_flow_and_is_exact_for_integer_motion():
     flow_next_to_prev = np.zeros((SIZE, SIZE, 2), np.float32)
     flow_next_to_prev[..., 0], flow_next_to_prev[..., 1] = -3.0, -1.0
     flow_prev_to_next = -flow_next_to_prev
-    visible = M.visible_mask(flow_next_to_prev, flow_prev_to_next)
+    visible = flow.visible_mask(flow_next_to_prev, flow_prev_to_next)
     # the rows/columns that came in through the border have no source pixel
     assert not visible[:1].any() and not visible[:, :3].any()
     assert visible[1:, 3:].all()
-    assert M.warp_error(prev, nxt, flow_next_to_prev, visible) == 0.0
-    assert M.warp_error(prev, nxt, np.zeros_like(flow_next_to_prev), visible) > 0.05
+    assert flow.warp_error(prev, nxt, flow_next_to_prev, visible) == 0.0
+    assert flow.warp_error(prev, nxt, np.zeros_like(flow_next_to_prev), visible) > 0.05
 
 
 def test_consistency_mask_marks_uncovered_region_with_true_flow():
@@ -111,14 +111,14 @@ def test_consistency_mask_marks_uncovered_region_with_true_flow():
     fw[y0:y0 + sq, x0:x0 + sq, 0] = d  # frame t -> t+1, on frame t's grid
     bw = np.zeros((SIZE, SIZE, 2), np.float32)
     bw[y0:y0 + sq, x0 + d:x0 + d + sq, 0] = -d  # frame t+1 -> t, on frame t+1's grid
-    visible = M.consistency_mask(bw, fw)  # on frame t+1's grid
+    visible = flow.consistency_mask(bw, fw)  # on frame t+1's grid
     assert not visible[y0:y0 + sq, x0:x0 + d].any(), "uncovered background must be invisible"
     assert visible[y0:y0 + sq, x0 + d:x0 + d + sq].all(), "the moved square is visible"
     background = np.ones((SIZE, SIZE), bool)
     background[y0:y0 + sq, x0:x0 + d + sq] = False
     assert visible[background].all()
     # on frame t's grid, the strip the square is about to cover is the occluded one
-    covered = M.consistency_mask(fw, bw)
+    covered = flow.consistency_mask(fw, bw)
     assert not covered[y0:y0 + sq, x0 + sq:x0 + sq + d].any()
 
 
@@ -126,10 +126,10 @@ def test_visible_mask_with_estimated_flow_finds_uncovered_region():
     d, sq, x0 = 4, 24, 16
     y0 = (SIZE - sq) // 2
     a, b = square_scene(x0), square_scene(x0 + d)
-    fw = M.optical_flow(a, b, "dis")
-    bw = M.optical_flow(b, a, "dis")
+    fw = flow.optical_flow(a, b, "dis")
+    bw = flow.optical_flow(b, a, "dis")
     assert np.allclose(np.median(fw[y0 + 6:y0 + sq - 6, x0 + 6:x0 + sq - 6], axis=(0, 1)), [d, 0], atol=0.5)
-    visible = M.visible_mask(bw, fw)
+    visible = flow.visible_mask(bw, fw)
     uncovered = visible[y0 + 2:y0 + sq - 2, x0:x0 + d]  # corners excluded
     assert 1.0 - uncovered.mean() >= 0.75
     far = np.ones_like(visible)
@@ -144,7 +144,7 @@ def test_visible_mask_with_estimated_flow_finds_uncovered_region():
 @pytest.mark.parametrize("flow", ["dis", "farneback"])
 def test_identical_and_color_transformed_edits_are_consistent(flow):
     src = pan_clip()
-    same = M.evaluate_frames(src, src, flow=flow)
+    same = metrics.evaluate_frames(src, src, flow=flow)
     assert same.warp_error is not None and same.warp_error < CONSISTENT_TOL
     assert same.warp_error == pytest.approx(same.source_warp_error)
     assert same.frame_diff_ratio == pytest.approx(1.0)
@@ -154,12 +154,12 @@ def test_identical_and_color_transformed_edits_are_consistent(flow):
     # a per-pixel colour function of the source moves with it: still consistent
     lut = (255.0 * (np.arange(256) / 255.0) ** 0.6).round().astype(np.uint8)
     styled = [np.ascontiguousarray(lut[255 - f][..., ::-1]) for f in src]
-    assert M.evaluate_frames(src, styled, flow=flow).warp_error < CONSISTENT_TOL
+    assert metrics.evaluate_frames(src, styled, flow=flow).warp_error < CONSISTENT_TOL
 
 
 def test_moving_object_scene_is_consistent_with_occlusions_masked():
     src = [square_scene(10 + 3 * t) for t in range(8)]
-    m = M.evaluate_frames(src, src)
+    m = metrics.evaluate_frames(src, src)
     # residual flow error next to the (masked) moving edges: measured 0.003-0.005 over 13 seeds
     assert m.warp_error < 0.008
     assert m.visible_fraction < 0.95  # occlusion band around the moving square is excluded
@@ -168,7 +168,7 @@ def test_moving_object_scene_is_consistent_with_occlusions_masked():
 def test_warp_error_grows_monotonically_with_flicker():
     src = pan_clip()
     amplitudes = [0.0, 0.01, 0.03, 0.06, 0.12]
-    results = [M.evaluate_frames(src, flicker(src, a)) for a in amplitudes]
+    results = [metrics.evaluate_frames(src, flicker(src, a)) for a in amplitudes]
     errors = [r.warp_error for r in results]
     assert errors[0] < CONSISTENT_TOL
     assert all(b > a for a, b in zip(errors, errors[1:])), errors
@@ -180,7 +180,7 @@ def test_warp_error_grows_monotonically_with_flicker():
 def test_resize_counts_throughput_and_dict():
     src = pan_clip()
     big = [cv2.resize(f, (2 * SIZE, 2 * SIZE), interpolation=cv2.INTER_LINEAR) for f in src[:7]]
-    m = M.evaluate_frames(src, big, elapsed_seconds=2.0)
+    m = metrics.evaluate_frames(src, big, elapsed_seconds=2.0)
     assert (m.frames_used, m.source_frames, m.edited_frames) == (7, N_FRAMES, 7)
     assert m.source_size == (SIZE, SIZE) and m.edited_size == (2 * SIZE, 2 * SIZE)
     assert m.fps == pytest.approx(7 / 2.0)
@@ -190,19 +190,19 @@ def test_resize_counts_throughput_and_dict():
     assert d["edited_size"] == [2 * SIZE, 2 * SIZE] and d["fps"] == pytest.approx(3.5)
     table = m.format_table()
     assert "warp error" in table and "mismatch" in table and "resized" in table
-    assert M.evaluate_frames(src, src).to_dict()["fps"] is None
+    assert metrics.evaluate_frames(src, src).to_dict()["fps"] is None
 
 
 def test_bad_arguments_raise_user_errors():
     src = pan_clip(n=3)
     with pytest.raises(ConfigError, match=r"'raft'.*dis, farneback"):
-        M.evaluate_frames(src, src, flow="raft")
+        metrics.evaluate_frames(src, src, flow="raft")
     with pytest.raises(InputError, match="at least 2"):
-        M.evaluate_frames(src[:1], src)
+        metrics.evaluate_frames(src[:1], src)
     with pytest.raises(InputError, match="edited frame 0"):
-        M.evaluate_frames(src, [f.astype(np.float32) for f in src])
+        metrics.evaluate_frames(src, [f.astype(np.float32) for f in src])
     with pytest.raises(ConfigError, match="max_frames"):
-        M.evaluate_frames(src, src, max_frames=1)
+        metrics.evaluate_frames(src, src, max_frames=1)
 
 
 # --------------------------------------------------------------------------- files and the CLI
@@ -213,13 +213,13 @@ def test_evaluate_videos_and_cli(tmp_path, capsys, eval_only_cli):
     a = write_mp4(tmp_path / "source.mp4", src)
     b = write_mp4(tmp_path / "edited.mp4", flicker(src, 0.06)[:8])
 
-    same = M.evaluate_videos(a, a)
+    same = metrics.evaluate_videos(a, a)
     assert same.warp_error < VIDEO_TOL and same.frames_used == N_FRAMES
-    m = M.evaluate_videos(a, b)
+    m = metrics.evaluate_videos(a, b)
     assert (m.frames_used, m.source_frames, m.edited_frames) == (8, N_FRAMES, 8)
     assert m.warp_error > 5 * same.warp_error
     assert m.fps is None and m.source_path == str(a)
-    capped = M.evaluate_videos(a, b, flow="farneback", max_frames=4)
+    capped = metrics.evaluate_videos(a, b, flow="farneback", max_frames=4)
     assert capped.frames_used == 4 and capped.flow_method == "farneback"
     assert (capped.source_frames, capped.edited_frames) == (N_FRAMES, 8)  # full lengths
 
@@ -247,9 +247,9 @@ def test_corrupt_or_missing_file_is_an_input_error(tmp_path, capsys, eval_only_c
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(InputError, match="corrupt.mp4"):
-        M.evaluate_videos(good, bad)
+        metrics.evaluate_videos(good, bad)
     with pytest.raises(InputError, match="missing.mp4"):
-        M.evaluate_videos(tmp_path / "missing.mp4", good)
+        metrics.evaluate_videos(tmp_path / "missing.mp4", good)
 
     assert cli.main(["eval", str(bad), str(good)]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ from PIL import Image
 
 from livediff.app.ui.settings import LiveSettings, apply_settings, prepare
 from livediff.app.ui.sessions import SessionRegistry
-from livediff.app.ui.webcam import WebcamStream
+from livediff.app.ui.webcam_tab import WebcamStream
 from media import clip_frame, make_clip, probe
 from ui_helpers import SIZE, running_server, tiny_engine
 

@@ -10,19 +10,18 @@ import sys
 import numpy as np
 import pytest
 
-from livediff.app.video_io import VideoReader, VideoWriter, count_video_packets, resolve_codec
-from livediff.app.video_job import (
-    BatchResult,
-    FrameProcessor,
-    parts_dir_for,
-    plan_geometry,
-    plan_outputs,
-    process_many,
-    process_video,
-    suggest_working_size,
-)
-from media import clip_frame, make_clip, probe, read_frames
+from livediff.app.video.batch import plan_outputs, process_many
+from livediff.app.video.codecs import resolve_codec
+from livediff.app.video.geometry import plan_geometry, suggest_working_size
+from livediff.app.video.job import process_video
+from livediff.app.video.options import JobOptions
+from livediff.app.video.processor import FrameProcessor
+from livediff.app.video.reader import VideoReader, count_video_packets
+from livediff.app.video.results import BatchResult
+from livediff.app.video.segments import parts_dir_for
+from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError, ModelNotAvailableError
+from media import clip_frame, make_clip, probe, read_frames
 
 
 # ---------------------------------------------------------------------------------- processors
@@ -104,7 +103,7 @@ def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_keeps_frame_count_timing_and_audio(tmp_path):
     src = make_clip(tmp_path / "in.mp4", n_frames=20, size=(64, 48), fps=15)
-    result = process_video(src, tmp_path / "out.mp4", Invert, progress=False, segment_frames=6)
+    result = process_video(src, tmp_path / "out.mp4", Invert, JobOptions(progress=False, segment_frames=6))
 
     assert result.status == "done" and result.frames == 20
     p_in, p_out = probe(src), probe(tmp_path / "out.mp4")
@@ -139,7 +138,7 @@ def test_reader_metadata_and_writer_roundtrip(tmp_path):
 def test_odd_size_pcm_audio_and_working_size(tmp_path):
     src = make_clip(tmp_path / "odd.mkv", n_frames=12, size=(63, 47), fps=10, audio="pcm_s16le")
     out = tmp_path / "odd.mp4"
-    process_video(src, out, Invert, progress=False)
+    process_video(src, out, Invert, JobOptions(progress=False))
     p = probe(out)
     assert p["size"] == (62, 46)  # even for yuv420p: last column/row dropped
     assert p["frames"] == 12 and p["fps"] == 10
@@ -148,7 +147,7 @@ def test_odd_size_pcm_audio_and_working_size(tmp_path):
     assert mean_diff(first, 255 - clip_frame(0, 63, 47)[:46, :62]) < 6
 
     sized = Sized(32, 32)
-    process_video(src, tmp_path / "sized.mp4", lambda: sized, progress=False)
+    process_video(src, tmp_path / "sized.mp4", lambda: sized, JobOptions(progress=False))
     assert len(sized.seen) == 12
     assert probe(tmp_path / "sized.mp4")["size"] == (46, 46)  # centre square of 47x47 at input scale
 
@@ -173,17 +172,17 @@ def test_geometry_rules():
 
 def test_codec_and_quality_options(tmp_path):
     src = make_clip(tmp_path / "in.mp4", n_frames=6, audio=False)
-    process_video(src, tmp_path / "m4.mp4", Invert, codec="mpeg4", quality="500k", progress=False)
+    process_video(src, tmp_path / "m4.mp4", Invert, JobOptions(codec="mpeg4", quality="500k", progress=False))
     p = probe(tmp_path / "m4.mp4")
     assert p["frames"] == 6 and p["audio"] is None
     with VideoReader(tmp_path / "m4.mp4") as r:
         assert r.video_codec == "mpeg4"
     with pytest.raises(ConfigError, match="nope"):
-        process_video(src, tmp_path / "x.mp4", Invert, codec="nope", progress=False)
+        process_video(src, tmp_path / "x.mp4", Invert, JobOptions(codec="nope", progress=False))
     with pytest.raises(ConfigError, match="CRF"):
-        process_video(src, tmp_path / "x.mp4", Invert, codec="mpeg4", quality=23, progress=False)
+        process_video(src, tmp_path / "x.mp4", Invert, JobOptions(codec="mpeg4", quality=23, progress=False))
     with pytest.raises(ConfigError, match="output"):
-        process_video(src, tmp_path / "x.avi", Invert, progress=False)
+        process_video(src, tmp_path / "x.avi", Invert, JobOptions(progress=False))
 
 
 # ---------------------------------------------------------------------------------- failures
@@ -197,7 +196,7 @@ def test_corrupt_inputs_reported_while_good_one_finishes(tmp_path, capsys):
     (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     (folder / "notes.txt").write_text("not a video, ignored by the folder scan")
 
-    results = process_many([folder, tmp_path / "missing.mp4"], tmp_path / "out", Invert, progress=False)
+    results = process_many([folder, tmp_path / "missing.mp4"], tmp_path / "out", Invert, JobOptions(progress=False))
 
     by_name = {r.input_path.name: r for r in results}
     assert set(by_name) == {"good.mp4", "bad.mp4", "truncated.mp4", "missing.mp4"}
@@ -211,13 +210,13 @@ def test_corrupt_inputs_reported_while_good_one_finishes(tmp_path, capsys):
     assert "bad.mp4" in err and "truncated.mp4" in err and "3 failed" in err
 
     with pytest.raises(InputError, match="bad.mp4"):
-        process_video(folder / "bad.mp4", tmp_path / "x.mp4", Invert, progress=False)
+        process_video(folder / "bad.mp4", tmp_path / "x.mp4", Invert, JobOptions(progress=False))
 
 
 def test_processor_that_cannot_be_built_stops_the_batch(tmp_path):
     make_clip(tmp_path / "a.mp4", n_frames=4, audio=False)
     with pytest.raises(ModelNotAvailableError):
-        process_many([tmp_path / "a.mp4"], tmp_path / "out", cannot_build, progress=False)
+        process_many([tmp_path / "a.mp4"], tmp_path / "out", cannot_build, JobOptions(progress=False))
 
 
 # ---------------------------------------------------------------------------------- interruption
@@ -228,17 +227,17 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
     w, h = 128, 96
     src = make_clip(tmp_path / "in.mp4", n_frames=20, size=(w, h), fps=15)
     ref_out, out = tmp_path / "ref.mp4", tmp_path / "out.mp4"
-    process_video(src, ref_out, Delay, segment_frames=5, progress=False)
+    process_video(src, ref_out, Delay, JobOptions(segment_frames=5, progress=False))
 
     with pytest.raises(KeyboardInterrupt):
-        process_video(src, out, FailAfter(13, KeyboardInterrupt), segment_frames=5, progress=False)
+        process_video(src, out, FailAfter(13, KeyboardInterrupt), JobOptions(segment_frames=5, progress=False))
     partial = probe(out)  # playable right away
     assert partial["frames"] == 13
     assert partial["pts"] == probe(ref_out)["pts"][:13]
     assert partial["audio"] == "aac" and partial["audio_seconds"] == pytest.approx(13 / 15, abs=0.06)
     assert parts_dir_for(out).is_dir()
 
-    result = process_video(src, out, Delay, segment_frames=5, resume=True, progress=False)
+    result = process_video(src, out, Delay, JobOptions(segment_frames=5, resume=True, progress=False))
     assert result.resumed_frames == 13 and result.frames == 20
     p, ref = probe(out), probe(ref_out)
     assert p["frames"] == ref["frames"] == 20 and p["pts"] == ref["pts"] and p["fps"] == ref["fps"]
@@ -256,7 +255,7 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
 def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
     src = make_clip(tmp_path / "in.mp4", n_frames=20, fps=15)
     out = tmp_path / "out.mp4"
-    results = process_many([src], out, FailAfter(7, RuntimeError), segment_frames=5, progress=False, quiet=True)
+    results = process_many([src], out, FailAfter(7, RuntimeError), JobOptions(segment_frames=5, progress=False, quiet=True))
     (r,) = results
     assert r.status == "failed" and r.partial and r.frames == 7 and "in.mp4" in r.error and "simulated" in r.error
     assert probe(out)["frames"] == 7
@@ -265,15 +264,15 @@ def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
     segments = sorted(parts_dir_for(out).glob("seg_*.mp4"))
     assert [count_video_packets(s) for s in segments] == [5, 2]
     segments[-1].write_bytes(segments[-1].read_bytes()[:100])
-    (r,) = process_many([src], out, Delay, segment_frames=5, resume=True, progress=False, quiet=True)
+    (r,) = process_many([src], out, Delay, JobOptions(segment_frames=5, resume=True, progress=False, quiet=True))
     assert r.status == "done" and r.resumed_frames == 5 and r.frames == 20
     assert probe(out)["frames"] == 20
 
     # a finished output is skipped on resume, without building a processor
-    (r,) = process_many([src], out, never_called, resume=True, progress=False, quiet=True)
+    (r,) = process_many([src], out, never_called, JobOptions(resume=True, progress=False, quiet=True))
     assert r.status == "skipped"
     # without resume, leftover parts are discarded and the file is redone
-    (r,) = process_many([src], out, Invert, progress=False, quiet=True)
+    (r,) = process_many([src], out, Invert, JobOptions(progress=False, quiet=True))
     assert r.status == "done" and r.resumed_frames == 0
 
 
@@ -302,7 +301,7 @@ def test_missing_ray_is_a_config_error(tmp_path, monkeypatch):
     make_clip(tmp_path / "a.mp4", n_frames=3, audio=False)
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"livediff\[ray\]"):
-        process_many([tmp_path / "a.mp4"], tmp_path / "out", Invert, workers=2, progress=False)
+        process_many([tmp_path / "a.mp4"], tmp_path / "out", Invert, JobOptions(progress=False), workers=2)
 
 
 def test_ray_two_workers_match_sequential(tmp_path):
@@ -312,8 +311,8 @@ def test_ray_two_workers_match_sequential(tmp_path):
     for n, name in ((12, "a.mp4"), (16, "b.mp4"), (9, "c.mp4")):
         make_clip(folder / name, n_frames=n, size=(128, 96), fps=15)  # >= 100 px: x264 is reproducible
 
-    seq = process_many(folder, tmp_path / "seq", Delay, segment_frames=5, progress=False, quiet=True)
-    par = process_many(folder, tmp_path / "par", Delay, workers=2, segment_frames=5, progress=False, quiet=True)
+    seq = process_many(folder, tmp_path / "seq", Delay, JobOptions(segment_frames=5, progress=False, quiet=True))
+    par = process_many(folder, tmp_path / "par", Delay, JobOptions(segment_frames=5, progress=False, quiet=True), workers=2)
 
     assert [r.status for r in seq] == [r.status for r in par] == ["done"] * 3
     assert [r.input_path for r in seq] == [r.input_path for r in par]

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from livediff.errors import ConfigError
-    from livediff.pipelines.metrics import evaluate_videos
+    from livediff.app.eval.metrics import evaluate_videos
 
     metrics = evaluate_videos(args.source, args.edited, flow=args.flow,
                               max_frames=args.max_frames, elapsed_seconds=args.elapsed)

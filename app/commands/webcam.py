@@ -83,7 +83,7 @@ class _Recorder:
     def __init__(self, path: str, width: int, height: int):
         from fractions import Fraction
 
-        from livediff.app.video_io import VideoWriter
+        from livediff.app.video.writer import VideoWriter
 
         self.writer = VideoWriter(path, width=width, height=height, fps=30, time_base=Fraction(1, 1000))
         self._origin: float | None = None
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from livediff.app.camera import CameraReader, parse_source
     from livediff.app.live_metrics import LiveMeter, now
     from livediff.app.ui.frames import fit_frame
-    from livediff.app.ui.webcam import stream_delay
+    from livediff.app.ui.webcam_tab import stream_delay
     from livediff.errors import InputError
 
     show = _check(args)

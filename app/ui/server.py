@@ -21,11 +21,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from
 
 import gradio as gr  # noqa: E402
 
-from livediff.app.ui.image import IMAGE_MODES, restyle_image  # noqa: E402
+from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
-from livediff.app.ui.video import restyle_video  # noqa: E402
-from livediff.app.ui.webcam import LiveFrame, WebcamStream  # noqa: E402
+from livediff.app.ui.video_tab import restyle_video  # noqa: E402
+from livediff.app.ui.webcam_tab import LiveFrame, WebcamStream  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
 from livediff.pipelines.choices import CFG_TYPES  # noqa: E402
 

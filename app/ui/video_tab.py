@@ -1,6 +1,6 @@
 """The Video tab: a whole uploaded file through the batch video job, then its temporal metrics.
 
-The job (`app.video_job.process_video`) keeps the input's fps, timestamps and audio. Its frames
+The job (`app.video.job.process_video`) keeps the input's fps, timestamps and audio. Its frames
 go through the session's own stream pipeline, taking the engine lock once per *frame*, so live
 webcam tabs keep getting frames while a file is being processed. Settings are read when the job
 starts; changing a control during the job affects the next job, so one output never mixes styles.
@@ -16,9 +16,10 @@ import numpy as np
 
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
-from livediff.app.video_job import process_video
+from livediff.app.video.job import process_video
+from livediff.app.video.options import JobOptions
 from livediff.errors import ConfigError, InputError
-from livediff.pipelines.metrics import TemporalMetrics, evaluate_videos
+from livediff.app.eval.metrics import TemporalMetrics, evaluate_videos
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -70,7 +71,8 @@ def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path
         if on_progress is not None:
             on_progress(done, total)
 
-    result = process_video(source, output, lambda: processor, progress=False, quiet=True, on_frame=on_frame)
+    result = process_video(source, output, lambda: processor, JobOptions(progress=False, quiet=True),
+                           on_frame=on_frame)
     metrics = evaluate_videos(source, output, elapsed_seconds=result.seconds)
     metrics_json = output.with_suffix(".metrics.json")
     metrics_json.write_text(json.dumps(metrics.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")

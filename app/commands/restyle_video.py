@@ -46,8 +46,9 @@ def _quality(text: str | None):
 
 def _working_size(args: argparse.Namespace) -> None:
     """Fill in a model size from the first input's aspect when the user gave none."""
-    from livediff.app.video_io import VideoReader
-    from livediff.app.video_job import plan_outputs, suggest_working_size
+    from livediff.app.video.batch import plan_outputs
+    from livediff.app.video.geometry import suggest_working_size
+    from livediff.app.video.reader import VideoReader
 
     if args.width and args.height:
         return
@@ -62,7 +63,9 @@ def _working_size(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livediff.app.video_job import PipelineFactory, process_many
+    from livediff.app.video.batch import process_many
+    from livediff.app.video.options import JobOptions
+    from livediff.app.video.processor import PipelineFactory
 
     _working_size(args)
     factory = PipelineFactory(
@@ -70,16 +73,17 @@ def run(args: argparse.Namespace) -> int:
         prompt=dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                     delta=args.delta),
         strength=args.strength)
-    results = process_many(args.inputs, args.output, factory, workers=args.workers, ray_address=args.ray_address,
-                           resume=args.resume, codec=args.codec, quality=_quality(args.quality), audio=args.audio,
-                           resize=args.resize, progress=not args.no_progress)
+    options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
+                         resume=args.resume, progress=not args.no_progress)
+    results = process_many(args.inputs, args.output, factory, options, workers=args.workers,
+                           ray_address=args.ray_address)
     if args.metrics:
         _write_metrics(results)
     return results.exit_code
 
 
 def _write_metrics(results) -> None:
-    from livediff.pipelines.metrics import evaluate_videos
+    from livediff.app.eval.metrics import evaluate_videos
 
     for result in results:
         if not result.ok or result.status == "skipped":

@@ -1,0 +1,1 @@
+"""Evaluation of restyled video (`livediff eval`): temporal consistency along the source's optical flow."""

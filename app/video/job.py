@@ -1,0 +1,274 @@
+"""One input file → one output file: decode, process, encode in segments, join.
+
+Entry point :func:`process_video`; the segment/resume rules are in :mod:`segments`, the frame
+geometry in :mod:`geometry`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from livediff.app.video.codecs import encoder_settings, resolve_codec
+from livediff.app.video.geometry import plan_geometry, working_size
+from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
+from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
+from livediff.app.video.reader import VideoReader, count_video_packets
+from livediff.app.video.results import JobResult
+from livediff.app.video.segments import (SegmentWriter, assemble, input_identity, load_resumable, parts_dir_for,
+                                          save_manifest)
+from livediff.errors import ConfigError, InputError, LivediffError
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised inside a file run when its ``should_stop`` says so (Ray workers, on the driver's
+    Ctrl-C): handled exactly like a KeyboardInterrupt, i.e. the partial output is made playable."""
+
+
+class FileState:
+    """What a file run has achieved so far, for the failure report."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.resumed = 0
+        self.partial = False
+
+
+def progress_bar(enabled: bool, total: int | None, initial: int, desc: str, nested: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="frame",
+        disable=not enabled,
+        leave=not nested,
+        position=1 if nested else None,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+
+
+def run_file(
+    input_path: Path,
+    output_path: Path,
+    holder: LazyProcessor,
+    options: JobOptions,
+    state: FileState,
+    *,
+    nested: bool,
+    on_frame: Callable[[int, int | None], None] | None,
+    emit: Callable[[str], None],
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    t0 = time.perf_counter()
+    parts = parts_dir_for(output_path)
+    if options.resume and output_path.exists() and not parts.exists():
+        try:  # finished earlier (a partial output always keeps its parts folder)
+            return JobResult(input_path, output_path, "skipped", frames=count_video_packets(output_path))
+        except InputError:
+            pass  # unreadable: make it again
+    with VideoReader(input_path) as reader:
+        processor = holder.get()
+        geom = plan_geometry(reader.size, working_size(processor), options.resize)
+        codec = resolve_codec(options.codec)
+        encoder_settings(codec, options.quality, *geom.output_size, reader.fps)  # fail before any work
+        identity = {
+            "input": input_identity(input_path),
+            "encode": {
+                "codec": codec,
+                "quality": options.quality,
+                "size": list(geom.output_size),
+                "work": list(geom.work_size) if geom.work_size else None,
+                "region": list(geom.region),
+                "time_base": str(reader.time_base),
+            },
+        }
+        segments = load_resumable(parts, identity, options.resume, emit)
+        done = segments[-1].first + segments[-1].frames if segments else 0
+        state.resumed = state.frames = done
+        parts.mkdir(parents=True, exist_ok=True)
+        if not segments:
+            save_manifest(parts, identity, segments)
+        processor.reset()
+        warm: deque[np.ndarray] | None = deque(maxlen=options.resume_warmup) if done and options.resume_warmup else None
+        writer: SegmentWriter | None = None
+        total = reader.estimated_frames
+        bar = progress_bar(options.progress, total, min(done, total or done), input_path.name, nested)
+        try:
+            for frame in reader.frames():
+                if should_stop is not None and should_stop():
+                    raise StopRequested(f"{input_path}: stopped")
+                if frame.index < done:
+                    if warm is not None and frame.index >= done - options.resume_warmup:
+                        warm.append(frame.rgb)
+                    continue
+                if warm:
+                    for rgb in warm:
+                        check_output_frame(processor(geom.to_processor(rgb)), processor)
+                    warm = None
+                if writer is None:
+                    writer = SegmentWriter(parts, len(segments), frame.index, frame.pts, reader, geom, options)
+                out = check_output_frame(processor(geom.to_processor(frame.rgb)), processor)
+                writer.write(geom.to_output(out), frame.pts)
+                state.frames += 1
+                bar.update(1)
+                if on_frame is not None:
+                    on_frame(state.frames, total)
+                if writer.frames >= options.segment_frames:
+                    segment, writer = writer.commit(), None
+                    if segment is not None:
+                        segments.append(segment)
+                        save_manifest(parts, identity, segments)
+        except BaseException:
+            # Make what is done playable: close the open segment, join everything into the output.
+            if writer is not None:
+                try:
+                    segment = writer.commit()
+                    if segment is not None:
+                        segments.append(segment)
+                        save_manifest(parts, identity, segments)
+                except BaseException:
+                    writer.discard()
+                    state.frames = sum(seg.frames for seg in segments)
+            if segments:
+                try:
+                    state.frames = assemble(parts, segments, output_path, input_path, options.audio, partial=True)
+                    state.partial = True
+                except BaseException as exc:  # keep the original error; parts stay for resume
+                    log.warning("%s: partial output not written (%s)", output_path, exc)
+            raise
+        finally:
+            bar.close()
+        if writer is not None:
+            segment = writer.commit()
+            if segment is not None:
+                segments.append(segment)
+                save_manifest(parts, identity, segments)
+        if not segments:
+            raise InputError(f"{input_path}: no video frames decoded")
+        frames = assemble(parts, segments, output_path, input_path, options.audio, partial=False)
+        shutil.rmtree(parts, ignore_errors=True)
+    return JobResult(
+        input_path, output_path, "done", frames=frames, resumed_frames=done, seconds=time.perf_counter() - t0
+    )
+
+
+def process_file(
+    input_path: Path,
+    output_path: Path,
+    holder: LazyProcessor,
+    options: JobOptions,
+    *,
+    nested: bool = False,
+    on_frame: Callable[[int, int | None], None] | None = None,
+    emit: Callable[[str], None],
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[JobResult, Exception | None]:
+    """Run one file; an ordinary error becomes a failed result (returned with the exception).
+
+    KeyboardInterrupt/SystemExit and a processor that cannot be built propagate: the first stop
+    the run, the second would fail every file the same way.
+    """
+    state = FileState()
+    t0 = time.perf_counter()
+    try:
+        result = run_file(
+            input_path, output_path, holder, options, state, nested=nested, on_frame=on_frame, emit=emit,
+            should_stop=should_stop,
+        )
+        return result, None
+    except StopRequested:
+        result = JobResult(
+            input_path,
+            output_path,
+            "failed",
+            frames=state.frames if state.partial else 0,
+            resumed_frames=state.resumed,
+            seconds=time.perf_counter() - t0,
+            error=f"{input_path}: interrupted",
+            partial=state.partial,
+        )
+        return result, None
+    except Exception as exc:
+        if holder.build_error is not None:
+            raise
+        if isinstance(exc, LivediffError):
+            message = str(exc)
+        else:
+            message = f"{input_path}: {type(exc).__name__}: {exc}"
+        if str(input_path) not in message:
+            message = f"{input_path}: {message}"
+        result = JobResult(
+            input_path,
+            output_path,
+            "failed",
+            frames=state.frames if state.partial else 0,
+            resumed_frames=state.resumed,
+            seconds=time.perf_counter() - t0,
+            error=message,
+            partial=state.partial,
+        )
+        return result, exc
+
+
+def emitter(quiet: bool) -> Callable[[str], None]:
+    def emit(message: str) -> None:
+        if not quiet:
+            from tqdm import tqdm
+
+            tqdm.write(f"livediff: {message}", file=sys.stderr)
+
+    return emit
+
+
+def process_video(
+    input_path: str | Path,
+    output_path: str | Path,
+    processor_factory: ProcessorFactory,
+    options: JobOptions = JobOptions(),
+    *,
+    on_frame: Callable[[int, int | None], None] | None = None,
+) -> JobResult:
+    """Process one video file into ``output_path`` (a file; its suffix picks the container).
+
+    ``on_frame(done, total_or_None)`` is called after each output frame (for a UI progress bar).
+
+    Returns a :class:`JobResult` with status "done" or "skipped" (resume, output already
+    finished). Errors are raised: :class:`InputError` for an unreadable input (naming it),
+    :class:`ConfigError` for bad settings, or whatever the processor raised — in every case, and on
+    KeyboardInterrupt, after writing a playable partial output when frames were produced.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    check_output_file(input_path, output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    result, exc = process_file(input_path, output_path, LazyProcessor(processor_factory), options, on_frame=on_frame,
+                               emit=emitter(options.quiet))
+    if exc is not None:
+        raise exc
+    return result
+
+
+def check_output_file(input_path: Path, output_path: Path) -> None:
+    if output_path.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise ConfigError(
+            f"output {output_path} must end in one of {', '.join(sorted(OUTPUT_EXTENSIONS))} (or be a folder)"
+        )
+    if output_path.exists() and output_path.is_dir():
+        raise ConfigError(f"output {output_path} is a folder; give a file name")
+    try:
+        same = input_path.exists() and output_path.exists() and os.path.samefile(input_path, output_path)
+    except OSError:
+        same = False
+    if same or input_path.resolve() == output_path.resolve():
+        raise ConfigError(f"output {output_path} is the input file; choose another name")

@@ -1,0 +1,102 @@
+"""What the batch job drives: a frame processor, built by a picklable factory where it runs.
+
+The job knows nothing about diffusion. It is given a **processor factory**: a picklable callable
+returning a :class:`FrameProcessor` (``processor(rgb) -> rgb`` plus ``reset()``). The real one is
+:class:`PipelineFactory` (the livediff video pipeline); tests use tiny deterministic processors.
+The factory, not a processor, is what callers pass, because a model must be built *where it runs*
+(one per Ray worker) and only when there is work to do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class FrameProcessor(Protocol):
+    """What the job drives, one frame at a time, in order.
+
+    ``__call__`` takes an HxWx3 uint8 RGB frame and returns one of the same kind (any size: it is
+    resized to the output size). ``reset()`` forgets all temporal state; the job calls it before
+    every file. Optional ``width``/``height`` attributes (ints) declare the size the processor
+    wants its input in; without them it receives frames at the input's size.
+    """
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+#: Builds a processor. Must be picklable (a top-level class instance or a functools.partial of a
+#: top-level function) when used with Ray; called once per worker, lazily.
+ProcessorFactory = Callable[[], FrameProcessor]
+
+
+class PipelineProcessor:
+    """Adapts a livediff video pipeline (``pipe(frame)``, ``pipe.reset()``) to :class:`FrameProcessor`."""
+
+    def __init__(self, pipe: Any, width: int, height: int):
+        self.pipe, self.width, self.height = pipe, width, height
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self.pipe(rgb)
+
+    def reset(self) -> None:
+        self.pipe.reset()
+
+
+@dataclass(frozen=True)
+class PipelineFactory:
+    """Picklable factory for a livediff pipeline, built in the process that runs it (one per Ray worker).
+
+    ``settings`` are ``pipelines.load_pipeline`` keywords, ``prompt`` are ``prepare`` keywords;
+    ``strength`` (optional) is applied with ``set_strength``. The job calls ``reset()`` between files.
+    """
+
+    settings: Mapping[str, Any]
+    prompt: Mapping[str, Any]
+    strength: float | None = None
+
+    def __call__(self) -> FrameProcessor:
+        from livediff.app.build_progress import BuildReporter
+        from livediff.pipelines import load_pipeline  # heavy import, only where the model runs
+
+        pipe = load_pipeline(**dict(self.settings), progress=BuildReporter())
+        if self.strength is not None:
+            pipe.set_strength(self.strength)
+        pipe.prepare(**dict(self.prompt))
+        return PipelineProcessor(pipe, pipe.config.width, pipe.config.height)
+
+
+class LazyProcessor:
+    """Builds the processor on first use and remembers a build failure (which aborts a batch)."""
+
+    def __init__(self, factory: ProcessorFactory):
+        self.factory = factory
+        self.processor: FrameProcessor | None = None
+        self.build_error: BaseException | None = None
+
+    def get(self) -> FrameProcessor:
+        if self.processor is None:
+            try:
+                processor = self.factory()
+            except BaseException as exc:
+                self.build_error = exc
+                raise
+            if not callable(processor) or not callable(getattr(processor, "reset", None)):
+                self.build_error = TypeError(
+                    f"processor factory {self.factory!r} returned {type(processor).__name__}, "
+                    "which lacks __call__(rgb) and reset()"
+                )
+                raise self.build_error
+            self.processor = processor
+        return self.processor
+
+
+def check_output_frame(out: Any, processor: Any) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 3 or out.shape[2] != 3:
+        got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise TypeError(f"processor {type(processor).__name__} must return an HxWx3 uint8 RGB array, got {got}")
+    return out
