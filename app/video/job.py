@@ -182,44 +182,25 @@ def process_file(
     """
     state = FileState()
     t0 = time.perf_counter()
+
+    def failed(error: str) -> JobResult:
+        return JobResult(input_path, output_path, "failed", frames=state.frames if state.partial else 0,
+                         resumed_frames=state.resumed, seconds=time.perf_counter() - t0, error=error,
+                         partial=state.partial)
+
     try:
-        result = run_file(
-            input_path, output_path, holder, options, state, nested=nested, on_frame=on_frame, emit=emit,
-            should_stop=should_stop,
-        )
+        result = run_file(input_path, output_path, holder, options, state, nested=nested, on_frame=on_frame,
+                          emit=emit, should_stop=should_stop)
         return result, None
     except StopRequested:
-        result = JobResult(
-            input_path,
-            output_path,
-            "failed",
-            frames=state.frames if state.partial else 0,
-            resumed_frames=state.resumed,
-            seconds=time.perf_counter() - t0,
-            error=f"{input_path}: interrupted",
-            partial=state.partial,
-        )
-        return result, None
+        return failed(f"{input_path}: interrupted"), None
     except Exception as exc:
         if holder.build_error is not None:
             raise
-        if isinstance(exc, LivediffError):
-            message = str(exc)
-        else:
-            message = f"{input_path}: {type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, LivediffError) else f"{input_path}: {type(exc).__name__}: {exc}"
         if str(input_path) not in message:
             message = f"{input_path}: {message}"
-        result = JobResult(
-            input_path,
-            output_path,
-            "failed",
-            frames=state.frames if state.partial else 0,
-            resumed_frames=state.resumed,
-            seconds=time.perf_counter() - t0,
-            error=message,
-            partial=state.partial,
-        )
-        return result, exc
+        return failed(message), exc
 
 
 def emitter(quiet: bool) -> Callable[[str], None]:
