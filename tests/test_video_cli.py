@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from livediff.app.cli import main
-from tests.media import make_clip, probe
+from media import make_clip, probe
 
 TINY = ["--model", "tiny", "--width", "64", "--height", "64", "--prompt", "claymation", "--no-progress"]
 
@@ -46,3 +46,30 @@ def test_bad_bank_option_is_named(tmp_path, capsys):
     code = main(["video", str(clip), "-o", str(tmp_path / "o.mp4"), "--bank-interval", "0", *TINY])
     assert code == 2
     assert "cache_interval" in capsys.readouterr().err
+
+
+def test_rerun_asks_for_overwrite_and_ctrl_c_is_reported_once_with_resume(tmp_path, capsys, monkeypatch):
+    from livediff.app.video.processor import PipelineProcessor
+
+    clip = make_clip(tmp_path / "in.mp4", n_frames=10, size=(64, 64), fps=10, audio=False)
+    out = tmp_path / "out.mp4"
+    assert main(["video", str(clip), "-o", str(out), "--mode", "img2img", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["video", str(clip), "-o", str(out), "--mode", "img2img", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+
+    run = PipelineProcessor.__call__
+    calls = []
+
+    def interrupted(self, rgb):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return run(self, rgb)
+
+    monkeypatch.setattr(PipelineProcessor, "__call__", interrupted)
+    assert main(["video", str(clip), "-o", str(out), "--mode", "img2img", "--overwrite", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted") == 1 and "--resume" in err and "out.partial.mp4" in err
+    assert probe(out)["frames"] == 10  # the finished output of the first run is still whole

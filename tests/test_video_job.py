@@ -18,7 +18,7 @@ from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import FrameProcessor
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import BatchResult
-from livediff.app.video.segments import parts_dir_for
+from livediff.app.video.segments import partial_path_for, parts_dir_for
 from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError, ModelNotAvailableError
 from media import clip_frame, make_clip, probe, read_frames
@@ -231,7 +231,8 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         process_video(src, out, FailAfter(13, KeyboardInterrupt), JobOptions(segment_frames=5, progress=False))
-    partial = probe(out)  # playable right away
+    assert not out.exists()  # the output's name only ever holds a finished file
+    partial = probe(partial_path_for(out))  # playable right away
     assert partial["frames"] == 13
     assert partial["pts"] == probe(ref_out)["pts"][:13]
     assert partial["audio"] == "aac" and partial["audio_seconds"] == pytest.approx(13 / 15, abs=0.06)
@@ -249,7 +250,7 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
     # warm-up re-fed frames 5..12, so the stateful Delay continues exactly: output 13 = input 12
     # (codec noise against the synthetic frames is ~3, the one-frame shift ~13)
     assert mean_diff(got[13], clip_frame(12, w, h)) < 6 < mean_diff(got[13], clip_frame(13, w, h))
-    assert not parts_dir_for(out).exists()
+    assert not parts_dir_for(out).exists() and not partial_path_for(out).exists()
 
 
 def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
@@ -257,8 +258,9 @@ def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
     out = tmp_path / "out.mp4"
     results = process_many([src], out, FailAfter(7, RuntimeError), JobOptions(segment_frames=5, progress=False, quiet=True))
     (r,) = results
-    assert r.status == "failed" and r.partial and r.frames == 7 and "in.mp4" in r.error and "simulated" in r.error
-    assert probe(out)["frames"] == 7
+    assert r.status == "failed" and r.partial == partial_path_for(out) and r.frames == 7
+    assert "in.mp4" in r.error and "simulated" in r.error and "--resume" in r.describe()
+    assert probe(r.partial)["frames"] == 7 and not out.exists()
 
     # damage the last segment: resume must notice and redo its frames
     segments = sorted(parts_dir_for(out).glob("seg_*.mp4"))
@@ -271,8 +273,8 @@ def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
     # a finished output is skipped on resume, without building a processor
     (r,) = process_many([src], out, never_called, JobOptions(resume=True, progress=False, quiet=True))
     assert r.status == "skipped"
-    # without resume, leftover parts are discarded and the file is redone
-    (r,) = process_many([src], out, Invert, JobOptions(progress=False, quiet=True))
+    # with overwrite, leftover parts are discarded and the file is redone
+    (r,) = process_many([src], out, Invert, JobOptions(overwrite=True, progress=False, quiet=True))
     assert r.status == "done" and r.resumed_frames == 0
 
 

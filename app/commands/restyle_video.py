@@ -29,7 +29,11 @@ def register(subparsers) -> None:
                      help="x264 CRF as an integer (lower is better, default 20) or a bitrate like 4M")
     job.add_argument("--audio", choices=("auto", "copy", "aac", "none"), default="auto")
     job.add_argument("--resize", choices=("crop", "stretch"), default="crop")
-    job.add_argument("--resume", action="store_true", help="continue an interrupted run from its finished segments")
+    job.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from its finished segments (same settings required); "
+                          "finished outputs are kept")
+    job.add_argument("--overwrite", action="store_true",
+                     help="replace existing outputs, each only once its new version is finished")
     job.add_argument("--workers", type=int, default=1, help="process files in parallel on Ray (livediff[ray])")
     job.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of a local one")
     job.add_argument("--metrics", action="store_true",
@@ -74,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
                     delta=args.delta),
         strength=args.strength)
     options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
-                         resume=args.resume, progress=not args.no_progress)
-    results = process_many(args.inputs, args.output, factory, options, workers=args.workers,
-                           ray_address=args.ray_address)
+                         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        results = process_many(args.inputs, args.output, factory, options, workers=args.workers,
+                               ray_address=args.ray_address)
+    except KeyboardInterrupt:
+        return 130  # the job has said what it kept and how to continue
     if args.metrics:
         _write_metrics(results)
     return results.exit_code

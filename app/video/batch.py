@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Iterable
 
 from livediff.app.video.codecs import VIDEO_EXTENSIONS
-from livediff.app.video.job import check_output_file, emitter, process_file
+from livediff.app.video.job import check_output_file, check_outputs_may_be_written, emitter, process_file
 from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory
 from livediff.app.video.results import BatchResult
+from livediff.app.video.segments import partial_path_for
 from livediff.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,7 @@ def process_many(
         raise ConfigError(f"workers {workers} must be at least 1")
     pairs = plan_outputs(inputs, output)
     emit = emitter(options.quiet)
-    for _, dst in pairs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs_may_be_written([dst for _, dst in pairs], options)
     if workers > 1 or ray_address:
         from livediff.app.video.ray_runner import run_on_ray
 
@@ -128,7 +128,7 @@ def run_sequential(pairs, factory, options: JobOptions, emit) -> BatchResult:
         total=len(pairs), desc="files", unit="file", disable=not options.progress or len(pairs) < 2, position=0,
         file=sys.stderr,
     )
-    src = None
+    src = dst = None
     try:
         for src, dst in pairs:
             result, _ = process_file(src, dst, holder, options, nested=len(pairs) > 1, emit=emit)
@@ -137,10 +137,10 @@ def run_sequential(pairs, factory, options: JobOptions, emit) -> BatchResult:
                 emit(result.describe())
             overall.update(1)
     except KeyboardInterrupt:
-        emit(
-            f"interrupted in {src} (file {len(results) + 1} of {len(pairs)}); what was done is playable; "
-            "run again with resume to continue"
-        )
+        partial = partial_path_for(dst) if dst is not None else None
+        kept = f"the frames done are in {partial}; " if partial is not None and partial.is_file() else ""
+        emit(f"interrupted in {src} (file {len(results) + 1} of {len(pairs)}); {kept}run again with --resume to "
+             f"continue")
         raise
     finally:
         overall.close()

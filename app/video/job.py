@@ -5,8 +5,10 @@ geometry in :mod:`geometry`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import shutil
 import sys
 import time
@@ -22,8 +24,8 @@ from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import JobResult
-from livediff.app.video.segments import (SegmentWriter, assemble, input_identity, load_resumable, parts_dir_for,
-                                          save_manifest)
+from livediff.app.video.segments import (SegmentWriter, assemble, input_identity, load_resumable, partial_path_for,
+                                          parts_dir_for, save_manifest)
 from livediff.errors import ConfigError, InputError, LivediffError
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ class FileState:
     def __init__(self) -> None:
         self.frames = 0
         self.resumed = 0
-        self.partial = False
+        self.partial: Path | None = None
+        self.resumable = True
 
 
 def progress_bar(enabled: bool, total: int | None, initial: int, desc: str, nested: bool):
@@ -83,7 +86,8 @@ def run_file(
         geom = plan_geometry(reader.size, working_size(processor), options.resize)
         codec = resolve_codec(options.codec)
         encoder_settings(codec, options.quality, *geom.output_size, reader.fps)  # fail before any work
-        identity = {
+        describe = getattr(processor, "identity", None)
+        identity = json.loads(json.dumps({  # as the manifest will read back (tuples become lists)
             "input": input_identity(input_path),
             "encode": {
                 "codec": codec,
@@ -93,7 +97,8 @@ def run_file(
                 "region": list(geom.region),
                 "time_base": str(reader.time_base),
             },
-        }
+            "processor": describe() if callable(describe) else None,
+        }, default=str))
         segments = load_resumable(parts, identity, options.resume, emit)
         done = segments[-1].first + segments[-1].frames if segments else 0
         state.resumed = state.frames = done
@@ -105,8 +110,10 @@ def run_file(
         writer: SegmentWriter | None = None
         total = reader.estimated_frames
         bar = progress_bar(options.progress, total, min(done, total or done), input_path.name, nested)
+        decoded = 0
         try:
             for frame in reader.frames():
+                decoded = frame.index + 1
                 if should_stop is not None and should_stop():
                     raise StopRequested(f"{input_path}: stopped")
                 if frame.index < done:
@@ -130,8 +137,12 @@ def run_file(
                     if segment is not None:
                         segments.append(segment)
                         save_manifest(parts, identity, segments)
-        except BaseException:
-            # Make what is done playable: close the open segment, join everything into the output.
+            if reader.frame_count and decoded < reader.frame_count:
+                raise InputError(f"{input_path}: only {decoded} of its {reader.frame_count} frames could be decoded "
+                                 f"(the file is truncated or damaged)")
+        except BaseException as stopped:
+            # Make what is done playable: close the open segment, join everything into the partial output.
+            state.resumable = not isinstance(stopped, InputError)
             if writer is not None:
                 try:
                     segment = writer.commit()
@@ -142,11 +153,14 @@ def run_file(
                     writer.discard()
                     state.frames = sum(seg.frames for seg in segments)
             if segments:
+                partial = partial_path_for(output_path)
                 try:
-                    state.frames = assemble(parts, segments, output_path, input_path, options.audio, partial=True)
-                    state.partial = True
+                    state.frames = assemble(parts, segments, partial, input_path, options.audio, partial=True)
+                    state.partial = partial
                 except BaseException as exc:  # keep the original error; parts stay for resume
-                    log.warning("%s: partial output not written (%s)", output_path, exc)
+                    log.warning("%s: partial output not written (%s)", partial, exc)
+            if not state.resumable:  # a damaged input stays damaged: its parts are no use
+                shutil.rmtree(parts, ignore_errors=True)
             raise
         finally:
             bar.close()
@@ -159,6 +173,7 @@ def run_file(
             raise InputError(f"{input_path}: no video frames decoded")
         frames = assemble(parts, segments, output_path, input_path, options.audio, partial=False)
         shutil.rmtree(parts, ignore_errors=True)
+        partial_path_for(output_path).unlink(missing_ok=True)
     return JobResult(
         input_path, output_path, "done", frames=frames, resumed_frames=done, seconds=time.perf_counter() - t0
     )
@@ -186,7 +201,7 @@ def process_file(
     def failed(error: str) -> JobResult:
         return JobResult(input_path, output_path, "failed", frames=state.frames if state.partial else 0,
                          resumed_frames=state.resumed, seconds=time.perf_counter() - t0, error=error,
-                         partial=state.partial)
+                         partial=state.partial, resumable=state.resumable)
 
     try:
         result = run_file(input_path, output_path, holder, options, state, nested=nested, on_frame=on_frame,
@@ -232,7 +247,7 @@ def process_video(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     check_output_file(input_path, output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs_may_be_written([output_path], options)
     result, exc = process_file(input_path, output_path, LazyProcessor(processor_factory), options, on_frame=on_frame,
                                emit=emitter(options.quiet))
     if exc is not None:
@@ -253,3 +268,20 @@ def check_output_file(input_path: Path, output_path: Path) -> None:
         same = False
     if same or input_path.resolve() == output_path.resolve():
         raise ConfigError(f"output {output_path} is the input file; choose another name")
+
+
+def check_outputs_may_be_written(outputs: list[Path], options: JobOptions) -> None:
+    """Before any model loads: no finished output is replaced unasked, and every folder is writable."""
+    existing = [path for path in outputs if path.is_file()]
+    if existing and not (options.resume or options.overwrite):
+        named = ", ".join(map(str, existing[:3])) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise ConfigError(f"{named} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
+                          f"{'it' if len(existing) == 1 else 'them'} (each only once its new version is finished) "
+                          f"or --resume to keep finished outputs and continue interrupted ones")
+    for folder in dict.fromkeys(path.parent for path in outputs):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot write outputs to {folder}: {exc.strerror or exc}") from None

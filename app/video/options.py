@@ -21,8 +21,9 @@ RESIZE_MODES = ("crop", "stretch")
 class JobOptions:
     """codec: encoder name (None: libx264, or mpeg4 where PyAV lacks it); quality: CRF int for x264
     (default 20) or a bitrate string like "4M"; audio: auto | copy | aac | none; resize: crop |
-    stretch (see `geometry`); segment_frames / resume / resume_warmup: see `segments`; progress:
-    tqdm bars on stderr; quiet: no livediff lines on stderr."""
+    stretch (see `geometry`); segment_frames / resume / resume_warmup: see `segments`; overwrite:
+    replace existing outputs (each once its new version is finished; without it or resume an
+    existing output is an error); progress: tqdm bars on stderr; quiet: no livediff lines on stderr."""
 
     codec: str | None = None
     quality: Quality = None
@@ -30,6 +31,7 @@ class JobOptions:
     resize: ResizeMode = "crop"
     segment_frames: int = DEFAULT_SEGMENT_FRAMES
     resume: bool = False
+    overwrite: bool = False
     resume_warmup: int = DEFAULT_RESUME_WARMUP
     progress: bool = True
     quiet: bool = False
@@ -47,4 +49,6 @@ class JobOptions:
             raise ConfigError(f"audio mode {self.audio!r} is not one of {', '.join(AUDIO_MODES)}")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize mode {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume keeps finished outputs and overwrite replaces them: choose one")
         resolve_codec(self.codec)

@@ -21,7 +21,9 @@ class FrameProcessor(Protocol):
     ``__call__`` takes an HxWx3 uint8 RGB frame and returns one of the same kind (any size: it is
     resized to the output size). ``reset()`` forgets all temporal state; the job calls it before
     every file. Optional ``width``/``height`` attributes (ints) declare the size the processor
-    wants its input in; without them it receives frames at the input's size.
+    wants its input in; without them it receives frames at the input's size. An optional
+    ``identity()`` returns a JSON-able description of everything that changes its output: a resumed
+    run must match it, or two styles would be mixed in one file.
     """
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
@@ -37,14 +39,27 @@ ProcessorFactory = Callable[[], FrameProcessor]
 class PipelineProcessor:
     """Adapts a livediff video pipeline (``pipe(frame)``, ``pipe.reset()``) to :class:`FrameProcessor`."""
 
-    def __init__(self, pipe: Any, width: int, height: int):
-        self.pipe, self.width, self.height = pipe, width, height
+    def __init__(self, pipe: Any, prompt: Mapping[str, Any]):
+        self.pipe, self.prompt = pipe, dict(prompt)
+        self.width, self.height = pipe.config.width, pipe.config.height
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.pipe(rgb)
 
     def reset(self) -> None:
         self.pipe.reset()
+
+    def identity(self) -> dict[str, Any]:
+        """The pipeline as built (model, VAE, LoRAs, mode, steps, CFG, seed, size, bank, token merging,
+        accelerator and precision), its live settings, the prompt, and the weights' fingerprints."""
+        from dataclasses import asdict
+
+        from livediff.accelerators.engine_cache import weights_fingerprint
+
+        models = self.pipe.models
+        return {"pipeline": asdict(self.pipe.config), "live": asdict(self.pipe.settings), "prompt": self.prompt,
+                "weights": {"unet": weights_fingerprint(models.unet), "vae": weights_fingerprint(models.vae),
+                            "text_encoder": weights_fingerprint(models.text_encoder)}}
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,7 @@ class PipelineFactory:
         if self.strength is not None:
             pipe.set_strength(self.strength)
         pipe.prepare(**dict(self.prompt))
-        return PipelineProcessor(pipe, pipe.config.width, pipe.config.height)
+        return PipelineProcessor(pipe, self.prompt)
 
 
 class LazyProcessor:

@@ -29,6 +29,11 @@ def open_input(path: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        kind = container.streams.video[0].codec_context.name
+        container.close()
+        # refused rather than run as a one-frame video: a still image named .mp4 is almost always a mistake
+        raise InputError(f"{path}: is a single {kind} image, not a video; restyle images with `livediff img2img`")
     return container
 
 

@@ -22,8 +22,10 @@ class JobResult:
     seconds: float = 0.0
     #: one-line reason when status is "failed" (the message names the file)
     error: str | None = None
-    #: True when a partial output was written for a failed file (re-run with resume=True)
-    partial: bool = False
+    #: the playable partial output written for a failed file (NAME.partial.mp4), if any
+    partial: Path | None = None
+    #: whether running again with resume can finish it (not for a damaged input)
+    resumable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -31,7 +33,10 @@ class JobResult:
 
     def describe(self) -> str:
         if self.status == "failed":
-            extra = f"; partial output with {self.frames} frames kept, resume to finish" if self.partial else ""
+            extra = ""
+            if self.partial:
+                extra = f"; the {self.frames} frames done are in {self.partial}"
+                extra += "; run again with --resume to finish" if self.resumable else "; resuming cannot help"
             return f"FAILED {self.input_path}: {self.error}{extra}"
         if self.status == "skipped":
             return f"skipped {self.input_path} (output {self.output_path} already finished)"

@@ -5,14 +5,17 @@ complete, closed MP4 in a hidden folder next to the output (``.NAME.parts/``), l
 ``manifest.json`` written atomically after each segment closes. At the end the segments are
 joined by remuxing (no re-encode) into the output together with the input's audio, and the folder
 is removed. On ``KeyboardInterrupt`` or a crash mid-file the open segment is closed properly and
-the finished segments are joined into the output at once (audio trimmed to the video), so the
-output is always a playable file of every frame processed so far; the parts folder is kept. A hard
-kill (SIGKILL, power loss) loses at most the open segment.
+the finished segments are joined at once (audio trimmed to the video) into ``NAME.partial.mp4``
+next to the output, a playable file of every frame processed so far; the parts folder is kept. The
+output's own name only ever holds a finished file, replaced atomically (temporary name, then
+rename) when a new one is finished. A hard kill (SIGKILL, power loss) loses at most the open segment.
 
-With ``resume=True`` the manifest is checked against the input (path, size, mtime) and the encode
-settings, every listed segment is verified (opens, demuxes, has the recorded frame count; a bad one
-and all after it are dropped), the frames they cover are decoded and skipped, and processing
-continues. The output then has exactly the frame count of an uninterrupted run. Streaming
+With ``resume=True`` the manifest is checked against the input (path, size, mtime), the encode
+settings and the processor's identity (for the diffusion pipeline: everything that changes the
+pixels — model and weights fingerprint, prompt, seed, steps, bank...); a difference refuses to
+resume and names what differs. Every listed segment is verified (its SHA-256 recorded when it was
+closed, and its frame count; a bad one and all after it are redone), the frames they cover are
+decoded and skipped, and processing continues. The output then has exactly the frame count of an uninterrupted run. Streaming
 processors are stateful (stream batch, feature bank): after ``reset()`` the job re-feeds the last
 ``resume_warmup`` input frames before the resume point (outputs discarded), so a processor whose
 state depends on a short history continues as if never stopped; longer-range state (e.g. a large
@@ -23,6 +26,7 @@ Disk: the parts and the joined output exist side by side for a moment (≈2x the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,17 +41,22 @@ from livediff.app.video.codecs import AudioMode
 from livediff.app.video.concat import concat_parts
 from livediff.app.video.geometry import FrameGeometry
 from livediff.app.video.options import JobOptions
-from livediff.app.video.reader import VideoReader, count_video_packets
+from livediff.app.video.reader import VideoReader
 from livediff.app.video.writer import VideoWriter
-from livediff.errors import InputError
+from livediff.errors import ConfigError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 def parts_dir_for(output: Path) -> Path:
     """The hidden folder holding the segments of ``output`` while it is being made."""
     return output.parent / f".{output.name}.parts"
+
+
+def partial_path_for(output: Path) -> Path:
+    """Where an unfinished run leaves its playable partial output (never the output's own name)."""
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
 @dataclass
@@ -57,6 +66,15 @@ class Segment:
     frames: int
     start: str  # exact start time in seconds, Fraction as "num/den"
     end: str  # end time of its last frame
+    sha256: str  # of the closed file: resume redoes a segment whose bytes changed
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def input_identity(path: Path) -> dict[str, Any]:
@@ -70,41 +88,51 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def differences(before: Any, now: Any, path: str = "") -> list[str]:
+    """`key: old → new` for every leaf that differs between two JSON-like values."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [line for key in sorted(set(before) | set(now), key=str)
+                for line in differences(before.get(key), now.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if before == now else [f"{path}: {before!r} → {now!r}"]
+
+
 def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[str], None]) -> list[Segment]:
-    """Verified segments from an earlier run, or [] after clearing the folder for a fresh start."""
+    """Verified segments of an earlier run of the same work, or [] after clearing the folder for a
+    fresh start (no resume asked). Resuming different work is refused: it would mix two styles."""
     if not parts.exists():
         return []
     segments: list[Segment] = []
     if resume:
         try:
             manifest = json.loads((parts / MANIFEST_NAME).read_text())
-            ok = manifest.get("version") == MANIFEST_VERSION and manifest.get("identity") == identity
-            if not ok:
-                emit(
-                    f"{identity['input']['path']}: not resuming, the input or the settings "
-                    "changed since the parts were written"
-                )
-            else:
-                expected = 0
-                for entry in manifest.get("segments", []):
-                    seg = Segment(**entry)
-                    if seg.first != expected or seg.frames < 1:
-                        break
-                    try:
-                        if count_video_packets(parts / seg.file) != seg.frames:
-                            break
-                    except InputError:
-                        break
-                    segments.append(seg)
-                    expected += seg.frames
-        except (OSError, ValueError, TypeError, KeyError):
-            emit(f"{parts}: unreadable manifest, starting over")
-            segments = []
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{parts}: the record of the interrupted run is unreadable ({exc}); run again without "
+                              f"--resume to start over") from None
+        if manifest.get("version") != MANIFEST_VERSION:
+            raise ConfigError(f"{parts} was written by another livediff version; run again without --resume to "
+                              f"start over")
+        changed = differences(manifest.get("identity"), identity)
+        if changed:
+            raise ConfigError(f"cannot resume {identity['input']['path']}: the settings differ from the interrupted "
+                              f"run ({'; '.join(changed)}); use the same settings, or run without --resume to start "
+                              f"over")
+        expected = 0
+        for entry in manifest.get("segments", []):
+            try:
+                seg = Segment(**entry)
+            except TypeError:
+                break
+            file = parts / seg.file
+            if seg.first != expected or seg.frames < 1 or not file.is_file() or file_sha256(file) != seg.sha256:
+                emit(f"{file.name}: damaged or missing, its frames are made again")
+                break
+            segments.append(seg)
+            expected += seg.frames
     keep = {s.file for s in segments}
     if not segments:
         shutil.rmtree(parts, ignore_errors=True)
         return []
-    for child in parts.iterdir():  # stale half-written or unlisted segments
+    for child in parts.iterdir():  # stale half-written, damaged or unlisted segments
         if child.name not in keep and child.name != MANIFEST_NAME:
             child.unlink(missing_ok=True)
     return segments
@@ -175,10 +203,11 @@ class SegmentWriter:
         if self.frames == 0:
             self.tmp.unlink(missing_ok=True)
             return None
-        os.replace(self.tmp, self.parts / self.name)
+        final = self.parts / self.name
+        os.replace(self.tmp, final)
         start = Fraction(self.start_pts) * self.time_base
         end = Fraction(self.last_pts + self.step) * self.time_base
-        return Segment(self.name, self.first, self.frames, str(start), str(end))
+        return Segment(self.name, self.first, self.frames, str(start), str(end), file_sha256(final))
 
     def discard(self) -> None:
         try:

@@ -1,0 +1,147 @@
+"""Batch video job data safety: a finished output is never lost or silently mixed, damaged parts
+and inputs are noticed, and unusable outputs or inputs are refused before any work."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from livediff.app.video.batch import process_many
+from livediff.app.video.job import process_video
+from livediff.app.video.options import JobOptions
+from livediff.app.video.segments import partial_path_for, parts_dir_for
+from livediff.app.video.writer import VideoWriter
+from livediff.errors import ConfigError, InputError
+from media import clip_frame, make_clip, probe
+
+QUIET = dict(progress=False, quiet=True)
+
+
+class Tinted:
+    """A stateless processor whose output depends on a setting, and which says so (`identity`)."""
+
+    def __init__(self, tint: int, stop_after: int | None = None):
+        self.tint, self.stop_after, self.calls = tint, stop_after, 0
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return np.clip(rgb.astype(np.int16) + self.tint, 0, 255).astype(np.uint8)
+
+    def reset(self) -> None:
+        pass
+
+    def identity(self) -> dict:
+        return {"tint": self.tint}
+
+
+class TintedFactory:
+    def __init__(self, tint: int, stop_after: int | None = None):
+        self.tint, self.stop_after = tint, stop_after
+
+    def __call__(self) -> Tinted:
+        return Tinted(self.tint, self.stop_after)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_existing_output_is_not_replaced_unasked(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=12)
+    out = tmp_path / "out.mp4"
+    process_video(src, out, TintedFactory(10), JobOptions(**QUIET))
+    with pytest.raises(ConfigError, match=r"out.mp4 already exists; pass --overwrite .* or --resume"):
+        process_video(src, out, TintedFactory(20), JobOptions(**QUIET))
+    with pytest.raises(ConfigError, match="already exists"):
+        process_many([src], out, TintedFactory(20), JobOptions(**QUIET))
+
+
+def test_an_interrupted_overwrite_leaves_the_finished_output_untouched(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=30)
+    out = tmp_path / "out.mp4"
+    process_video(src, out, TintedFactory(10), JobOptions(**QUIET))
+    finished = digest(out)
+    with pytest.raises(KeyboardInterrupt):
+        process_video(src, out, TintedFactory(40, stop_after=17), JobOptions(overwrite=True, segment_frames=5,
+                                                                             **QUIET))
+    assert digest(out) == finished and probe(out)["frames"] == 30
+    assert probe(partial_path_for(out))["frames"] == 17
+    process_video(src, out, TintedFactory(40), JobOptions(overwrite=True, **QUIET))
+    assert digest(out) != finished and not partial_path_for(out).exists()
+
+
+def test_resume_refuses_other_settings_and_names_them(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=30)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
+    with pytest.raises(ConfigError, match=r"cannot resume .*in.mp4: the settings differ .*processor.tint: 10 → 20"):
+        process_video(src, out, TintedFactory(20), JobOptions(resume=True, segment_frames=5, **QUIET))
+    assert parts_dir_for(out).is_dir()  # the interrupted run is still there to be resumed properly
+    result = process_video(src, out, TintedFactory(10), JobOptions(resume=True, segment_frames=5, **QUIET))
+    assert result.resumed_frames == 12 and result.frames == 30
+
+
+def test_the_pipeline_identity_covers_prompt_seed_steps_and_weights():
+    from livediff.app.video.processor import PipelineFactory
+
+    base = dict(model="tiny", mode="video", width=64, height=64, device="cpu", dtype="float32")
+    first = PipelineFactory(settings={**base, "seed": 1}, prompt=dict(prompt="oil painting"))().identity()
+    other = PipelineFactory(settings={**base, "seed": 2, "t_index_list": (20, 40)},
+                            prompt=dict(prompt="watercolor"))().identity()
+    assert first["weights"] == other["weights"] and len(first["weights"]["unet"]) == 32
+    assert first["prompt"] != other["prompt"]
+    assert first["pipeline"]["seed"] != other["pipeline"]["seed"]
+    assert first["live"]["t_index_list"] != other["live"]["t_index_list"]
+    assert {"model", "vae", "loras", "mode", "cfg_type", "bank", "token_merge_ratio", "dtype",
+            "accelerator"} <= set(first["pipeline"])
+
+
+def test_a_damaged_segment_of_the_same_size_is_redone_on_resume(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=20)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
+    second = sorted(parts_dir_for(out).glob("seg_*.mp4"))[1]
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same packet count: only the checksum can tell
+    second.write_bytes(bytes(data))
+    result = process_video(src, out, TintedFactory(10), JobOptions(resume=True, segment_frames=5, **QUIET))
+    assert result.resumed_frames == 5 and result.frames == 20
+
+
+def test_a_truncated_input_with_an_intact_index_is_a_failure_with_the_counts(tmp_path):
+    src = tmp_path / "in.mp4"
+    with VideoWriter(src, width=64, height=48, fps=15, faststart=True) as writer:  # index at the front
+        for i in range(60):
+            writer.write(clip_frame(i, 64, 48))
+    src.write_bytes(src.read_bytes()[: int(src.stat().st_size * 0.6)])
+    out = tmp_path / "out.mp4"
+    (result,) = process_many([src], out, TintedFactory(0), JobOptions(segment_frames=10, **QUIET))
+    assert result.status == "failed" and "of its 60 frames could be decoded" in result.error
+    assert "resuming cannot help" in result.describe() and not out.exists()
+    assert not parts_dir_for(out).exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_sentence_before_any_work(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", n_frames=4)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot write outputs to .*file/sub"):
+        process_many([src], tmp_path / "file" / "sub" / "out.mp4", TintedFactory(0), JobOptions(**QUIET))
+
+
+def test_an_image_named_like_a_video_is_refused(tmp_path):
+    from PIL import Image
+
+    fake = tmp_path / "photo.mp4"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(fake, format="PNG")
+    with pytest.raises(InputError, match=r"photo.mp4: is a single png image, not a video; .*livediff img2img"):
+        process_video(fake, tmp_path / "out.mp4", TintedFactory(0), JobOptions(**QUIET))
+
+
+def test_resume_and_overwrite_together_are_refused():
+    with pytest.raises(ConfigError, match="choose one"):
+        JobOptions(resume=True, overwrite=True)
