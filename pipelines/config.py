@@ -2,10 +2,13 @@
 fails before any weights are loaded, with a message naming the value and the allowed range."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from livediff.pipelines.bank.config import BankConfig
+import torch
+
 from livediff.errors import ConfigError
+from livediff.pipelines import checks
+from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.choices import CFG_TYPES, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
@@ -34,8 +37,10 @@ class StreamConfig:
     frame_buffer_size: int = 1
     vae: str | None = None
     loras: tuple[str, ...] = ()
-    device: str = "cuda"
-    dtype: str = "float16"
+    # "auto": CUDA when available, else CPU; dtype "auto": float16 on CUDA, float32 on CPU. Both are
+    # resolved here, so cache keys and backends only ever see a real device and precision.
+    device: str = "auto"
+    dtype: str = "auto"
     seed: int = 2
     accelerator: str = "eager"
     similarity_filter: SimilarityFilterConfig | None = None
@@ -44,7 +49,19 @@ class StreamConfig:
     bank: BankConfig | dict | bool | None = None
     token_merge_ratio: float = 0.0
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> "StreamConfig":
+        """`StreamConfig(**settings)` with unknown keywords named instead of a TypeError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(known))}")
+        return cls(**settings)
+
     def __post_init__(self):
+        checks.text("model", self.model)
+        if self.vae is not None:
+            checks.text("vae", self.vae)
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         self.t_index_list = validate_t_index_list(self.t_index_list)
@@ -52,13 +69,14 @@ class StreamConfig:
             raise ConfigError(f"cfg_type {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
         _check_size("width", self.width)
         _check_size("height", self.height)
-        if not isinstance(self.frame_buffer_size, int) or not 1 <= self.frame_buffer_size <= MAX_FRAME_BUFFER:
-            raise ConfigError(f"frame_buffer_size {self.frame_buffer_size!r} is outside 1..{MAX_FRAME_BUFFER}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed {self.seed!r} must be an integer")
+        checks.whole("frame_buffer_size", self.frame_buffer_size, 1, MAX_FRAME_BUFFER)
+        checks.seed(self.seed)
+        if isinstance(self.loras, str) or not all(isinstance(lora, str) for lora in self.loras):
+            raise ConfigError(f"loras {self.loras!r} must be a list of hub ids or paths")
         self.loras = tuple(self.loras)
-        if isinstance(self.similarity_filter, dict):
-            self.similarity_filter = SimilarityFilterConfig(**self.similarity_filter)
+        self.similarity_filter = SimilarityFilterConfig.from_setting(self.similarity_filter)
+        self.device = resolve_device(self.device)
+        self.dtype = resolve_dtype_name(self.dtype, self.device)
         self._check_video_parts()
 
     def _check_video_parts(self) -> None:
@@ -95,9 +113,41 @@ class StreamSettings:
         object.__setattr__(self, "t_index_list", validate_t_index_list(self.t_index_list))
         if self.cfg_type not in CFG_TYPES:
             raise ConfigError(f"cfg_type {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed {self.seed!r} must be an integer")
+        checks.seed(self.seed)
+        if self.similarity_filter is not None and not isinstance(self.similarity_filter, SimilarityFilterConfig):
+            raise ConfigError(f"similarity_filter {self.similarity_filter!r} must be None or a SimilarityFilterConfig")
 
     @classmethod
     def from_config(cls, config: StreamConfig) -> "StreamSettings":
         return cls(config.t_index_list, config.cfg_type, config.seed, config.similarity_filter)
+
+
+def resolve_device(device) -> str:
+    """`auto` → cuda when available, else cpu; anything else must exist on this machine (`meta`, the
+    data-less stand-in for a GPU in dry runs, always does)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise ConfigError(f"device {device!r} must be a string such as 'auto', 'cuda', 'cuda:1' or 'cpu'")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a device; use 'auto', 'cuda', 'cuda:N', 'cpu' or 'mps'") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but this torch has no usable CUDA (no NVIDIA GPU or a "
+                              f"CPU-only build); use device 'cpu' or 'auto'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for, but Apple's MPS is not available here; use 'cpu' or 'auto'")
+    elif parsed.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ConfigError(f"device {device!r} is not supported; use 'auto', 'cuda', 'cpu' or 'mps'")
+    return device
+
+
+def resolve_dtype_name(dtype, device: str) -> str:
+    """`auto` → float16 on a GPU (and on meta, which stands in for one), float32 on the CPU."""
+    if dtype == "auto":
+        return "float32" if torch.device(device).type == "cpu" else "float16"
+    return dtype

@@ -3,6 +3,11 @@
 The pipeline works on (B, 3, H, W) tensors in [-1, 1]; it gives back the same kind of object it
 was given, so a caller never has to convert. Sizes must match the pipeline exactly: resizing is
 the caller's choice (the app resizes and crops; a library should not guess).
+
+Accepted: PIL images, HxWx3 uint8 RGB arrays, float tensors (3,H,W) or (B,3,H,W) with values in
+[0, 1]. A CPU tensor with non-finite values or values outside [0, 1] (e.g. 0..255) is an
+`InputError`; a tensor already on a GPU is not read back to check (that would stall the stream):
+its values are clamped to [0, 1], and a non-finite frame is contained by the stream itself.
 """
 from __future__ import annotations
 
@@ -46,7 +51,21 @@ def _torch_to_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Ten
         raise InputError(f"an image tensor must be float (3,H,W) or (B,3,H,W) in [0,1]; got shape "
                          f"{tuple(tensor.shape)} dtype {tensor.dtype}")
     _check_size(tensor.shape[2], tensor.shape[3], height, width, "the image tensor")
-    return tensor.float() * 2 - 1
+    if tensor.device.type == "cpu":
+        if not bool(torch.isfinite(tensor).all()):
+            raise InputError("the image tensor has NaN or infinite values; pass finite values in [0, 1]")
+        low, high = float(tensor.min()), float(tensor.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise InputError(f"the image tensor has values from {low:g} to {high:g}; float tensors must be in "
+                             f"[0, 1] (divide 0..255 pixel values by 255)")
+    return tensor.float().clamp(0, 1) * 2 - 1
+
+
+def _kind_name(item: Any) -> str:
+    for kind, name in ((Image.Image, "PIL images"), (np.ndarray, "arrays"), (torch.Tensor, "tensors")):
+        if isinstance(item, kind):
+            return name
+    return type(item).__name__
 
 
 def to_model_tensor(frames: Any, height: int, width: int, count: int) -> tuple[torch.Tensor, FrameKind]:
@@ -57,6 +76,10 @@ def to_model_tensor(frames: Any, height: int, width: int, count: int) -> tuple[t
     if len(items) != count:
         raise InputError(f"got {len(items)} frame(s) but frame_buffer_size is {count}; pass exactly {count}")
     first = items[0]
+    kinds = {_kind_name(item) for item in items}
+    if len(kinds) > 1:
+        raise InputError(f"the frames mix {', '.join(sorted(kinds))}; pass frames of one kind (PIL images, uint8 "
+                         f"arrays or float tensors)")
     if isinstance(first, Image.Image):
         kind: Kind = "pil"
         tensors = [_array_to_tensor(np.asarray(i.convert("RGB")), height, width) for i in items]

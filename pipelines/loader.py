@@ -31,7 +31,7 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
     from livediff.pipelines.runners import build_runners, build_target
     from livediff.pipelines.stream_pipeline import StreamPipeline
 
-    config = StreamConfig(**settings)
+    config = StreamConfig.from_settings(settings)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     runners = build_runners(config, models, options, progress)

@@ -12,11 +12,15 @@ import torch
 from diffusers import LCMScheduler
 
 from livediff.errors import ConfigError
+from livediff.pipelines.checks import number
 
 TABLE_STEPS = 50
 
 
 def validate_t_index_list(t_index_list) -> tuple[int, ...]:
+    if isinstance(t_index_list, (str, bytes)) or not hasattr(t_index_list, "__iter__"):
+        raise ConfigError(f"t_index_list {t_index_list!r} must be a list of increasing indices in "
+                          f"0..{TABLE_STEPS - 1}, e.g. [32, 45]")
     indices = tuple(t_index_list)
     if not indices:
         raise ConfigError("t_index_list is empty; give at least one index in 0..49")
@@ -35,8 +39,7 @@ def strength_to_t_index_list(strength: float, steps: int) -> tuple[int, ...]:
     remaining stages are spread evenly up to index 45 (t=99), where distilled models finish well;
     when the start is past that, up to 49.
     """
-    if not 0 < strength <= 1:
-        raise ConfigError(f"strength {strength!r} is outside (0, 1]")
+    number("strength", strength, 0, 1, low_open=True)
     first = min(TABLE_STEPS - 1, int(TABLE_STEPS * (1 - strength) + 1e-9))
     if steps == 1:
         return (first,)

@@ -20,10 +20,25 @@ class SimilarityFilterConfig:
     max_skip: int = 10
 
     def __post_init__(self):
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"similarity threshold {self.threshold!r} is outside (0, 1)")
-        if not isinstance(self.max_skip, int) or self.max_skip < 0:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"similarity threshold {self.threshold!r} must be a number in (0, 1)")
+        if not isinstance(self.max_skip, int) or isinstance(self.max_skip, bool) or self.max_skip < 0:
             raise ConfigError(f"similarity max_skip {self.max_skip!r} must be an integer >= 0")
+
+    @classmethod
+    def from_setting(cls, setting) -> "SimilarityFilterConfig | None":
+        """None (off), a config, or a dict of its fields, e.g. {"threshold": 0.98, "max_skip": 10}."""
+        if setting is None or isinstance(setting, cls):
+            return setting
+        if isinstance(setting, dict):
+            unknown = sorted(set(setting) - {"threshold", "max_skip"})
+            if unknown:
+                raise ConfigError(f"unknown similarity filter option(s) {', '.join(map(repr, unknown))}; allowed: "
+                                  f"threshold, max_skip")
+            return cls(**setting)
+        raise ConfigError(f"similarity_filter {setting!r} must be None or a dict such as "
+                          f"{{'threshold': 0.98, 'max_skip': 10}}")
 
 
 class SimilarityFilter:

@@ -24,6 +24,16 @@ from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """x with NaN and ±inf replaced by 0, on the device, without reading anything back.
+
+    A non-finite prediction (an fp16 overflow on a GPU, a NaN frame) would otherwise stay in the
+    in-flight latents and the residual stock forever; zeroed, the affected frames finish as flat
+    pictures and the stream is clean again once they have left it (n frames later).
+    """
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def stream_rows(steps: int, frames: int, cfg_type: str) -> RowRange:
     """How many rows the stream batch puts through the UNet in one call.
 
@@ -144,7 +154,7 @@ class StreamBatch:
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)
-        return denoised, guided, stock_used
+        return finite(denoised), finite(guided), stock_used
 
     def _carry(self, guided: torch.Tensor, stock_used: torch.Tensor | None, current: slice,
                following: slice) -> torch.Tensor | None:

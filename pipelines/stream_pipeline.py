@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch
 
 from livediff.errors import ConfigError
+from livediff.pipelines import checks
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
@@ -59,6 +60,8 @@ class StreamPipeline:
     def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
                 delta: float = 1.0) -> None:
         """Set the prompt and guidance; text embeddings are computed here, once, not per frame."""
+        checks.text("prompt", prompt)
+        checks.text("negative_prompt", negative_prompt)
         self._check_guidance(guidance_scale, delta)
         self.guidance = Guidance(cond=self._embed(prompt), uncond=self._embed(negative_prompt),
                                  cfg_type=self.settings.cfg_type, guidance_scale=guidance_scale, delta=delta)
@@ -67,6 +70,9 @@ class StreamPipeline:
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
         """Change the prompt live: no rebuild, buffers kept, the CFG row layout follows automatically."""
         guidance = self._require_guidance()
+        checks.text("prompt", prompt)
+        if negative_prompt is not None:
+            checks.text("negative_prompt", negative_prompt)
         guidance.cond = self._embed(prompt)
         self.prompt = prompt
         if negative_prompt is not None:
@@ -118,6 +124,9 @@ class StreamPipeline:
         new session starts from the config as built (not this stream's live settings) and has no
         prompt until `prepare`.
         """
+        unknown = sorted(set(overrides) - set(self.config.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))} for new_session")
         return type(self)(replace(self.config, **overrides), self.models, self.runners)
 
     def set_seed(self, seed: int) -> None:
@@ -127,10 +136,8 @@ class StreamPipeline:
 
     @staticmethod
     def _check_guidance(guidance_scale: float, delta: float) -> None:
-        if not 0.0 <= guidance_scale <= 20.0:
-            raise ConfigError(f"guidance_scale {guidance_scale!r} is outside 0..20")
-        if not 0.0 <= delta <= 2.0:
-            raise ConfigError(f"delta {delta!r} is outside 0..2")
+        checks.number("guidance_scale", guidance_scale, 0.0, 20.0)
+        checks.number("delta", delta, 0.0, 2.0)
 
     def _require_guidance(self) -> Guidance:
         if self.guidance is None:

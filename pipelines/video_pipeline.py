@@ -40,7 +40,7 @@ from livediff.pipelines.config import StreamConfig
 from livediff.networks import BankedUNetFunction
 from livediff.pipelines.models import ModelBundle
 from livediff.pipelines.runners import StreamRunners
-from livediff.pipelines.stream import Guidance
+from livediff.pipelines.stream import Guidance, finite
 from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
@@ -73,7 +73,7 @@ class BankedUNetCall:
         """The last call's new entries of the stream rows as (stages, frames, T, C)."""
         if self.rows is None or self.rows.stages != tuple(range(stages)):
             raise RuntimeError("the last UNet call of a frame must carry every stage")
-        return [t[self.rows.extra:].unflatten(0, (stages, frames)) for t in self.new]
+        return [finite(t[self.rows.extra:]).unflatten(0, (stages, frames)) for t in self.new]
 
 
 class VideoPipeline(StreamPipeline):

@@ -87,7 +87,8 @@ def test_onnxruntime_on_cuda_needs_the_cuda_provider():
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
     with pytest.raises(AcceleratorError, match="onnxruntime-gpu"):
-        check_accelerator("onnxruntime", build_target(config(device="cuda", dtype="float16")))
+        check_accelerator("onnxruntime", replace(build_target(config()), device=torch.device("cuda"),
+                                                 dtype=torch.float16))
 
 
 def test_onnxruntime_refuses_bfloat16():

@@ -9,12 +9,6 @@ from livediff.pipelines.choices import CFG_TYPES
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str = "32,45") -> None:
     group = parser.add_argument_group("model and pipeline")
     group.add_argument("--model", default=DEFAULT_MODEL,
@@ -36,9 +30,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--height", type=int, default=512)
     group.add_argument("--frame-buffer-size", type=int, default=1, help="frames per denoiser call")
     group.add_argument("--seed", type=int, default=2)
-    group.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    group.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
-                       help="default float16 on CUDA, float32 on CPU")
+    group.add_argument("--device", default="auto",
+                       help="auto (default: cuda when available, else cpu), cuda, cuda:N, cpu or mps")
+    group.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                       help="auto (default): float16 on CUDA, float32 on CPU")
     group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime or tensorrt")
     add_threads_option(group)
 
@@ -53,13 +48,14 @@ def parse_t_index_list(text: str) -> list[int]:
 
 
 def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
-    """The `load_pipeline` keywords these options describe."""
-    device = args.device or default_device()
+    """The `load_pipeline` keywords these options describe, with device and dtype resolved (and checked)."""
+    from livediff.pipelines.config import resolve_device, resolve_dtype_name
+
+    device = resolve_device(args.device)
     return dict(model=args.model, mode=mode, t_index_list=parse_t_index_list(args.t_index_list),
                 cfg_type=args.cfg_type, width=args.width, height=args.height,
                 frame_buffer_size=args.frame_buffer_size, vae=args.vae, loras=tuple(args.lora), device=device,
-                dtype=args.dtype or ("float16" if device.startswith("cuda") else "float32"), seed=args.seed,
-                accelerator=args.accelerator)
+                dtype=resolve_dtype_name(args.dtype, device), seed=args.seed, accelerator=args.accelerator)
 
 
 def build_pipeline(args: argparse.Namespace, mode: str, **extra):

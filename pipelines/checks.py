@@ -1,0 +1,37 @@
+"""Checks of user-given values, shared by configs and live setters: each names the value and the
+accepted form, so a wrong type is a `ConfigError` sentence rather than a TypeError deep inside."""
+from __future__ import annotations
+
+from typing import Any
+
+from livediff.errors import ConfigError
+
+MAX_SEED = 2 ** 63 - 1
+
+
+def number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    """A real number (not a bool or a string) in [low, high] (or (low, high] with `low_open`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} {value!r} must be a number in {'(' if low_open else '['}{low}, {high}]")
+    inside = (low < value if low_open else low <= value) and value <= high
+    if not inside:
+        raise ConfigError(f"{name} {value!r} is outside {'(' if low_open else '['}{low}, {high}]")
+    return float(value)
+
+
+def whole(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} {value!r} must be a whole number in {low}..{high}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} {value!r} is outside {low}..{high}")
+    return value
+
+
+def seed(value: Any) -> int:
+    return whole("seed", value, 0, MAX_SEED)
+
+
+def text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} {value!r} must be a string (one prompt per stream)")
+    return value
