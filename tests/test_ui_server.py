@@ -155,7 +155,8 @@ def test_image_endpoint_img2img_and_txt2img(client, tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(clip_frame(3, 200, 150)).save(source)
     out, info = client.predict("img2img", handle_file(str(source)), prompt="oil painting", api_name="/image")
-    assert Image.open(out).size == (SIZE, SIZE) and info.startswith("img2img at 128x128")
+    # restyled at the picture's own aspect and returned at its own size: nothing cut off
+    assert Image.open(out).size == (200, 150) and info.startswith("img2img at 128x96")
 
     first, _ = client.predict("txt2img", None, prompt="a cat", seed=11, api_name="/image")
     again, _ = client.predict("txt2img", None, prompt="a cat", seed=11, api_name="/image")
@@ -179,6 +180,7 @@ def test_video_endpoint_keeps_frames_fps_and_audio_and_reports_metrics(client, t
     video, files, table, summary = client.predict(handle_file(str(clip)), prompt="claymation", api_name="/video")
     src, out = probe(clip), probe(video)
     assert out["frames"] == src["frames"] == 12
+    assert out["size"] == src["size"] == (64, 48)  # a non-square upload is not centre-cropped
     assert out["fps"] == src["fps"] and out["audio"] is not None
     assert "warp error (edited)" in table and summary.startswith("12 frames")
     metrics = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())

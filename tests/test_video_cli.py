@@ -73,3 +73,13 @@ def test_rerun_asks_for_overwrite_and_ctrl_c_is_reported_once_with_resume(tmp_pa
     err = capsys.readouterr().err
     assert err.count("interrupted") == 1 and "--resume" in err and "out.partial.mp4" in err
     assert probe(out)["frames"] == 10  # the finished output of the first run is still whole
+
+
+def test_an_explicit_size_of_another_aspect_says_what_it_crops_and_metrics_compare_that_region(tmp_path, capsys):
+    clip = make_clip(tmp_path / "in.mp4", n_frames=8, size=(96, 64), fps=8, audio=False)
+    out = tmp_path / "out.mp4"
+    assert main(["video", str(clip), "-o", str(out), "--metrics", "--mode", "img2img", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "restyling the centred 64x64 region at (16, 0)" in err and "the output is 64x64" in err
+    metrics = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert metrics["source_size"] == [64, 64] and metrics["edited_size"] == [64, 64]

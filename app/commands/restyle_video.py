@@ -95,8 +95,8 @@ def _write_metrics(results) -> None:
     for result in results:
         if not result.ok or result.status == "skipped":
             continue
-        metrics = evaluate_videos(result.input_path, result.output_path,
-                                  elapsed_seconds=result.seconds or None)
+        metrics = evaluate_videos(result.input_path, result.output_path, elapsed_seconds=result.seconds or None,
+                                  region=result.region)
         path = Path(result.output_path).with_suffix(".metrics.json")
         path.write_text(json.dumps(metrics.to_dict(), indent=2))
         print(metrics.format_table())

@@ -297,10 +297,12 @@ def count_video_frames(path: str | Path) -> int:
 
 
 def evaluate_videos(source_path: str | Path, edited_path: str | Path, flow: str = "dis",
-                    max_frames: int | None = None, *,
-                    elapsed_seconds: float | None = None) -> TemporalMetrics:
+                    max_frames: int | None = None, *, elapsed_seconds: float | None = None,
+                    region: tuple[int, int, int, int] | None = None) -> TemporalMetrics:
     """``evaluate_frames`` on two video files, decoded with PyAV and streamed in constant memory.
 
+    ``region`` (x, y, w, h): the part of the source the edit shows (a job that processed a centred
+    crop); the source is cut to it, so like is compared with like, never a stretched crop.
     With ``max_frames`` decoding stops there and the frame counts come from counting packets;
     without it both files are decoded to the end. Raises ``InputError``
     naming the file that is missing, unreadable, corrupt or shorter than two frames.
@@ -308,6 +310,9 @@ def evaluate_videos(source_path: str | Path, edited_path: str | Path, flow: str 
     _check_max_frames(max_frames)
     acc = _Accumulator(flow)
     source_iter = iter_video_frames(source_path)
+    if region is not None:
+        x, y, w, h = region
+        source_iter = (f[y:y + h, x:x + w] for f in source_iter)
     edited_iter = iter_video_frames(edited_path)
     try:
         n_src, n_edit = _consume(acc, source_iter, edited_iter, max_frames)

@@ -1,10 +1,17 @@
-"""The Image tab: one picture through img2img, or one from text through txt2img."""
+"""The Image tab: one picture through img2img, or one from text through txt2img.
+
+An uploaded picture is restyled at its own aspect (longest side the server's size, sides multiples
+of 8) and comes back at its own size: nothing is cut off.
+"""
 from __future__ import annotations
+
+import cv2
 
 from livediff.app.live_metrics import now
 from livediff.app.ui.frames import fit_frame
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
+from livediff.app.video.geometry import suggest_working_size
 from livediff.errors import ConfigError, InputError
 
 IMAGE_MODES = ("img2img", "txt2img")
@@ -16,17 +23,23 @@ def restyle_image(registry: SessionRegistry, session_id: str, mode: str, image, 
     if mode not in IMAGE_MODES:
         raise ConfigError(f"image mode {mode!r} is not one of {', '.join(IMAGE_MODES)}")
     engine = registry.engine
+    size = None
     if mode == "img2img":
         if image is None:
             raise InputError("img2img needs an input image: upload one (or switch to txt2img)")
-        image = fit_frame(image, engine.width, engine.height)
+        original = image.shape[1], image.shape[0]
+        size = suggest_working_size(*original, longest=max(engine.width, engine.height))
+        image = fit_frame(image, *size)
     session = registry.get(session_id)
     with engine.lock:
-        pipe, refused = session.pipeline(mode, settings)
+        pipe, refused = session.pipeline(mode, settings, size)
         if refused:
             raise ConfigError(refused)
         pipe.reset()
         started = now()
         picture = pipe(image) if mode == "img2img" else pipe()
         seconds = now() - started
-    return picture, f"{mode} at {engine.width}x{engine.height} in {seconds * 1000:.0f} ms"
+    width, height = size or (engine.width, engine.height)
+    if mode == "img2img" and (width, height) != original:
+        picture = cv2.resize(picture, original, interpolation=cv2.INTER_LINEAR)
+    return picture, f"{mode} at {width}x{height} in {seconds * 1000:.0f} ms"

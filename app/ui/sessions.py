@@ -44,15 +44,19 @@ class Session:
         self._work_root = work_root
         self._work_dir: Path | None = None
 
-    def pipeline(self, purpose: str, wanted: LiveSettings) -> tuple[object, str | None]:
+    def pipeline(self, purpose: str, wanted: LiveSettings,
+                 size: tuple[int, int] | None = None) -> tuple[object, str | None]:
         """The session's pipeline for `purpose`, brought to `wanted`; plus why a change was refused, if one was.
 
-        Bank and token-merging changes build a new pipeline (new stream) over the same networks;
+        Bank and token-merging changes, and another working `size` (width, height: uploads are
+        restyled at their own aspect), build a new pipeline (new stream) over the same networks;
         everything else goes through the pipeline's live setters.
         """
         if purpose == "txt2img":
             wanted = replace(wanted, strength=1.0)  # text-to-image always starts from pure noise
         overrides = pipeline_overrides(self.engine.template(purpose).config, wanted)
+        if size is not None:
+            overrides.update(width=size[0], height=size[1])
         current = self._pipes.get(purpose)
         refused = None
         if current is None or current.overrides != overrides:

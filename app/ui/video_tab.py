@@ -1,6 +1,8 @@
 """The Video tab: a whole uploaded file through the batch video job, then its temporal metrics.
 
-The job (`app.video.job.process_video`) keeps the input's fps, timestamps and audio. Its frames
+The job (`app.video.job.process_video`) keeps the input's fps, timestamps, audio and size: the
+session's video pipeline runs at the upload's own aspect (longest side the server's size), so
+nothing is cropped and the metrics compare the whole picture with the whole picture. Its frames
 go through the session's own stream pipeline, taking the engine lock once per *frame*, so live
 webcam tabs keep getting frames while a file is being processed. Settings are read when the job
 starts; changing a control during the job affects the next job, so one output never mixes styles.
@@ -16,8 +18,10 @@ import numpy as np
 
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
+from livediff.app.video.geometry import suggest_working_size
 from livediff.app.video.job import process_video
 from livediff.app.video.options import JobOptions
+from livediff.app.video.reader import VideoReader
 from livediff.errors import ConfigError, InputError
 from livediff.app.eval.metrics import TemporalMetrics, evaluate_videos
 
@@ -59,12 +63,14 @@ def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path
     source = Path(source)
     session = registry.get(session_id)
     engine = registry.engine
+    with VideoReader(source) as reader:  # an unreadable upload is named before any model work
+        size = suggest_working_size(reader.width, reader.height, longest=max(engine.width, engine.height))
     with engine.lock:
-        pipe, refused = session.pipeline("video", settings)
+        pipe, refused = session.pipeline("video", settings, size)
     if refused:
         raise ConfigError(refused)
     output = session.work_dir / f"{source.stem}-livediff.mp4"
-    processor = _LockedProcessor(pipe, engine.lock, engine.width, engine.height)
+    processor = _LockedProcessor(pipe, engine.lock, *size)
 
     def on_frame(done: int, total: int | None) -> None:
         registry.touch(session_id)

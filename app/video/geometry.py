@@ -33,12 +33,14 @@ def working_size(processor: Any) -> tuple[int, int] | None:
     return None
 
 
-def suggest_working_size(width: int, height: int, longest: int = 512, multiple: int = 8) -> tuple[int, int]:
+def suggest_working_size(width: int, height: int, longest: int = 512, multiple: int = 8,
+                         shortest: int = 64) -> tuple[int, int]:
     """A model size with the input's aspect ratio: longest side ``longest``, both sides multiples of
-    ``multiple`` (e.g. 1920x1080 → 512x288). Using it keeps ``resize="crop"`` output at input size."""
+    ``multiple`` and at least ``shortest`` (e.g. 1920x1080 → 512x288). Using it keeps
+    ``resize="crop"`` output at input size (a very elongated input is cropped to ``shortest``)."""
     scale = longest / max(width, height)
-    w = max(multiple, round(width * scale / multiple) * multiple)
-    h = max(multiple, round(height * scale / multiple) * multiple)
+    w = max(shortest, round(width * scale / multiple) * multiple)
+    h = max(shortest, round(height * scale / multiple) * multiple)
     return w, h
 
 

@@ -84,6 +84,13 @@ def run_file(
     with VideoReader(input_path) as reader:
         processor = holder.get()
         geom = plan_geometry(reader.size, working_size(processor), options.resize)
+        cropped = geom.output_size != (reader.width - reader.width % 2, reader.height - reader.height % 2)
+        if cropped:
+            x, y, w, h = geom.region
+            emit(f"{input_path.name}: {reader.width}x{reader.height} does not have the model's aspect "
+                 f"({geom.work_size[0]}x{geom.work_size[1]}): restyling the centred {w}x{h} region at ({x}, {y}); "
+                 f"the output is {geom.output_size[0]}x{geom.output_size[1]} (--resize stretch keeps the whole "
+                 f"picture, distorted)")
         codec = resolve_codec(options.codec)
         encoder_settings(codec, options.quality, *geom.output_size, reader.fps)  # fail before any work
         describe = getattr(processor, "identity", None)
@@ -174,9 +181,8 @@ def run_file(
         frames = assemble(parts, segments, output_path, input_path, options.audio, partial=False)
         shutil.rmtree(parts, ignore_errors=True)
         partial_path_for(output_path).unlink(missing_ok=True)
-    return JobResult(
-        input_path, output_path, "done", frames=frames, resumed_frames=done, seconds=time.perf_counter() - t0
-    )
+    return JobResult(input_path, output_path, "done", frames=frames, resumed_frames=done,
+                     seconds=time.perf_counter() - t0, region=geom.region if cropped else None)
 
 
 def process_file(

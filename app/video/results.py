@@ -26,6 +26,8 @@ class JobResult:
     partial: Path | None = None
     #: whether running again with resume can finish it (not for a damaged input)
     resumable: bool = True
+    #: (x, y, w, h) of the input the output shows when the model's aspect made the job crop
+    region: tuple[int, int, int, int] | None = None
 
     @property
     def ok(self) -> bool:
