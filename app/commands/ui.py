@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     parser.add_argument("--stream-every", type=float, default=None, metavar="SECONDS",
                         help="interval at which the page sends camera frames (default 0.04); frames sent while "
                              "the model is busy replace each other")
+    parser.add_argument("--max-upload-mb", type=float, default=200.0, metavar="MB",
+                        help="largest video or image a browser may upload (default %(default)g)")
+    parser.add_argument("--cache-age", type=int, default=600, metavar="SECONDS",
+                        help="delete the server's cached pictures, uploads and outputs older than this "
+                             "(default %(default)s); all of them when it stops")
     parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="forget a session's stream state after this long without a request (default %(default)s)")
     add_pipeline_options(parser)
@@ -48,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stream-every {args.stream_every} is outside 0.005..5 seconds")
     if args.idle_timeout <= 0:
         raise ConfigError(f"--idle-timeout {args.idle_timeout} must be > 0")
+    if not 0 < args.max_upload_mb <= 100_000:
+        raise ConfigError(f"--max-upload-mb {args.max_upload_mb} is outside (0, 100000]")
+    if args.cache_age < 4:
+        raise ConfigError(f"--cache-age {args.cache_age} must be at least 4 seconds")
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
     check_port_free(args.host, args.port)
@@ -70,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the clean-up below also runs for `kill` and Docker stops
     try:
         demo = launch(registry, host=args.host, port=args.port, defaults=defaults,
-                      stream_every=args.stream_every or DEFAULT_STREAM_EVERY)
+                      stream_every=args.stream_every or DEFAULT_STREAM_EVERY, cache_age_s=args.cache_age,
+                      max_upload_mb=args.max_upload_mb)
         print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
         try:
             demo.block_thread()

@@ -32,6 +32,10 @@ from livediff.pipelines.choices import CFG_TYPES  # noqa: E402
 #: Seconds between camera frames the page sends. Frames sent while the model is busy replace each
 #: other (newest wins), so this bounds the age of the frame picked up, not the work done.
 DEFAULT_STREAM_EVERY = 0.04
+#: Age after which Gradio's cached files (live frames, uploads, outputs) are deleted.
+DEFAULT_CACHE_AGE_S = 600
+#: Largest accepted upload.
+DEFAULT_MAX_UPLOAD_MB = 200
 IMAGE_HEIGHT = 420
 #: Model outputs are small (often 512² or less): scale them up to the panel instead of a stamp in its middle.
 CSS = "#live-output img, #image-output img { width: 100%; height: 100%; object-fit: contain; }"
@@ -104,9 +108,15 @@ def _stats(live: LiveFrame) -> str:
 
 
 def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
-               stream_every: float = DEFAULT_STREAM_EVERY, restart_after_s: float = 2.0) -> gr.Blocks:
+               stream_every: float = DEFAULT_STREAM_EVERY, restart_after_s: float = 2.0,
+               cache_age_s: int = DEFAULT_CACHE_AGE_S, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
     """The app; `defaults` are the controls' initial values (default: what the server's pipeline has);
-    a camera pause longer than `restart_after_s` restarts the session's stream (see `webcam.py`)."""
+    a camera pause longer than `restart_after_s` restarts the session's stream (see `webcam_tab.py`).
+
+    Gradio writes every picture it sends (each live frame too) and every upload to its cache folder;
+    files older than `cache_age_s` are deleted every `cache_age_s / 4` seconds and all of them when
+    the server stops, so a busy server's disk use is bounded. Uploads above `max_upload_mb` are
+    refused (the limit is shown on the Video tab)."""
     engine = registry.engine
     webcam = WebcamStream(registry, restart_after_s)
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
@@ -155,7 +165,8 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     def on_unload(request: gr.Request):
         registry.close(request.session_hash)
 
-    with gr.Blocks(title="livediff") as demo:
+    with gr.Blocks(title="livediff", delete_cache=(max(1, cache_age_s // 4), cache_age_s)) as demo:
+        demo.max_upload_mb = max_upload_mb
         gr.Markdown(f"## livediff — live diffusion\n`{engine.description}`")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
@@ -185,7 +196,8 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                         image_info = gr.Markdown()
                     with gr.Tab("Video", id="video"):
                         with gr.Row():
-                            video_in = gr.Video(label="Input video", sources=["upload"], elem_id="video-input")
+                            video_in = gr.Video(label=f"Input video (up to {max_upload_mb:g} MB)", sources=["upload"],
+                                                elem_id="video-input")
                             video_out = gr.Video(label="Restyled video", interactive=False, elem_id="video-output")
                         video_run = gr.Button("Restyle video", variant="primary")
                         video_info = gr.Markdown()
@@ -203,7 +215,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         image_run.click(on_image, [image_mode, image_in, *controls], [image_out, image_info], api_name="image",
                         concurrency_limit=None)
         video_run.click(on_video, [video_in, *controls], [video_out, video_files, video_metrics, video_info],
-                        api_name="video", concurrency_limit=1)
+                        api_name="video", concurrency_limit=1, show_progress_on=[video_out])  # one bar, not four
         demo.unload(on_unload)
     return demo
 
@@ -216,5 +228,6 @@ def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
     `build_demo`."""
     demo = build_demo(registry, **options)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                allowed_paths=[str(registry.work_root)], quiet=True, show_error=True, css=CSS)
+                allowed_paths=[str(registry.work_root)], quiet=True, show_error=True, css=CSS,
+                max_file_size=int(demo.max_upload_mb * 1_000_000))
     return demo
