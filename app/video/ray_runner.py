@@ -1,6 +1,7 @@
 """Running a batch on Ray: one processor per worker actor, a task per file, cooperative stop."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -69,6 +70,9 @@ def run_on_ray(pairs, factory, options: JobOptions, workers: int, address: str |
             # Local workers get the driver's import path, so factories defined in scripts or tests
             # (pickled by reference) import there too. A remote cluster needs livediff installed.
             path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+            # Ray announces that the local cluster it starts uses token authentication: that is the
+            # secure default for a cluster livediff starts and stops itself, nothing to act on.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(
                 num_cpus=workers,
                 include_dashboard=False,

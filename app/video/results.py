@@ -39,7 +39,9 @@ class JobResult:
             if self.partial:
                 extra = f"; the {self.frames} frames done are in {self.partial}"
                 extra += "; run again with --resume to finish" if self.resumable else "; resuming cannot help"
-            return f"FAILED {self.input_path}: {self.error}{extra}"
+            error = self.error or ""
+            named = error if error.startswith(str(self.input_path)) else f"{self.input_path}: {error}"
+            return f"FAILED {named}{extra}"
         if self.status == "skipped":
             return f"skipped {self.input_path} (output {self.output_path} already finished)"
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
