@@ -118,8 +118,8 @@ def worker(args, name: str) -> dict:
                 cpu_s=float(np.mean(cpu_seconds[args.warmup:])),
                 peak_mb=peak_mb, extra_mb=peak_mb - base_mb, bank_mb=(pipe.bank.nbytes / 2**20 if pipe.bank else 0.0),
                 warp_error=metrics.warp_error, source_warp_error=metrics.source_warp_error,
-                frame_diff_ratio=metrics.frame_diff_ratio, scene_cuts=pipe.scene_cuts,
-                dropped_moving=(pipe.bank.dropped_moving if pipe.bank else 0))
+                frame_diff_ratio=metrics.frame_diff_ratio, scene_cuts=int(pipe.scene_cuts),
+                dropped_moving=(int(pipe.bank.dropped_moving) if pipe.bank else 0))
 
 
 def run_isolated(argv: list[str], name: str) -> dict:

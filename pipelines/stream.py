@@ -87,6 +87,7 @@ class StreamBatch:
                                  dtype=torch.float32).to(device=device, dtype=dtype)
         self.buffer: torch.Tensor | None = None
         self.stock: torch.Tensor | None = None
+        self.call_stages: tuple[int, int] = (0, schedule.steps)
 
     @property
     def warmed(self) -> bool:
@@ -150,6 +151,7 @@ class StreamBatch:
         embeds = rcfg.embedding_rows(guidance.cond, guidance.uncond, x_t.shape[0], cfg_type,
                                      guidance.guidance_scale, f)
         t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
+        self.call_stages = (first, last)  # parts that need each row's stage read it here, as Python ints
         pred = unet(latents, t, embeds)
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)

@@ -49,7 +49,7 @@ class StreamPipeline:
         seed = self.settings.seed
         self.schedule = StageSchedule.build(self.models.scheduler, self.settings.t_index_list,
                                             self.config.frame_buffer_size, self.device, self.dtype)
-        self._txt2img_noise = torch.Generator("cpu").manual_seed(seed + 1)
+        self._txt2img_noise = torch.Generator(self.device).manual_seed(seed + 1)
         self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(seed),
                                   self.device, self.dtype)
         self._last_output = None
@@ -171,7 +171,8 @@ class StreamPipeline:
         return self.stream.step(latents, self.runners.unet, guidance, noised=noised)
 
     def _txt2img(self, guidance: Guidance):
-        noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise)
-        finished = self.denoise(noise.to(self.device, self.dtype), guidance, noised=True)
+        noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,
+                            device=self.device)  # drawn where it is used: no per-frame host copy
+        finished = self.denoise(noise.to(self.dtype), guidance, noised=True)
         kind = FrameKind("pil", batched=self.config.frame_buffer_size > 1)
         return from_model_tensor(self.runners.decode(finished), kind)

@@ -17,8 +17,6 @@ installed on a weight-sharing copy of the UNet, so the original is never patched
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from livediff.pipelines.bank.merge import MergePlan, bipartite_plan
@@ -33,18 +31,24 @@ def check_ratio(ratio) -> float:
     return float(ratio)
 
 
-@lru_cache(maxsize=64)
-def _grid_partition(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    is_dst = ((ys % 2 == 0) & (xs % 2 == 0)).flatten()
-    positions = torch.arange(h * w)
-    return positions[~is_dst], positions[is_dst]
+def destination_count(h: int, w: int) -> int:
+    """Destinations: one per 2×2 cell, at its (even, even) corner."""
+    return ((h + 1) // 2) * ((w + 1) // 2)
+
+
+def grid_partition(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source positions, destination positions) of an h×w grid, made on `device` from index
+    arithmetic: no boolean mask (its size would depend on data for a tracer) and no host copy."""
+    positions = torch.arange(h * w, device=device)
+    is_dst = ((positions // w) % 2 == 0) & ((positions % w) % 2 == 0)
+    order = torch.argsort(is_dst.long() * (h * w) + positions)  # sources first, each side in position order
+    sources = h * w - destination_count(h, w)
+    return order[:sources], order[sources:]
 
 
 def merged_count(h: int, w: int, ratio: float) -> int:
     """r for a grid: ratio·N, at most the number of source (non-destination) tokens."""
-    sources = _grid_partition(h, w)[0].numel()
-    return min(int(h * w * ratio), sources)
+    return min(int(h * w * ratio), h * w - destination_count(h, w))
 
 
 def merge_level(layers) -> int:
@@ -69,5 +73,5 @@ def attention_plan(x: torch.Tensor, grid: tuple[int, int], ratio: float) -> Merg
     r = merged_count(h, w, ratio)
     if r == 0:
         return None
-    src, dst = (p.to(x.device).expand(x.shape[0], -1) for p in _grid_partition(h, w))
+    src, dst = (p.expand(x.shape[0], -1) for p in grid_partition(h, w, x.device))
     return bipartite_plan(x, src, dst, r)

@@ -35,7 +35,7 @@ from livediff.pipelines.bank.feature_bank import FeatureBank
 from livediff.pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
 from livediff.pipelines.bank.scene_cut import SceneCutDetector
 from livediff.pipelines.bank.sparse import latent_motion
-from livediff.pipelines.bank.unet import BankedUNet, RowLayout, row_layout
+from livediff.pipelines.bank.unet import BankedUNet, RowLayout, call_rows
 from livediff.pipelines.config import StreamConfig
 from livediff.networks import BankedUNetFunction
 from livediff.pipelines.models import ModelBundle
@@ -57,9 +57,9 @@ class BankedUNetCall:
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         pipe = self.pipe
-        rows = row_layout(timestep, pipe.schedule.timesteps, pipe.schedule.frames)
-        bank = pipe.bank.rows(rows.stage) if pipe.bank is not None else []
-        row_text = (torch.arange(sample.shape[0], device=sample.device) >= rows.extra).long()
+        rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
+        bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
+        row_text = pipe.row_text(rows.extra, sample.shape[0])
         texts = (self.guidance.uncond, self.guidance.cond)
         # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
         cache = (pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
@@ -71,7 +71,7 @@ class BankedUNetCall:
 
     def stream_entries(self, stages: int, frames: int) -> list[torch.Tensor]:
         """The last call's new entries of the stream rows as (stages, frames, T, C)."""
-        if self.rows is None or self.rows.stages != tuple(range(stages)):
+        if self.rows is None or self.rows.present != tuple(range(stages)):
             raise RuntimeError("the last UNet call of a frame must carry every stage")
         return [finite(t[self.rows.extra:]).unflatten(0, (stages, frames)) for t in self.new]
 
@@ -98,7 +98,7 @@ class VideoPipeline(StreamPipeline):
         self.cross_cache = CrossAttentionCache()
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
         self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None
-        self.scene_cuts = 0
+        self._indices: dict[tuple, torch.Tensor] = {}
         super().__init__(config, models, runners)
 
     def _layout(self, layers: list[AttentionLayer], latent_hw: tuple[int, int], ratio: float) -> BankLayout:
@@ -121,6 +121,8 @@ class VideoPipeline(StreamPipeline):
         self._motion: deque[torch.Tensor] = deque(maxlen=self.schedule.steps)
         self._previous_latents: torch.Tensor | None = None
         self._frames_since_bank_reset = 0
+        #: scene cuts seen since the stream started, a device tensor (reading it waits for the device)
+        self.scene_cuts = torch.zeros((), dtype=torch.long, device=self.device)
         if self.scene_cut is not None:
             self.scene_cut.reset()
 
@@ -141,10 +143,21 @@ class VideoPipeline(StreamPipeline):
         self.cross_cache.clear()
         self._forget_bank()
 
+    def row_text(self, extra: int, rows: int) -> torch.Tensor:
+        """(rows,) 0 for the unconditional rows, 1 for the rest; made once per layout, on the device."""
+        key = ("text", extra, rows)
+        if key not in self._indices:
+            self._indices[key] = (torch.arange(rows, device=self.device) >= extra).long()
+        return self._indices[key]
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        if self.scene_cut is not None and self.scene_cut(images):
-            self.scene_cuts += 1
-            self._forget_bank()
+        """A scene cut empties the bank on the device, before the new scene is denoised: no host
+        branch, so the frame never waits for the GPU to say whether there was a cut."""
+        if self.scene_cut is not None:
+            cut = self.scene_cut(images)
+            self.scene_cuts += cut.long()
+            if self.bank is not None:
+                self.bank.forget_where(cut)
         return super().encode(images)
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:

@@ -19,7 +19,7 @@ from livediff.pipelines.bank.layout import BankEntry, BankLayout, attention_laye
 from livediff.pipelines.bank.merge import bipartite_plan, merge_memory, merge_tokens, unmerge_tokens
 from livediff.pipelines.bank.scene_cut import SceneCutDetector
 from livediff.pipelines.bank.sparse import latent_motion, select_tokens
-from livediff.pipelines.bank.unet import BankedUNet, row_layout
+from livediff.pipelines.bank.unet import BankedUNet, call_rows
 from livediff.errors import ConfigError
 from livediff.pipelines.presets import build_preset
 
@@ -303,30 +303,31 @@ def test_cross_attention_cache_equals_uncached_and_projects_once_per_prompt():
 
 @pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
 @pytest.mark.parametrize("frames", [1, 2])
-def test_row_layout_maps_every_stream_call_to_stages(cfg_type, frames):
+def test_call_rows_match_the_rows_the_stream_batch_builds(cfg_type, frames):
+    """The layout worked out from Python ints equals the one read off the rows' own timesteps."""
     stage_t = torch.tensor([999, 759, 499, 259])
-    per_stage = stage_t.repeat_interleave(frames)
-    steady = rcfg.unet_rows(per_stage, cfg_type, 1.5, frames)
-    layout = row_layout(steady, stage_t, frames)
+
+    def stages_by_timestep(rows: torch.Tensor) -> tuple[int, ...]:
+        return tuple(int((stage_t == t).nonzero()) for t in rows)
+
+    steady = rcfg.unet_rows(stage_t.repeat_interleave(frames), cfg_type, 1.5, frames)
+    layout = call_rows(0, 4, frames, steady.shape[0])
     extra = {"none": 0, "self": 0, "full": 4 * frames, "initialize": frames}[cfg_type]
-    stream = torch.arange(4).repeat_interleave(frames).tolist()
-    unconditional = {"full": stream, "initialize": [0] * frames}.get(cfg_type, [])
-    assert layout.extra == extra and layout.stages == (0, 1, 2, 3)
-    assert layout.stage.tolist() == unconditional + stream  # CFG rows read the bank of their own stage
+    assert layout.extra == extra and layout.present == (0, 1, 2, 3)
+    assert layout.stages == stages_by_timestep(steady)  # CFG rows read the bank of their own stage
     for stage in range(3):  # warm-up calls: one stage; `initialize` only adds rows at stage 0
         warm_type = cfg_type if (cfg_type != "initialize" or stage == 0) else "self"
         rows = rcfg.unet_rows(stage_t[stage].repeat(frames), warm_type, 1.5, frames)
-        warm = row_layout(rows, stage_t, frames)
-        assert warm.stages == (stage,) and (warm.stage == stage).all()
+        warm = call_rows(stage, stage + 1, frames, rows.shape[0])
+        assert warm.present == (stage,) and warm.stages == stages_by_timestep(rows)
         assert warm.extra == rows.shape[0] - frames
 
 
-def test_row_layout_rejects_rows_it_cannot_place():
-    stage_t = torch.tensor([999, 499])
-    with pytest.raises(ValueError, match="not all stage timesteps"):
-        row_layout(torch.tensor([999, 3]), stage_t, 1)
-    with pytest.raises(ValueError, match="stage order"):
-        row_layout(torch.tensor([499, 999]), stage_t, 1)
+def test_call_rows_rejects_a_row_count_it_cannot_place():
+    with pytest.raises(ValueError, match="cannot hold the 4 stream rows"):
+        call_rows(0, 2, 2, 3)
+    with pytest.raises(ValueError, match="cannot hold"):
+        call_rows(0, 2, 2, 9)
 
 
 @pytest.fixture(scope="module")

@@ -127,14 +127,18 @@ def test_only_conditional_stream_rows_write_and_every_row_reads_its_stage(cfg_ty
 
 
 def test_scene_cut_empties_the_bank_before_the_new_scene_is_denoised():
+    def banked_frames(pipe) -> int:
+        bias = pipe.bank.tensors()[2]  # the first self-attention layer's slot biases, (stages, slots)
+        return int(torch.isfinite(bias[0]).sum()) // (bias.shape[1] // pipe.bank_config.max_frames)
+
     pipe = build(bank=dict(cache_interval=1, max_frames=3, merge=False, scene_cut_threshold=0.5))
     run(pipe, [scene(i) for i in range(4)])
-    assert pipe.scene_cuts == 0 and pipe.bank.stored_frames == 4
+    assert int(pipe.scene_cuts) == 0 and banked_frames(pipe) == 3
     pipe(scene(0, seed=1))
-    assert pipe.scene_cuts == 1 and pipe.bank.stored_frames == 1
+    assert int(pipe.scene_cuts) == 1 and banked_frames(pipe) == 1  # emptied, then this frame banked
     no_detector = build(bank=dict(cache_interval=1, max_frames=3, merge=False, scene_cut_threshold=None))
     run(no_detector, [scene(i) for i in range(4)] + [scene(0, seed=1)])
-    assert no_detector.scene_cut is None and no_detector.bank.stored_frames == 5
+    assert no_detector.scene_cut is None and banked_frames(no_detector) == 3
 
 
 def test_prompt_change_empties_the_bank_and_projects_the_new_prompt_once():

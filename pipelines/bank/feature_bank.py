@@ -34,27 +34,31 @@ class _Slots:
                        for _ in range(count)]
         self.mass = torch.zeros(stages, entry.capacity, device=device, dtype=torch.float32)
         self.bias = torch.full((stages, entry.capacity), float("-inf"), device=device, dtype=dtype)
-        self.static_rank = torch.rand(entry.grid[0] * entry.grid[1], generator=generator)
+        self.static_rank = torch.rand(entry.grid[0] * entry.grid[1], generator=generator).to(device)
 
     def reset(self) -> None:
         self.mass.zero_()
         self.bias.fill_(float("-inf"))
 
+    def forget_where(self, condition: torch.Tensor) -> None:
+        self.mass.masked_fill_(condition, 0.0)
+        self.bias.masked_fill_(condition, float("-inf"))
+
     def tensors(self) -> list[torch.Tensor]:
         return [*self.values, self.bias]
 
     def write(self, frame: list[torch.Tensor], motion: torch.Tensor | None, stored: int, config: BankConfig,
-              generator: torch.Generator) -> int:
-        """Add one frame (tensors (S, T, C)) to every stage; returns moving tokens dropped by the budget."""
+              generator: torch.Generator) -> torch.Tensor | int:
+        """Add one frame (tensors (S, T, C)) to every stage; returns moving tokens dropped by the
+        budget (a device tensor for a sparse bank: it is only read when someone asks)."""
         e = self.entry
         mass = torch.ones(frame[0].shape[:2], device=self.mass.device)
-        dropped = 0
+        dropped: torch.Tensor | int = 0
         if config.sparse:
             selection = select_tokens(motion, e.grid, e.kept, config.motion_threshold, self.static_rank)
-            index = selection.index.to(frame[0].device)
-            frame = [take(x, index) for x in frame]
-            mass = selection.mass.to(self.mass.device)
-            dropped = int(selection.dropped_moving.sum())
+            frame = [take(x, selection.index) for x in frame]
+            mass = selection.mass
+            dropped = selection.dropped_moving.sum()
         if not config.merge or stored < config.max_frames:
             slot = slice((stored % config.max_frames) * e.kept, (stored % config.max_frames + 1) * e.kept)
             for store, new in zip(self.values, frame):
@@ -84,9 +88,11 @@ class FeatureBank:
         self.config = config
         self.stages = stages
         self.stored_frames = 0
-        self.dropped_moving = 0
-        self._generator = torch.Generator("cpu").manual_seed(config.seed)
+        self.dropped_moving: torch.Tensor | int = 0
+        # the merge partition is drawn where the bank lives: a CPU draw would be a copy every write
+        self._generator = torch.Generator(device).manual_seed(config.seed)
         rank_generator = torch.Generator("cpu").manual_seed(config.seed + 1)
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
         self._kv = [_Slots(e, 2, stages, device, dtype, rank_generator) for e in layout.kv]
         self._out = [_Slots(e, 1, stages, device, dtype, rank_generator) for e in layout.out]
 
@@ -106,13 +112,20 @@ class FeatureBank:
         """The per-stage storage in layout order (axis 0 = stage)."""
         return [t for slots in self._kv + self._out for t in slots.tensors()]
 
-    def rows(self, stage: torch.Tensor) -> list[torch.Tensor]:
-        """Bank inputs for a call whose row b is at stage `stage[b]` (the storage itself when the
+    def rows(self, stages: tuple[int, ...]) -> list[torch.Tensor]:
+        """Bank inputs for a call whose row b is at stage `stages[b]` (the storage itself when the
         rows are exactly the stages in order, else a gathered copy)."""
         storage = self.tensors()
-        if stage.numel() == self.stages and torch.equal(stage.cpu(), torch.arange(self.stages)):
+        if stages == tuple(range(self.stages)):
             return storage
-        return [t.index_select(0, stage) for t in storage]
+        if stages not in self._indices:  # a handful of layouts per stream: made once, on the device
+            self._indices[stages] = torch.tensor(stages, device=storage[0].device)
+        return [t.index_select(0, self._indices[stages]) for t in storage]
+
+    def forget_where(self, condition: torch.Tensor) -> None:
+        """Empty every slot where the 0-d bool `condition` holds, without reading it back."""
+        for slots in self._kv + self._out:
+            slots.forget_where(condition)
 
     @torch.no_grad()
     def update(self, entries: list[torch.Tensor], motion: torch.Tensor | None = None) -> None:

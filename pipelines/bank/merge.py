@@ -69,7 +69,7 @@ def merge_tokens(x: torch.Tensor, plan: MergePlan, mass: torch.Tensor | None = N
     target = plan.target.unsqueeze(-1).expand(-1, -1, x.shape[-1])
     total = (dst * dst_mass.unsqueeze(-1)).scatter_add(1, target, moving)
     total_mass = dst_mass.scatter_add(1, plan.target, moving_mass)
-    merged = total / total_mass.unsqueeze(-1)
+    merged = total / total_mass.clamp_min(1e-12).unsqueeze(-1)  # mass 0 (an emptied slot) stays 0, never 0/0
     out = torch.cat([take(src, plan.kept), merged], dim=1)
     return out, torch.cat([take(src_mass, plan.kept), total_mass], dim=1)
 
@@ -92,7 +92,7 @@ def unmerge_tokens(y: torch.Tensor, plan: MergePlan, n: int) -> torch.Tensor:
 
 def random_partition(batch: int, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of n tokens into a source half (⌊n/2⌋) and a destination half, per row."""
-    order = torch.rand(batch, n, generator=generator).argsort(dim=1).to(device)
+    order = torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)
     return order[:, : n // 2], order[:, n // 2:]
 
 

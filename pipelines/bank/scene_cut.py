@@ -20,20 +20,21 @@ def thumbnails(images: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(grey, THUMBNAIL).flatten(1)
 
 
-def structural_change(a: torch.Tensor, b: torch.Tensor) -> float:
-    """1 − Pearson correlation of two thumbnails (0: same structure, 2: inverted). Two flat frames
-    have no structure to compare and score 0; a flat frame against a structured one scores 1."""
-    a, b = a - a.mean(), b - b.mean()
-    sa, sb = a.norm() / a.numel() ** 0.5, b.norm() / b.numel() ** 0.5
-    if sa < FLAT_STD and sb < FLAT_STD:
-        return 0.0
-    if sa < FLAT_STD or sb < FLAT_STD:
-        return 1.0
-    return float(1.0 - (a @ b) / (a.norm() * b.norm()))
+def structural_change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 − Pearson correlation of thumbnails, row by row ((P, N) → (P,); 0: same structure, 2:
+    inverted). Two flat frames have no structure to compare and score 0; a flat frame against a
+    structured one scores 1. Computed on the device with no branch on the data."""
+    a, b = a - a.mean(dim=-1, keepdim=True), b - b.mean(dim=-1, keepdim=True)
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    scale = a.shape[-1] ** 0.5
+    flat_a, flat_b = na / scale < FLAT_STD, nb / scale < FLAT_STD
+    change = 1.0 - (a * b).sum(dim=-1) / (na * nb).clamp_min(1e-12)
+    return torch.where(flat_a & flat_b, 0.0, torch.where(flat_a | flat_b, 1.0, change))
 
 
 class SceneCutDetector:
-    """Remembers the last input thumbnail; `__call__` says whether the new frames start a new scene."""
+    """Remembers the last input thumbnail; `__call__` says (as a 0-d bool tensor on the frames'
+    device) whether the new frames start a new scene."""
 
     def __init__(self, threshold: float):
         self.threshold = threshold
@@ -42,11 +43,10 @@ class SceneCutDetector:
     def reset(self) -> None:
         self._previous = None
 
-    def __call__(self, images: torch.Tensor) -> bool:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """True when any consecutive pair (previous call's last frame, then within the batch) changes
         more than the threshold."""
-        current = thumbnails(images).cpu()
+        current = thumbnails(images)
         sequence = current if self._previous is None else torch.cat([self._previous, current])
         self._previous = current[-1:]
-        return any(structural_change(sequence[i], sequence[i + 1]) > self.threshold
-                   for i in range(sequence.shape[0] - 1))
+        return (structural_change(sequence[:-1], sequence[1:]) > self.threshold).any()

@@ -1,4 +1,4 @@
-"""The UNet with the bank as a pure function of tensors, and the row → stage map of a stream call.
+"""The UNet with the bank as a pure function of tensors, and the row → stage layout of a stream call.
 
 `BankedUNet.forward(sample, timestep, encoder_hidden_states, *bank) -> (noise_pred, *new_entries)`
 with the tensor layout documented in `pipelines.bank.layout`: every shape is fixed by the
@@ -8,13 +8,12 @@ call its per-row bank slices and applies FIFO/merged updates between calls.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
-
-from contextlib import AbstractContextManager
-from typing import Sequence
 
 from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
 from livediff.pipelines.bank.layout import BankLayout
@@ -72,36 +71,23 @@ class BankedUNet(nn.Module):
 
 @dataclass(frozen=True)
 class RowLayout:
-    """Rows of one stream UNet call: `stage` (B,) each row's stage; the first `extra` rows are the
-    unconditional CFG rows (`rcfg.unet_rows` puts them first), the rest are the stream rows,
-    F per stage present, in stage order."""
+    """Rows of one stream UNet call: `stages[b]` is row b's stage; the first `extra` rows are the
+    unconditional CFG rows (`rcfg.unet_rows` puts them first: a copy of every row with `full`, of
+    the entering frames with `initialize`), the rest are the stream rows, F per stage, in order."""
 
-    stage: torch.Tensor
-    extra: int
     stages: tuple[int, ...]
-
-    @property
-    def stream_stage(self) -> torch.Tensor:
-        return self.stage[self.extra:]
+    extra: int
+    present: tuple[int, ...]
 
 
-def row_layout(timesteps: torch.Tensor, stage_timesteps: torch.Tensor, frames: int) -> RowLayout:
-    """Map each row of a stream call to its stage by its timestep (stages have distinct timesteps).
+def call_rows(first: int, last: int, frames: int, rows: int) -> RowLayout:
+    """The layout of a call on the stream rows of stages first..last−1 with `rows` rows in all.
 
-    Covers every call the stream batch makes: steady state (all stages), warm-up (one stage), and
-    the extra unconditional rows of `full` (a copy of every row) and `initialize` (the entering
-    frames). Raises when the rows do not have that shape, rather than banking under a wrong stage.
+    Worked out from what the stream batch knows as Python ints, never read back from the device
+    (a GPU would have to stop for that at every frame).
     """
-    t = timesteps.detach().to("cpu", torch.long).flatten()
-    table = stage_timesteps.detach().to("cpu", torch.long).flatten()
-    match = t[:, None] == table[None, :]
-    if not bool(match.any(dim=1).all()):
-        raise ValueError(f"timesteps {t.tolist()} are not all stage timesteps {table.tolist()}")
-    stage = match.int().argmax(dim=1)
-    present = tuple(sorted(set(stage.tolist())))
-    extra = t.numel() - len(present) * frames
-    expected = torch.tensor(present).repeat_interleave(frames)
-    if extra < 0 or not torch.equal(stage[extra:], expected):
-        raise ValueError(f"rows at stages {stage.tolist()} are not [extra unconditional rows; {frames} per stage in "
-                         f"stage order]")
-    return RowLayout(stage=stage.to(timesteps.device), extra=extra, stages=present)
+    stream = tuple(stage for stage in range(first, last) for _ in range(frames))
+    extra = rows - len(stream)
+    if not 0 <= extra <= len(stream):
+        raise ValueError(f"{rows} rows cannot hold the {len(stream)} stream rows of stages {first}..{last - 1}")
+    return RowLayout(stages=stream[:extra] + stream, extra=extra, present=tuple(range(first, last)))
