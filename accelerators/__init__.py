@@ -52,7 +52,10 @@ def check_accelerator(name: str, target: BuildTarget,
         providers_for(target.device)
     if name == "tensorrt":
         from livediff.accelerators.tensorrt_backend import check_tensorrt_supported
+        from livediff.accelerators.tensorrt_ops import MAX_OPSET
 
+        if options.opset > MAX_OPSET:
+            raise ConfigError(f"opset {options.opset} is above {MAX_OPSET}, the newest TensorRT 10.0 parses")
         check_tensorrt_supported(target.device, target.dtype)
     return options
 

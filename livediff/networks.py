@@ -228,6 +228,8 @@ class BankedUNetFunction(TensorFunction):
                           "build it without a resolution range")
 
     def grouped_like_forward(self, per_input: list) -> tuple:
+        if len(per_input) == 3:  # no bank (token merging alone): nothing for *bank
+            return tuple(per_input)
         return (*per_input[:3], tuple(per_input[3:]))  # forward takes the bank as *args
 
     def adapt_inputs(self, sample, timestep, encoder_hidden_states, *bank):

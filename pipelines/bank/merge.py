@@ -66,9 +66,11 @@ def merge_tokens(x: torch.Tensor, plan: MergePlan, mass: torch.Tensor | None = N
     src_mass, dst_mass = take(mass, plan.src), take(mass, plan.dst)
     moving_mass = take(src_mass, plan.merged)
     moving = take(src, plan.merged) * moving_mass.unsqueeze(-1)
-    target = plan.target.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-    total = (dst * dst_mass.unsqueeze(-1)).scatter_add(1, target, moving)
-    total_mass = dst_mass.scatter_add(1, plan.target, moving_mass)
+    # sums per destination as a one-hot product, not scatter_add: ONNX lowers that to
+    # ScatterElements(reduction=add), which TensorRT only runs through a plugin
+    routes = F.one_hot(plan.target, dst.shape[1]).to(x.dtype).transpose(1, 2)  # (B, Nd, r)
+    total = dst * dst_mass.unsqueeze(-1) + routes @ moving
+    total_mass = dst_mass + (routes @ moving_mass.unsqueeze(-1)).squeeze(-1)
     merged = total / total_mass.clamp_min(1e-12).unsqueeze(-1)  # mass 0 (an emptied slot) stays 0, never 0/0
     out = torch.cat([take(src, plan.kept), merged], dim=1)
     return out, torch.cat([take(src_mass, plan.kept), total_mass], dim=1)

@@ -1,0 +1,76 @@
+"""Every accepted configuration through every graph path: the function each backend receives
+traces as one graph (`torch._dynamo.explain`: 0 breaks, what `compile(fullgraph=True)` needs) and
+exports to ONNX with only ops TensorRT 10.0 parses natively (`accelerators.tensorrt_ops`).
+
+What varies the traced function: the plain UNet serves img2img and txt2img with every CFG type and
+frame-buffer size (those change the rows axis only, which export keeps dynamic); the banked UNet's
+graph changes with the bank layout (off, dense, sparse) and with token merging — FIFO and merged
+memories have the same layout (merging happens between calls, outside the graph), so one stands for
+both; sparse banks with token merging are refused by the config.
+"""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from livediff import load_pipeline
+from livediff.accelerators.base import ResolutionRange
+from livediff.accelerators.onnx_export import export_onnx
+from livediff.accelerators.tensorrt_ops import unsupported_ops
+from livediff.networks import BankedUNetFunction, stream_networks
+
+SIZE = 64
+VARIANTS = {
+    "unet": None,
+    "vae_encoder": None,
+    "vae_decoder": None,
+    "bank off, token merging": dict(bank=False, token_merge_ratio=0.5),
+    "dense bank with fusion": dict(bank=dict(merge=True, max_frames=2)),
+    "dense bank, token merging": dict(bank=dict(merge=False), token_merge_ratio=0.5),
+    "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
+    "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
+}
+
+
+def function_for(variant: str):
+    settings = VARIANTS[variant]
+    if settings is None:
+        pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
+        return stream_networks(pipe.models)[variant]
+    pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
+                         device="cpu", dtype="float32", **settings)
+    return BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_traces_as_one_graph_and_exports_with_native_tensorrt_ops(variant, tmp_path):
+    function = function_for(variant)
+    rows = 4 if function.stream_rows else 2  # e.g. 2 stages x 2 frames, or full CFG's doubled rows
+    inputs = function.example_inputs(rows, SIZE, SIZE, torch.float32, "cpu")
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(function)(*inputs)
+    assert explained.graph_break_count == 0, [str(reason.reason) for reason in explained.break_reasons]
+    path = export_onnx(function, tmp_path, height=SIZE, width=SIZE, resolution=ResolutionRange.static(SIZE, SIZE),
+                       dtype=torch.float32, device="cpu", opset=18, rows=rows)
+    assert unsupported_ops(onnx.load(str(path), load_external_data=False)) == []
+
+
+def test_the_op_check_sees_a_plugin_only_scatter():
+    from onnx import helper
+
+    node = helper.make_node("ScatterElements", ["d", "i", "u"], ["o"], reduction="add")
+    graph = helper.make_graph([node], "g", [], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert unsupported_ops(model) == ["ScatterElements(reduction=add)", "opset 21"]
+
+
+def test_tensorrt_refuses_an_opset_it_cannot_parse():
+    from livediff.accelerators import check_accelerator
+    from livediff.errors import ConfigError
+    from livediff.pipelines import StreamConfig
+    from livediff.pipelines.runners import build_target
+
+    target = build_target(StreamConfig(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32"))
+    with pytest.raises(ConfigError, match="opset 21 is above 20"):
+        check_accelerator("tensorrt", target, {"opset": 21})
