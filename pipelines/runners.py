@@ -26,7 +26,7 @@ TensorFn = Callable[..., Any]
 class StreamRunners:
     """unet: noise prediction; encode: images in [-1,1] → scaled latents; decode: the inverse."""
 
-    unet: TensorFn
+    unet: TensorFn | None  # None in video mode: it runs the banked UNet (`runner_for`) instead
     encode: TensorFn
     decode: TensorFn
     backend: Backend
@@ -50,8 +50,10 @@ def build_target(config: StreamConfig) -> BuildTarget:
 
 def build_runners(config: StreamConfig, models: ModelBundle, options: AcceleratorOptions | dict | None = None,
                   progress=None) -> StreamRunners:
-    """The three stream networks of `models` on the backend `config.accelerator`."""
+    """The stream networks of `models` on the backend `config.accelerator`: only those the mode
+    calls (video mode never calls the plain UNet, so no graph or engine is built for it)."""
     backend = make_backend(config.accelerator, build_target(config), options, progress)
     networks = stream_networks(models)
-    return StreamRunners(unet=backend.runner(networks["unet"]), encode=backend.runner(networks["vae_encoder"]),
+    unet = None if config.mode == "video" else backend.runner(networks["unet"])
+    return StreamRunners(unet=unet, encode=backend.runner(networks["vae_encoder"]),
                          decode=backend.runner(networks["vae_decoder"]), backend=backend)

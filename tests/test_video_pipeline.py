@@ -220,3 +220,17 @@ def test_numpy_frames_round_trip():
     frame = (scene(0).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     out = pipe(frame)
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+
+
+def test_video_mode_builds_only_the_networks_it_calls(monkeypatch):
+    """The plain UNet is never called in video mode (the banked one is): no graph or engine for it."""
+    from livediff.accelerators.eager import EagerBackend
+
+    built = []
+    runner = EagerBackend.runner
+    monkeypatch.setattr(EagerBackend, "runner", lambda self, function: built.append(function.name) or
+                        runner(self, function))
+    pipe = build()
+    assert pipe.runners.unet is None
+    assert sorted(built) == ["banked_unet", "vae_decoder", "vae_encoder"]
+    pipe(scene(0))

@@ -90,7 +90,8 @@ def run_build(args: argparse.Namespace) -> int:
                                      workspace_gb=args.workspace_gb))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     functions = stream_networks(models)
-    if config.mode == "video":
+    if config.mode == "video":  # video mode calls the banked UNet only
+        del functions["unet"]
         functions["banked_unet"] = _banked_function(config)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
