@@ -4,7 +4,7 @@
 """
 import importlib
 
-COMMANDS = ["ui", "webcam", "images", "restyle_video", "eval", "engines"]
+COMMANDS = ["ui", "webcam", "images", "restyle_video", "eval", "engines", "doctor"]
 
 
 def load_command_modules():

@@ -1,0 +1,44 @@
+"""`livediff doctor`: check this machine and measure every backend here (see `app.doctor`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from livediff.app.threads import add_threads_option
+
+BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
+
+
+def _backends(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--backends {text!r}: choose from {', '.join(BACKENDS)}")
+    return names
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="check this machine and measure each backend (run this first on a GPU)",
+        description="List the device and versions, run a short stream on every backend available here "
+                    "(a random-weight preset with SD-Turbo's layout at 512² on CUDA, tiny on CPU), compare each "
+                    "with eager and print fps, latency, error and a verdict per backend.")
+    parser.add_argument("--backends", type=_backends, default=None, metavar="A,B",
+                        help="backends to try (default: eager, compile, onnxruntime, tensorrt on CUDA; "
+                             "eager, onnxruntime on CPU, where compiling takes minutes)")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per backend (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    add_threads_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from livediff.app import doctor
+    from livediff.errors import ConfigError
+
+    if not 1 <= args.frames <= 1000:
+        raise ConfigError(f"--frames {args.frames} is outside 1..1000")
+    report = doctor.run(args.backends, frames=args.frames, progress=lambda text: print(text, file=sys.stderr))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0 if all(not b.verdict.startswith("failed") for b in report.backends) else 1

@@ -1,0 +1,161 @@
+"""`livediff doctor`: is this machine ready, and how fast is each backend here?
+
+Lists the device and the versions that matter, then runs a short img2img stream on every backend
+that can run here, on a random-weight preset with the layout of the real model (SD-Turbo's at 512²
+on CUDA, `tiny` on the CPU, so it answers within a minute), compares each with eager PyTorch on the
+same frames and noise, and gives one verdict per backend. Random weights: speed and agreement
+are real, pictures are not.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class BackendReport:
+    backend: str
+    verdict: str  # "ok", "slower than eager", "failed: <reason>" or "skipped: <reason>"
+    fps: float | None = None
+    median_ms: float | None = None
+    setup_s: float | None = None
+    max_abs_error: float | None = None
+    rel_error: float | None = None
+
+
+@dataclass
+class DoctorReport:
+    environment: dict[str, Any]
+    workload: dict[str, Any]
+    backends: list[BackendReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "workload": self.workload,
+                "backends": [asdict(b) for b in self.backends]}
+
+    def table(self) -> str:
+        """Markdown, as in the README's measurements: paste it into a report."""
+        w = self.workload
+        lines = [f"livediff doctor · {self.environment['device_name']} · {w['preset']} {w['size']}² "
+                 f"{w['dtype']} · img2img {w['steps']} steps · {w['frames']} timed frames", "",
+                 "| backend | fps | median ms | setup s | max abs err | rel err | verdict |",
+                 "|---|---|---|---|---|---|---|"]
+
+        def cell(value, fmt):
+            return "-" if value is None else format(value, fmt)
+
+        for b in self.backends:
+            lines.append(f"| {b.backend} | {cell(b.fps, '.2f')} | {cell(b.median_ms, '.0f')} | {cell(b.setup_s, '.1f')} | "
+                         f"{cell(b.max_abs_error, '.1e')} | {cell(b.rel_error, '.1e')} | {b.verdict} |")
+        return "\n".join(lines)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+                            "cuda_runtime": torch.version.cuda, "onnxruntime": _version("onnxruntime")
+                            or _version("onnxruntime-gpu"), "tensorrt": _version("tensorrt"),
+                            "diffusers": _version("diffusers")}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(device_name=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    memory_gb=round(props.total_memory / 1024 ** 3, 1),
+                    driver=_driver_version())
+    else:
+        info.update(device_name=f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                                f"threads)")
+    try:
+        import onnxruntime
+
+        info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    return info
+
+
+def _driver_version() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def default_backends(cuda: bool) -> list[str]:
+    return ["eager", "compile", "onnxruntime", "tensorrt"] if cuda else ["eager", "onnxruntime"]
+
+
+def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print) -> DoctorReport:
+    import torch
+
+    from livediff.errors import LivediffError
+    from livediff.pipelines import load_pipeline
+
+    cuda = torch.cuda.is_available()
+    workload = dict(preset="sd-turbo-random" if cuda else "tiny", vae="taesd-random" if cuda else "tiny-taesd",
+                    size=512 if cuda else 128, dtype="float16" if cuda else "float32",
+                    device="cuda" if cuda else "cpu", steps=2, frames=frames)
+    report = DoctorReport(environment(), workload)
+    chosen = backends or default_backends(cuda)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(1, 3, workload["size"], workload["size"], generator=generator)
+              for _ in range(warmup + frames)]
+    reference: list[torch.Tensor] | None = None
+    eager_fps = None
+    for backend in (["eager"] if "eager" not in chosen else []) + chosen:
+        progress(f"livediff doctor: {backend} ...")
+        started = time.perf_counter()
+        try:
+            pipe = load_pipeline(model=workload["preset"], vae=workload["vae"], width=workload["size"],
+                                 height=workload["size"], device=workload["device"], dtype=workload["dtype"],
+                                 t_index_list=[32, 45], cfg_type="self", accelerator=backend, seed=1)
+            pipe.prepare(prompt="a photo", guidance_scale=1.2)
+            outputs, times = [], []
+            for i, frame in enumerate(inputs):
+                if cuda:
+                    torch.cuda.synchronize()
+                begun = time.perf_counter()
+                out = pipe(frame.to(workload["device"]))
+                if cuda:
+                    torch.cuda.synchronize()
+                if i == warmup - 1:
+                    setup = time.perf_counter() - started
+                if i >= warmup:
+                    times.append(time.perf_counter() - begun)
+                    outputs.append(out.float().cpu())
+        except (LivediffError, RuntimeError, OSError, ImportError) as exc:
+            if backend in chosen:
+                report.backends.append(BackendReport(backend, f"failed: {str(exc).splitlines()[0][:200]}"))
+            continue
+        fps = len(times) / sum(times)
+        entry = BackendReport(backend, "ok", fps=fps, median_ms=statistics.median(times) * 1000, setup_s=setup)
+        if backend == "eager":
+            reference, eager_fps = outputs, fps
+        elif reference is not None:
+            diff = torch.stack(outputs) - torch.stack(reference)
+            entry.max_abs_error = float(diff.abs().max())
+            entry.rel_error = float(diff.norm() / torch.stack(reference).norm())
+            tolerance = 2e-2 if workload["dtype"] == "float16" else 1e-3
+            if entry.rel_error > tolerance:
+                entry.verdict = f"failed: output differs from eager (relative error {entry.rel_error:.1e})"
+            elif eager_fps is not None and fps < eager_fps:
+                entry.verdict = "slower than eager"
+        if backend in chosen:
+            report.backends.append(entry)
+    return report

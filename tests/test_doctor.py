@@ -1,0 +1,25 @@
+"""`livediff doctor` on this CPU: a real short stream per backend, compared with eager."""
+from __future__ import annotations
+
+import json
+
+from livediff.app.cli import main
+
+
+def test_doctor_reports_each_backend_with_speed_error_and_verdict(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("LIVEDIFF_CACHE_DIR", str(tmp_path))
+    assert main(["doctor", "--backends", "eager,onnxruntime", "--frames", "2", "--json", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["environment"]["torch"] and report["environment"]["cuda_available"] is False
+    assert report["workload"]["preset"] == "tiny" and report["workload"]["device"] == "cpu"
+    by_name = {b["backend"]: b for b in report["backends"]}
+    assert set(by_name) == {"eager", "onnxruntime"}
+    assert by_name["eager"]["verdict"] == "ok" and by_name["eager"]["fps"] > 0
+    onnx = by_name["onnxruntime"]
+    assert onnx["verdict"] in ("ok", "slower than eager") and onnx["rel_error"] < 1e-3
+
+
+def test_doctor_names_a_backend_that_cannot_run_here(capsys):
+    assert main(["doctor", "--backends", "tensorrt", "--frames", "1", "--threads", "1"]) == 1
+    table = capsys.readouterr().out
+    assert "| tensorrt |" in table and "failed: " in table and "| backend | fps |" in table
