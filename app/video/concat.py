@@ -82,9 +82,9 @@ def concat_parts(
         raise InputError(f"{parts[0][0]}: parts contain no video frames")
     step = (all_pts[1] - all_pts[0]) if len(all_pts) > 1 else 1
 
-    def decode_ts(j: int) -> int:
-        k = j - delay
-        return all_pts[k] if k >= 0 else all_pts[0] - (-k) * step
+    def decode_ts(packet_index: int) -> int:
+        shifted = packet_index - delay
+        return all_pts[shifted] if shifted >= 0 else all_pts[0] - (-shifted) * step
 
     # pass 2: remux
     template_container = open_input(plan[0][0])

@@ -44,8 +44,8 @@ def suggest_working_size(width: int, height: int, longest: int = 512, multiple: 
     return w, h
 
 
-def even(n: int) -> int:
-    return max(2, n - n % 2)
+def even(pixels: int) -> int:
+    return max(2, pixels - pixels % 2)
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
