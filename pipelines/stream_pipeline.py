@@ -12,6 +12,7 @@ import torch
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.config import StreamConfig, StreamSettings
+from livediff.pipelines.generators import device_generator
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
 from livediff.pipelines.prompts import encode_prompt
@@ -49,7 +50,7 @@ class StreamPipeline:
         seed = self.settings.seed
         self.schedule = StageSchedule.build(self.models.scheduler, self.settings.t_index_list,
                                             self.config.frame_buffer_size, self.device, self.dtype)
-        self._txt2img_noise = torch.Generator(self.device).manual_seed(seed + 1)
+        self._txt2img_noise = device_generator(self.device, seed + 1)
         self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(seed),
                                   self.device, self.dtype)
         self._last_output = None
@@ -145,15 +146,22 @@ class StreamPipeline:
         return self.guidance
 
     # --- running ----------------------------------------------------------------------------
-    def __call__(self, frame=None):
+    def __call__(self, frame=None, *, output: str = "same"):
+        """One frame (F frames with frame_buffer_size F) in, the restyled one out, in the kind it came
+        in (PIL image, array or tensor; txt2img: PIL). `output="tensor"` gives a float tensor in
+        [0, 1] on the pipeline's device instead, with no conversion on the host."""
         guidance = self._require_guidance()
+        if output not in ("same", "tensor"):
+            raise ConfigError(f"output {output!r} is not one of same, tensor")
         if self.config.mode == "txt2img":
             if frame is not None:
                 raise ConfigError("mode 'txt2img' takes no input frame; build the pipeline with mode='img2img'")
-            return self._txt2img(guidance)
+            return self._txt2img(guidance, output)
         if frame is None:
             raise ConfigError(f"mode {self.config.mode!r} needs an input frame")
         images, kind = to_model_tensor(frame, self.config.height, self.config.width, self.config.frame_buffer_size)
+        if output == "tensor":
+            kind = FrameKind("torch", batched=kind.batched)
         images = images.to(self.device, self.dtype)
         if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
                 and self._last_output is not None:
@@ -170,9 +178,9 @@ class StreamPipeline:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
         return self.stream.step(latents, self.runners.unet, guidance, noised=noised)
 
-    def _txt2img(self, guidance: Guidance):
+    def _txt2img(self, guidance: Guidance, output: str):
         noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,
                             device=self.device)  # drawn where it is used: no per-frame host copy
         finished = self.denoise(noise.to(self.dtype), guidance, noised=True)
-        kind = FrameKind("pil", batched=self.config.frame_buffer_size > 1)
+        kind = FrameKind("torch" if output == "tensor" else "pil", batched=self.config.frame_buffer_size > 1)
         return from_model_tensor(self.runners.decode(finished), kind)

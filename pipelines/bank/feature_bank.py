@@ -23,6 +23,7 @@ from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.layout import BankEntry, BankLayout
 from livediff.pipelines.bank.merge import merge_memory, take
 from livediff.pipelines.bank.sparse import select_tokens
+from livediff.pipelines.generators import device_generator
 
 
 class _Slots:
@@ -90,7 +91,7 @@ class FeatureBank:
         self.stored_frames = 0
         self.dropped_moving: torch.Tensor | int = 0
         # the merge partition is drawn where the bank lives: a CPU draw would be a copy every write
-        self._generator = torch.Generator(device).manual_seed(config.seed)
+        self._generator = device_generator(device, config.seed)
         rank_generator = torch.Generator("cpu").manual_seed(config.seed + 1)
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}
         self._kv = [_Slots(e, 2, stages, device, dtype, rank_generator) for e in layout.kv]
@@ -106,7 +107,8 @@ class FeatureBank:
             slots.reset()
         self.stored_frames = 0
         self.dropped_moving = 0
-        self._generator.manual_seed(self.config.seed)
+        if self._generator is not None:
+            self._generator.manual_seed(self.config.seed)
 
     def tensors(self) -> list[torch.Tensor]:
         """The per-stage storage in layout order (axis 0 = stage)."""

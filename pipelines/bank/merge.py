@@ -68,7 +68,8 @@ def merge_tokens(x: torch.Tensor, plan: MergePlan, mass: torch.Tensor | None = N
     moving = take(src, plan.merged) * moving_mass.unsqueeze(-1)
     # sums per destination as a one-hot product, not scatter_add: ONNX lowers that to
     # ScatterElements(reduction=add), which TensorRT only runs through a plugin
-    routes = F.one_hot(plan.target, dst.shape[1]).to(x.dtype).transpose(1, 2)  # (B, Nd, r)
+    # (B, Nd, r) one-hot by comparison: F.one_hot validates its indices with a host read
+    routes = (plan.target.unsqueeze(1) == torch.arange(dst.shape[1], device=x.device).view(1, -1, 1)).to(x.dtype)
     total = dst * dst_mass.unsqueeze(-1) + routes @ moving
     total_mass = dst_mass + (routes @ moving_mass.unsqueeze(-1)).squeeze(-1)
     merged = total / total_mass.clamp_min(1e-12).unsqueeze(-1)  # mass 0 (an emptied slot) stays 0, never 0/0
@@ -92,14 +93,14 @@ def unmerge_tokens(y: torch.Tensor, plan: MergePlan, n: int) -> torch.Tensor:
     return out
 
 
-def random_partition(batch: int, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+def random_partition(batch: int, n: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of n tokens into a source half (⌊n/2⌋) and a destination half, per row."""
     order = torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)
     return order[:, : n // 2], order[:, n // 2:]
 
 
 def merge_memory(values: tuple[torch.Tensor, ...], mass: torch.Tensor, metric: torch.Tensor, drop: int,
-                 generator: torch.Generator) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+                 generator: torch.Generator | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Shrink a memory of n tokens to n − drop by bipartite soft matching on a random partition.
 
     values: tensors (B, n, C) merged with the same plan (e.g. keys and values); mass: (B, n);

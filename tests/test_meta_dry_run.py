@@ -1,0 +1,90 @@
+"""GPU dry run without a GPU: every pipeline runs in float16 on PyTorch's `meta` device, which holds
+no data. Mixing it with a CPU tensor raises, and so does any read of a value (`.item()`, `bool(t)`,
+`float(t)`, `.cpu()`), exactly the mistakes that break or stall a GPU run. Each network call is
+checked to get meta float16 inputs. The similarity filter (one read per frame, by design) is left out.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from livediff import load_pipeline
+
+SIZE = 64
+
+
+class Checked:
+    """Wraps a runner: every tensor it gets must be on meta, floating ones in float16."""
+
+    def __init__(self, inner, calls: list):
+        self.inner, self.calls = inner, calls
+
+    def __call__(self, *inputs):
+        for tensor in inputs:
+            assert tensor.device.type == "meta", tensor.device
+            assert not tensor.is_floating_point() or tensor.dtype in (torch.float16, torch.float32), tensor.dtype
+        self.calls.append(tuple(t.dtype for t in inputs))
+        return self.inner(*inputs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def dry_run(steps: int = 4, frames: int = 1, **settings) -> list:
+    pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="meta", dtype="float16", **settings)
+    calls: list = []
+    for name in ("unet", "encode", "decode"):
+        if getattr(pipe.runners, name) is not None:
+            setattr(pipe.runners, name, Checked(getattr(pipe.runners, name), calls))
+    if hasattr(pipe, "banked_unet_runner"):
+        pipe.banked_unet_runner = Checked(pipe.banked_unet_runner, calls)
+    pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
+    txt2img = settings.get("mode") == "txt2img"
+
+    def frame():
+        images = torch.rand(frames, 3, SIZE, SIZE, device="meta")
+        return list(images) if frames > 1 else images
+
+    for i in range(steps):
+        out = pipe(output="tensor") if txt2img else pipe(frame(), output="tensor")
+        for picture in (out if isinstance(out, list) else [out]):
+            assert picture.device.type == "meta" and picture.shape[-2:] == (SIZE, SIZE)
+        if i == 1:
+            pipe.update_prompt("watercolor")
+        if i == 2:
+            pipe.set_strength(0.6)
+    pipe.reset()
+    other = pipe.new_session()
+    other.prepare(prompt="claymation")
+    other(output="tensor") if txt2img else other(frame(), output="tensor")
+    assert calls and all(torch.float16 in dtypes for dtypes in calls)  # the networks ran in float16
+    return calls
+
+
+@pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
+@pytest.mark.parametrize("frames", [1, 2])
+def test_image_stream_dry_run(cfg_type, frames):
+    dry_run(mode="img2img", t_index_list=(20, 40), cfg_type=cfg_type, frame_buffer_size=frames, frames=frames)
+
+
+def test_txt2img_dry_run():
+    dry_run(mode="txt2img", t_index_list=(0, 30))
+
+
+@pytest.mark.parametrize("bank,ratio", [
+    (dict(merge=False, max_frames=2, cache_interval=2), 0.0),     # FIFO
+    (dict(merge=True, max_frames=1, cache_interval=1), 0.0),      # merged memory
+    (dict(sparse_keep_ratio=0.5, cache_interval=1), 0.0),         # motion-guided sparse bank
+    (dict(scene_cut_threshold=0.01, fusion_strength=0.8), 0.5),   # scene cuts, fusion, token merging
+    (False, 0.5),                                                 # token merging alone
+])
+def test_video_stream_dry_run(bank, ratio):
+    dry_run(mode="video", t_index_list=(20, 30, 40), cfg_type="full", bank=bank, token_merge_ratio=ratio)
+
+
+def test_a_host_read_fails_the_dry_run():
+    """The meta device really catches what a GPU run would stall on."""
+    with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):
+        float(torch.ones(2, device="meta").sum())
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.ones(2, device="meta") + torch.ones(2)  # a CPU tensor mixed in
