@@ -71,7 +71,8 @@ def make_backend(name: str, target: BuildTarget, options: AcceleratorOptions | d
     if name == "compile":
         from livediff.accelerators.compiled import CompileBackend, check_compile_supported
 
-        return CompileBackend(options.compile_mode, check_compile_supported(target.device, options.cuda_graphs))
+        return CompileBackend(options.compile_mode, check_compile_supported(target.device, options.cuda_graphs),
+                              target)
     if name == "onnxruntime":
         from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
 

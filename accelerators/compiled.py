@@ -61,10 +61,13 @@ class GraphReplay:
 
     def __init__(self, fn: Callable[..., object], name: str, max_graphs: int = 8,
                  capture: Callable[[Callable[..., object], Sequence[torch.Tensor]], Callable[..., object]]
-                 | None = None):
+                 | None = None, steady_rows: int | None = None):
         self.fn = fn
         self.name = name
         self.max_graphs = max_graphs
+        #: only calls with this many rows are captured: the warm-up calls after a reset have other
+        #: row counts and recur at every reset, and capturing them would only waste graph memory
+        self.steady_rows = steady_rows
         self._pool = None
         self._capture = capture or self._capture_cuda
         self._seen: set[Signature] = set()
@@ -79,6 +82,8 @@ class GraphReplay:
         key = signature(inputs)
         graph = self.graphs.get(key)
         if graph is None:
+            if self.steady_rows is not None and inputs[0].shape[0] != self.steady_rows:
+                return self.fn(*inputs)
             if key not in self._seen:
                 self._seen.add(key)
                 return self.fn(*inputs)
@@ -98,11 +103,12 @@ class GraphReplay:
 class CompiledRunner:
     """torch.compile'd network; the first call of each new shape compiles (seconds to minutes)."""
 
-    def __init__(self, function: TensorFunction, mode: str, cuda_graphs: bool):
+    def __init__(self, function: TensorFunction, mode: str, cuda_graphs: bool, steady_rows: int | None = None):
         self.function = function
         self.compiled = torch.compile(function, mode=mode, dynamic=False, fullgraph=True)
         self._compiled_signatures: set[Signature] = set()
-        self._call = GraphReplay(self._run, function.name) if cuda_graphs else self._run
+        self._call = (GraphReplay(self._run, function.name, steady_rows=steady_rows) if cuda_graphs
+                      else self._run)
 
     def _run(self, *inputs: torch.Tensor):
         key = signature(inputs)
@@ -135,11 +141,29 @@ def check_compile_supported(device: torch.device, cuda_graphs: bool | None) -> b
 
 
 class CompileBackend:
-    def __init__(self, mode: str, cuda_graphs: bool):
+    """One compiled runner per network per process: the sessions of a server (one per browser tab)
+    share it, so they share its compiled code, CUDA graphs, static buffers and memory pool instead
+    of each capturing their own (calls are serialised by the engine's lock)."""
+
+    def __init__(self, mode: str, cuda_graphs: bool, target=None):
         self.mode = mode
         self.cuda_graphs = cuda_graphs
+        self.target = target
         self.name = "compile+cudagraphs" if cuda_graphs else "compile"
+        self._runners: dict[tuple, CompiledRunner] = {}
 
     def runner(self, function: TensorFunction) -> CompiledRunner:
-        return CompiledRunner(function, self.mode, self.cuda_graphs)
+        key = sharing_key(function)
+        if key not in self._runners:
+            steady = self.target.rows_for(function).opt if self.target is not None else None
+            self._runners[key] = CompiledRunner(function, self.mode, self.cuda_graphs, steady)
+        return self._runners[key]
+
+
+def sharing_key(function: TensorFunction) -> tuple:
+    """Functions with this key compute the same thing: same network, same baked-in variant, same
+    weights (the banked UNets of two sessions are copies sharing one set of parameters)."""
+    first = next(function.parameters(), None)
+    weights = first.data_ptr() if first is not None and first.device.type != "meta" else id(first)
+    return function.name, function.variant(), weights
 

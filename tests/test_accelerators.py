@@ -210,3 +210,30 @@ def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
         for got, want in zip(runner(*inputs), expected):
             assert (got.float() - want.float()).abs().max() < 2e-2 * want.float().abs().max()
     assert len(runner._call.graphs) == 1
+
+
+def test_warm_up_row_counts_are_never_captured():
+    """After every reset the first call has the warm-up row count: it recurs, but only the steady
+    count is worth a graph."""
+    capture = FakeCapture()
+    replay = GraphReplay(lambda x: x, "net", capture=capture, steady_rows=4)
+    for _ in range(3):  # three resets: warm-up (2 rows) then steady (4 rows), twice each
+        for rows in (2, 4, 4):
+            replay(torch.zeros(rows, 3))
+    assert capture.captured == [(torch.Size([4, 3]),)]
+
+
+def test_sessions_share_one_compiled_runner_per_network():
+    """Two browser sessions' banked UNets (copies sharing the weights) get one runner, hence one set
+    of CUDA graphs, static buffers and pool on a GPU."""
+    from livediff.accelerators.compiled import CompileBackend
+    from livediff.networks import BankedUNetFunction
+
+    pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30], width=SIZE, height=SIZE,
+                         device="cpu", dtype="float32")
+    other = pipe.new_session()
+    backend = CompileBackend("default", cuda_graphs=False, target=build_target(pipe.config))
+    first = backend.runner(BankedUNetFunction(pipe.banked_unet).eval())
+    assert backend.runner(BankedUNetFunction(other.banked_unet).eval()) is first
+    merged = pipe.new_session(token_merge_ratio=0.5)  # another graph: not shared
+    assert backend.runner(BankedUNetFunction(merged.banked_unet).eval()) is not first
