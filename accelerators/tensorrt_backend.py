@@ -145,6 +145,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, timing_ca
     """Parse the ONNX graph and build a strongly typed engine with one optimisation profile."""
     trt = import_tensorrt()
     logger = _collecting_logger(trt)
+    trt.init_libnvinfer_plugins(logger, "")  # the parser maps some ops to TensorRT's shipped plugins
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))

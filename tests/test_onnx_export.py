@@ -239,3 +239,17 @@ def test_build_engines_command_finds_the_pipeline_graphs_in_the_cache(cache_dir,
     assert all(f"{name}: {cache_dir}" in printed for name in ("unet", "vae_encoder", "vae_decoder"))
     assert cli(args[:2] + ["eager"] + args[3:]) == 2
     assert "builds nothing" in capsys.readouterr().err
+
+
+def test_onnxruntime_on_cuda_runs_on_torchs_stream(monkeypatch):
+    """The CUDA provider is given torch's stream, so graph runs need no synchronise (checked without
+    a GPU: the provider options livediff passes)."""
+    import onnxruntime
+
+    from livediff.accelerators.onnxruntime_backend import providers_for
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    (name, options), fallback = providers_for(torch.device("cuda:1"), stream=12345)
+    assert name == "CUDAExecutionProvider" and fallback == "CPUExecutionProvider"
+    assert options == {"device_id": 1, "has_user_compute_stream": "1", "user_compute_stream": "12345"}
