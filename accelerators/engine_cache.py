@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from livediff.errors import AcceleratorError
+from livediff.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,6 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
             sample = sample.view(torch.int16)
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:32]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import denoise
 
 

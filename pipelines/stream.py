@@ -19,6 +19,7 @@ import torch
 from livediff.accelerators.base import RowRange
 from livediff.errors import ConfigError
 from livediff.pipelines import rcfg
+from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,8 +49,8 @@ def stream_rows(steps: int, frames: int, cfg_type: str) -> RowRange:
 
     So every call lies in [F, steady]; the steady count is what backends optimise for.
     """
-    if cfg_type not in rcfg.CFG_TYPES:
-        raise ConfigError(f"cfg_type {cfg_type!r} is not one of {', '.join(rcfg.CFG_TYPES)}")
+    if cfg_type not in CFG_TYPES:
+        raise ConfigError(f"cfg_type {cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
     if steps < 1 or frames < 1:
         raise ConfigError(f"steps {steps} and frames {frames} must both be at least 1")
     steady = steps * frames

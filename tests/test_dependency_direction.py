@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "errors": (ROOT / "livediff" / "errors.py", ("livediff.networks", "livediff.accelerators", "livediff.pipelines",
                                                   "livediff.app")),
+    "files": (ROOT / "livediff" / "files.py", ("livediff.networks", "livediff.accelerators", "livediff.pipelines",
+                                                "livediff.app")),
     "networks": (ROOT / "livediff" / "networks.py", ("livediff.accelerators", "livediff.pipelines", "livediff.app")),
     "accelerators": (ROOT / "accelerators", ("livediff.pipelines", "livediff.app")),
     "pipelines": (ROOT / "pipelines", ("livediff.app",)),

@@ -26,7 +26,6 @@ Disk: the parts and the joined output exist side by side for a moment (≈2x the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from livediff.app.video.options import JobOptions
 from livediff.app.video.reader import VideoReader
 from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError
+from livediff.files import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2
@@ -67,14 +67,6 @@ class Segment:
     start: str  # exact start time in seconds, Fraction as "num/den"
     end: str  # end time of its last frame
     sha256: str  # of the closed file: resume redoes a segment whose bytes changed
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_identity(path: Path) -> dict[str, Any]:
