@@ -70,3 +70,25 @@ def test_closed_sessions_leave_no_pipelines_or_folders_behind():
     assert not any(ref() is not None for ref in pipes), "a closed session's pipeline is still referenced"
     assert not any(folder.exists() for folder in folders)
     registry.shutdown()
+
+
+def test_sessions_opened_and_closed_through_gradio_leave_nothing_behind():
+    """Real browser-like sessions: each client connects, runs a request (its session gets a
+    pipeline), disconnects; Gradio's unload closes it. Nothing of them may stay referenced.
+    (40 sessions: 200 take minutes on two cores, and a reference kept per session shows at 40.)"""
+    from gradio_client import Client
+
+    sessions = []
+    with running_server() as server:
+        for _ in range(40):
+            client = Client(server.url, verbose=False)
+            client.predict("txt2img", None, prompt="a", api_name="/image")
+            sessions += [weakref.ref(s) for s in server.registry.snapshot().values()]
+            client.close()
+        deadline = time.monotonic() + 120
+        while len(server.registry) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(server.registry) == 0, f"{len(server.registry)} sessions still open"
+        gc.collect()
+        alive = sum(ref() is not None for ref in sessions)
+        assert alive == 0, f"{alive} closed sessions are still referenced"
