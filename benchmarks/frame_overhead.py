@@ -1,7 +1,9 @@
 """Per-frame work outside the networks: host time and aten ops of the stream maths, the bank and
 the conversions, per steady frame (img2img, a video frame that does not write the bank, one that
 does). The networks still run, but outside the count and the clock, so only livediff's own work
-is measured (on CPU the host time includes executing those ops; on a GPU it is launch overhead). Watch it: a bank-writing frame should cost at most ~1.5x the ops of a non-writing one.
+is measured (on CPU the host time includes executing those ops; on a GPU it is launch overhead). Views (slices, reshapes) are counted among the aten ops and apart:
+they launch no kernel on a GPU. Watch it: a bank-writing frame should cost at most ~1.5x the ops
+of a non-writing one.
 
     python benchmarks/frame_overhead.py [--preset sd-turbo-reduced --size 256 --out table.md]
 """
@@ -26,10 +28,12 @@ class OpCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: Counter = Counter()
+        self.views = 0
         self.network_s = 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[func._schema.name] += 1
+        self.views += func.is_view
         return func(*args, **(kwargs or {}))
 
 
@@ -47,15 +51,17 @@ class StandIn:
         return outputs
 
 
-def measure(pipe, frames: list[torch.Tensor], counter: OpCounter) -> list[tuple[float, int]]:
+def measure(pipe, frames: list[torch.Tensor], counter: OpCounter) -> list[tuple[float, int, int]]:
+    """(host seconds, aten ops, of which views) per frame."""
     results = []
     for frame in frames:
         counter.ops.clear()
+        counter.views = 0
         counter.network_s = 0.0
         start = time.perf_counter()
         with counter:
             pipe(frame, output="tensor")
-        results.append((time.perf_counter() - start - counter.network_s, sum(counter.ops.values())))
+        results.append((time.perf_counter() - start - counter.network_s, sum(counter.ops.values()), counter.views))
     return results
 
 
@@ -99,9 +105,11 @@ def main() -> None:
         for label, values in groups.items():
             ms = sorted(v[0] * 1000 for v in values)[len(values) // 2]
             ops = sorted(v[1] for v in values)[len(values) // 2]
-            rows.append([name, label, f"{ms:.1f}", ops])
+            kernels = sorted(v[1] - v[2] for v in values)[len(values) // 2]
+            rows.append([name, label, f"{ms:.1f}", ops, kernels])
     publish(f"Per-frame work outside the networks ({args.preset} {args.size}², CPU, 1 thread)",
-            markdown_table(["scenario", "frame", "host ms (median)", "aten ops (median)"], rows), args.out)
+            markdown_table(["scenario", "frame", "host ms (median)", "aten ops (median)",
+                                 "of which not views (median)"], rows), args.out)
 
 
 if __name__ == "__main__":

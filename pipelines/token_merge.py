@@ -36,14 +36,14 @@ def destination_count(h: int, w: int) -> int:
     return ((h + 1) // 2) * ((w + 1) // 2)
 
 
-def grid_partition(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source positions, destination positions) of an h×w grid, made on `device` from index
-    arithmetic: no boolean mask (its size would depend on data for a tracer) and no host copy."""
+def grid_partition(h: int, w: int, device) -> tuple[torch.Tensor, int]:
+    """The positions of an h×w grid, sources first then destinations (each side in position order),
+    and the number of sources; made on `device` from index arithmetic: no boolean mask (its size
+    would depend on data for a tracer) and no host copy."""
     positions = torch.arange(h * w, device=device)
     is_dst = ((positions // w) % 2 == 0) & ((positions % w) % 2 == 0)
-    order = torch.argsort(is_dst.long() * (h * w) + positions)  # sources first, each side in position order
-    sources = h * w - destination_count(h, w)
-    return order[:sources], order[sources:]
+    order = torch.argsort(is_dst.long() * (h * w) + positions)
+    return order, h * w - destination_count(h, w)
 
 
 def merged_count(h: int, w: int, ratio: float) -> int:
@@ -73,5 +73,5 @@ def attention_plan(x: torch.Tensor, grid: tuple[int, int], ratio: float) -> Merg
     r = merged_count(h, w, ratio)
     if r == 0:
         return None
-    src, dst = (p.expand(x.shape[0], -1) for p in grid_partition(h, w, x.device))
-    return bipartite_plan(x, src, dst, r)
+    order, sources = grid_partition(h, w, x.device)
+    return bipartite_plan(x, order.expand(x.shape[0], -1), sources, r)

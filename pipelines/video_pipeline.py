@@ -40,7 +40,7 @@ from livediff.pipelines.config import StreamConfig
 from livediff.networks import BankedUNetFunction
 from livediff.pipelines.models import ModelBundle
 from livediff.pipelines.runners import StreamRunners
-from livediff.pipelines.stream import Guidance, finite
+from livediff.pipelines.stream import Guidance
 from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
@@ -69,11 +69,11 @@ class BankedUNetCall:
         self.rows, self.new = rows, new
         return noise_pred
 
-    def stream_entries(self, stages: int, frames: int) -> list[torch.Tensor]:
-        """The last call's new entries of the stream rows as (stages, frames, T, C)."""
-        if self.rows is None or self.rows.present != tuple(range(stages)):
+    def write_bank(self, bank: FeatureBank, motion: torch.Tensor | None) -> None:
+        """Bank the stream rows of the last call (its unconditional CFG rows are not banked)."""
+        if self.rows is None or self.rows.present != tuple(range(bank.stages)):
             raise RuntimeError("the last UNet call of a frame must carry every stage")
-        return [finite(t[self.rows.extra:]).unflatten(0, (stages, frames)) for t in self.new]
+        bank.update(self.new, motion, skip_rows=self.rows.extra)
 
 
 class VideoPipeline(StreamPipeline):
@@ -165,7 +165,7 @@ class VideoPipeline(StreamPipeline):
         call = BankedUNetCall(self, guidance)
         finished = self.stream.step(latents, call, guidance, noised=noised)
         if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
-            self.bank.update(call.stream_entries(self.schedule.steps, self.schedule.frames), motion)
+            call.write_bank(self.bank, motion)
         self._frames_since_bank_reset += 1
         return finished
 

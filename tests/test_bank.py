@@ -124,8 +124,7 @@ def test_fusion_leaves_unmatched_tokens_alone():
 def test_merge_then_unmerge_restores_kept_tokens_and_averages_merged_ones():
     x = torch.randn(2, 10, 4, generator=generator(5))
     x[:, 1] = x[:, 6] + 1e-3  # source 1 is nearly destination 6
-    src, dst = torch.arange(5).expand(2, -1), torch.arange(5, 10).expand(2, -1)
-    plan = bipartite_plan(x, src, dst, r=1)
+    plan = bipartite_plan(x, torch.arange(10).expand(2, -1), sources=5, r=1)
     assert plan.merged.tolist() == [[1], [1]] and plan.target.tolist() == [[1], [1]]
     merged, mass = merge_tokens(x, plan)
     assert merged.shape == (2, 9, 4) and mass.sum(1).tolist() == [10.0, 10.0]
@@ -140,7 +139,7 @@ def test_mass_weighted_merge_is_associative():
     """Merging a mass-3 token equals merging its three originals: masses make repeated merges exact."""
     a, b = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]])
     x = torch.cat([a, b], 1)
-    plan = bipartite_plan(x, torch.tensor([[0]]), torch.tensor([[1]]), 1)
+    plan = bipartite_plan(x, torch.tensor([[0, 1]]), sources=1, r=1)
     merged, mass = merge_tokens(x, plan, torch.tensor([[3.0, 1.0]]))
     torch.testing.assert_close(merged, torch.tensor([[[0.75, 0.25]]]))
     assert mass.tolist() == [[4.0]]
@@ -160,7 +159,7 @@ def small_bank(merge: bool, max_frames: int, stages=2, keep_ratio=1.0, tokens=TO
 
 
 def random_entries(g: torch.Generator, stages=2, frames=1, tokens=TOKENS) -> list[torch.Tensor]:
-    return [torch.randn(stages, frames, tokens, 8, generator=g) for _ in range(3)]
+    return [torch.randn(stages * frames, tokens, 8, generator=g) for _ in range(3)]
 
 
 def test_fifo_keeps_exactly_the_last_max_frames():
@@ -168,7 +167,7 @@ def test_fifo_keeps_exactly_the_last_max_frames():
     history = []
     for _ in range(7):
         entries = random_entries(g)
-        history.append(entries[0][:, 0])
+        history.append(entries[0])
         bank.update(entries)
         k, _, bias, *_ = bank.tensors()
         assert int(torch.isfinite(bias).sum()) == 2 * TOKENS * min(len(history), 3)
@@ -203,7 +202,7 @@ def test_merged_memory_is_reproducible_with_its_seed():
 
 def test_merged_memory_merges_the_most_similar_pairs():
     values = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, -1.0]]])
-    (merged,), mass = merge_memory((values,), torch.ones(1, 4), values, 1, generator(0))
+    (merged,), mass = merge_memory([values], torch.ones(1, 4), 1, generator(0))
     assert merged.shape == (1, 3, 2) and sorted(mass[0].tolist()) == [1.0, 1.0, 2.0]
     # whatever the random partition, the only merge with cosine ~1 is tokens 0 and 2
     assert any(torch.allclose(t, torch.tensor([1.0, 0.005])) for t in merged[0])

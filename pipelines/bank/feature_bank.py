@@ -24,61 +24,78 @@ from livediff.pipelines.bank.layout import BankEntry, BankLayout
 from livediff.pipelines.bank.merge import merge_memory, take
 from livediff.pipelines.bank.sparse import select_tokens
 from livediff.pipelines.generators import device_generator
+from livediff.pipelines.stream import finite
 
 
 class _Slots:
-    """One banked layer's per-stage storage: one or two value tensors sharing slots and masses
-    (views into its `_SlotGroup`'s storage)."""
+    """One banked layer's per-stage storage: views into its `_SlotGroup`'s tensors."""
 
-    def __init__(self, entry: BankEntry, values: list[torch.Tensor], mass: torch.Tensor, bias: torch.Tensor,
-                 static_rank: torch.Tensor):
-        self.entry, self.values, self.mass, self.bias, self.static_rank = entry, values, mass, bias, static_rank
+    def __init__(self, entry: BankEntry, values: list[torch.Tensor], mass: torch.Tensor, bias: torch.Tensor):
+        self.entry, self.values, self.mass, self.bias = entry, values, mass, bias
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.values, self.bias]
 
+
+class _SlotGroup:
+    """Banked layers of equal shape kept in one tensor per value (layer i = rows i·S … i·S+S−1).
+
+    Every write is done per group, never per layer: a call's new entries are stacked once per group
+    and then selected, stored or merged for all its layers together, so a bank write costs a few
+    operations per distinct layer shape (a handful) instead of a few per layer (dozens).
+    """
+
+    def __init__(self, entries: list[BankEntry], positions: list[list[int]], stages: int, device, dtype,
+                 generator: torch.Generator):
+        first, rows = entries[0], len(entries) * stages
+        self.kept, self.tokens, self.grid, self.stages = first.kept, first.tokens, first.grid, stages
+        #: positions[k][i]: index in a call's entry list of value k of layer i
+        self.positions = positions
+        self.values = [torch.zeros(rows, first.capacity, first.channels, device=device, dtype=dtype)
+                       for _ in positions]
+        self.mass = torch.zeros(rows, first.capacity, device=device, dtype=torch.float32)
+        self.bias = torch.full((rows, first.capacity), float("-inf"), device=device, dtype=dtype)
+        self.dense_mass = torch.ones(rows, first.kept, device=device)
+        self.dense_bias = torch.zeros(rows, first.kept, device=device, dtype=dtype)
+        # a fixed random ranking of static tokens per layer (sparse bank), one row per layer and stage
+        ranks = torch.stack([torch.rand(first.grid[0] * first.grid[1], generator=generator) for _ in entries])
+        self.static_rank = ranks.repeat_interleave(stages, dim=0).to(device)
+        self.slots = [_Slots(entry, [v[i * stages:(i + 1) * stages] for v in self.values],
+                             self.mass[i * stages:(i + 1) * stages], self.bias[i * stages:(i + 1) * stages])
+                      for i, entry in enumerate(entries)]
+
+    @staticmethod
+    def key(entry: BankEntry, count: int) -> tuple:
+        return count, entry.tokens, entry.kept, entry.capacity, entry.channels, entry.grid
+
+    def stacked(self, entries: list[torch.Tensor], skip_rows: int) -> list[torch.Tensor]:
+        """This group's new entries as (layers·S, F, T, C) per value, non-finite values zeroed."""
+        layers = len(self.slots)
+        out = []
+        for index in self.positions:
+            x = torch.stack([entries[i] for i in index])
+            x = x[:, skip_rows:] if skip_rows else x
+            out.append(finite(x).view(layers * self.stages, -1, *x.shape[2:]))
+        return out
+
     def select(self, frame: list[torch.Tensor], motion: torch.Tensor | None, config: BankConfig
                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | int]:
-        """The tokens of one frame (tensors (S, T, C)) that go into the bank, their masses, and the
-        moving tokens a sparse budget dropped (a device tensor: read only when someone asks)."""
-        mass = torch.ones(frame[0].shape[:2], device=self.mass.device)
+        """The tokens of one frame that go into the bank, their masses, and the moving tokens a
+        sparse budget dropped (a device tensor: read only when someone asks)."""
         if not config.sparse:
-            return frame, mass, 0
-        selection = select_tokens(motion, self.entry.grid, self.entry.kept, config.motion_threshold, self.static_rank)
+            return frame, self.dense_mass, 0
+        per_row_motion = motion.repeat(len(self.slots), 1, 1)
+        selection = select_tokens(per_row_motion, self.grid, self.kept, config.motion_threshold, self.static_rank)
         return [take(x, selection.index) for x in frame], selection.mass, selection.dropped_moving.sum()
 
     def store(self, frame: list[torch.Tensor], mass: torch.Tensor, stored: int, config: BankConfig) -> None:
         """FIFO: the frame takes the oldest of the `max_frames` slots."""
-        kept = self.entry.kept
-        slot = slice((stored % config.max_frames) * kept, (stored % config.max_frames + 1) * kept)
+        first = (stored % config.max_frames) * self.kept
+        slot = slice(first, first + self.kept)
         for store, new in zip(self.values, frame):
             store[:, slot].copy_(new)
         self.mass[:, slot].copy_(mass)
-        self.bias.copy_(self.mass.log())
-
-
-class _SlotGroup:
-    """Banked layers of equal shape kept in one tensor per value (layer i = rows i·S … i·S+S−1), so
-    a merged-memory write, a reset and a scene cut are one operation for all of them instead of one
-    per layer (a bank write would otherwise be hundreds of small ops every few frames)."""
-
-    def __init__(self, entries: list[BankEntry], count: int, stages: int, device, dtype,
-                 generator: torch.Generator):
-        first, rows = entries[0], len(entries) * stages
-        self.kept, self.tokens = first.kept, first.tokens
-        self.values = [torch.zeros(rows, first.capacity, first.channels, device=device, dtype=dtype)
-                       for _ in range(count)]
-        self.mass = torch.zeros(rows, first.capacity, device=device, dtype=torch.float32)
-        self.bias = torch.full((rows, first.capacity), float("-inf"), device=device, dtype=dtype)
-        self.slots = []
-        for i, entry in enumerate(entries):
-            part = slice(i * stages, (i + 1) * stages)
-            rank = torch.rand(entry.grid[0] * entry.grid[1], generator=generator).to(device)
-            self.slots.append(_Slots(entry, [v[part] for v in self.values], self.mass[part], self.bias[part], rank))
-
-    @staticmethod
-    def key(entry: BankEntry, count: int) -> tuple:
-        return count, entry.tokens, entry.kept, entry.capacity, entry.channels
+        self.bias[:, slot].copy_(self.dense_bias if mass is self.dense_mass else mass.log())
 
     def reset(self) -> None:
         self.mass.zero_()
@@ -88,18 +105,16 @@ class _SlotGroup:
         self.mass.masked_fill_(condition, 0.0)
         self.bias.masked_fill_(condition, float("-inf"))
 
-    def merge(self, frames: list[list[torch.Tensor]], masses: list[torch.Tensor], config: BankConfig,
+    def merge(self, frame: list[torch.Tensor], mass: torch.Tensor, config: BankConfig,
               generator: torch.Generator | None) -> None:
-        """Old memory + one new frame per layer → the memory's size, all layers in one merge."""
-        new = [torch.cat([frame[k] for frame in frames]) for k in range(len(self.values))]
+        """Old memory + the new frame → the memory's size, every layer of the group in one merge."""
         merged, merged_mass = merge_memory(
-            tuple(torch.cat([store, n], dim=1) for store, n in zip(self.values, new)),
-            torch.cat([self.mass, torch.cat(masses)], dim=1), torch.cat([self.values[0], new[0]], dim=1),
-            self.kept, generator)
+            [torch.cat([store, new], dim=1) for store, new in zip(self.values, frame)],
+            torch.cat([self.mass, mass], dim=1), self.kept, generator)
         for store, values in zip(self.values, merged):
             store.copy_(values)
         target = float(config.max_frames * self.tokens)
-        self.mass.copy_(merged_mass * (target / merged_mass.sum(dim=1, keepdim=True)))
+        self.mass.copy_(merged_mass.mul_(target / merged_mass.sum(dim=1, keepdim=True)))
         self.bias.copy_(self.mass.log())
 
 
@@ -120,12 +135,16 @@ class FeatureBank:
         self._generator = device_generator(device, config.seed)
         rank_generator = torch.Generator("cpu").manual_seed(config.seed + 1)
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}
-        members: dict[tuple, list[BankEntry]] = {}
-        for count, entries in ((2, layout.kv), (1, layout.out)):
-            for entry in entries:
-                members.setdefault(_SlotGroup.key(entry, count), []).append(entry)
-        self._groups = [_SlotGroup(entries, key[0], stages, device, dtype, rank_generator)
-                        for key, entries in members.items()]
+        members: dict[tuple, list[tuple[BankEntry, list[int]]]] = {}
+        base = 2 * len(layout.kv)
+        for i, entry in enumerate(layout.kv):
+            members.setdefault(_SlotGroup.key(entry, 2), []).append((entry, [2 * i, 2 * i + 1]))
+        for j, entry in enumerate(layout.out):
+            members.setdefault(_SlotGroup.key(entry, 1), []).append((entry, [base + j]))
+        self._groups = [_SlotGroup([e for e, _ in group], [list(p) for p in zip(*(p for _, p in group))],
+                                   stages, device, dtype, rank_generator)
+                        for group in members.values()]
+        self._entry_count = base + len(layout.out)
         by_entry = {id(slots.entry): slots for group in self._groups for slots in group.slots}
         self._kv = [by_entry[id(e)] for e in layout.kv]
         self._out = [by_entry[id(e)] for e in layout.out]
@@ -163,35 +182,31 @@ class FeatureBank:
             group.forget_where(condition)
 
     @torch.no_grad()
-    def update(self, entries: list[torch.Tensor], motion: torch.Tensor | None = None) -> None:
+    def update(self, entries: list[torch.Tensor], motion: torch.Tensor | None = None, skip_rows: int = 0) -> None:
         """Write the new frames of one call.
 
-        entries: the call's new-entry outputs in layout order, as (S, F, T, C) (stream rows only);
-        motion: (S, F, h, w) latent motion of each written frame, required for a sparse bank.
-        Frames are written in order f = 0..F−1.
+        entries: the call's new-entry outputs in layout order, (skip_rows + S·F, T, C) each: the
+        first `skip_rows` rows (unconditional CFG rows) are not banked, the rest are the stream rows,
+        F frames per stage; motion: (S, F, h, w) latent motion of each written frame, required for
+        a sparse bank. Frames are written in order f = 0..F−1.
         """
-        if len(entries) != 2 * len(self._kv) + len(self._out):
-            raise ValueError(f"expected {2 * len(self._kv) + len(self._out)} entry tensors, got {len(entries)}")
+        if len(entries) != self._entry_count:
+            raise ValueError(f"expected {self._entry_count} entry tensors, got {len(entries)}")
         if self.config.sparse and motion is None:
             raise ValueError("a sparse bank needs the motion of the written frames")
-        frames = entries[0].shape[1] if entries else 0
-        layers = [(slots, [entries[2 * i], entries[2 * i + 1]]) for i, slots in enumerate(self._kv)]
-        base = 2 * len(self._kv)
-        layers += [(slots, [entries[base + j]]) for j, slots in enumerate(self._out)]
-        for f in range(frames):
+        if not entries:
+            return
+        stacked = [group.stacked(entries, skip_rows) for group in self._groups]
+        merging = self.config.merge
+        for f in range(stacked[0][0].shape[1]):
             frame_motion = motion[:, f] if motion is not None else None
-            chosen = {}
-            for slots, tensors in layers:
-                frame, mass, dropped = slots.select([t[:, f] for t in tensors], frame_motion, self.config)
+            for group, values in zip(self._groups, stacked):
+                frame, mass, dropped = group.select([v[:, f] for v in values], frame_motion, self.config)
                 self.dropped_moving = self.dropped_moving + dropped
-                chosen[id(slots)] = (frame, mass)
-            if self.config.merge and self.stored_frames >= self.config.max_frames:
-                for group in self._groups:
-                    group.merge([chosen[id(slots)][0] for slots in group.slots],
-                                [chosen[id(slots)][1] for slots in group.slots], self.config, self._generator)
-            else:
-                for slots, _ in layers:
-                    slots.store(*chosen[id(slots)], self.stored_frames, self.config)
+                if merging and self.stored_frames >= self.config.max_frames:
+                    group.merge(frame, mass, self.config, self._generator)
+                else:
+                    group.store(frame, mass, self.stored_frames, self.config)
             self.stored_frames += 1
 
     def frames_in_memory(self) -> int:

@@ -4,8 +4,8 @@ Tokens are split into a source set and a destination set; each source token find
 similar destination (cosine of a metric); the `r` source tokens with the best matches are averaged
 into their destinations, the others stay. With masses (how many original tokens a token stands
 for) the average is mass-weighted and masses add up, so merging twice is the same as merging the
-originals once. Everything is batched over axis 0 and uses gather/scatter-add only, which export
-to ONNX as Gather/ScatterElements.
+originals once. Everything is batched over axis 0 and made of gathers, batched matrix products
+and scatters without reduction, which TensorRT parses natively.
 """
 from __future__ import annotations
 
@@ -19,22 +19,38 @@ import torch.nn.functional as F
 class MergePlan:
     """Which tokens merge where; indices are per batch row.
 
-    src, dst: positions of the source / destination tokens in the input, (B, Ns) / (B, Nd).
-    kept: indices into src of the tokens that stay, (B, Ns − r).
-    merged: indices into src of the tokens that merge, (B, r).
-    target: indices into dst each merged token goes to, (B, r).
+    order: (B, N) token positions, the `sources` source tokens first, then the destinations.
+    ranking: (B, Ns) indices into the sources, best match first: the first r merge, the rest stay.
+    target: (B, r) indices into the destinations each merged source goes to.
     Merged output token order: [kept sources ; destinations].
+    Positions are kept as one permutation (not separate source and destination lists) so applying
+    a plan is one gather of the input and one of its sources.
     """
 
-    src: torch.Tensor
-    dst: torch.Tensor
-    kept: torch.Tensor
-    merged: torch.Tensor
+    order: torch.Tensor
+    sources: int
+    ranking: torch.Tensor
     target: torch.Tensor
 
     @property
     def merged_count(self) -> int:
-        return self.merged.shape[1]
+        return self.target.shape[1]
+
+    @property
+    def src(self) -> torch.Tensor:
+        return self.order[:, :self.sources]
+
+    @property
+    def dst(self) -> torch.Tensor:
+        return self.order[:, self.sources:]
+
+    @property
+    def merged(self) -> torch.Tensor:
+        return self.ranking[:, :self.merged_count]
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return self.ranking[:, self.merged_count:]
 
 
 def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -44,16 +60,16 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def bipartite_plan(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) -> MergePlan:
-    """Plan merging the `r` source tokens most similar to a destination (cosine of `metric`, (B, N, C))."""
-    if not 0 <= r <= src.shape[1]:
-        raise ValueError(f"cannot merge {r} of {src.shape[1]} source tokens")
-    normed = F.normalize(metric, dim=-1)
-    scores = take(normed, src) @ take(normed, dst).transpose(1, 2)
+def bipartite_plan(metric: torch.Tensor, order: torch.Tensor, sources: int, r: int) -> MergePlan:
+    """Plan merging the `r` source tokens most similar to a destination (cosine of `metric`, (B, N, C));
+    `order` (B, N) lists the source positions first (`sources` of them), then the destinations."""
+    if not 0 <= r <= sources:
+        raise ValueError(f"cannot merge {r} of {sources} source tokens")
+    normed = take(F.normalize(metric, dim=-1), order)
+    scores = torch.bmm(normed[:, :sources], normed[:, sources:].transpose(1, 2))
     best, best_dst = scores.max(dim=-1)
-    order = best.argsort(dim=-1, descending=True)  # exports as TopK; a stable sort has no ONNX lowering
-    merged, kept = order[:, :r], order[:, r:]
-    return MergePlan(src=src, dst=dst, kept=kept, merged=merged, target=best_dst.gather(1, merged))
+    ranking = best.argsort(dim=-1, descending=True)  # exports as TopK; a stable sort has no ONNX lowering
+    return MergePlan(order=order, sources=sources, ranking=ranking, target=best_dst.gather(1, ranking[:, :r]))
 
 
 def merge_tokens(x: torch.Tensor, plan: MergePlan, mass: torch.Tensor | None = None
@@ -61,20 +77,21 @@ def merge_tokens(x: torch.Tensor, plan: MergePlan, mass: torch.Tensor | None = N
     """(B, N, C) → (B, N − r, C) and the merged tokens' masses (all ones in when `mass` is None)."""
     if mass is None:
         mass = x.new_ones(x.shape[:2])
-    mass = mass.to(x.dtype)
-    src, dst = take(x, plan.src), take(x, plan.dst)
-    src_mass, dst_mass = take(mass, plan.src), take(mass, plan.dst)
-    moving_mass = take(src_mass, plan.merged)
-    moving = take(src, plan.merged) * moving_mass.unsqueeze(-1)
+    mass = mass.to(x.dtype).unsqueeze(-1)
+    # mass-weighted values and their masses travel as one tensor: one gather and one sum for both
+    weighted = torch.cat([x * mass, mass], dim=-1)
+    permuted = take(weighted, plan.order)
+    src, dst = permuted[:, :plan.sources], permuted[:, plan.sources:]
+    ranked = take(src, plan.ranking)
+    r = plan.merged_count
     # sums per destination as a one-hot product, not scatter_add: ONNX lowers that to
     # ScatterElements(reduction=add), which TensorRT only runs through a plugin
     # (B, Nd, r) one-hot by comparison: F.one_hot validates its indices with a host read
     routes = (plan.target.unsqueeze(1) == torch.arange(dst.shape[1], device=x.device).view(1, -1, 1)).to(x.dtype)
-    total = dst * dst_mass.unsqueeze(-1) + routes @ moving
-    total_mass = dst_mass + (routes @ moving_mass.unsqueeze(-1)).squeeze(-1)
-    merged = total / total_mass.clamp_min(1e-12).unsqueeze(-1)  # mass 0 (an emptied slot) stays 0, never 0/0
-    out = torch.cat([take(src, plan.kept), merged], dim=1)
-    return out, torch.cat([take(src_mass, plan.kept), total_mass], dim=1)
+    totals = torch.cat([ranked[:, r:], torch.baddbmm(dst, routes, ranked[:, :r])], dim=1)
+    total_mass = totals[..., -1]
+    # mass 0 (an emptied slot) gives 0, never 0/0
+    return totals[..., :-1] / total_mass.clamp_min(1e-12).unsqueeze(-1), total_mass
 
 
 def unmerge_tokens(y: torch.Tensor, plan: MergePlan, n: int) -> torch.Tensor:
@@ -93,22 +110,23 @@ def unmerge_tokens(y: torch.Tensor, plan: MergePlan, n: int) -> torch.Tensor:
     return out
 
 
-def random_partition(batch: int, n: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random split of n tokens into a source half (⌊n/2⌋) and a destination half, per row."""
-    order = torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)
-    return order[:, : n // 2], order[:, n // 2:]
+def random_partition(batch: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """A seeded random order of n tokens per row: the first ⌊n/2⌋ are the sources."""
+    return torch.rand(batch, n, generator=generator, device=device).argsort(dim=1)
 
 
-def merge_memory(values: tuple[torch.Tensor, ...], mass: torch.Tensor, metric: torch.Tensor, drop: int,
-                 generator: torch.Generator | None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+def merge_memory(values: list[torch.Tensor], mass: torch.Tensor, drop: int, generator: torch.Generator | None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Shrink a memory of n tokens to n − drop by bipartite soft matching on a random partition.
 
-    values: tensors (B, n, C) merged with the same plan (e.g. keys and values); mass: (B, n);
-    metric: (B, n, C) similarity features (the keys). Needs drop <= n // 2. Returns the merged
-    values in their dtype and the float32 masses.
+    values: tensors (B, n, C_k) merged with the same plan (e.g. keys and values), the first one
+    being the similarity metric; mass: (B, n). Needs drop <= n // 2. Returns the merged values in
+    their dtype and the float32 masses. The values are merged as one channel-concatenated tensor:
+    one plan, one weighted sum, instead of one per value.
     """
-    src, dst = random_partition(mass.shape[0], mass.shape[1], generator, mass.device)
-    plan = bipartite_plan(metric, src, dst, drop)
-    mass = mass.float()  # masses reach max_frames × tokens, beyond float16's range
-    merged = [merge_tokens(v.float(), plan, mass) for v in values]
-    return tuple(m.to(v.dtype) for (m, _), v in zip(merged, values)), merged[0][1]
+    order = random_partition(mass.shape[0], mass.shape[1], generator, mass.device)
+    plan = bipartite_plan(values[0], order, mass.shape[1] // 2, drop)
+    joined = torch.cat(values, dim=-1) if len(values) > 1 else values[0]
+    merged, merged_mass = merge_tokens(joined.float(), plan, mass.float())  # masses exceed float16's range
+    parts = merged.split([v.shape[-1] for v in values], dim=-1)
+    return [part.to(v.dtype) for part, v in zip(parts, values)], merged_mass
