@@ -9,6 +9,13 @@ first call compiles and warms up, and one-off shapes (the warm-up rows after a r
 capture. Inputs are copied into the graph's static buffers and outputs are cloned out, so callers
 may keep results across calls. A new row count or bank size is a new signature, hence a new graph;
 the oldest graphs are dropped beyond `max_graphs`.
+
+State inputs (the feature bank: hundreds of MiB at 512², updated in place between calls, never
+moved) are not copied: when such an input arrives at the same address on two calls in a row, the
+graph is captured reading it where it lives, and that graph is replayed only for calls that pass
+tensors at those addresses (the addresses are part of its key). A stream's bank therefore costs no
+copy per frame; another session sharing the runner (its bank elsewhere) gets a graph of its own,
+sharing the compiled code and the memory pool.
 """
 from __future__ import annotations
 
@@ -29,24 +36,28 @@ def signature(inputs: Sequence[torch.Tensor]) -> Signature:
 
 
 class CapturedCall:
-    """One CUDA graph of `fn` over static input buffers shaped like `inputs`."""
+    """One CUDA graph of `fn` over static input buffers shaped like `inputs`; the inputs numbered in
+    `in_place` are read where they are (the caller guarantees their addresses on every replay)."""
 
-    def __init__(self, fn: Callable[..., object], inputs: Sequence[torch.Tensor], pool):
-        self.static_inputs = [t.detach().clone() for t in inputs]
+    def __init__(self, fn: Callable[..., object], inputs: Sequence[torch.Tensor], pool, in_place: frozenset[int]):
+        inputs = [t if i in in_place else t.detach().clone() for i, t in enumerate(inputs)]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            fn(*self.static_inputs)  # lazy initialisation (cuBLAS handles, autotuning) must happen outside capture
+            fn(*inputs)  # lazy initialisation (cuBLAS handles, autotuning) must happen outside capture
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
-            outputs = fn(*self.static_inputs)
+            outputs = fn(*inputs)
         self.tuple_output = isinstance(outputs, tuple)
         self.static_outputs = outputs if self.tuple_output else (outputs,)
+        # no reference to the in-place inputs: a closed session's bank is freed, and its graph can
+        # only be replayed by a call passing tensors at those very addresses
+        self.copied = [(i, t) for i, t in enumerate(inputs) if i not in in_place]
 
     def __call__(self, *inputs: torch.Tensor):
-        for buffer, value in zip(self.static_inputs, inputs):
-            buffer.copy_(value)
+        for i, buffer in self.copied:
+            buffer.copy_(inputs[i])
         self.graph.replay()
         outputs = tuple(t.clone() for t in self.static_outputs)
         return outputs if self.tuple_output else outputs[0]
@@ -60,35 +71,45 @@ class GraphReplay:
     """
 
     def __init__(self, fn: Callable[..., object], name: str, max_graphs: int = 8,
-                 capture: Callable[[Callable[..., object], Sequence[torch.Tensor]], Callable[..., object]]
-                 | None = None, steady_rows: int | None = None):
+                 capture: Callable[[Callable[..., object], Sequence[torch.Tensor], frozenset[int]],
+                                   Callable[..., object]] | None = None,
+                 steady_rows: int | None = None, state_inputs: tuple[int, ...] = ()):
         self.fn = fn
         self.name = name
         self.max_graphs = max_graphs
+        #: inputs that may be long-lived state (see the module docstring), by position
+        self.state_inputs = state_inputs
         #: only calls with this many rows are captured: the warm-up calls after a reset have other
         #: row counts and recur at every reset, and capturing them would only waste graph memory
         self.steady_rows = steady_rows
         self._pool = None
         self._capture = capture or self._capture_cuda
-        self._seen: set[Signature] = set()
-        self.graphs: OrderedDict[Signature, Callable[..., object]] = OrderedDict()
+        #: signature → state-input addresses of its last call that ran without a graph
+        self._seen: dict[Signature, tuple[int, ...]] = {}
+        #: (signature, state-input addresses, or None for a graph that copies every input) → graph
+        self.graphs: OrderedDict[tuple[Signature, tuple[int, ...] | None], Callable[..., object]] = OrderedDict()
 
-    def _capture_cuda(self, fn, inputs):
+    def _capture_cuda(self, fn, inputs, in_place):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        return CapturedCall(fn, inputs, self._pool)
+        return CapturedCall(fn, inputs, self._pool, in_place)
 
     def __call__(self, *inputs: torch.Tensor):
-        key = signature(inputs)
+        shapes = signature(inputs)
+        addresses = tuple(inputs[i].data_ptr() for i in self.state_inputs)
+        key = (shapes, addresses) if (shapes, addresses) in self.graphs else (shapes, None)
         graph = self.graphs.get(key)
         if graph is None:
             if self.steady_rows is not None and inputs[0].shape[0] != self.steady_rows:
                 return self.fn(*inputs)
-            if key not in self._seen:
-                self._seen.add(key)
+            previous = self._seen.get(shapes)
+            self._seen[shapes] = addresses
+            if previous is None:
                 return self.fn(*inputs)
+            in_place = frozenset(self.state_inputs) if previous == addresses and addresses else frozenset()
+            key = (shapes, addresses if in_place else None)
             try:
-                graph = self._capture(self.fn, inputs)
+                graph = self._capture(self.fn, inputs, in_place)
             except RuntimeError as exc:
                 raise AcceleratorError(f"CUDA graph capture of {self.name} failed for input shapes "
                                        f"{[tuple(t.shape) for t in inputs]}: {exc}") from exc
@@ -107,8 +128,8 @@ class CompiledRunner:
         self.function = function
         self.compiled = torch.compile(function, mode=mode, dynamic=False, fullgraph=True)
         self._compiled_signatures: set[Signature] = set()
-        self._call = (GraphReplay(self._run, function.name, steady_rows=steady_rows) if cuda_graphs
-                      else self._run)
+        self._call = (GraphReplay(self._run, function.name, steady_rows=steady_rows,
+                                  state_inputs=function.state_inputs()) if cuda_graphs else self._run)
 
     def _run(self, *inputs: torch.Tensor):
         key = signature(inputs)

@@ -33,6 +33,11 @@ class TensorFunction(nn.Module):
         """What a graph bakes in beyond weights and sizes (bank shapes, constants); part of cache keys."""
         return None
 
+    def state_inputs(self) -> tuple[int, ...]:
+        """Positions of inputs that are long-lived state updated in place between calls (a CUDA
+        graph may read them where they live instead of copying them in)."""
+        return ()
+
     def example_inputs(self, rows: int, height: int, width: int, dtype: torch.dtype,
                        device: torch.device | str) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
@@ -200,6 +205,9 @@ class BankedUNetFunction(TensorFunction):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.banked(sample, timestep, encoder_hidden_states, *bank)
+
+    def state_inputs(self) -> tuple[int, ...]:
+        return tuple(range(3, len(self.input_names)))
 
     def variant(self) -> tuple:
         banked = self.banked

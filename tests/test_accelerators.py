@@ -133,9 +133,34 @@ class FakeCapture:
     def __init__(self):
         self.captured = []
 
-    def __call__(self, fn, inputs):
+    def __call__(self, fn, inputs, in_place):
         self.captured.append(tuple(t.shape for t in inputs))
         return lambda *xs: ("replayed", fn(*xs))
+
+
+class EmulatedGraph:
+    """What a CUDA graph does with its inputs, on the CPU: a replay reads its static buffers (copies
+    of the captured inputs, refreshed from the caller's) and, for in-place inputs, the very tensors
+    it was captured with, whatever the caller passes. Using a graph wrongly gives wrong numbers."""
+
+    def __init__(self):
+        self.in_place: list[frozenset[int]] = []
+        self.copied: set[int] = set()
+        self.replays = 0
+
+    def __call__(self, fn, inputs, in_place):
+        self.in_place.append(in_place)
+        static = [t if i in in_place else t.clone() for i, t in enumerate(inputs)]
+
+        def replay(*xs):
+            self.replays += 1
+            for i, (buffer, x) in enumerate(zip(static, xs)):
+                if i not in in_place:
+                    buffer.copy_(x)
+                    self.copied.add(i)
+            return fn(*static)
+
+        return replay
 
 
 def test_graph_replay_captures_on_the_second_call_of_a_shape():
@@ -210,6 +235,39 @@ def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
         for got, want in zip(runner(*inputs), expected):
             assert (got.float() - want.float()).abs().max() < 2e-2 * want.float().abs().max()
     assert len(runner._call.graphs) == 1
+
+
+def test_state_inputs_are_read_in_place_and_other_sessions_get_a_copying_graph():
+    capture = EmulatedGraph()
+    replay = GraphReplay(lambda x, state: x + state, "net", capture=capture, state_inputs=(1,))
+    x, mine, theirs = torch.ones(2), torch.zeros(2), torch.full((2,), 10.0)
+    replay(x, mine)
+    replay(x, mine)  # captured, reading `mine` where it lives
+    mine += 1  # the state is updated in place between calls, as the bank is
+    assert torch.equal(replay(x, mine), torch.full((2,), 2.0))
+    assert torch.equal(replay(x, theirs), torch.full((2,), 11.0))  # another session: a graph that copies
+    mine += 1
+    assert torch.equal(replay(x, mine), torch.full((2,), 3.0))
+    assert capture.in_place == [frozenset({1}), frozenset()]
+
+
+def test_a_video_stream_through_graph_replay_equals_eager_and_never_copies_its_bank():
+    """The banked UNet captured with the bank read in place: same frames as eager, and the only
+    bytes copied per replay are the sample, timestep and text (not the bank)."""
+    def pipeline():
+        pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], cfg_type="self", width=SIZE,
+                             height=SIZE, device="cpu", dtype="float32", bank=dict(cache_interval=1))
+        pipe.prepare(prompt="oil painting", guidance_scale=1.3)
+        return pipe
+
+    eager, graphed, capture = pipeline(), pipeline(), EmulatedGraph()
+    function = graphed.banked_unet_runner
+    graphed.banked_unet_runner = GraphReplay(function, "banked_unet", capture=capture, steady_rows=3,
+                                             state_inputs=tuple(range(3, 3 + len(graphed.bank.tensors()))))
+    for seed in range(6):
+        torch.testing.assert_close(graphed(image(seed)), eager(image(seed)), atol=0, rtol=0)
+    assert capture.in_place == [frozenset(range(3, 3 + len(graphed.bank.tensors())))]
+    assert capture.replays >= 3 and capture.copied == {0, 1, 2}
 
 
 def test_warm_up_row_counts_are_never_captured():
