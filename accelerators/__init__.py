@@ -1,4 +1,4 @@
-"""How the networks run: eager PyTorch, torch.compile (+ CUDA graphs), ONNX Runtime or TensorRT.
+"""How the networks run: eager PyTorch, torch.compile (+ CUDA graphs), ONNX Runtime, TensorRT or OpenVINO.
 
 `check_accelerator(name, target, options)` rejects impossible combinations before any weights load;
 `make_backend(name, target, options)` gives the backend whose `runner(function)` runs a pure tensor
@@ -11,7 +11,7 @@ from __future__ import annotations
 from livediff.accelerators.base import AcceleratorOptions, Backend, BuildTarget, ResolutionRange, RowRange
 from livediff.errors import ConfigError
 
-ACCELERATORS = ("eager", "compile", "onnxruntime", "tensorrt")
+ACCELERATORS = ("eager", "compile", "onnxruntime", "tensorrt", "openvino")
 
 __all__ = ["ACCELERATORS", "AcceleratorOptions", "Backend", "BuildTarget", "ResolutionRange", "RowRange",
            "check_accelerator", "make_backend"]
@@ -50,6 +50,12 @@ def check_accelerator(name: str, target: BuildTarget,
 
         check_precision(target.dtype, target.device)
         providers_for(target.device)
+    if name != "openvino" and (options.weights is not None or options.openvino_device != "CPU"):
+        raise ConfigError(f"weights and openvino_device are options of accelerator 'openvino', not {name!r}")
+    if name == "openvino":
+        from livediff.accelerators.openvino_backend import check_openvino_supported
+
+        check_openvino_supported(target.device, target.dtype, options)
     if name == "tensorrt":
         from livediff.accelerators.tensorrt_backend import check_tensorrt_supported
         from livediff.accelerators.tensorrt_ops import MAX_OPSET
@@ -77,6 +83,10 @@ def make_backend(name: str, target: BuildTarget, options: AcceleratorOptions | d
         from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(target, options, progress)
+    if name == "openvino":
+        from livediff.accelerators.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(target, options, progress)
     from livediff.accelerators.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(target, options, progress)

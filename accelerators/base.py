@@ -117,6 +117,9 @@ class AcceleratorOptions:
     opset: ONNX opset of exported graphs (>= 17: LayerNormalization is a single op from 17 on).
     build: when False a missing engine or graph is an error instead of being built on the spot.
     workspace_gb: TensorRT builder workspace limit (None: TensorRT's default, the whole GPU).
+    openvino_device: `openvino` only: the OpenVINO device (CPU, GPU, NPU, AUTO, or e.g. GPU.1).
+    weights: `openvino` only: None (the model's float32 weights) or "int8" (weights compressed by NNCF;
+        changes the numbers, so never on by default).
     """
 
     cuda_graphs: bool | None = None
@@ -126,6 +129,8 @@ class AcceleratorOptions:
     opset: int = 18
     build: bool = True
     workspace_gb: float | None = None
+    openvino_device: str = "CPU"
+    weights: str | None = None
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:
@@ -135,6 +140,11 @@ class AcceleratorOptions:
             raise ConfigError(f"opset {self.opset!r} is outside 17..23")
         if self.resolution is not None and not isinstance(self.resolution, ResolutionRange):
             self.resolution = _resolution_range(self.resolution)
+        if self.openvino_device.split(".")[0] not in ("CPU", "GPU", "NPU", "AUTO"):
+            raise ConfigError(f"openvino_device {self.openvino_device!r} is not one of CPU, GPU, NPU, AUTO "
+                              f"(optionally with an index, e.g. GPU.1)")
+        if self.weights not in (None, "int8"):
+            raise ConfigError(f"weights {self.weights!r} is not None or 'int8'")
         if self.workspace_gb is not None and not self.workspace_gb > 0:
             raise ConfigError(f"workspace_gb {self.workspace_gb!r} must be positive")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()

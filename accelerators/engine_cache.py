@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = 1
-KINDS = ("onnx", "tensorrt")
+KINDS = ("onnx", "tensorrt", "openvino")
 _SAMPLES_PER_TENSOR = 4096
 
 

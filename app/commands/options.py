@@ -34,7 +34,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
                        help="auto (default: cuda when available, else cpu), cuda, cuda:N, cpu or mps")
     group.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                        help="auto (default): float16 on CUDA, float32 on CPU")
-    group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime or tensorrt")
+    group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime, tensorrt or openvino")
+    group.add_argument("--openvino-device", default=None,
+                       help="accelerator openvino: CPU (default), GPU, NPU or AUTO (Intel GPUs and NPUs)")
     add_threads_option(group)
 
 
@@ -55,7 +57,8 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
     return dict(model=args.model, mode=mode, t_index_list=parse_t_index_list(args.t_index_list),
                 cfg_type=args.cfg_type, width=args.width, height=args.height,
                 frame_buffer_size=args.frame_buffer_size, vae=args.vae, loras=tuple(args.lora), device=device,
-                dtype=resolve_dtype_name(args.dtype, device), seed=args.seed, accelerator=args.accelerator)
+                dtype=resolve_dtype_name(args.dtype, device), seed=args.seed, accelerator=args.accelerator,
+                **({"accelerator_options": {"openvino_device": args.openvino_device}} if args.openvino_device else {}))
 
 
 def build_pipeline(args: argparse.Namespace, mode: str, **extra):

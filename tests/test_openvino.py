@@ -1,0 +1,106 @@
+"""The `openvino` accelerator on this CPU: parity with eager (image stream, a 10-frame V2V with the
+bank), the IR cache, int8 weights with their error, and the errors for what it cannot do."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+
+from livediff.accelerators import AcceleratorOptions, check_accelerator  # noqa: E402
+from livediff.accelerators import openvino_backend  # noqa: E402
+from livediff.accelerators.engine_cache import EngineCache  # noqa: E402
+from livediff.errors import AcceleratorError, ConfigError  # noqa: E402
+from livediff.pipelines import StreamConfig, load_pipeline  # noqa: E402
+from livediff.pipelines.runners import build_target  # noqa: E402
+
+SIZE = 64
+IMAGE_TOLERANCE = 1e-5  # max abs difference of output pixels in [0, 1] (seen: ~1.5e-7)
+
+
+def settings(**overrides) -> dict:
+    base = dict(model="tiny", vae="tiny-taesd", t_index_list=[20, 40], cfg_type="self", width=SIZE, height=SIZE,
+                device="cpu", dtype="float32")
+    base.update(overrides)
+    return base
+
+
+def frame(i: int) -> torch.Tensor:
+    texture = torch.rand(1, 3, SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(3))
+    picture = texture[..., 3 * i:3 * i + SIZE].clone()
+    picture[..., 20:36, 2 * i:2 * i + 16] = 1.0
+    return picture
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+def run(pipe, frames: int) -> list[torch.Tensor]:
+    pipe.prepare(prompt="oil painting", guidance_scale=1.4)
+    return [pipe(frame(i)) for i in range(frames)]
+
+
+@pytest.mark.parametrize("cfg_type", ["self", "full"])
+def test_image_stream_through_openvino_matches_eager(cache_dir, cfg_type):
+    eager = run(load_pipeline(**settings(cfg_type=cfg_type)), 4)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir},
+                         **settings(cfg_type=cfg_type))
+    assert pipe.runners.name == "openvino"
+    for reference, actual in zip(eager, run(pipe, 4)):
+        assert (actual - reference).abs().max() < IMAGE_TOLERANCE
+
+
+def test_v2v_stream_with_the_bank_through_openvino_matches_eager(cache_dir):
+    """10 frames: the bank is read from and written with the compiled model's outputs."""
+    video = settings(mode="video", t_index_list=[20, 30, 40], bank=dict(cache_interval=2))
+    eager = run(load_pipeline(**video), 10)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **video)
+    outputs = run(pipe, 10)
+    without_bank = run(load_pipeline(**dict(video, bank=False)), 10)
+    assert pipe.bank.stored_frames > 0
+    for reference, actual in zip(eager, outputs):
+        assert (actual - reference).abs().max() < IMAGE_TOLERANCE
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, without_bank)) > 100 * IMAGE_TOLERANCE
+
+
+def test_converted_models_are_cached_with_the_openvino_version_and_device(cache_dir, monkeypatch):
+    load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **settings())
+    entries = [e for e in EngineCache(cache_dir).entries() if e.key["kind"] == "openvino"]
+    assert entries and all(e.key["device"] == "CPU" and e.key["builder"].startswith("openvino ") for e in entries)
+
+    def no_conversion(*args):
+        raise AssertionError("a cached model was converted again")
+
+    monkeypatch.setattr(openvino_backend, "convert", no_conversion)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **settings())
+    assert len(run(pipe, 2)) == 2
+
+
+def test_int8_weights_are_opt_in_and_their_error_is_measurable(cache_dir):
+    pytest.importorskip("nncf")
+    eager = run(load_pipeline(**settings()), 3)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir, "weights": "int8"},
+                         **settings())
+    outputs = run(pipe, 3)
+    error = max(float((a - b).abs().max()) for a, b in zip(eager, outputs))
+    assert IMAGE_TOLERANCE < error < 0.25  # compressed: not the float32 numbers, still the same picture
+    keys = {e.key["precision"] for e in EngineCache(cache_dir).entries() if e.key["kind"] == "openvino"}
+    assert "float32, int8 weights" in keys and "float32" in keys
+
+
+@pytest.mark.parametrize("overrides, options, error, message", [
+    (dict(), {"openvino_device": "NPU"}, AcceleratorError, "available: CPU"),
+    (dict(), {"openvino_device": "TPU"}, ConfigError, "'TPU' is not one of CPU, GPU, NPU, AUTO"),
+    (dict(), {"weights": "int4"}, ConfigError, "weights 'int4'"),
+    (dict(dtype="bfloat16"), {}, ConfigError, "takes float32 graphs"),
+])
+def test_what_openvino_cannot_do_is_refused_before_loading(overrides, options, error, message):
+    with pytest.raises(error, match=message):
+        check_accelerator("openvino", build_target(StreamConfig(**settings(**overrides))), options)
+
+
+def test_openvino_options_on_another_accelerator_are_refused():
+    with pytest.raises(ConfigError, match="options of accelerator 'openvino'"):
+        check_accelerator("onnxruntime", build_target(StreamConfig(**settings())), AcceleratorOptions(weights="int8"))
