@@ -81,8 +81,11 @@ def convert(onnx_path: Path, ir_path: Path, weights: str | None) -> None:
     except Exception as exc:  # the converter raises its own types (OpConversionFailure, ...)
         raise AcceleratorError(f"OpenVINO cannot convert {onnx_path}: {exc}") from exc
     if weights == "int8":
+        import logging
+
         import nncf
 
+        nncf.set_log_level(logging.ERROR)  # its statistics table would land in the middle of a progress bar
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(model, str(ir_path), compress_to_fp16=False)
 

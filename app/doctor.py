@@ -67,7 +67,7 @@ def environment() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
                             "cuda_runtime": torch.version.cuda, "onnxruntime": _version("onnxruntime")
-                            or _version("onnxruntime-gpu"), "tensorrt": _version("tensorrt"),
+                            or _version("onnxruntime-gpu"), "tensorrt": _version("tensorrt"), "openvino": _version("openvino"),
                             "diffusers": _version("diffusers")}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -98,7 +98,10 @@ def _driver_version() -> str | None:
 
 
 def default_backends(cuda: bool) -> list[str]:
-    return ["eager", "compile", "onnxruntime", "tensorrt"] if cuda else ["eager", "onnxruntime"]
+    """What a user of this machine would pick from: OpenVINO (when installed) is the CPU's runtime."""
+    if cuda:
+        return ["eager", "compile", "onnxruntime", "tensorrt"]
+    return ["eager", "onnxruntime"] + (["openvino"] if _version("openvino") else [])
 
 
 def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print) -> DoctorReport:
