@@ -12,6 +12,9 @@ Its `__call__` times itself with CUDA events, which a CPU build of torch lacks, 
 its `__call__` body without them: preprocess, encode_image, predict_x0_batch, decode_image.
 Every contender gets the same frames in the same order; a round times each once, and the ratios
 compare medians over the same rounds, so machine load drifts affect all alike.
+
+Each backend holds its own copy of the weights: with the full SD 2.1 layout (3.5 GB of float32 UNet)
+four backends at once exceed 24 GiB, so measure `openvino-int8` (or `compile`) in a run of its own.
 """
 from __future__ import annotations
 
