@@ -98,7 +98,7 @@ def test_onnxruntime_refuses_bfloat16():
 
 def test_unknown_accelerator_and_options_are_config_errors():
     with pytest.raises(ConfigError, match="not one of"):
-        check_accelerator("openvino", build_target(config()))
+        check_accelerator("directml", build_target(config()))
     with pytest.raises(ConfigError, match="unknown accelerator option"):
         check_accelerator("compile", build_target(config()), {"graphs": True})
     with pytest.raises(ConfigError, match="compile_mode"):
