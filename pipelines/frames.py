@@ -98,7 +98,9 @@ def to_model_tensor(frames: Any, height: int, width: int, count: int) -> tuple[t
 
 def from_model_tensor(images: torch.Tensor, kind: FrameKind):
     """(B,3,H,W) in [-1,1] → the kind the caller passed in."""
-    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    if images.dtype != torch.float64:  # float64 pipelines (reference checks) keep their precision
+        images = images.float()
+    images = (images / 2 + 0.5).clamp(0, 1)
     if kind.kind == "torch":
         return images[0] if kind.unbatched_tensor else images
     arrays = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()

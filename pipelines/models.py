@@ -20,7 +20,8 @@ from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, 
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: float64 is for reference checks on the CPU (equalities that hold to 1e-9), not for use
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass
@@ -55,6 +56,9 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         raise ConfigError(f"dtype {name!r} is not supported; choose one of {sorted(DTYPES)}")
     if name == "float16" and torch.device(device).type == "cpu":
         raise ConfigError("dtype 'float16' is not supported on device 'cpu'; use 'float32' or 'bfloat16' on CPU")
+    if name == "float64" and torch.device(device).type != "cpu":
+        raise ConfigError(f"dtype 'float64' is for reference checks on device 'cpu', not {device!r}; "
+                          f"use 'float16', 'bfloat16' or 'float32'")
     return DTYPES[name]
 
 

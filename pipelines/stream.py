@@ -12,17 +12,30 @@ are those frames fully denoised rather than half-denoised garbage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
 from livediff.accelerators.base import RowRange
 from livediff.errors import ConfigError
 from livediff.pipelines import rcfg
+from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: (latents, timesteps, text) → a frame path that yields the UNet call(s) and returns the noise prediction
+UNetCalls = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Generator[NetworkCall, object, torch.Tensor]]
+
+
+def unet_calls(unet: UNetFn, group=None) -> UNetCalls:
+    """A plain UNet function as the stream batch's UNet step (`group`: see `NetworkCall`)."""
+    group = group if group is not None else ("unet", id(unet))
+
+    def calls(latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
+        return (yield NetworkCall(DENOISE, group, unet, (latents, t, text)))
+
+    return calls
 
 
 def finite(x: torch.Tensor) -> torch.Tensor:
@@ -108,26 +121,30 @@ class StreamBatch:
 
     def step(self, x0: torch.Tensor, unet: UNetFn, guidance: Guidance, noised: bool = False) -> torch.Tensor:
         """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); get F finished ones."""
+        return run_alone(self.calls(x0, unet_calls(unet), guidance, noised))
+
+    def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False) -> FramePath:
+        """`step` as a frame path: yields its UNet calls (see `pipelines.batching`), returns the F finished latents."""
         x_t, stock = self.enter(x0, noised)
         if not self.warmed:
-            self._warm(x_t, stock, unet, guidance)
+            yield from self._warm(x_t, stock, unet, guidance)
         n, f = self.schedule.steps, self.frames
         if n > 1:
             x_t = torch.cat([x_t, self.buffer])
             stock = torch.cat([stock, self.stock if self.stock is not None else self.noise[f:]])
-        denoised, guided, stock_used = self._advance(x_t, stock, 0, n, unet, guidance)
+        denoised, guided, stock_used = yield from self._advance(x_t, stock, 0, n, unet, guidance)
         if n > 1:
             moving, following = slice(0, (n - 1) * f), slice(f, n * f)
             self.buffer = self._renoise(denoised[:-f], following)
             self.stock = self._carry(guided[:-f], stock_used, moving, following)
         return denoised[-f:]
 
-    def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetFn, guidance: Guidance) -> None:
+    def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetCalls, guidance: Guidance) -> FramePath:
         """Denoise the first frames stage by stage, keeping each stage's latent as if they had entered earlier."""
         f = self.frames
         buffers, stocks = [], []
         for stage in range(self.schedule.steps - 1):
-            denoised, guided, stock_used = self._advance(x_t, stock, stage, stage + 1, unet, guidance)
+            denoised, guided, stock_used = yield from self._advance(x_t, stock, stage, stage + 1, unet, guidance)
             current, following = slice(stage * f, (stage + 1) * f), slice((stage + 1) * f, (stage + 2) * f)
             x_t = self._renoise(denoised, following)
             carried = self._carry(guided, stock_used, current, following)
@@ -140,8 +157,8 @@ class StreamBatch:
     def _renoise(self, denoised: torch.Tensor, rows: slice) -> torch.Tensor:
         return add_noise(denoised, self.noise[rows], self.schedule.alpha[rows], self.schedule.beta[rows])
 
-    def _advance(self, x_t: torch.Tensor, stock: torch.Tensor, first: int, last: int, unet: UNetFn,
-                 guidance: Guidance):
+    def _advance(self, x_t: torch.Tensor, stock: torch.Tensor, first: int, last: int, unet: UNetCalls,
+                 guidance: Guidance) -> FramePath:
         """One UNet call on the rows of stages first..last−1; returns (denoised, guided ε, stock used)."""
         s, f = self.schedule, self.frames
         rows = slice(first * f, last * f)
@@ -153,7 +170,7 @@ class StreamBatch:
                                      guidance.guidance_scale, f)
         t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
         self.call_stages = (first, last)  # parts that need each row's stage read it here, as Python ints
-        pred = unet(latents, t, embeds)
+        pred = yield from unet(latents, t, embeds)
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)

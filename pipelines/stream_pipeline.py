@@ -11,6 +11,7 @@ import torch
 
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
+from livediff.pipelines.batching import DECODE, ENCODE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
@@ -19,7 +20,7 @@ from livediff.pipelines.prompts import encode_prompt
 from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
 from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
-from livediff.pipelines.stream import Guidance, StreamBatch
+from livediff.pipelines.stream import Guidance, StreamBatch, unet_calls
 
 
 class StreamPipeline:
@@ -150,13 +151,18 @@ class StreamPipeline:
         """One frame (F frames with frame_buffer_size F) in, the restyled one out, in the kind it came
         in (PIL image, array or tensor; txt2img: PIL). `output="tensor"` gives a float tensor in
         [0, 1] on the pipeline's device instead, with no conversion on the host."""
+        return run_alone(self.frame_calls(frame, output=output))
+
+    def frame_calls(self, frame=None, *, output: str = "same") -> FramePath:
+        """`__call__` as a frame path: yields its network calls, returns the picture. Sessions over the
+        same networks run their frames together with `pipelines.batching.run_together`."""
         guidance = self._require_guidance()
         if output not in ("same", "tensor"):
             raise ConfigError(f"output {output!r} is not one of same, tensor")
         if self.config.mode == "txt2img":
             if frame is not None:
                 raise ConfigError("mode 'txt2img' takes no input frame; build the pipeline with mode='img2img'")
-            return self._txt2img(guidance, output)
+            return (yield from self._txt2img(guidance, output))
         if frame is None:
             raise ConfigError(f"mode {self.config.mode!r} needs an input frame")
         images, kind = to_model_tensor(frame, self.config.height, self.config.width, self.config.frame_buffer_size)
@@ -166,21 +172,28 @@ class StreamPipeline:
         if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
                 and self._last_output is not None:
             return self._last_output
-        finished = self.denoise(self.encode(images), guidance)
-        self._last_output = from_model_tensor(self.runners.decode(finished), kind)
+        latents = yield from self.encode(images)
+        finished = yield from self.denoise(latents, guidance)
+        self._last_output = from_model_tensor((yield self._decode_call(finished)), kind)
         return self._last_output
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor) -> FramePath:
         """Input images in [-1,1] → latents; the hook for parts that look at the input frames (scene cuts)."""
-        return self.runners.encode(images)
+        encode = self.runners.encode
+        return (yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,)))
 
-    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
-        return self.stream.step(latents, self.runners.unet, guidance, noised=noised)
+        unet = self.runners.unet
+        return (yield from self.stream.calls(latents, unet_calls(unet, ("unet", id(unet))), guidance, noised=noised))
 
-    def _txt2img(self, guidance: Guidance, output: str):
+    def _decode_call(self, latents: torch.Tensor) -> NetworkCall:
+        decode = self.runners.decode
+        return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, (latents,))
+
+    def _txt2img(self, guidance: Guidance, output: str) -> FramePath:
         noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,
                             device=self.device)  # drawn where it is used: no per-frame host copy
-        finished = self.denoise(noise.to(self.dtype), guidance, noised=True)
+        finished = yield from self.denoise(noise.to(self.dtype), guidance, noised=True)
         kind = FrameKind("torch" if output == "tensor" else "pil", batched=self.config.frame_buffer_size > 1)
-        return from_model_tensor(self.runners.decode(finished), kind)
+        return from_model_tensor((yield self._decode_call(finished)), kind)

@@ -25,10 +25,9 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
-from contextlib import nullcontext
-
 import torch
 
+from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
 from livediff.pipelines.bank.attention import CrossAttentionCache
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
@@ -55,17 +54,20 @@ class BankedUNetCall:
         self.rows: RowLayout | None = None
         self.new: list[torch.Tensor] = []
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> FramePath:
         pipe = self.pipe
         rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
         bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
         row_text = pipe.row_text(rows.extra, sample.shape[0])
         texts = (self.guidance.uncond, self.guidance.cond)
-        # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
-        cache = (pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
-                 if pipe.runners.name == "eager" else nullcontext())
-        with torch.no_grad(), cache:
-            noise_pred, *new = pipe.banked_unet_runner(sample, timestep, text, *bank)
+
+        def cached_text():
+            """Compiled/exported graphs project the text themselves; the eager module reads the prompt cache."""
+            return pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
+
+        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *bank),
+                           context=cached_text if pipe.runners.name == "eager" else None)
+        noise_pred, *new = yield call
         self.rows, self.new = rows, new
         return noise_pred
 
@@ -94,7 +96,10 @@ class VideoPipeline(StreamPipeline):
         fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
                   else (2.0, 0.0))
         self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion)
-        self.banked_unet_runner = runners.runner_for(BankedUNetFunction(self.banked_unet, scale).eval())
+        function = BankedUNetFunction(self.banked_unet, scale).eval()
+        self.banked_unet_runner = runners.runner_for(function)
+        #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)
+        self.banked_group = ("banked_unet", id(runners.backend), id(models.unet), function.variant())
         self.cross_cache = CrossAttentionCache()
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
         self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None
@@ -150,7 +155,7 @@ class VideoPipeline(StreamPipeline):
             self._indices[key] = (torch.arange(rows, device=self.device) >= extra).long()
         return self._indices[key]
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor) -> FramePath:
         """A scene cut empties the bank on the device, before the new scene is denoised: no host
         branch, so the frame never waits for the GPU to say whether there was a cut."""
         if self.scene_cut is not None:
@@ -158,12 +163,12 @@ class VideoPipeline(StreamPipeline):
             self.scene_cuts += cut.long()
             if self.bank is not None:
                 self.bank.forget_where(cut)
-        return super().encode(images)
+        return (yield from super().encode(images))
 
-    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
         motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
         call = BankedUNetCall(self, guidance)
-        finished = self.stream.step(latents, call, guidance, noised=noised)
+        finished = yield from self.stream.calls(latents, call, guidance, noised=noised)
         if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
             call.write_bank(self.bank, motion)
         self._frames_since_bank_reset += 1

@@ -224,3 +224,52 @@ def test_ui_command_reports_a_missing_model_in_one_sentence(monkeypatch, capsys)
     assert main(["ui", "--model", "nobody/no-such-model", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "nobody/no-such-model" in err and "cannot be downloaded" in err and "Traceback" not in err
+
+
+def test_live_frames_of_concurrent_clients_share_batches_and_stay_separate(server, tmp_path):
+    """Two API clients stream at the same time: their frames go through the networks together
+    (the status endpoint says so), each keeps its own prompt, and once one leaves the other streams
+    on without waiting for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    batcher = server.registry.engine.batcher
+    paths = []
+    for i, f in enumerate(frames(4)):
+        paths.append(tmp_path / f"f{i}.png")
+        Image.fromarray(f).save(paths[-1])
+    before = set(server.registry.snapshot())
+    clients = {prompt: Client(server.url, verbose=False) for prompt in ("a red fox", "a blue whale")}
+
+    def stream(prompt: str) -> int:
+        delivered = 0
+        for path in paths:
+            image, stats = clients[prompt].predict(handle_file(str(path)), prompt=prompt, api_name="/live_frame")
+            delivered += Image.open(image).size == (SIZE, SIZE)
+        return delivered
+
+    wait = batcher.wait_s
+    batcher.wait_s = 2.0  # long enough that the two clients' frames always meet, however slow the machine
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            delivered = list(pool.map(stream, clients))
+    finally:
+        batcher.wait_s = wait
+    assert delivered == [4, 4]
+    sessions = {sid: s for sid, s in server.registry.snapshot().items() if sid not in before}
+    assert sorted(s.applied("webcam").prompt for s in sessions.values()) == ["a blue whale", "a red fox"]
+    stats = clients["a red fox"].predict(api_name="/server_stats")
+    assert stats["max_sessions"] == 2 and stats["sessions"] >= 2
+
+    whale = next(sid for sid, s in sessions.items() if s.applied("webcam").prompt == "a blue whale")
+    server.registry.close(whale)
+    batcher.wait_s = 30.0  # were the closed session still counted, the next frame would wait this long
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(clients["a red fox"].predict, handle_file(str(paths[0])), prompt="a red fox",
+                                 api_name="/live_frame")
+            image, _ = future.result(timeout=25)
+    finally:
+        batcher.wait_s = wait
+    assert Image.open(image).size == (SIZE, SIZE)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
+import time
 from dataclasses import replace
 
 from livediff.app.commands.options import add_pipeline_options, pipeline_settings
@@ -36,6 +38,16 @@ def register(subparsers) -> None:
                              "(default %(default)s); all of them when it stops")
     parser.add_argument("--idle-timeout", type=float, default=900.0, metavar="SECONDS",
                         help="forget a session's stream state after this long without a request (default %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=float, default=4.0, metavar="MS",
+                        help="how long a live frame may wait for the other live tabs' frames to join its batch "
+                             "(default %(default)g; 0 never waits)")
+    parser.add_argument("--max-batch", type=int, default=None, metavar="N",
+                        help="most live frames computed together in one batch (default 8; 1 with tensorrt, whose "
+                             "engines take one session's rows; 1: one frame per network call, first come first "
+                             "served)")
+    parser.add_argument("--stats", action="store_true",
+                        help="print the live batches (sessions, frames/s, frames per batch) every 5 s; the same "
+                             "figures are served at the API endpoint /server_stats")
     add_pipeline_options(parser)
     parser.set_defaults(func=run)
 
@@ -55,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--idle-timeout {args.idle_timeout} must be > 0")
     if not 0 < args.max_upload_mb <= 100_000:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb} is outside (0, 100000]")
+    if not 0 <= args.batch_wait_ms <= 1000:
+        raise ConfigError(f"--batch-wait-ms {args.batch_wait_ms} is outside 0..1000")
+    if args.max_batch is not None and not 1 <= args.max_batch <= 64:
+        raise ConfigError(f"--max-batch {args.max_batch} is outside 1..64")
     if args.cache_age < 4:
         raise ConfigError(f"--cache-age {args.cache_age} must be at least 4 seconds")
     if args.frame_buffer_size != 1:
@@ -69,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     settings = pipeline_settings(args, "img2img")
     settings.pop("mode")
     print(f"livediff ui: loading {args.model} on {settings['device']} ({settings['dtype']}) ...", file=sys.stderr)
-    engine = Engine(settings, stream_mode=args.stream_mode or DEFAULT_STREAM_MODE)
+    engine = Engine(settings, stream_mode=args.stream_mode or DEFAULT_STREAM_MODE,
+                    batch_wait_s=args.batch_wait_ms / 1000, max_batch=args.max_batch)
     defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt,
                                          negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                                          delta=args.delta)
@@ -82,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                       stream_every=args.stream_every or DEFAULT_STREAM_EVERY, cache_age_s=args.cache_age,
                       max_upload_mb=args.max_upload_mb)
         print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
+        if args.stats:
+            threading.Thread(target=_print_stats, args=(engine, 5.0), daemon=True).start()
         try:
             demo.block_thread()
         finally:
@@ -89,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         registry.shutdown()
     return 0
+
+
+def _print_stats(engine, every_s: float) -> None:
+    while True:
+        time.sleep(every_s)
+        print(f"livediff ui: {engine.batcher.stats().format()}", file=sys.stderr, flush=True)
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -5,8 +5,9 @@ objects (buffers, noise, prompt, feature bank: see `sessions.py`), but all of th
 UNet, VAE and text encoder. On one GPU concurrent calls would only interleave on the device (no
 speed-up, more memory), and parts of a pipeline keep per-call state on the shared modules (e.g.
 attention processors). Holding `Engine.lock` around every pipeline call, including prompt
-encoding, resets and pipeline rebuilds, makes sharing safe by construction; the price is that N
-live users share the GPU's frame rate.
+encoding, resets and pipeline rebuilds, makes sharing safe by construction. Live frames do not
+pay for it with one network call each: `Engine.batcher` runs the frames of every live session
+together, in shared network runs.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 from typing import Any
 
 from livediff.app.build_progress import BuildReporter
+from livediff.app.ui.batcher import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S, LiveBatcher
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.choices import MODES
 from livediff.errors import ConfigError
@@ -27,6 +29,21 @@ STREAM_MODES = tuple(m for m in ("video", "img2img") if m in MODES)
 PURPOSES = ("webcam", "video", "img2img", "txt2img")
 
 
+#: Backends whose engines are built for one stream's row counts: their calls cannot take several sessions' rows.
+FIXED_ROW_BACKENDS = ("tensorrt",)
+
+
+def session_batch_limit(accelerator: str, max_batch: int | None) -> int:
+    """How many live sessions may share a network run (`max_batch`, or the default for `accelerator`)."""
+    if accelerator in FIXED_ROW_BACKENDS:
+        if max_batch not in (None, 1):
+            raise ConfigError(f"max batch {max_batch}: accelerator {accelerator!r} builds its engines for one "
+                              f"session's rows, so live sessions take turns; use max batch 1 or accelerator "
+                              f"'onnxruntime' / 'compile' to batch sessions")
+        return 1
+    return DEFAULT_MAX_BATCH if max_batch is None else max_batch
+
+
 class Engine:
     """Loads one template pipeline per mode (the weights once, shared) and hands out new sessions of them.
 
@@ -34,15 +51,18 @@ class Engine:
     server starts, not when the first person clicks.
     """
 
-    def __init__(self, settings: dict[str, Any], stream_mode: str = DEFAULT_STREAM_MODE):
+    def __init__(self, settings: dict[str, Any], stream_mode: str = DEFAULT_STREAM_MODE,
+                 batch_wait_s: float = DEFAULT_WAIT_S, max_batch: int | None = None):
         if stream_mode not in STREAM_MODES:
             raise ConfigError(f"stream mode {stream_mode!r} is not one of {', '.join(STREAM_MODES)}")
         self.settings = dict(settings)
+        batch_limit = session_batch_limit(self.settings.get("accelerator", "eager"), max_batch)  # before loading
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
         self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode}, progress=BuildReporter())
                           for mode in dict.fromkeys(self.modes.values())}
         self.lock = threading.Lock()
+        self.batcher = LiveBatcher(self.lock, wait_s=batch_wait_s, max_batch=batch_limit)
 
     @property
     def stream_template(self):

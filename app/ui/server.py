@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from offline machines
 
 import gradio as gr  # noqa: E402
 
+from livediff.app.ui.batcher import Superseded  # noqa: E402
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
@@ -132,6 +133,8 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
             settings, invalid = None, str(exc)
         try:
             live = webcam.process(request.session_hash, frame, settings)
+        except Superseded:  # a newer frame of this tab is on its way: nothing to show for this one
+            return gr.skip(), gr.skip()
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
         if invalid:
@@ -165,6 +168,10 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     def on_unload(request: gr.Request):
         registry.close(request.session_hash)
 
+    def on_server_stats() -> dict:
+        """The operator's view of the live batches (also `livediff ui --stats`)."""
+        return {"sessions": len(registry), **asdict(engine.batcher.stats())}
+
     with gr.Blocks(title="livediff", delete_cache=(max(1, cache_age_s // 4), cache_age_s)) as demo:
         demo.max_upload_mb = max_upload_mb
         gr.Markdown(f"## livediff — live diffusion\n`{engine.description}`")
@@ -185,6 +192,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                         with gr.Row():
                             restart = gr.Button("Restart stream", size="sm")
                             frame_api = gr.Button(visible=False)
+                            stats_api = gr.Button(visible=False)
                     with gr.Tab("Image", id="image"):
                         image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
                         with gr.Row():
@@ -210,6 +218,9 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         frame_api.click(on_frame, [camera, *controls], [live_out, stats], api_name="live_frame",
                         concurrency_limit=None, show_progress="hidden")
         restart.click(on_restart, None, [live_out, stats], api_name="restart_stream", concurrency_limit=None)
+        server_stats = gr.JSON(visible=False)
+        stats_api.click(on_server_stats, None, server_stats, api_name="server_stats", concurrency_limit=None,
+                        queue=False)
         image_mode.change(lambda mode: gr.update(visible=mode == "img2img"), image_mode, image_in,
                           api_visibility="private", queue=False)
         image_run.click(on_image, [image_mode, image_in, *controls], [image_out, image_info], api_name="image",

@@ -147,6 +147,7 @@ class SessionRegistry:
             self._close_session(session)
 
     def _close_session(self, session: Session) -> None:
+        self.engine.batcher.forget(session.session_id)
         with self.engine.lock:  # not while one of its frames is in the networks
             session.close()
 

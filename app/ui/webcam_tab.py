@@ -12,8 +12,9 @@ Stale frames are dropped, never queued, at two places:
   (send the picture, wait `stream_every`, upload the next frame): time spent waiting for the
   shared model is not part of it, so other tabs' load never triggers a restart.
 
-While a frame waits for the shared model (another tab is using it) it ages; that wait is part of
-the latency the meter reports.
+Frames of all live tabs are computed together, in shared network runs (`batcher.py`). While a
+frame waits for its batch it ages; that wait is part of the latency the meter reports, not of the
+compute time.
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ class WebcamStream:
         self.restart_after_s = restart_after_s
 
     def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings | None) -> LiveFrame:
-        """One camera frame through the session's stream. `settings=None` keeps what the stream has
-        (a control holds an unusable value: the stream goes on rather than stopping for it)."""
+        """One camera frame through the session's stream, in a batch with the other live sessions'
+        frames (`batcher.py`). `settings=None` keeps what the stream has (a control holds an
+        unusable value: the stream goes on rather than stopping for it). Raises `Superseded` when a
+        newer frame of the session took this one's place."""
         arrived = now()
         session = self.registry.get(session_id)
         engine = self.registry.engine
@@ -61,11 +64,10 @@ class WebcamStream:
             pipe, refused = session.pipeline("webcam", settings)
             session.meter.set_delay(stream_delay(pipe))
             previous = session.last_picture
-            started = now()
-            picture = pipe(fit_frame(frame, engine.width, engine.height))
-            delivered = now()
-            session.last_picture = picture
-            session.last_frame_at = delivered
+        picture, started = engine.batcher.run(session_id, pipe, fit_frame(frame, engine.width, engine.height))
+        delivered = now()
+        session.last_picture = picture
+        session.last_frame_at = delivered
         advanced = picture is not previous
         session.meter.record(arrived, started, delivered, advanced=advanced)
         return LiveFrame(picture, session.meter.reading(), advanced, refused)

@@ -1,0 +1,144 @@
+"""Several sessions advanced together (`pipelines.batching.run_together`) give each session exactly
+what it gets alone, in float64 within 1e-9, for mixed settings, joins and leaves; and they really
+share network runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from livediff.errors import ConfigError
+from livediff.pipelines import load_pipeline
+from livediff.pipelines.batching import DECODE, DENOISE, ENCODE, run_together
+from livediff.pipelines.models import resolve_dtype
+
+SIZE = 64
+FRAMES = 7
+
+
+def template(mode: str, **overrides):
+    settings = dict(model="tiny", mode=mode, t_index_list=[20, 30, 40], cfg_type="self", width=SIZE, height=SIZE,
+                    device="cpu", dtype="float64", seed=0)
+    settings.update(overrides)
+    return load_pipeline(**settings)
+
+
+def frame(i: int) -> torch.Tensor:
+    """A panning texture; frames 3 and 4 repeat frame 2 (so a similarity filter has something to skip)."""
+    i = min(i, 2) if i in (3, 4) else i
+    texture = torch.rand(3, SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return texture[:, :, 3 * i:3 * i + SIZE].clone()
+
+
+def session(base, spec: dict):
+    """A new session of `base` set up from `spec` (config overrides, prompt, live settings)."""
+    spec = dict(spec)
+    prompt = spec.pop("prompt")
+    guidance = spec.pop("guidance_scale", 1.4)
+    filter_threshold = spec.pop("similarity", None)
+    strength = spec.pop("strength", None)
+    pipe = base.new_session(**spec)
+    pipe.prepare(prompt=prompt, negative_prompt="blurry", guidance_scale=guidance, delta=0.7)
+    if filter_threshold is not None:
+        pipe.set_similarity_filter(filter_threshold, max_skip=3)
+    if strength is not None:
+        pipe.set_strength(strength)
+    return pipe
+
+
+def run_schedule(base, specs: dict, lifetimes: dict, batched: bool, reports: list | None = None):
+    """Outputs per session name: batched, every present session's frame i in one `run_together`;
+    alone, each session on its own. `lifetimes[name]` = (first frame, last frame + 1)."""
+    pipes = {name: session(base, spec) for name, spec in specs.items()}
+    outputs = {name: [] for name in specs}
+    if batched:
+        for i in range(FRAMES):
+            present = [name for name in specs if lifetimes[name][0] <= i < lifetimes[name][1]]
+            paths = [pipes[name].frame_calls(None if pipes[name].config.mode == "txt2img" else frame(i),
+                                             output="tensor") for name in present]
+            for name, outcome in zip(present, run_together(paths, on_run=reports.append if reports is not None
+                                                            else None)):
+                outputs[name].append(outcome.get())
+    else:
+        for name, pipe in pipes.items():
+            for i in range(*lifetimes[name]):
+                outputs[name].append(pipe(None if pipe.config.mode == "txt2img" else frame(i), output="tensor"))
+    return outputs
+
+
+def assert_same(batched: dict, alone: dict) -> None:
+    for name in alone:
+        assert len(batched[name]) == len(alone[name]) > 0
+        for b, a in zip(batched[name], alone[name]):
+            assert b.dtype == torch.float64
+            assert (b - a).abs().max().item() < 1e-9, name
+
+
+IMAGE_SPECS = {
+    "self": dict(prompt="oil painting", seed=1),
+    "full": dict(prompt="claymation", cfg_type="full", seed=2, guidance_scale=1.8),
+    "initialize-filtered": dict(prompt="watercolour", cfg_type="initialize", seed=3, similarity=0.9),
+    "none-two-steps": dict(prompt="pencil sketch", cfg_type="none", seed=4, strength=0.5),
+    "one-step": dict(prompt="neon", seed=6, t_index_list=[25]),
+    "txt2img": dict(prompt="a cat", mode="txt2img", seed=7),
+}
+IMAGE_LIFETIMES = {"self": (0, FRAMES), "full": (0, 5), "initialize-filtered": (0, FRAMES),
+                   "none-two-steps": (2, FRAMES), "one-step": (1, 6), "txt2img": (0, FRAMES)}
+
+
+def test_mixed_image_sessions_batched_equal_each_session_alone_and_share_runs():
+    base = template("img2img")
+    reports = []
+    batched = run_schedule(base, IMAGE_SPECS, IMAGE_LIFETIMES, batched=True, reports=reports)
+    alone = run_schedule(base, IMAGE_SPECS, IMAGE_LIFETIMES, batched=False)
+    assert_same(batched, alone)
+    shared = [r for r in reports if r.sessions > 1]
+    assert {r.stage for r in shared} == {ENCODE, DENOISE, DECODE}
+    assert max(r.sessions for r in reports if r.stage == DENOISE) >= 5
+
+
+def test_the_similarity_filter_skips_inside_a_batch_without_a_network_call():
+    base = template("img2img")
+    specs = {"filtered": dict(prompt="oil painting", seed=1, similarity=0.9)}
+    reports = []
+    batched = run_schedule(base, specs, {"filtered": (0, FRAMES)}, batched=True, reports=reports)
+    encodes = sum(1 for r in reports if r.stage == ENCODE)
+    assert encodes < FRAMES  # repeated frames reused the last picture
+    assert batched["filtered"][3] is batched["filtered"][2]
+
+
+VIDEO_SPECS = {
+    "fifo": dict(prompt="oil painting", seed=1, bank=dict(merge=False)),
+    "merged-full": dict(prompt="claymation", cfg_type="full", seed=2, bank=dict(merge=True)),
+    "initialize": dict(prompt="watercolour", cfg_type="initialize", seed=3),
+    "two-steps": dict(prompt="pencil sketch", cfg_type="none", seed=4, strength=0.5),
+    "no-bank": dict(prompt="neon", seed=5, bank=False),
+}
+VIDEO_LIFETIMES = {"fifo": (0, FRAMES), "merged-full": (0, 5), "initialize": (1, FRAMES), "two-steps": (0, FRAMES),
+                   "no-bank": (2, FRAMES)}
+
+
+def test_mixed_video_sessions_with_banks_batched_equal_each_session_alone():
+    base = template("video")
+    reports = []
+    batched = run_schedule(base, VIDEO_SPECS, VIDEO_LIFETIMES, batched=True, reports=reports)
+    alone = run_schedule(base, VIDEO_SPECS, VIDEO_LIFETIMES, batched=False)
+    assert_same(batched, alone)
+    # the banked sessions share UNet runs; the session without a bank has another function
+    assert max(r.sessions for r in reports if r.stage == DENOISE) >= 3
+
+
+def test_a_failing_session_does_not_stop_the_others():
+    base = template("img2img")
+    good = session(base, dict(prompt="oil painting", seed=1))
+    unprepared = base.new_session()
+    outcomes = run_together([good.frame_calls(frame(0), output="tensor"),
+                             unprepared.frame_calls(frame(0), output="tensor")])
+    assert outcomes[0].error is None and outcomes[0].value.shape[-3:] == (3, SIZE, SIZE)
+    assert isinstance(outcomes[1].error, ConfigError)
+    with pytest.raises(ConfigError, match="no prompt"):
+        outcomes[1].get()
+
+
+def test_float64_is_refused_off_the_cpu():
+    with pytest.raises(ConfigError, match="float64.*reference"):
+        resolve_dtype("float64", "cuda")
