@@ -24,6 +24,9 @@ class Backend(Protocol):
     """Makes a runner for a pure tensor function (`livediff.networks.TensorFunction`)."""
 
     name: str
+    #: True when every new row count costs a new compiled graph or model (compile, openvino): runs
+    #: shared by several sessions are then padded to a few row counts (`pipelines.batching`)
+    static_rows: bool
 
     def runner(self, function) -> Callable[..., Any]: ...
 

@@ -171,6 +171,7 @@ class CompileBackend:
         self.cuda_graphs = cuda_graphs
         self.target = target
         self.name = "compile+cudagraphs" if cuda_graphs else "compile"
+        self.static_rows = True
         self._runners: dict[tuple, CompiledRunner] = {}
 
     def runner(self, function: TensorFunction) -> CompiledRunner:

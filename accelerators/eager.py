@@ -19,6 +19,7 @@ class EagerRunner:
 
 class EagerBackend:
     name = "eager"
+    static_rows = False
 
     def runner(self, function: TensorFunction) -> EagerRunner:
         return EagerRunner(function)

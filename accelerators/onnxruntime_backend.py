@@ -107,6 +107,7 @@ class OnnxRuntimeBackend:
     """Runs each function's cached ONNX graph (exported on first use) in its own session."""
 
     name = "onnxruntime"
+    static_rows = False
 
     def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
         self.device = target.device

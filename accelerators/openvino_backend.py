@@ -142,6 +142,7 @@ class OpenVINOBackend:
     """Converts (or reuses) each function's OpenVINO IR from its cached ONNX graph and runs it."""
 
     name = "openvino"
+    static_rows = True
 
     def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
         self.target = target

@@ -230,6 +230,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    static_rows = False
 
     def __init__(self, target: BuildTarget, options: AcceleratorOptions, progress: ProgressFn | None = None):
         self.target = target

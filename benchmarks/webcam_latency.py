@@ -10,6 +10,13 @@ Reported, side by side with the page's own meter (server-side, see app/live_metr
   (the frame that reached the handler `stream delay` calls earlier: the newest capture before it
   arrived). Same machine, so browser and server share the wall clock.
 * frames captured vs processed: the difference is what was dropped as stale.
+
+`--pass-through` takes the model out of the way (each frame comes back as it went in, through the
+same server path: session, settings, batcher, JPEG encoding, Gradio's streaming): what is left is
+the transport's own ceiling, e.g. at 512² with the camera sent at 30 fps:
+
+    python benchmarks/webcam_latency.py --pass-through --size 512 --stream-every 0.033
+
 Needs /usr/bin/chromium and the playwright package.
 """
 from __future__ import annotations
@@ -69,10 +76,14 @@ def main() -> None:
     parser.add_argument("--stream-mode", default=None)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
+    parser.add_argument("--stream-every", type=float, default=None, help="seconds between camera frames sent")
+    parser.add_argument("--pass-through", action="store_true",
+                        help="no model: frames come back as they went in (the transport's own ceiling)")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
 
+    from livediff.app.live_metrics import now
     from livediff.app.ui.engine import DEFAULT_STREAM_MODE, Engine
     from livediff.app.ui.webcam_tab import WebcamStream, stream_delay
     from ui_helpers import running_server
@@ -88,7 +99,10 @@ def main() -> None:
         return replace(live, image=stamp(live.image, len(arrivals) - 1))
 
     WebcamStream.process = timed_process
-    with running_server(engine, restart_after_s=30.0) as server, sync_playwright() as p:
+    if args.pass_through:
+        engine.batcher.run = lambda session_id, pipe, frame: (frame, now())
+    launch = {"stream_every": args.stream_every} if args.stream_every else {}
+    with running_server(engine, restart_after_s=30.0, **launch) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
             "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             "--disable-background-networking", "--disable-gpu"])
@@ -101,7 +115,7 @@ def main() -> None:
         captures, shown = page.evaluate("window.__captures"), page.evaluate("window.__shown")
         meter = page.locator("#live-stats").inner_text().strip().splitlines()[-1]
         browser.close()
-    delay = stream_delay(engine.stream_template)
+    delay = 0 if args.pass_through else stream_delay(engine.stream_template)
     start = captures[0] + args.warmup * 1000
     latencies, transport = [], []
     for shown_at, call in shown:
@@ -116,7 +130,9 @@ def main() -> None:
     window = [t for t, _ in shown if t >= start]
     in_window = [t for t in captures if t >= start]
     fps = (len(window) - 1) / ((window[-1] - window[0]) / 1000) if len(window) > 1 else 0.0
-    print(f"{engine.description}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}")
+    what = f"pass-through (no model) {args.size}x{args.size}" if args.pass_through else engine.description
+    print(f"{what}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}, "
+          f"camera frames every {args.stream_every or 'default'} s")
     print(f"{'displayed fps':32s} {fps:8.1f}")
     if latencies:
         q = statistics.quantiles(latencies, n=10)

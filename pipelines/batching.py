@@ -49,6 +49,7 @@ class NetworkCall:
     runner: Callable[..., Any]
     inputs: tuple[torch.Tensor, ...]
     context: Callable[[], AbstractContextManager] | None = None
+    row_unit: int = 0  # > 0: the runner compiles per row count; shared runs are padded (`padded_rows`)
 
     @property
     def rows(self) -> int:
@@ -64,17 +65,35 @@ class NetworkCall:
             return self.runner(*self.inputs)
 
 
+def padded_rows(rows: int, unit: int) -> int:
+    """Rows of a shared run on a backend that compiles per row count: `unit` (one session's largest
+    call) times the next power of two, so 1, 2, 4, 8 sessions' worth of rows need four compiled
+    shapes, not one per mix of sessions."""
+    if unit <= 0:
+        return rows
+    buckets = 1
+    while unit * buckets < rows:
+        buckets *= 2
+    return unit * buckets
+
+
 @torch.no_grad()
 def run_shared(calls: Sequence[NetworkCall]) -> list:
-    """The outputs of each of `calls` (all with one share key) from a single run of the network."""
+    """The outputs of each of `calls` (all with one share key) from a single run of the network.
+
+    Padding rows (zeros) only fill a compiled shape; rows are independent, so they change nothing
+    in the others and their outputs are dropped."""
     if len(calls) == 1:
         return [calls[0].run()]
-    inputs = tuple(torch.cat(parts) for parts in zip(*(call.inputs for call in calls)))
-    outputs = calls[0].runner(*inputs)
     sizes = [call.rows for call in calls]
+    rows = sum(sizes)
+    pad = padded_rows(rows, max(call.row_unit for call in calls)) - rows
+    inputs = tuple(torch.cat([*parts, parts[0].new_zeros((pad, *parts[0].shape[1:]))] if pad else parts)
+                   for parts in zip(*(call.inputs for call in calls)))
+    outputs = calls[0].runner(*inputs)
     if isinstance(outputs, torch.Tensor):
-        return list(outputs.split(sizes))
-    pieces = [output.split(sizes) for output in outputs]
+        return list(outputs[:rows].split(sizes))
+    pieces = [output[:rows].split(sizes) for output in outputs]
     return [tuple(piece[i] for piece in pieces) for i in range(len(calls))]
 
 

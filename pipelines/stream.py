@@ -28,12 +28,12 @@ UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 UNetCalls = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Generator[NetworkCall, object, torch.Tensor]]
 
 
-def unet_calls(unet: UNetFn, group=None) -> UNetCalls:
-    """A plain UNet function as the stream batch's UNet step (`group`: see `NetworkCall`)."""
+def unet_calls(unet: UNetFn, group=None, row_unit: int = 0) -> UNetCalls:
+    """A plain UNet function as the stream batch's UNet step (`group`, `row_unit`: see `NetworkCall`)."""
     group = group if group is not None else ("unet", id(unet))
 
     def calls(latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
-        return (yield NetworkCall(DENOISE, group, unet, (latents, t, text)))
+        return (yield NetworkCall(DENOISE, group, unet, (latents, t, text), row_unit=row_unit))
 
     return calls
 

@@ -20,7 +20,7 @@ from livediff.pipelines.prompts import encode_prompt
 from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
 from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
-from livediff.pipelines.stream import Guidance, StreamBatch, unet_calls
+from livediff.pipelines.stream import Guidance, StreamBatch, stream_rows, unet_calls
 
 
 class StreamPipeline:
@@ -180,16 +180,26 @@ class StreamPipeline:
     def encode(self, images: torch.Tensor) -> FramePath:
         """Input images in [-1,1] → latents; the hook for parts that look at the input frames (scene cuts)."""
         encode = self.runners.encode
-        return (yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,)))
+        return (yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,),
+                                  row_unit=self.row_unit(stream=False)))
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
         unet = self.runners.unet
-        return (yield from self.stream.calls(latents, unet_calls(unet, ("unet", id(unet))), guidance, noised=noised))
+        calls = unet_calls(unet, ("unet", id(unet)), self.row_unit(stream=True))
+        return (yield from self.stream.calls(latents, calls, guidance, noised=noised))
+
+    def row_unit(self, stream: bool) -> int:
+        """`NetworkCall.row_unit` of this stream's calls: 0 where the backend takes any row count, else
+        the most rows one call of this stream has (UNet: `stream_rows`; VAE: the frames of a call)."""
+        if not self.runners.backend.static_rows:
+            return 0
+        frames = self.config.frame_buffer_size
+        return stream_rows(len(self.settings.t_index_list), frames, self.settings.cfg_type).max if stream else frames
 
     def _decode_call(self, latents: torch.Tensor) -> NetworkCall:
         decode = self.runners.decode
-        return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, (latents,))
+        return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, (latents,), row_unit=self.row_unit(stream=False))
 
     def _txt2img(self, guidance: Guidance, output: str) -> FramePath:
         noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,

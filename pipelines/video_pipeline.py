@@ -66,7 +66,8 @@ class BankedUNetCall:
             return pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
 
         call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *bank),
-                           context=cached_text if pipe.runners.name == "eager" else None)
+                           context=cached_text if pipe.runners.name == "eager" else None,
+                           row_unit=pipe.row_unit(stream=True))
         noise_pred, *new = yield call
         self.rows, self.new = rows, new
         return noise_pred

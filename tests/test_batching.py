@@ -8,7 +8,7 @@ import torch
 
 from livediff.errors import ConfigError
 from livediff.pipelines import load_pipeline
-from livediff.pipelines.batching import DECODE, DENOISE, ENCODE, run_together
+from livediff.pipelines.batching import DECODE, DENOISE, ENCODE, padded_rows, run_together
 from livediff.pipelines.models import resolve_dtype
 
 SIZE = 64
@@ -142,3 +142,40 @@ def test_a_failing_session_does_not_stop_the_others():
 def test_float64_is_refused_off_the_cpu():
     with pytest.raises(ConfigError, match="float64.*reference"):
         resolve_dtype("float64", "cuda")
+
+
+def test_padded_rows_are_a_power_of_two_of_the_unit():
+    assert [padded_rows(r, 2) for r in (1, 2, 3, 4, 5, 8, 9, 16)] == [2, 2, 4, 4, 8, 8, 16, 16]
+    assert padded_rows(7, 0) == 7
+
+
+def test_on_a_backend_that_compiles_per_row_count_shared_runs_are_padded_and_still_exact(monkeypatch):
+    """`static_rows` backends (compile, openvino) get a few row counts; the padding changes no session."""
+    base = template("video")
+    monkeypatch.setattr(base.runners.backend, "static_rows", True, raising=False)
+    seen: list[int] = []
+    runner = base.banked_unet_runner
+
+    def recording(*inputs):
+        seen.append(inputs[0].shape[0])
+        return runner(*inputs)
+
+    specs = {k: VIDEO_SPECS[k] for k in ("fifo", "merged-full", "initialize", "two-steps")}
+    lifetimes = {k: VIDEO_LIFETIMES[k] for k in specs}
+    from livediff.pipelines import video_pipeline
+
+    original = video_pipeline.VideoPipeline.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.banked_unet_runner = recording
+
+    monkeypatch.setattr(video_pipeline.VideoPipeline, "__init__", init)
+    batched = run_schedule(base, specs, lifetimes, batched=True)
+    shared = list(seen)
+    alone = run_schedule(base, specs, lifetimes, batched=False)
+    assert_same(batched, alone)
+    # a session alone keeps its own row counts (at most 6: 3 stages with full CFG); shared runs land on
+    # a unit (the largest session's rows: 3, 4 with initialize, 6 with full CFG) times a power of two
+    allowed = {u * 2 ** k for u in (3, 4, 6) for k in range(4)} | set(range(1, 7))
+    assert set(shared) <= allowed and max(shared) == 24

@@ -88,17 +88,35 @@ def test_webcam_stream_round_trips_in_a_real_browser(server, browser):
     wait_for(lambda: len(server.registry) == 0, "the closed tab's session to be removed")
 
 
-def test_two_tabs_stream_with_separate_sessions(server, browser):
-    pages = {prompt: browser.new_page() for prompt in ("a red fox", "a blue whale")}
-    for prompt, page in pages.items():
-        start_stream(page, server.url, prompt)
+def test_two_tabs_stream_together_with_separate_sessions(server, browser):
+    """Two tabs stream at once: their frames share batches (the server's batcher says so), each keeps
+    its prompt, and closing one leaves the other streaming."""
+    batcher = server.registry.engine.batcher
+    wait = batcher.wait_s
+    batcher.wait_s = 0.5  # long enough that the tabs' frames meet on a slow machine; a silent tab costs 0.5 s
+    try:
+        pages = {prompt: browser.new_page() for prompt in ("a red fox", "a blue whale")}
+        for prompt, page in pages.items():
+            start_stream(page, server.url, prompt)
 
-    def both_streaming():
-        sessions = server.registry.snapshot().values()
-        return sorted(s.applied("webcam").prompt for s in sessions if s.applied("webcam")
-                      and s.meter.reading().frames >= 3) == ["a blue whale", "a red fox"]
+        def sessions_by_prompt():
+            return {s.applied("webcam").prompt: s for s in server.registry.snapshot().values() if s.applied("webcam")}
 
-    wait_for(both_streaming, "two sessions with their own prompts to stream 3 frames each")
-    for page in pages.values():
-        wait_for(lambda: output_src(page), "a restyled frame in each tab")
-        page.close()
+        def both_streaming():
+            sessions = sessions_by_prompt()
+            return sorted(p for p, s in sessions.items() if s.meter.reading().frames >= 3) == ["a blue whale",
+                                                                                                 "a red fox"]
+
+        wait_for(both_streaming, "two sessions with their own prompts to stream 3 frames each")
+        for page in pages.values():
+            wait_for(lambda: output_src(page), "a restyled frame in each tab")
+        wait_for(lambda: batcher.stats().max_sessions == 2, "a batch holding both tabs' frames")
+
+        fox = sessions_by_prompt()["a red fox"]
+        pages.pop("a blue whale").close()
+        wait_for(lambda: "a blue whale" not in sessions_by_prompt(), "the closed tab's session to be removed")
+        frames = fox.meter.reading().frames
+        wait_for(lambda: fox.meter.reading().frames >= frames + 3, "the remaining tab to stream on")
+        pages["a red fox"].close()
+    finally:
+        batcher.wait_s = wait
