@@ -104,3 +104,22 @@ def test_what_openvino_cannot_do_is_refused_before_loading(overrides, options, e
 def test_openvino_options_on_another_accelerator_are_refused():
     with pytest.raises(ConfigError, match="options of accelerator 'openvino'"):
         check_accelerator("onnxruntime", build_target(StreamConfig(**settings())), AcceleratorOptions(weights="int8"))
+
+
+def test_build_engines_converts_ahead_of_time_and_a_pipeline_then_converts_nothing(tmp_path, monkeypatch, capsys):
+    from livediff.app.cli import main as cli
+
+    args = ["build-engines", "--accelerator", "openvino", "--model", "tiny", "--vae", "tiny-taesd", "--width",
+            str(SIZE), "--height", str(SIZE), "--t-index-list", "20,40", "--device", "cpu", "--cache-dir",
+            str(tmp_path), "--openvino-device", "CPU"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: {tmp_path}" in printed and "model.xml" in printed
+               for name in ("unet", "vae_encoder", "vae_decoder"))
+
+    def no_conversion(*args):
+        raise AssertionError("a model converted by build-engines was converted again")
+
+    monkeypatch.setattr(openvino_backend, "convert", no_conversion)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": tmp_path}, **settings())
+    assert len(run(pipe, 2)) == 2

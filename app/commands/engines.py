@@ -12,14 +12,15 @@ from datetime import datetime
 
 from livediff.app.commands.options import add_pipeline_options
 
-BUILD_ACCELERATORS = ("tensorrt", "onnxruntime")
+BUILD_ACCELERATORS = ("tensorrt", "onnxruntime", "openvino")
 
 
 def register(subparsers) -> None:
     build = subparsers.add_parser(
         "build-engines", help="export ONNX graphs and build TensorRT engines ahead of time",
         description="Export the pipeline's networks to ONNX and (with --accelerator tensorrt) build TensorRT "
-                    "engines for exactly these settings: model and LoRAs, resolution (or --min/--max range), "
+                    "engines or (with --accelerator openvino) convert them to OpenVINO models for exactly these "
+                    "settings: model and LoRAs, resolution (or --min/--max range), "
                     "steps, CFG mode and frame buffer size (they fix the batch rows). Results are cached by a "
                     "key of all of them; existing valid entries are reused.")
     add_pipeline_options(build)
@@ -83,11 +84,13 @@ def run_build(args: argparse.Namespace) -> int:
     if args.accelerator not in BUILD_ACCELERATORS:
         raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
                           f"{' or '.join(BUILD_ACCELERATORS)}")
-    config = StreamConfig(**pipeline_settings(args, args.mode))
+    settings = pipeline_settings(args, args.mode)
+    accelerator_options = settings.pop("accelerator_options", {})
+    config = StreamConfig(**settings)
     target = build_target(config)
     options = check_accelerator(config.accelerator, target,
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
-                                     workspace_gb=args.workspace_gb))
+                                     workspace_gb=args.workspace_gb, **accelerator_options))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     functions = stream_networks(models)
     if config.mode == "video":  # video mode calls the banked UNet only
