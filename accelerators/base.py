@@ -56,6 +56,8 @@ class BuildTarget:
 
     stream_rows: rows of the calls of functions whose rows follow the stream batch (the UNets);
         frame_rows: rows of the per-frame functions (the VAE), one per frame of a call.
+    sessions: how many sessions' rows one call may carry (`pipelines.batching`): the most rows
+        widen to that many times one session's.
     model, loras: identity of the weights, part of the cache keys of exported graphs and engines.
     """
 
@@ -67,11 +69,12 @@ class BuildTarget:
     frame_rows: int
     model: str = ""
     loras: tuple[str, ...] = ()
+    sessions: int = 1
 
     def rows_for(self, function) -> RowRange:
-        if getattr(function, "stream_rows", True):
-            return self.stream_rows
-        return RowRange(self.frame_rows, self.frame_rows, self.frame_rows)
+        rows = (self.stream_rows if getattr(function, "stream_rows", True)
+                else RowRange(self.frame_rows, self.frame_rows, self.frame_rows))
+        return RowRange(rows.min, rows.opt, rows.max * self.sessions)
 
 
 def default_cache_dir() -> Path:

@@ -18,6 +18,9 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 16
 
 
+MAX_SESSIONS = 64
+
+
 def _check_size(name: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{name} {value!r} must be an integer")
@@ -48,6 +51,9 @@ class StreamConfig:
     # options or a BankConfig; after validation a BankConfig or False (None outside video mode).
     bank: BankConfig | dict | bool | None = None
     token_merge_ratio: float = 0.0
+    # how many sessions' frames one network run may carry (`pipelines.batching`); engines with a fixed
+    # row range (TensorRT) are built for that many
+    max_sessions: int = 1
 
     @classmethod
     def from_settings(cls, settings: dict) -> "StreamConfig":
@@ -70,6 +76,7 @@ class StreamConfig:
         _check_size("width", self.width)
         _check_size("height", self.height)
         checks.whole("frame_buffer_size", self.frame_buffer_size, 1, MAX_FRAME_BUFFER)
+        checks.whole("max_sessions", self.max_sessions, 1, MAX_SESSIONS)
         checks.seed(self.seed)
         if isinstance(self.loras, str) or not all(isinstance(lora, str) for lora in self.loras):
             raise ConfigError(f"loras {self.loras!r} must be a list of hub ids or paths")

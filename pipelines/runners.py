@@ -45,7 +45,8 @@ def build_target(config: StreamConfig) -> BuildTarget:
     return BuildTarget(device=torch.device(config.device), dtype=resolve_dtype(config.dtype, config.device),
                        height=config.height, width=config.width,
                        stream_rows=stream_rows(len(config.t_index_list), config.frame_buffer_size, config.cfg_type),
-                       frame_rows=config.frame_buffer_size, model=config.model, loras=tuple(config.loras))
+                       frame_rows=config.frame_buffer_size, model=config.model, loras=tuple(config.loras),
+                       sessions=config.max_sessions)
 
 
 def build_runners(config: StreamConfig, models: ModelBundle, options: AcceleratorOptions | dict | None = None,

@@ -143,10 +143,29 @@ def test_the_batch_settings_are_validated():
         LiveBatcher(threading.Lock(), max_batch=0)
 
 
-def test_tensorrt_sessions_take_turns_and_asking_otherwise_is_refused_before_loading():
-    from livediff.app.ui.engine import Engine, session_batch_limit
-    from livediff.errors import ConfigError
+def test_tensorrt_batches_only_when_asked_and_its_engines_are_then_built_for_the_batch():
+    from livediff.app.ui.engine import session_batch_limit
+    from livediff.pipelines import StreamConfig
+    from livediff.pipelines.runners import build_target
 
-    assert session_batch_limit("tensorrt", None) == 1 and session_batch_limit("onnxruntime", None) == 8
-    with pytest.raises(ConfigError, match="max batch 4: accelerator 'tensorrt'.*max batch 1"):
-        Engine(dict(model="no/such-model", accelerator="tensorrt"), max_batch=4)
+    assert session_batch_limit("tensorrt", None) == 1 and session_batch_limit("tensorrt", 4) == 4
+    assert session_batch_limit("onnxruntime", None) == 8
+    one = build_target(StreamConfig(model="tiny", cfg_type="full", t_index_list=(20, 40), device="cpu"))
+    four = build_target(StreamConfig(model="tiny", cfg_type="full", t_index_list=(20, 40), device="cpu",
+                                     max_sessions=4))
+
+    class VAE:
+        stream_rows = False
+
+    unet = object()
+    assert (one.rows_for(unet).min, one.rows_for(unet).opt, one.rows_for(unet).max) == (1, 4, 4)
+    assert (four.rows_for(unet).min, four.rows_for(unet).opt, four.rows_for(unet).max) == (1, 4, 16)
+    assert (four.rows_for(VAE).min, four.rows_for(VAE).max) == (1, 4)
+
+
+def test_max_sessions_is_validated():
+    from livediff.errors import ConfigError
+    from livediff.pipelines import StreamConfig
+
+    with pytest.raises(ConfigError, match="max_sessions 0 is outside 1..64"):
+        StreamConfig(model="tiny", device="cpu", max_sessions=0)

@@ -90,3 +90,21 @@ def test_a_corrupted_engine_is_rebuilt_not_loaded(tmp_path):
     pipe.prepare(prompt="oil painting")
     assert pipe(torch.rand(1, 3, SIZE, SIZE, device="cuda", dtype=torch.float16)).isfinite().all()
     assert next(tmp_path.glob("tensorrt-unet-*/model.plan")).read_bytes() != bytes(data)
+
+
+def test_engines_for_several_sessions_have_a_wider_profile_and_their_own_cache_key():
+    """Built for the UI's batches (`max_sessions`): the most rows grow, the steady rows stay; the cache
+    key differs, so an engine for one session is never used for four."""
+    from livediff.accelerators.tensorrt_backend import engine_key
+    from livediff.pipelines.runners import build_target
+
+    unet = tiny_networks()["unet"]
+    keys, profiles = [], []
+    for sessions in (1, 4):
+        target = build_target(StreamConfig(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32",
+                                           t_index_list=(20, 40), max_sessions=sessions))
+        rows = target.rows_for(unet)
+        profiles.append(profile_shapes(unet, rows, ResolutionRange.static(SIZE, SIZE), SIZE, SIZE, torch.float16))
+        keys.append(engine_key(unet, target, rows, ResolutionRange.static(SIZE, SIZE), "float16", "10", "sm_89"))
+    assert [p["sample"][2][0] for p in profiles] == [2, 8] and [p["sample"][1][0] for p in profiles] == [2, 2]
+    assert keys[0].digest() != keys[1].digest()

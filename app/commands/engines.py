@@ -36,6 +36,8 @@ def register(subparsers) -> None:
                                                          "~/.cache/livediff/engines)")
     group.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..23 (default %(default)s)")
     group.add_argument("--workspace-gb", type=float, default=None, help="TensorRT builder workspace limit")
+    group.add_argument("--sessions", type=int, default=1,
+                       help="live sessions one network run may carry (the UI's --max-batch; default %(default)s)")
     build.set_defaults(func=run_build)
 
     engines = subparsers.add_parser("engines", help="list or clear cached ONNX graphs and TensorRT engines")
@@ -86,7 +88,7 @@ def run_build(args: argparse.Namespace) -> int:
                           f"{' or '.join(BUILD_ACCELERATORS)}")
     settings = pipeline_settings(args, args.mode)
     accelerator_options = settings.pop("accelerator_options", {})
-    config = StreamConfig(**settings)
+    config = StreamConfig(**settings, max_sessions=args.sessions)
     target = build_target(config)
     options = check_accelerator(config.accelerator, target,
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,

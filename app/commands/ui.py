@@ -42,9 +42,9 @@ def register(subparsers) -> None:
                         help="how long a live frame may wait for the other live tabs' frames to join its batch "
                              "(default %(default)g; 0 never waits)")
     parser.add_argument("--max-batch", type=int, default=None, metavar="N",
-                        help="most live frames computed together in one batch (default 8; 1 with tensorrt, whose "
-                             "engines take one session's rows; 1: one frame per network call, first come first "
-                             "served)")
+                        help="most live frames computed together in one batch (default 8; 1 with tensorrt, "
+                             "whose engines are built for this many sessions' rows; 1: one frame per network "
+                             "call, first come first served)")
     parser.add_argument("--stats", action="store_true",
                         help="print the live batches (sessions, frames/s, frames per batch) every 5 s; the same "
                              "figures are served at the API endpoint /server_stats")

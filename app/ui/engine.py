@@ -29,19 +29,17 @@ STREAM_MODES = tuple(m for m in ("video", "img2img") if m in MODES)
 PURPOSES = ("webcam", "video", "img2img", "txt2img")
 
 
-#: Backends whose engines are built for one stream's row counts: their calls cannot take several sessions' rows.
+#: Backends whose engines are built for a fixed range of rows: wider ranges cost build time and speed,
+#: so they batch sessions only when asked to.
 FIXED_ROW_BACKENDS = ("tensorrt",)
 
 
 def session_batch_limit(accelerator: str, max_batch: int | None) -> int:
-    """How many live sessions may share a network run (`max_batch`, or the default for `accelerator`)."""
-    if accelerator in FIXED_ROW_BACKENDS:
-        if max_batch not in (None, 1):
-            raise ConfigError(f"max batch {max_batch}: accelerator {accelerator!r} builds its engines for one "
-                              f"session's rows, so live sessions take turns; use max batch 1 or accelerator "
-                              f"'onnxruntime' / 'compile' to batch sessions")
-        return 1
-    return DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    """How many live sessions may share a network run: `max_batch`, or by default 8 (1 with TensorRT,
+    whose engines are then built for one session's rows)."""
+    if max_batch is None:
+        return 1 if accelerator in FIXED_ROW_BACKENDS else DEFAULT_MAX_BATCH
+    return max_batch
 
 
 class Engine:
@@ -55,8 +53,8 @@ class Engine:
                  batch_wait_s: float = DEFAULT_WAIT_S, max_batch: int | None = None):
         if stream_mode not in STREAM_MODES:
             raise ConfigError(f"stream mode {stream_mode!r} is not one of {', '.join(STREAM_MODES)}")
-        self.settings = dict(settings)
-        batch_limit = session_batch_limit(self.settings.get("accelerator", "eager"), max_batch)  # before loading
+        batch_limit = session_batch_limit(settings.get("accelerator", "eager"), max_batch)
+        self.settings = {**settings, "max_sessions": batch_limit}  # engines with fixed row ranges fit the batches
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
         self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode}, progress=BuildReporter())
