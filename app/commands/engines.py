@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                                                          "~/.cache/livediff/engines)")
     group.add_argument("--opset", type=int, default=18, help="ONNX opset, 17..23 (default %(default)s)")
     group.add_argument("--workspace-gb", type=float, default=None, help="TensorRT builder workspace limit")
-    group.add_argument("--sessions", type=int, default=1,
+    group.add_argument("--max-sessions", type=int, default=1,
                        help="live sessions one network run may carry (the UI's --max-batch; default %(default)s)")
     build.set_defaults(func=run_build)
 
@@ -88,7 +88,7 @@ def run_build(args: argparse.Namespace) -> int:
                           f"{' or '.join(BUILD_ACCELERATORS)}")
     settings = pipeline_settings(args, args.mode)
     accelerator_options = settings.pop("accelerator_options", {})
-    config = StreamConfig(**settings, max_sessions=args.sessions)
+    config = StreamConfig(**settings, max_sessions=args.max_sessions)
     target = build_target(config)
     options = check_accelerator(config.accelerator, target,
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
