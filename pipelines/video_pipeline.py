@@ -25,10 +25,11 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 import torch
 
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
-from livediff.pipelines.bank.attention import CrossAttentionCache
+from livediff.pipelines.bank.attention import CrossAttentionCache, StackedCrossAttention
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
 from livediff.pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
@@ -42,6 +43,31 @@ from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.stream import Guidance
 from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
+
+
+@dataclass(frozen=True)
+class CachedText:
+    """The eager banked UNet's cross-attention K/V from the session's prompt cache (a `RunContext`):
+    alone, the session's own cache; shared with other sessions, every session's cached K/V stacked,
+    so no session's text is projected again because it runs in company."""
+
+    banked_unet: BankedUNet
+    cache: CrossAttentionCache
+    texts: tuple[torch.Tensor, ...]
+    row_text: torch.Tensor
+
+    def alone(self):
+        return self.banked_unet.cached_cross_attention(self.cache, self.texts, self.row_text)
+
+    def shared(self, members, padding: int):
+        caches, rows, offset = [], [], 0
+        for member in members:
+            member.cache.bind(member.texts)
+            caches.append(member.cache)
+            rows.append(member.row_text + offset)
+            offset += len(member.texts)
+        rows.append(self.row_text.new_zeros(padding))  # padding rows read any text: their outputs are dropped
+        return self.banked_unet.cached_cross_attention(StackedCrossAttention(caches), (), torch.cat(rows))
 
 
 class BankedUNetCall:
@@ -60,13 +86,11 @@ class BankedUNetCall:
         bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
         row_text = pipe.row_text(rows.extra, sample.shape[0])
         texts = (self.guidance.uncond, self.guidance.cond)
-
-        def cached_text():
-            """Compiled/exported graphs project the text themselves; the eager module reads the prompt cache."""
-            return pipe.banked_unet.cached_cross_attention(pipe.cross_cache, texts, row_text)
-
+        # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
+        cached = (CachedText(pipe.banked_unet, pipe.cross_cache, texts, row_text)
+                  if pipe.runners.name == "eager" else None)
         call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *bank),
-                           context=cached_text if pipe.runners.name == "eager" else None,
+                           context=cached,
                            row_unit=pipe.row_unit(stream=True))
         noise_pred, *new = yield call
         self.rows, self.new = rows, new

@@ -87,9 +87,24 @@ class CrossAttentionCache:
         return self._kv[name]
 
 
+class StackedCrossAttention:
+    """Several sessions' prompt caches seen as one: their embeddings in order, so row maps offset by
+    the embeddings before them index it (a run shared by sessions, `pipelines.batching`)."""
+
+    def __init__(self, caches: Sequence[CrossAttentionCache]):
+        self.caches = tuple(caches)
+
+    def bind(self, texts: Sequence[torch.Tensor]) -> None:
+        """Each member is bound to its own session's embeddings already."""
+
+    def kv(self, name: str, attn) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [cache.kv(name, attn) for cache in self.caches]
+        return torch.cat([k for k, _ in pairs]), torch.cat([v for _, v in pairs])
+
+
 @dataclass
 class CrossCall:
-    cache: CrossAttentionCache
+    cache: CrossAttentionCache | StackedCrossAttention
     row_text: torch.Tensor  # (B,) index of each row's embedding among the bound ones
 
 
