@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Generator, Hashable, Protocol, Sequence
 
 import torch
@@ -150,27 +151,18 @@ def run_together(paths: Sequence[FramePath], on_run: Callable[[RoundReport], Non
     outcomes = [Outcome() for _ in paths]
     pending: dict[int, NetworkCall] = {}
 
-    def advance(i: int, sent=None, error: BaseException | None = None) -> None:
+    def advance(i: int, step: Callable[[], NetworkCall]) -> None:
+        """Resume path i with `step` (start it, send it outputs, or throw it an error)."""
+        pending.pop(i, None)
         try:
-            if error is not None:
-                call = paths[i].throw(error)
-            elif sent is None and i not in started:
-                started.add(i)
-                call = next(paths[i])
-            else:
-                call = paths[i].send(sent)
+            pending[i] = step()
         except StopIteration as finished:
-            pending.pop(i, None)
             outcomes[i].value = finished.value
         except Exception as exc:  # one session's bad frame must not stop the others
-            pending.pop(i, None)
             outcomes[i].error = exc
-        else:
-            pending[i] = call
 
-    started: set[int] = set()
-    for i in range(len(paths)):
-        advance(i)
+    for i, path in enumerate(paths):
+        advance(i, path.__next__)
     while pending:
         stage = min(call.stage for call in pending.values())
         groups: dict[tuple, list[int]] = {}
@@ -183,10 +175,10 @@ def run_together(paths: Sequence[FramePath], on_run: Callable[[RoundReport], Non
                 outputs = run_shared(calls)
             except Exception as exc:
                 for i in members:
-                    advance(i, error=exc)
+                    advance(i, partial(paths[i].throw, exc))
                 continue
             if on_run is not None:
                 on_run(RoundReport(stage, len(calls), sum(call.rows for call in calls)))
             for i, output in zip(members, outputs):
-                advance(i, output)
+                advance(i, partial(paths[i].send, output))
     return outcomes

@@ -200,3 +200,19 @@ def test_shared_runs_of_eager_video_sessions_reuse_every_session_s_prompt_cache(
     b.update_prompt("watercolour")
     run_together([a.frame_calls(frame(3), output="tensor"), b.frame_calls(frame(3), output="tensor")])
     assert len(projections) > counts[2]  # a new prompt is projected again
+
+
+def test_a_failing_network_run_ends_every_path_in_it_and_only_those():
+    from livediff.pipelines.batching import NetworkCall
+
+    def broken(x):
+        raise RuntimeError("device lost")
+
+    def path(runner, group, value):
+        out = yield NetworkCall(DENOISE, group, runner, (torch.full((1, 2), value),))
+        return out
+
+    outcomes = run_together([path(broken, "broken", 1.0), path(broken, "broken", 2.0),
+                             path(lambda x: 3 * x, "fine", 1.0)])
+    assert [type(o.error) for o in outcomes[:2]] == [RuntimeError, RuntimeError]
+    assert outcomes[2].error is None and torch.equal(outcomes[2].value, torch.full((1, 2), 3.0))
