@@ -49,3 +49,12 @@ def test_sigterm_stops_the_server_and_removes_its_session_folder(tmp_path):
         server.kill()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("livediff-ui-")]
     assert server.returncode == 128 + signal.SIGTERM and not leftovers, (server.returncode, leftovers)
+
+
+def test_batch_options_out_of_range_are_one_sentence_before_loading(capsys):
+    for option, value, message in (("--batch-wait-ms", "5000", "--batch-wait-ms 5000.0 is outside 0..1000"),
+                                   ("--max-batch", "0", "--max-batch 0 is outside 1..64")):
+        code = main(["ui", "--model", "tiny", "--device", "cpu", option, value])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err
+        assert "loading" not in err and "Traceback" not in err
