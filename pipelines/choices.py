@@ -4,3 +4,5 @@ from __future__ import annotations
 
 MODES: tuple[str, ...] = ("img2img", "txt2img", "video")
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
+#: most sessions one network run may carry (`pipelines.batching`, the UI's --max-batch)
+MAX_SESSIONS = 64

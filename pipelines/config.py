@@ -9,16 +9,13 @@ import torch
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.bank.config import BankConfig
-from livediff.pipelines.choices import CFG_TYPES, MODES
+from livediff.pipelines.choices import CFG_TYPES, MAX_SESSIONS, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
 from livediff.pipelines.token_merge import check_ratio
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 16
-
-
-MAX_SESSIONS = 64
 
 
 def _check_size(name: str, value) -> int:

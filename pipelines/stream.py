@@ -28,12 +28,11 @@ UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 UNetCalls = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Generator[NetworkCall, object, torch.Tensor]]
 
 
-def unet_calls(unet: UNetFn, group=None, row_unit: int = 0) -> UNetCalls:
-    """A plain UNet function as the stream batch's UNet step (`group`, `row_unit`: see `NetworkCall`)."""
-    group = group if group is not None else ("unet", id(unet))
+def unet_calls(unet: UNetFn, row_unit: int = 0) -> UNetCalls:
+    """A plain UNet function as the stream batch's UNet step (`row_unit`: see `NetworkCall`)."""
 
     def calls(latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
-        return (yield NetworkCall(DENOISE, group, unet, (latents, t, text), row_unit=row_unit))
+        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, text), row_unit=row_unit))
 
     return calls
 

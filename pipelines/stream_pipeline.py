@@ -185,8 +185,7 @@ class StreamPipeline:
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
-        unet = self.runners.unet
-        calls = unet_calls(unet, ("unet", id(unet)), self.row_unit(stream=True))
+        calls = unet_calls(self.runners.unet, self.row_unit(stream=True))
         return (yield from self.stream.calls(latents, calls, guidance, noised=noised))
 
     def row_unit(self, stream: bool) -> int:

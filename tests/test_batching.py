@@ -65,6 +65,16 @@ def run_schedule(base, specs: dict, lifetimes: dict, batched: bool, reports: lis
     return outputs
 
 
+def assert_batched_equals_alone(mode: str, specs: dict, lifetimes: dict) -> list:
+    """Run the schedule batched and alone over one template; the reports of the batched run's network runs."""
+    base = template(mode)
+    reports = []
+    batched = run_schedule(base, specs, lifetimes, batched=True, reports=reports)
+    alone = run_schedule(base, specs, lifetimes, batched=False)
+    assert_same(batched, alone)
+    return reports
+
+
 def assert_same(batched: dict, alone: dict) -> None:
     for name in alone:
         assert len(batched[name]) == len(alone[name]) > 0
@@ -86,11 +96,7 @@ IMAGE_LIFETIMES = {"self": (0, FRAMES), "full": (0, 5), "initialize-filtered": (
 
 
 def test_mixed_image_sessions_batched_equal_each_session_alone_and_share_runs():
-    base = template("img2img")
-    reports = []
-    batched = run_schedule(base, IMAGE_SPECS, IMAGE_LIFETIMES, batched=True, reports=reports)
-    alone = run_schedule(base, IMAGE_SPECS, IMAGE_LIFETIMES, batched=False)
-    assert_same(batched, alone)
+    reports = assert_batched_equals_alone("img2img", IMAGE_SPECS, IMAGE_LIFETIMES)
     shared = [r for r in reports if r.sessions > 1]
     assert {r.stage for r in shared} == {ENCODE, DENOISE, DECODE}
     assert max(r.sessions for r in reports if r.stage == DENOISE) >= 5
@@ -118,11 +124,7 @@ VIDEO_LIFETIMES = {"fifo": (0, FRAMES), "merged-full": (0, 5), "initialize": (1,
 
 
 def test_mixed_video_sessions_with_banks_batched_equal_each_session_alone():
-    base = template("video")
-    reports = []
-    batched = run_schedule(base, VIDEO_SPECS, VIDEO_LIFETIMES, batched=True, reports=reports)
-    alone = run_schedule(base, VIDEO_SPECS, VIDEO_LIFETIMES, batched=False)
-    assert_same(batched, alone)
+    reports = assert_batched_equals_alone("video", VIDEO_SPECS, VIDEO_LIFETIMES)
     # the banked sessions share UNet runs; the session without a bank has another function
     assert max(r.sessions for r in reports if r.stage == DENOISE) >= 3
 

@@ -14,6 +14,13 @@ from livediff.app.ui.batcher import LiveBatcher, Superseded
 from livediff.pipelines.batching import DENOISE, NetworkCall
 
 
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    """Poll `condition` (the loop thread moves on its own); give up silently after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class Doubler:
     """A network that doubles its input and remembers how many rows each run had."""
 
@@ -46,9 +53,7 @@ def test_frames_waiting_together_share_one_run_and_each_gets_its_own_result():
     lock.acquire()  # hold the networks until every frame has arrived
     with ThreadPoolExecutor(4) as pool:
         futures = {sid: pool.submit(batcher.run, sid, pipe, i + 1) for i, (sid, pipe) in enumerate(pipes.items())}
-        deadline = time.monotonic() + 10
-        while batcher.active_sessions() < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: batcher.active_sessions() == 4)
         lock.release()
         results = {sid: f.result(timeout=10) for sid, f in futures.items()}
     for i, sid in enumerate(pipes):
@@ -68,9 +73,7 @@ def test_a_newer_frame_replaces_the_waiting_one():
     with ThreadPoolExecutor(3) as pool:
         with lock:
             first = pool.submit(batcher.run, "s", pipe, 1)
-            deadline = time.monotonic() + 10
-            while "s" not in batcher._waiting and not network.runs and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: "s" in batcher._waiting or network.runs)
             time.sleep(0.05)  # the loop has taken frame 1 and waits for the lock, or frame 1 still waits
             second = pool.submit(batcher.run, "s", pipe, 2)
             third = pool.submit(batcher.run, "s", pipe, 3)
@@ -126,9 +129,7 @@ def test_max_batch_caps_a_batch_and_the_oldest_frames_go_first():
         for i, pipe in enumerate(pipes):
             futures.append(pool.submit(batcher.run, f"s{i}", pipe, i))
             time.sleep(0.02)
-        deadline = time.monotonic() + 10
-        while batcher.active_sessions() < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: batcher.active_sessions() == 5)
         lock.release()
         started = [f.result(timeout=10)[1] for f in futures]
     assert max(network.runs) <= 2 and sum(network.runs) == 5

@@ -37,6 +37,16 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("engines")
 
 
+def assert_runs_without_converting(monkeypatch, cache_dir, why: str) -> None:
+    """A pipeline started on `cache_dir` finds every model there: converting one fails the test."""
+    def no_conversion(*args):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(openvino_backend, "convert", no_conversion)
+    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **settings())
+    assert len(run(pipe, 2)) == 2
+
+
 def run(pipe, frames: int) -> list[torch.Tensor]:
     pipe.prepare(prompt="oil painting", guidance_scale=1.4)
     return [pipe(frame(i)) for i in range(frames)]
@@ -69,13 +79,7 @@ def test_converted_models_are_cached_with_the_openvino_version_and_device(cache_
     load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **settings())
     entries = [e for e in EngineCache(cache_dir).entries() if e.key["kind"] == "openvino"]
     assert entries and all(e.key["device"] == "CPU" and e.key["builder"].startswith("openvino ") for e in entries)
-
-    def no_conversion(*args):
-        raise AssertionError("a cached model was converted again")
-
-    monkeypatch.setattr(openvino_backend, "convert", no_conversion)
-    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": cache_dir}, **settings())
-    assert len(run(pipe, 2)) == 2
+    assert_runs_without_converting(monkeypatch, cache_dir, "a cached model was converted again")
 
 
 def test_int8_weights_are_opt_in_and_their_error_is_measurable(cache_dir):
@@ -116,13 +120,7 @@ def test_build_engines_converts_ahead_of_time_and_a_pipeline_then_converts_nothi
     printed = capsys.readouterr().out
     assert all(f"{name}: {tmp_path}" in printed and "model.xml" in printed
                for name in ("unet", "vae_encoder", "vae_decoder"))
-
-    def no_conversion(*args):
-        raise AssertionError("a model converted by build-engines was converted again")
-
-    monkeypatch.setattr(openvino_backend, "convert", no_conversion)
-    pipe = load_pipeline(accelerator="openvino", accelerator_options={"cache_dir": tmp_path}, **settings())
-    assert len(run(pipe, 2)) == 2
+    assert_runs_without_converting(monkeypatch, tmp_path, "a model converted by build-engines was converted again")
 
 
 def test_sessions_sharing_runs_on_openvino_get_padded_rows_and_what_they_get_alone(cache_dir):

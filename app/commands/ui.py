@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from livediff.errors import ConfigError
+    from livediff.pipelines.choices import MAX_SESSIONS
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
 
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb} is outside (0, 100000]")
     if not 0 <= args.batch_wait_ms <= 1000:
         raise ConfigError(f"--batch-wait-ms {args.batch_wait_ms} is outside 0..1000")
-    if args.max_batch is not None and not 1 <= args.max_batch <= 64:
-        raise ConfigError(f"--max-batch {args.max_batch} is outside 1..64")
+    if args.max_batch is not None and not 1 <= args.max_batch <= MAX_SESSIONS:
+        raise ConfigError(f"--max-batch {args.max_batch} is outside 1..{MAX_SESSIONS}")
     if args.cache_age < 4:
         raise ConfigError(f"--cache-age {args.cache_age} must be at least 4 seconds")
     if args.frame_buffer_size != 1:

@@ -23,6 +23,7 @@ from typing import Callable
 
 from livediff.app.live_metrics import now
 from livediff.pipelines.batching import DENOISE, RoundReport, run_together
+from livediff.pipelines.choices import MAX_SESSIONS
 
 DEFAULT_WAIT_S = 0.004
 DEFAULT_ACTIVE_S = 1.0
@@ -39,7 +40,6 @@ class _Job:
     pipe: object
     frame: object
     arrived: float
-    started: float = 0.0
     result: Future = field(default_factory=Future)
 
 
@@ -67,8 +67,8 @@ class LiveBatcher:
                  max_batch: int = DEFAULT_MAX_BATCH, window: int = 50, clock: Callable[[], float] = now):
         if not 0 <= wait_s <= 1:
             raise ValueError(f"batch wait {wait_s!r} s must be in [0, 1]")
-        if not isinstance(max_batch, int) or not 1 <= max_batch <= 64:
-            raise ValueError(f"max batch {max_batch!r} must be an integer in 1..64")
+        if not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_SESSIONS:
+            raise ValueError(f"max batch {max_batch!r} must be an integer in 1..{MAX_SESSIONS}")
         self.lock = lock
         self.wait_s = wait_s
         self.max_batch = max_batch
