@@ -82,6 +82,31 @@ def test_video_stream_dry_run(bank, ratio):
     dry_run(mode="video", t_index_list=(20, 30, 40), cfg_type="full", bank=bank, token_merge_ratio=ratio)
 
 
+@pytest.mark.parametrize("mode", ["img2img", "video"])
+def test_sessions_sharing_runs_dry_run(mode):
+    """`run_together` (the UI's batches): stacking rows, padding and the stacked prompt caches stay on
+    the device, and the shared runs really carry both sessions' rows."""
+    from livediff.pipelines.batching import run_together
+
+    base = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="meta", dtype="float16", mode=mode,
+                         t_index_list=(20, 30, 40))
+    calls: list = []
+    sessions = [base.new_session(cfg_type="full"), base.new_session(seed=5)]
+    for pipe in sessions:
+        pipe.prepare(prompt="oil painting", guidance_scale=1.6)
+        for name in ("unet", "encode", "decode"):
+            if getattr(pipe.runners, name) is not None and not isinstance(getattr(pipe.runners, name), Checked):
+                setattr(pipe.runners, name, Checked(getattr(pipe.runners, name), calls))
+        if mode == "video":
+            pipe.banked_unet_runner = Checked(pipe.banked_unet_runner, calls)
+    sizes = []
+    for _ in range(3):
+        paths = [p.frame_calls(torch.rand(1, 3, SIZE, SIZE, device="meta"), output="tensor") for p in sessions]
+        outcomes = run_together(paths, on_run=lambda report: sizes.append(report.sessions))
+        assert all(o.get().device.type == "meta" for o in outcomes)
+    assert calls and max(sizes) == 2
+
+
 def test_a_host_read_fails_the_dry_run():
     """The meta device really catches what a GPU run would stall on."""
     with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):
