@@ -9,6 +9,8 @@ loop, and they serialise their network calls on `Engine.lock`. Events:
 
 * `live_stream` (camera `.stream`, not for API use) and `live_frame` (the same step as a plain
   request, for API clients): one camera frame in, the restyled frame and the meter out;
+* `webrtc_start` and `webrtc_settings`: the WebRTC transport's controls (a token for the page's
+  offer, then every control change); its frames travel over WebRTC, not through Gradio (`rtc_hub.py`);
 * `image`: img2img / txt2img; `video`: a whole file, with a progress bar and temporal metrics.
 """
 from __future__ import annotations
@@ -22,7 +24,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home from
 import gradio as gr  # noqa: E402
 
 from livediff.app.ui.batcher import Superseded  # noqa: E402
+from livediff.app.ui import rtc_page  # noqa: E402
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
+from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
+from livediff.app.ui.rtc_stream import Controls  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
 from livediff.app.ui.video_tab import restyle_video  # noqa: E402
@@ -120,6 +125,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     refused (the limit is shown on the Video tab)."""
     engine = registry.engine
     webcam = WebcamStream(registry, restart_after_s)
+    hub = RtcHub(registry, webcam)
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
     camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
 
@@ -165,12 +171,27 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         files = [str(result.output), str(result.metrics_json)]
         return str(result.output), files, result.metrics.format_table(), result.summary()
 
+    @_named_settings
+    def on_webrtc_start(request: gr.Request, *values) -> str:
+        """A one-use token for the page's WebRTC offer; the controls' values apply from the first frame."""
+        return hub.open(request.session_hash, Controls(_settings(values)))
+
+    @_named_settings
+    def on_webrtc_settings(request: gr.Request, *values) -> None:
+        """A control changed: the tab's WebRTC stream (if any) applies the values to its next frame."""
+        try:
+            controls = Controls(LiveSettings.from_values(values))
+        except LivediffError as exc:  # as with Gradio streaming, the stream goes on and shows why
+            controls = Controls(None, str(exc))
+        hub.update(request.session_hash, controls)
+
     def on_unload(request: gr.Request):
+        hub.close_owner(request.session_hash)
         registry.close(request.session_hash)
 
     def on_server_stats() -> dict:
         """The operator's view of the live batches (also `livediff ui --stats`)."""
-        return {"sessions": len(registry), **asdict(engine.batcher.stats())}
+        return {"sessions": len(registry), "webrtc_streams": len(hub.streams()), **asdict(engine.batcher.stats())}
 
     with gr.Blocks(title="livediff", delete_cache=(max(1, cache_age_s // 4), cache_age_s)) as demo:
         demo.max_upload_mb = max_upload_mb
@@ -181,18 +202,29 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Webcam", id="webcam"):
-                        with gr.Row():
-                            camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy",
-                                              webcam_options=gr.WebcamOptions(mirror=True,
-                                                                              constraints={"video": camera_size}),
-                                              height=IMAGE_HEIGHT, elem_id="live-camera")
-                            live_out = gr.Image(label="Restyled", format="jpeg", interactive=False,
-                                                height=IMAGE_HEIGHT, elem_id="live-output")
-                        stats = gr.Markdown("press record on the camera to start", elem_id="live-stats")
-                        with gr.Row():
-                            restart = gr.Button("Restart stream", size="sm")
-                            frame_api = gr.Button(visible=False)
-                            stats_api = gr.Button(visible=False)
+                        transport = gr.Radio(list(rtc_page.TRANSPORTS), value=rtc_page.WEBRTC, label="Transport",
+                                             elem_id="webcam-transport",
+                                             info="WebRTC: video codec, newest frame only, lowest latency; "
+                                                  "Gradio streaming: one JPEG per frame over Gradio's queue")
+                        with gr.Column(visible=True) as rtc_box:
+                            gr.HTML(rtc_page.PANEL)
+                            with gr.Row():
+                                rtc_start = gr.Button("Start", variant="primary", size="sm", elem_id="webrtc-start")
+                                rtc_stop = gr.Button("Stop", size="sm", elem_id="webrtc-stop")
+                            rtc_token = gr.Textbox(visible=False)
+                        with gr.Column(visible=False) as gradio_box:
+                            with gr.Row():
+                                camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy",
+                                                  webcam_options=gr.WebcamOptions(
+                                                      mirror=True, constraints={"video": camera_size}),
+                                                  height=IMAGE_HEIGHT, elem_id="live-camera")
+                                live_out = gr.Image(label="Restyled", format="jpeg", interactive=False,
+                                                    height=IMAGE_HEIGHT, elem_id="live-output")
+                            stats = gr.Markdown("press record on the camera to start", elem_id="live-stats")
+                            with gr.Row():
+                                restart = gr.Button("Restart stream", size="sm")
+                                frame_api = gr.Button(visible=False)
+                                stats_api = gr.Button(visible=False)
                     with gr.Tab("Image", id="image"):
                         image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
                         with gr.Row():
@@ -218,6 +250,15 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         frame_api.click(on_frame, [camera, *controls], [live_out, stats], api_name="live_frame",
                         concurrency_limit=None, show_progress="hidden")
         restart.click(on_restart, None, [live_out, stats], api_name="restart_stream", concurrency_limit=None)
+        transport.change(None, transport, None, js=rtc_page.SWITCH_JS)
+        transport.change(lambda t: (gr.update(visible=t == rtc_page.WEBRTC), gr.update(visible=t != rtc_page.WEBRTC)),
+                         transport, [rtc_box, gradio_box], api_visibility="private", queue=False)
+        rtc_start.click(on_webrtc_start, controls, rtc_token, api_name="webrtc_start", concurrency_limit=None,
+                        show_progress="hidden").success(None, rtc_token, None,
+                                                        js=rtc_page.start_js(engine.width, engine.height))
+        rtc_stop.click(None, None, None, js=rtc_page.STOP_JS)
+        gr.on([control.change for control in controls], on_webrtc_settings, controls, None,
+              api_name="webrtc_settings", queue=False, show_progress="hidden", trigger_mode="always_last")
         server_stats = gr.JSON(visible=False)
         stats_api.click(on_server_stats, None, server_stats, api_name="server_stats", concurrency_limit=None,
                         queue=False)
@@ -228,6 +269,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         video_run.click(on_video, [video_in, *controls], [video_out, video_files, video_metrics, video_info],
                         api_name="video", concurrency_limit=1, show_progress_on=[video_out])  # one bar, not four
         demo.unload(on_unload)
+    demo.rtc_hub = hub  # `launch` mounts its offer route
     return demo
 
 
@@ -239,6 +281,8 @@ def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
     `build_demo`."""
     demo = build_demo(registry, **options)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                allowed_paths=[str(registry.work_root)], quiet=True, show_error=True, css=CSS,
+                allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
+                css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(),
+                app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
                 max_file_size=int(demo.max_upload_mb * 1_000_000))
     return demo

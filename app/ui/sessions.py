@@ -114,6 +114,8 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._close_listeners: list[Callable[[str], None]] = []
+        self._shutdown_listeners: list[Callable[[], None]] = []
 
     def get(self, session_id: str) -> Session:
         if not session_id:
@@ -146,10 +148,22 @@ class SessionRegistry:
         if session is not None:
             self._close_session(session)
 
+    def on_close(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(session_id)` whenever a session is closed, however (unload, idle, shutdown), so
+        whatever carries a session's frames (a WebRTC connection) can end with it."""
+        self._close_listeners.append(listener)
+
+    def on_shutdown(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` when the registry shuts down, after its sessions closed (e.g. to stop the
+        WebRTC loop serving them), so whoever stops the server needs to know only the registry."""
+        self._shutdown_listeners.append(listener)
+
     def _close_session(self, session: Session) -> None:
         self.engine.batcher.forget(session.session_id)
         with self.engine.lock:  # not while one of its frames is in the networks
             session.close()
+        for listener in self._close_listeners:
+            listener(session.session_id)
 
     def snapshot(self) -> dict[str, Session]:
         """The live sessions by id (a copy: for status displays and tests)."""
@@ -171,4 +185,6 @@ class SessionRegistry:
             self._last_used.clear()
         for session in sessions:
             self._close_session(session)
+        for listener in self._shutdown_listeners:
+            listener()
         shutil.rmtree(self.work_root, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""The Webcam tab's WebRTC transport against the real server, with aiortc as the browser: camera frames
+go in over a peer connection, restyled frames and the meter come back, the Gradio controls' handler
+reaches the stream, and closing the connection closes its session."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from livediff.app.ui.rtc_hub import SESSION_PREFIX
+from livediff.app.ui.settings import LiveSettings
+from media import clip_frame
+from ui_helpers import SIZE, running_server
+
+aiortc = pytest.importorskip("aiortc")
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from av import VideoFrame  # noqa: E402
+
+WAIT_S = 90  # generous: CI machines are slow; nothing here asserts a speed
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+class Camera(MediaStreamTrack):
+    """A 30 fps camera of given RGB pictures (a clip of the test media, or one colour)."""
+
+    kind = "video"
+
+    def __init__(self, pictures: list[np.ndarray]):
+        super().__init__()
+        self.pictures = pictures
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        await asyncio.sleep(1 / 30)
+        frame = VideoFrame.from_ndarray(self.pictures[self.sent % len(self.pictures)], format="rgb24")
+        frame.pts, frame.time_base = self.sent * 3000, Fraction(1, 90_000)
+        self.sent += 1
+        return frame
+
+
+class Peer:
+    """The page's side of one WebRTC stream: sends `camera`, keeps what comes back."""
+
+    def __init__(self, camera: Camera):
+        self.pc = RTCPeerConnection()
+        self.pc.addTrack(camera)
+        self.meter = self.pc.createDataChannel("meter")
+        self.messages: list[str] = []
+        self.pictures: list[np.ndarray] = []
+        self.meter.on("message", self.messages.append)
+        self.pc.on("track", lambda track: asyncio.ensure_future(self._receive(track)))
+
+    async def _receive(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                self.pictures.append((await track.recv()).to_ndarray(format="rgb24"))
+            except MediaStreamError:
+                return
+
+    async def connect(self, url: str, token: str) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"token": token, "sdp": self.pc.localDescription.sdp, "type": "offer"}
+        answer = await asyncio.to_thread(post, url + "webrtc/offer", offer)
+        await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
+
+
+def post(url: str, payload) -> dict:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=WAIT_S) as reply:
+        return json.loads(reply.read())
+
+
+async def wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gave up after {WAIT_S} s waiting for {what}")
+
+
+def controls(server, **changes) -> dict:
+    """Every control value, as the page sends them with each event."""
+    return asdict(LiveSettings.for_pipeline(server.registry.engine.stream_template, **changes))
+
+
+def webrtc_sessions(server) -> dict:
+    return {sid: s for sid, s in server.registry.snapshot().items() if sid.startswith(SESSION_PREFIX)}
+
+
+def test_webrtc_stream_restyles_frames_and_follows_the_controls(server, client):
+    token = client.predict(**controls(server, prompt="a red fox"), api_name="/webrtc_start")
+    clip = [clip_frame(i, 160, 120) for i in range(8)]
+
+    async def scenario():
+        peer = Peer(Camera(clip))
+        await peer.connect(server.url, token)
+        await wait_for(lambda: len(peer.pictures) >= 5, "5 restyled frames back over WebRTC")
+        await wait_for(lambda: any("fps" in m for m in peer.messages), "the meter over the data channel")
+        (session,) = webrtc_sessions(server).values()
+        assert session.applied("webcam").prompt == "a red fox"
+        assert peer.pictures[-1].shape == (SIZE, SIZE, 3), "pictures come back at the model's size"
+
+        await asyncio.to_thread(client.predict, **controls(server, prompt="a blue whale", seed=7),
+                                api_name="/webrtc_settings")
+        await wait_for(lambda: session.applied("webcam").prompt == "a blue whale", "the new prompt in the stream")
+        assert session.applied("webcam").seed == 7
+        await asyncio.to_thread(client.predict, **{**controls(server, prompt="a blue whale"), "seed": None},
+                                api_name="/webrtc_settings")
+        await wait_for(lambda: any("seed" in m and "not applied" in m for m in peer.messages),
+                       "the refused seed named next to the meter")
+        received = len(peer.pictures)
+        await wait_for(lambda: len(peer.pictures) >= received + 3, "the stream to go on after a refused value")
+        await peer.pc.close()
+
+    asyncio.run(scenario())
+    assert server.registry.engine.batcher.stats().batches > 0
+    asyncio.run(wait_for(lambda: not webrtc_sessions(server), "the closed connection's session to be removed"))
+    assert not server.demo.rtc_hub.streams()
+
+
+def test_webrtc_pictures_keep_their_colours_and_only_the_newest_frame_is_taken(server, client):
+    """Pass-through (the model's batch returns each frame as it came): the colours survive the round
+    trip (no channel swap), and a model slower than the camera makes the server skip frames instead
+    of queueing them."""
+    batcher = server.registry.engine.batcher
+    run = batcher.run
+    calls = []
+
+    def slow_pass_through(session_id, pipe, frame):
+        calls.append(session_id)
+        time.sleep(0.2)  # 5 frames/s against a 30 fps camera
+        return frame, time.monotonic()
+
+    batcher.run = slow_pass_through
+    try:
+        token = client.predict(**controls(server), api_name="/webrtc_start")
+        orange = np.zeros((120, 160, 3), np.uint8)
+        orange[...] = (230, 120, 20)
+        camera = Camera([orange])
+
+        async def scenario():
+            peer = Peer(camera)
+            await peer.connect(server.url, token)
+            await wait_for(lambda: len(peer.pictures) >= 5, "5 pictures back")
+            await peer.pc.close()
+            return peer.pictures[-1]
+
+        picture = asyncio.run(scenario())
+    finally:
+        batcher.run = run
+    centre = picture[SIZE // 4:-SIZE // 4, SIZE // 4:-SIZE // 4].reshape(-1, 3).mean(axis=0)
+    assert np.allclose(centre, (230, 120, 20), atol=20), centre
+    assert len(calls) < camera.sent * 0.7, f"{len(calls)} frames processed of {camera.sent} sent: stale ones queued"
+    asyncio.run(wait_for(lambda: not webrtc_sessions(server), "the closed connection's session to be removed"))
+
+
+def test_bad_offers_get_one_sentence(server):
+    def refused(payload) -> str:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            post(server.url + "webrtc/offer", payload)
+        assert caught.value.code == 400
+        return json.loads(caught.value.read())["error"]
+
+    assert "token is unknown" in refused({"token": "nope", "sdp": "v=0", "type": "offer"})
+    assert "not valid JSON" in refused(b"{")
+    assert "'token' and 'sdp'" in refused({"sdp": 3})
+    assert "expected an SDP offer" in refused({"token": "t", "sdp": "v=0", "type": "answer"})
