@@ -1,5 +1,6 @@
-"""A real headless Chromium against the real UI: the fake camera streams, restyled frames come back
-and the meter shows them; two browser tabs keep separate sessions. Writes test-artifacts/ui.png."""
+"""A real headless Chromium against the real UI: the fake camera streams (over Gradio's streaming and
+over WebRTC), restyled frames come back and the meter shows them; two browser tabs keep separate
+sessions. Writes test-artifacts/ui.png and ui-webrtc.png."""
 from __future__ import annotations
 
 import re
@@ -36,8 +37,10 @@ def browser():
 
 
 def start_stream(page, url: str, prompt: str) -> None:
+    """Stream over Gradio's own streaming (the Webcam tab's second transport)."""
     page.goto(url, wait_until="domcontentloaded")
     page.locator("#ctl-prompt textarea").fill(prompt)
+    page.locator("#webcam-transport").get_by_text("Gradio streaming", exact=True).click()
     page.get_by_text("Click to Access Webcam").click()
     page.get_by_label("capture photo").click()  # the record button of the streaming camera
 
@@ -120,3 +123,62 @@ def test_two_tabs_stream_together_with_separate_sessions(server, browser):
         pages["a red fox"].close()
     finally:
         batcher.wait_s = wait
+
+
+# --- WebRTC -----------------------------------------------------------------------------------
+
+def webrtc_sessions(server) -> dict:
+    return {sid: s for sid, s in server.registry.snapshot().items() if sid.startswith("webrtc-")}
+
+
+def frames_shown(page) -> int:
+    """Frames the page's <video> has presented from the server's track."""
+    return page.evaluate("""() => {
+        const video = document.getElementById('webrtc-output');
+        return video && video.videoWidth > 0 ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
+    }""")
+
+
+def test_webrtc_stream_round_trips_in_a_real_browser(server, browser):
+    """The default transport: frames come back into <video id="webrtc-output"> with the meter, the
+    Gradio prompt control acts on the stream live, Stop and closing the tab close the session."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server.url, wait_until="domcontentloaded")
+    page.locator("#ctl-prompt textarea").fill("a paper cutout")
+    page.locator("#webrtc-start").click()
+    wait_for(lambda: frames_shown(page) >= 5, "5 restyled frames presented by the WebRTC <video>")
+    wait_for(lambda: "fps" in page.locator("#webrtc-stats").inner_text(), "the meter over the data channel")
+    assert page.locator("#webrtc-status").inner_text() == "streaming over WebRTC"
+    (session,) = webrtc_sessions(server).values()
+    assert session.applied("webcam").prompt == "a paper cutout"
+    assert page.evaluate("document.getElementById('webrtc-output').videoWidth") == server.registry.engine.width
+
+    page.locator("#ctl-prompt textarea").fill("a glass sculpture")
+    wait_for(lambda: session.applied("webcam").prompt == "a glass sculpture", "the new prompt in the WebRTC stream")
+    shown = frames_shown(page)
+    wait_for(lambda: frames_shown(page) >= shown + 3, "the stream to go on with the new prompt")
+    print(f"\nbrowser WebRTC stream, tiny 128x128 CPU: {page.locator('#webrtc-stats').inner_text()}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-webrtc.png"))
+
+    page.locator("#webrtc-stop").click()
+    wait_for(lambda: not webrtc_sessions(server), "Stop to close the stream's session")
+    page.locator("#webrtc-start").click()
+    wait_for(lambda: webrtc_sessions(server) and frames_shown(page) > 0, "a second stream after Stop")
+    page.close()
+    wait_for(lambda: not webrtc_sessions(server) and len(server.registry) == 0,
+             "the closed tab's WebRTC session to be removed")
+    assert not server.demo.rtc_hub.streams()
+
+
+def test_a_failed_webrtc_connection_says_so_on_the_page(server, browser):
+    """Never a silent fallback: an offer that cannot reach the server ends in a sentence naming the way out."""
+    page = browser.new_page()
+    page.route("**/webrtc/offer", lambda route: route.abort())
+    page.goto(server.url, wait_until="domcontentloaded")
+    page.locator("#webrtc-start").click()
+    status = page.locator('#webrtc-status[data-state="error"]')
+    status.wait_for(timeout=WAIT_S * 1000)
+    assert status.inner_text().startswith("WebRTC failed: ") and "Gradio streaming" in status.inner_text()
+    page.close()
+    wait_for(lambda: len(server.registry) == 0 and not server.demo.rtc_hub.streams(), "nothing left open")
