@@ -1,74 +1,128 @@
-"""Glass-to-glass numbers of the browser webcam path: a real headless Chromium with a fake camera
-streams into the UI server for a while; the page records when each camera frame is captured and
-when each restyled frame is displayed, the server records when each frame reaches the handler.
+"""Glass-to-glass numbers of the browser webcam path, for either transport of the Webcam tab: a real
+headless Chromium streams a camera into the UI server for a while and records when each camera
+frame was captured and when each restyled frame was displayed.
 
-    python benchmarks/webcam_latency.py --model tiny --size 128 --seconds 20
+    python benchmarks/webcam_latency.py --model tiny --size 128 --seconds 20 --transport webrtc
 
-Reported, side by side with the page's own meter (server-side, see app/live_metrics.py):
-* displayed fps: restyled frames shown per second, counted in the page;
-* capture→display latency: display time of a picture − capture time of the camera frame in it
-  (the frame that reached the handler `stream delay` calls earlier: the newest capture before it
-  arrived). Same machine, so browser and server share the wall clock.
+How: the page's camera is a canvas (`getUserMedia` is replaced by `canvas.captureStream`) drawn
+every `--stream-every` seconds with its frame number stamped into the picture as black/white
+cells; the server reads the number off each frame that reaches the handler and stamps it into the
+picture it returns; the page reads it off each displayed picture (the `load` of the Gradio `<img>`,
+or `requestVideoFrameCallback` of the WebRTC `<video>`). So every displayed picture names the
+camera frame it was made from, on either transport. Reported, with the page's own meter:
+
+* displayed fps: restyled pictures shown per second, counted in the page;
+* capture→display latency: display time − capture time of the camera frame in the picture (the
+  stream batch's delay of `stages − 1` calls is counted: a model picture holds an older frame);
+  split into capture→server (the camera frame's way up) and server→display (the rest);
 * frames captured vs processed: the difference is what was dropped as stale.
 
-`--pass-through` takes the model out of the way (each frame comes back as it went in, through the
-same server path: session, settings, batcher, JPEG encoding, Gradio's streaming): what is left is
-the transport's own ceiling, e.g. at 512² with the camera sent at 30 fps:
+Browser and server share the machine's wall clock. `--pass-through` takes the model out of the way
+(each frame comes back as it went in, through the same server path: session, settings, batcher and
+the transport): what is left is the transport's own ceiling, e.g. at 512² with a 30 fps camera:
 
-    python benchmarks/webcam_latency.py --pass-through --size 512 --stream-every 0.033
+    python benchmarks/webcam_latency.py --pass-through --size 512 --stream-every 0.033 --transport webrtc
 
 Needs /usr/bin/chromium and the playwright package.
 """
 from __future__ import annotations
 
 import argparse
-import bisect
 import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import numpy as np
 
-BITS, CELL = 12, 8  # the call number, stamped into the output as 12 black/white 8x8 cells (survives JPEG)
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # ui_helpers; livediff is the installed one
+
+BITS, CELL = 12, 8  # the frame number: 12 black/white 8x8 cells, after a white and a black marker cell
+MARKS = (255, 0)
+TRANSPORTS = ("webrtc", "gradio")
 
 RECORDER = """
 window.__captures = []; window.__shown = [];
-const toDataURL = HTMLCanvasElement.prototype.toDataURL;
-HTMLCanvasElement.prototype.toDataURL = function (...args) {
-  if (args[0] === 'image/jpeg') window.__captures.push(Date.now());
-  return toDataURL.apply(this, args);
-};
-const reader = document.createElement('canvas');
+const BITS = %(bits)d, CELL = %(cell)d;
+function stampCanvas(ctx, n) {
+  const cells = [1, 0];
+  for (let b = 0; b < BITS; b++) cells.push((n >> b) & 1);
+  cells.forEach((on, i) => { ctx.fillStyle = on ? '#fff' : '#000'; ctx.fillRect(i * CELL, 0, CELL, CELL); });
+}
+function readStamp(source, width, height) {
+  const reader = document.createElement('canvas');
+  reader.width = width; reader.height = height;
+  const ctx = reader.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(source, 0, 0);
+  const bright = (i) => ctx.getImageData(i * CELL + CELL / 2, CELL / 2, 1, 1).data[0] > 127;
+  if (!bright(0) || bright(1)) return -1;
+  let n = 0;
+  for (let b = 0; b < BITS; b++) if (bright(b + 2)) n |= (1 << b);
+  return n;
+}
+// the camera: a canvas with a moving picture and its frame number
+const camera = document.createElement('canvas');
+camera.width = camera.height = %(size)d;
+const draw = camera.getContext('2d');
+const stream = camera.captureStream(0);
+let frame = 0;
+setInterval(() => {
+  const t = frame / %(fps)f;
+  const g = draw.createLinearGradient(0, 0, camera.width, camera.height);
+  g.addColorStop(0, `hsl(${(t * 40) %% 360}, 60%%, 45%%)`); g.addColorStop(1, '#224');
+  draw.fillStyle = g; draw.fillRect(0, 0, camera.width, camera.height);
+  draw.fillStyle = '#eee';
+  draw.beginPath();
+  draw.arc(camera.width * (0.5 + 0.3 * Math.sin(t)), camera.height * 0.6, camera.width / 8, 0, 2 * Math.PI);
+  draw.fill();
+  stampCanvas(draw, frame);
+  stream.getVideoTracks()[0].requestFrame();
+  window.__captures.push(Date.now());
+  frame++;
+}, 1000 / %(fps)f);
+navigator.mediaDevices.getUserMedia = async () => stream;
+// Gradio streaming: each new picture of the <img>
 document.addEventListener('load', (e) => {
   const img = e.target;
   if (!(img.closest && img.closest('#live-output'))) return;
-  const at = Date.now();
-  reader.width = img.naturalWidth; reader.height = img.naturalHeight;
-  const ctx = reader.getContext('2d');
-  ctx.drawImage(img, 0, 0);
-  let call = 0;
-  for (let b = 0; b < %(bits)d; b++) {
-    const px = ctx.getImageData(b * %(cell)d + %(cell)d / 2, %(cell)d / 2, 1, 1).data;
-    if (px[0] > 127) call |= (1 << b);
-  }
-  window.__shown.push([at, call]);
+  window.__shown.push([Date.now(), readStamp(img, img.naturalWidth, img.naturalHeight)]);
 }, true);
-""" % {"bits": BITS, "cell": CELL}
+// WebRTC: each picture the <video> presents
+const watch = () => {
+  const video = document.getElementById('webrtc-output');
+  if (!video) return setTimeout(watch, 100);
+  const onFrame = () => {
+    if (video.videoWidth) window.__shown.push([Date.now(), readStamp(video, video.videoWidth, video.videoHeight)]);
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+};
+watch();
+"""
 
 
-def stamp(picture, call: int):
-    """Write `call` into the picture's top row of cells so the page can tell which call it shows."""
+def stamp(picture: np.ndarray, number: int) -> np.ndarray:
+    """Write the marker cells and `number` into the picture's top row of cells."""
     picture = picture.copy()
-    for bit in range(BITS):
-        picture[:CELL, bit * CELL:(bit + 1) * CELL] = 255 if call >> bit & 1 else 0
+    cells = [*MARKS, *(255 if number >> bit & 1 else 0 for bit in range(BITS))]
+    for i, value in enumerate(cells):
+        picture[:CELL, i * CELL:(i + 1) * CELL] = value
     return picture
+
+
+def read_stamp(picture: np.ndarray) -> int | None:
+    """The frame number stamped into a camera frame, read as sent or mirrored (Gradio's camera mirrors)."""
+    for view in (picture, picture[:, ::-1]):
+        bright = [view[CELL // 2, i * CELL + CELL // 2, :3].mean() > 127 for i in range(BITS + 2)]
+        if bright[0] and not bright[1]:
+            return sum(1 << b for b in range(BITS) if bright[b + 2])
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", choices=TRANSPORTS, default="webrtc")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
@@ -76,10 +130,13 @@ def main() -> None:
     parser.add_argument("--stream-mode", default=None)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
-    parser.add_argument("--stream-every", type=float, default=None, help="seconds between camera frames sent")
+    parser.add_argument("--stream-every", type=float, default=0.033,
+                        help="seconds between camera frames (and Gradio's uploads); default %(default)s")
     parser.add_argument("--pass-through", action="store_true",
                         help="no model: frames come back as they went in (the transport's own ceiling)")
     args = parser.parse_args()
+    if args.size < (BITS + 2) * CELL:
+        parser.error(f"--size must be at least {(BITS + 2) * CELL} (the frame number is stamped into the picture)")
 
     from playwright.sync_api import sync_playwright
 
@@ -90,59 +147,69 @@ def main() -> None:
 
     engine = Engine(dict(model=args.model, width=args.size, height=args.size, device=args.device,
                          dtype=args.dtype), stream_mode=args.stream_mode or DEFAULT_STREAM_MODE)
-    arrivals: list[float] = []
+    delay = 0 if args.pass_through else stream_delay(engine.stream_template)
+    arrivals: dict[int, float] = {}
+    entered: list[int] = []  # frame numbers in the order they reached the handler
     process = WebcamStream.process
 
     def timed_process(self, session_id, frame, settings):
-        arrivals.append(time.time() * 1000)
+        number = read_stamp(frame)
+        if number is not None:
+            arrivals[number] = time.time() * 1000
+        entered.append(-1 if number is None else number)
         live = process(self, session_id, frame, settings)
-        return replace(live, image=stamp(live.image, len(arrivals) - 1))
+        # the picture holds the frame that entered `delay` calls ago
+        source = entered[-1 - delay] if len(entered) > delay else -1
+        return replace(live, image=stamp(live.image, source) if source >= 0 else live.image)
 
     WebcamStream.process = timed_process
     if args.pass_through:
         engine.batcher.run = lambda session_id, pipe, frame: (frame, now())
-    launch = {"stream_every": args.stream_every} if args.stream_every else {}
-    with running_server(engine, restart_after_s=30.0, **launch) as server, sync_playwright() as p:
+    fps = 1 / args.stream_every
+    with running_server(engine, restart_after_s=30.0, stream_every=args.stream_every) as server, \
+            sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            "--disable-background-networking", "--disable-gpu"])
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--disable-background-networking", "--disable-gpu"])
         page = browser.new_page()
-        page.add_init_script(RECORDER)
+        page.add_init_script(RECORDER % {"bits": BITS, "cell": CELL, "size": args.size, "fps": fps})
         page.goto(server.url, wait_until="domcontentloaded")
-        page.get_by_text("Click to Access Webcam").click()
-        page.get_by_label("capture photo").click()
+        if args.transport == "webrtc":
+            page.locator("#webrtc-start").click()
+        else:
+            page.locator("#webcam-transport").get_by_text("Gradio streaming", exact=True).click()
+            page.get_by_text("Click to Access Webcam").click()
+            page.get_by_label("capture photo").click()
         page.wait_for_timeout((args.warmup + args.seconds) * 1000)
         captures, shown = page.evaluate("window.__captures"), page.evaluate("window.__shown")
-        meter = page.locator("#live-stats").inner_text().strip().splitlines()[-1]
+        meter = page.locator("#webrtc-stats" if args.transport == "webrtc" else "#live-stats").inner_text().strip()
+        status = page.locator("#webrtc-status").inner_text() if args.transport == "webrtc" else "-"
         browser.close()
-    delay = 0 if args.pass_through else stream_delay(engine.stream_template)
+    if not shown:
+        sys.exit(f"no restyled picture was displayed (page status: {status})")
     start = captures[0] + args.warmup * 1000
-    latencies, transport = [], []
-    for shown_at, call in shown:
-        source_call = call - delay
-        if shown_at < start or not 0 <= source_call < len(arrivals):
-            continue
-        index = bisect.bisect_left(captures, arrivals[source_call]) - 1
-        if index >= 0:
-            latencies.append(shown_at - captures[index])
-        if call + 1 < len(arrivals):
-            transport.append(shown_at - arrivals[call])
-    window = [t for t, _ in shown if t >= start]
-    in_window = [t for t in captures if t >= start]
-    fps = (len(window) - 1) / ((window[-1] - window[0]) / 1000) if len(window) > 1 else 0.0
+    window = [(t, n) for t, n in shown if t >= start]
+    first_shown: dict[int, float] = {}
+    for t, n in window:
+        first_shown.setdefault(n, t)  # a repeated presentation of the same picture is not a new picture
+    latencies = [t - captures[n] for n, t in first_shown.items() if 0 <= n < len(captures)]
+    uplink = [arrivals[n] - captures[n] for n in first_shown if n in arrivals and n < len(captures)]
+    downlink = [t - arrivals[n] for n, t in first_shown.items() if n in arrivals]
+    times = sorted(first_shown.values())
+    shown_fps = (len(times) - 1) / ((times[-1] - times[0]) / 1000) if len(times) > 1 else 0.0
     what = f"pass-through (no model) {args.size}x{args.size}" if args.pass_through else engine.description
-    print(f"{what}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}, "
-          f"camera frames every {args.stream_every or 'default'} s")
-    print(f"{'displayed fps':32s} {fps:8.1f}")
-    if latencies:
-        q = statistics.quantiles(latencies, n=10)
-        print(f"{'capture→display median (ms)':32s} {statistics.median(latencies):8.0f}")
-        print(f"{'capture→display p10 / p90 (ms)':32s} {q[0]:8.0f} / {q[-1]:.0f}")
-        print(f"{'handler arrival→display med (ms)':32s} {statistics.median(transport):8.0f}")
-    print(f"{'camera frames captured':32s} {len(in_window):8d}")
-    print(f"{'frames processed':32s} {sum(t >= start for t in arrivals):8d}")
-    print(f"{'restyled frames displayed':32s} {len(window):8d}")
-    print(f"{'page meter (server side)':32s} {meter}")
+    print(f"{args.transport}: {what}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}, "
+          f"camera {fps:.0f} fps")
+    print(f"{'displayed fps':34s} {shown_fps:8.1f}")
+    if len(latencies) >= 2:
+        q = statistics.quantiles(latencies, n=20)
+        print(f"{'capture→display p50 / p95 (ms)':34s} {statistics.median(latencies):8.0f} / {q[-1]:.0f}")
+        print(f"{'  capture→server median (ms)':34s} {statistics.median(uplink):8.0f}")
+        print(f"{'  server→display median (ms)':34s} {statistics.median(downlink):8.0f}")
+    print(f"{'camera frames captured':34s} {sum(t >= start for t in captures):8d}")
+    print(f"{'frames processed':34s} {sum(t >= start for t in arrivals.values()):8d}")
+    print(f"{'restyled pictures displayed':34s} {len(first_shown):8d}")
+    print(f"{'unreadable pictures':34s} {sum(n < 0 for _, n in window):8d}")
+    print(f"{'page meter (server side)':34s} {meter.splitlines()[-1] if meter else '-'}")
 
 
 if __name__ == "__main__":

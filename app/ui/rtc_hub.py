@@ -70,16 +70,15 @@ class RtcHub:
         self.close_owner(owner, forget_controls=False)
         return token
 
-    def update(self, owner: str, controls: Controls) -> bool:
-        """New control values for the owner's stream; False when the owner has none open."""
+    def update(self, owner: str, controls: Controls) -> None:
+        """New control values for the owner's stream (nothing to do for a tab that never pressed Start)."""
         with self._lock:
             if owner not in self._controls:
-                return False
+                return
             self._controls[owner] = controls
             stream = self._streams.get(owner)
         if stream is not None:
             stream.controls = controls
-        return True
 
     def close_owner(self, owner: str, forget_controls: bool = True) -> None:
         """End the owner's stream (its page unloaded, or it starts a new one)."""
