@@ -141,7 +141,8 @@ def frames_shown(page) -> int:
 
 def test_webrtc_stream_round_trips_in_a_real_browser(server, browser):
     """The default transport: frames come back into <video id="webrtc-output"> with the meter, the
-    Gradio prompt control acts on the stream live, Stop and closing the tab close the session."""
+    Gradio prompt control acts on the stream live, Stop and closing the tab close the session, and a
+    session the server closes ends the stream with a sentence on the page."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server.url, wait_until="domcontentloaded")
     page.locator("#ctl-prompt textarea").fill("a paper cutout")
@@ -165,6 +166,13 @@ def test_webrtc_stream_round_trips_in_a_real_browser(server, browser):
     wait_for(lambda: not webrtc_sessions(server), "Stop to close the stream's session")
     page.locator("#webrtc-start").click()
     wait_for(lambda: webrtc_sessions(server) and frames_shown(page) > 0, "a second stream after Stop")
+    (session_id,) = webrtc_sessions(server)
+    server.registry.close(session_id)  # the server ends it (idle, shutdown): the page must say so
+    status = page.locator('#webrtc-status[data-state="error"]')
+    status.wait_for(timeout=WAIT_S * 1000)
+    assert "the server ended the stream" in status.inner_text()
+    page.locator("#webrtc-start").click()
+    wait_for(lambda: webrtc_sessions(server) and frames_shown(page) > 0, "a third stream")
     page.close()
     wait_for(lambda: not webrtc_sessions(server) and len(server.registry) == 0,
              "the closed tab's WebRTC session to be removed")

@@ -197,3 +197,43 @@ def test_bad_offers_get_one_sentence(server):
     assert "not valid JSON" in refused(b"{")
     assert "'token' and 'sdp'" in refused({"sdp": 3})
     assert "expected an SDP offer" in refused({"token": "t", "sdp": "v=0", "type": "answer"})
+
+
+def test_a_camera_frame_is_handed_over_when_its_last_packet_arrives():
+    """Not one frame later, when the next frame's first packet arrives (aiortc's own buffer)."""
+    from aiortc.rtp import RtpPacket
+
+    from livediff.app.ui.rtc_jitter import MarkerJitterBuffer
+
+    def packet(seq: int, timestamp: int, marker: bool, data: bytes) -> RtpPacket:
+        p = RtpPacket(payload_type=96, marker=int(marker), sequence_number=seq, timestamp=timestamp)
+        p._data = data
+        return p
+
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(packet(10, 3000, False, b"a"))[1] is None
+    frame = buffer.add(packet(11, 3000, True, b"b"))[1]
+    assert (frame.data, frame.timestamp) == (b"ab", 3000)
+    frame = buffer.add(packet(12, 6000, True, b"c"))[1]
+    assert (frame.data, frame.timestamp) == (b"c", 6000)
+    assert buffer.add(packet(13, 9000, False, b"d"))[1] is None
+    assert buffer.add(packet(15, 9000, True, b"f"))[1] is None, "a frame with a missing packet is not complete"
+
+
+def test_the_server_receiver_uses_the_marker_aware_buffer(server, client):
+    from livediff.app.ui.rtc_jitter import MarkerJitterBuffer
+
+    token = client.predict(**controls(server), api_name="/webrtc_start")
+
+    async def scenario():
+        peer = Peer(Camera([clip_frame(0, 160, 120)]))
+        await peer.connect(server.url, token)
+        await wait_for(lambda: len(peer.pictures) >= 1, "a picture back")
+        (stream,) = server.demo.rtc_hub.streams().values()
+        (receiver,) = [t.receiver for t in stream.pc.getTransceivers() if t.kind == "video"]
+        buffers = [v for v in vars(receiver).values() if isinstance(v, MarkerJitterBuffer)]
+        await peer.pc.close()
+        return buffers
+
+    assert asyncio.run(scenario()), "aiortc's receiver kept its own buffer: frames wait one interval longer"
+    asyncio.run(wait_for(lambda: not webrtc_sessions(server), "the closed connection's session to be removed"))

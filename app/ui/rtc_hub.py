@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from livediff.app.ui import rtc_jitter
 from livediff.app.ui.rtc_stream import Controls, RtcStream
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.webcam_tab import WebcamStream
@@ -138,6 +139,9 @@ class RtcHub:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if not cameras:
                 raise OfferRefused("the offer carries no video track; the page must send its camera")
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    rtc_jitter.install(transceiver.receiver)
             pc.addTrack(stream.output)
             await pc.setLocalDescription(await pc.createAnswer())
         except OfferRefused:

@@ -78,6 +78,9 @@ SCRIPT = """
       camera.getVideoTracks().forEach((track) => pc.addTrack(track, camera));
       const meter = pc.createDataChannel('meter');
       meter.onmessage = (event) => { const stats = el('webrtc-stats'); if (stats) stats.textContent = event.data; };
+      meter.onclose = () => {  // the server hung up (it stopped, or closed the session)
+        if (pc === state.pc) { stop(); say('the server ended the stream; press Start to stream again', 'error'); }
+      };
       pc.ontrack = (event) => { el('webrtc-output').srcObject = new MediaStream([event.track]); };
       pc.onconnectionstatechange = () => {
         if (pc !== state.pc) return;
@@ -120,4 +123,5 @@ def start_js(width: int, height: int) -> str:
 
 STOP_JS = "() => { window.livediffWebrtc.stop('stream stopped'); }"
 #: When the transport changes away from WebRTC its stream stops (the two never run at once in a tab).
-SWITCH_JS = f"(transport) => {{ if (transport !== {json.dumps(WEBRTC)}) window.livediffWebrtc.stop(''); }}"
+SWITCH_JS = (f"(transport) => {{ if (transport !== {json.dumps(WEBRTC)}) "
+             "window.livediffWebrtc.stop('stream stopped'); }")
