@@ -11,7 +11,8 @@ picture it returns; the page reads it off each displayed picture (the `load` of 
 or `requestVideoFrameCallback` of the WebRTC `<video>`). So every displayed picture names the
 camera frame it was made from, on either transport. Reported, with the page's own meter:
 
-* displayed fps: restyled pictures shown per second, counted in the page;
+* displayed fps: restyled pictures shown per second, counted in the page (for WebRTC the
+  `<video>`'s own count of presented pictures: a busy page may skip a callback, not a picture);
 * capture→display latency: display time − capture time of the camera frame in the picture (the
   stream batch's delay of `stages − 1` calls is counted: a model picture holds an older frame);
   split into capture→server (the camera frame's way up) and server→display (the rest);
@@ -43,19 +44,20 @@ MARKS = (255, 0)
 TRANSPORTS = ("webrtc", "gradio")
 
 RECORDER = """
-window.__captures = []; window.__shown = [];
+window.__captures = []; window.__shown = []; window.__presented = 0;  // shown: [time, frame number, pictures so far]
 const BITS = %(bits)d, CELL = %(cell)d;
 function stampCanvas(ctx, n) {
   const cells = [1, 0];
   for (let b = 0; b < BITS; b++) cells.push((n >> b) & 1);
   cells.forEach((on, i) => { ctx.fillStyle = on ? '#fff' : '#000'; ctx.fillRect(i * CELL, 0, CELL, CELL); });
 }
-function readStamp(source, width, height) {
-  const reader = document.createElement('canvas');
-  reader.width = width; reader.height = height;
-  const ctx = reader.getContext('2d', { willReadFrequently: true });
-  ctx.drawImage(source, 0, 0);
-  const bright = (i) => ctx.getImageData(i * CELL + CELL / 2, CELL / 2, 1, 1).data[0] > 127;
+const reader = document.createElement('canvas');
+reader.width = (BITS + 2) * CELL; reader.height = CELL;
+const readerCtx = reader.getContext('2d', { willReadFrequently: true });
+function readStamp(source) {  // only the stamped strip is copied: the page's main thread stays free
+  readerCtx.drawImage(source, 0, 0, reader.width, CELL, 0, 0, reader.width, CELL);
+  const strip = readerCtx.getImageData(0, CELL / 2, reader.width, 1).data;
+  const bright = (i) => strip[(i * CELL + CELL / 2) * 4] > 127;
   if (!bright(0) || bright(1)) return -1;
   let n = 0;
   for (let b = 0; b < BITS; b++) if (bright(b + 2)) n |= (1 << b);
@@ -86,14 +88,16 @@ navigator.mediaDevices.getUserMedia = async () => stream;
 document.addEventListener('load', (e) => {
   const img = e.target;
   if (!(img.closest && img.closest('#live-output'))) return;
-  window.__shown.push([Date.now(), readStamp(img, img.naturalWidth, img.naturalHeight)]);
+  window.__presented += 1;
+  window.__shown.push([Date.now(), readStamp(img), window.__presented]);
 }, true);
 // WebRTC: each picture the <video> presents
 const watch = () => {
   const video = document.getElementById('webrtc-output');
   if (!video) return setTimeout(watch, 100);
-  const onFrame = () => {
-    if (video.videoWidth) window.__shown.push([Date.now(), readStamp(video, video.videoWidth, video.videoHeight)]);
+  const onFrame = (now, meta) => {
+    // a busy page may skip a callback: `presentedFrames` still counts every picture shown
+    if (video.videoWidth) window.__shown.push([Date.now(), readStamp(video), meta.presentedFrames]);
     video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
@@ -184,18 +188,18 @@ def main() -> None:
         meter = page.locator("#webrtc-stats" if args.transport == "webrtc" else "#live-stats").inner_text().strip()
         status = page.locator("#webrtc-status").inner_text() if args.transport == "webrtc" else "-"
         browser.close()
-    if not shown:
-        sys.exit(f"no restyled picture was displayed (page status: {status})")
-    start = captures[0] + args.warmup * 1000
-    window = [(t, n) for t, n in shown if t >= start]
+    start = captures[0] + args.warmup * 1000 if captures else 0
+    if not any(t >= start for t, _, _ in shown):
+        sys.exit(f"no restyled picture was displayed after the warm-up (page status: {status})")
+    window = [(t, n, presented) for t, n, presented in shown if t >= start]
     first_shown: dict[int, float] = {}
-    for t, n in window:
+    for t, n, _ in window:
         first_shown.setdefault(n, t)  # a repeated presentation of the same picture is not a new picture
     latencies = [t - captures[n] for n, t in first_shown.items() if 0 <= n < len(captures)]
     uplink = [arrivals[n] - captures[n] for n in first_shown if n in arrivals and n < len(captures)]
     downlink = [t - arrivals[n] for n, t in first_shown.items() if n in arrivals]
-    times = sorted(first_shown.values())
-    shown_fps = (len(times) - 1) / ((times[-1] - times[0]) / 1000) if len(times) > 1 else 0.0
+    (t0, _, k0), (t1, _, k1) = window[0], window[-1]
+    shown_fps = (k1 - k0) / ((t1 - t0) / 1000) if t1 > t0 else 0.0
     what = f"pass-through (no model) {args.size}x{args.size}" if args.pass_through else engine.description
     print(f"{args.transport}: {what}, {args.seconds:.0f} s after {args.warmup:.0f} s warm-up, stream delay {delay}, "
           f"camera {fps:.0f} fps")
@@ -207,8 +211,9 @@ def main() -> None:
         print(f"{'  server→display median (ms)':34s} {statistics.median(downlink):8.0f}")
     print(f"{'camera frames captured':34s} {sum(t >= start for t in captures):8d}")
     print(f"{'frames processed':34s} {sum(t >= start for t in arrivals.values()):8d}")
-    print(f"{'restyled pictures displayed':34s} {len(first_shown):8d}")
-    print(f"{'unreadable pictures':34s} {sum(n < 0 for _, n in window):8d}")
+    print(f"{'restyled pictures displayed':34s} {k1 - k0 + 1:8d}")
+    print(f"{'  of them timed (read the number)':34s} {len(first_shown):8d}")
+    print(f"{'unreadable pictures':34s} {sum(n < 0 for _, n, _ in window):8d}")
     print(f"{'page meter (server side)':34s} {meter.splitlines()[-1] if meter else '-'}")
 
 
