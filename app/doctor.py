@@ -1,8 +1,9 @@
 """`livediff doctor`: is this machine ready, and how fast is each backend here?
 
 Lists the device and the versions that matter, then runs a short img2img stream on every backend
-that can run here, on a random-weight preset with the layout of the real model (SD-Turbo's at 512²
-on CUDA, `tiny` on the CPU, so it answers within a minute), compares each with eager PyTorch on the
+that can run here, on a random-weight preset with the layout of the real model (SD-Turbo's, or with
+`family="sdxl"` SDXL-Turbo's, at 512² on CUDA; `tiny` / `tiny-sdxl` on the CPU, so it answers within
+a minute), compares each with eager PyTorch on the
 same frames and noise, and gives one verdict per backend. Random weights: speed and agreement
 are real, pictures are not.
 """
@@ -104,14 +105,20 @@ def default_backends(cuda: bool) -> list[str]:
     return ["eager", "onnxruntime"] + (["openvino"] if _version("openvino") else [])
 
 
-def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print) -> DoctorReport:
+#: family → (preset on CUDA, preset on the CPU)
+FAMILY_PRESETS = {"sd": ("sd-turbo-random", "tiny"), "sdxl": ("sdxl-turbo-random", "tiny-sdxl")}
+
+
+def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print,
+        family: str = "sd") -> DoctorReport:
     import torch
 
     from livediff.errors import LivediffError
     from livediff.pipelines import load_pipeline
 
     cuda = torch.cuda.is_available()
-    workload = dict(preset="sd-turbo-random" if cuda else "tiny", vae="taesd-random" if cuda else "tiny-taesd",
+    on_gpu, on_cpu = FAMILY_PRESETS[family]
+    workload = dict(preset=on_gpu if cuda else on_cpu, vae="taesd-random" if cuda else "tiny-taesd",
                     size=512 if cuda else 128, dtype="float16" if cuda else "float32",
                     device="cuda" if cuda else "cpu", steps=2, frames=frames)
     report = DoctorReport(environment(), workload)

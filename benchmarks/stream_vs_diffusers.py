@@ -33,7 +33,7 @@ def diffusers_runner(pipe, guidance_scale: float):
     img2img = AutoPipelineForImage2Image.from_pipe(base)
     img2img.set_progress_bar_config(disable=True)
     timesteps = [int(t) for t in pipe.schedule.timesteps]
-    embeds = dict(prompt_embeds=pipe.guidance.cond, negative_prompt_embeds=pipe.guidance.uncond)
+    embeds = dict(prompt_embeds=pipe.guidance.cond.text, negative_prompt_embeds=pipe.guidance.uncond.text)
 
     def run(frame: np.ndarray):
         image = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float().div(255).to(pipe.device, pipe.dtype)

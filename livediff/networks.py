@@ -64,11 +64,42 @@ def _parameter_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def added_conditions(unet_config) -> tuple[tuple[str, int], ...]:
+    """(name, width) of the UNet's added-conditioning inputs, after encoder_hidden_states: none for
+    SD 1.x/2.x; SDXL's pooled text embedding and its six size ids (`pipelines.prompts`)."""
+    if unet_config.addition_embed_type != "text_time":
+        return ()
+    pooled = unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim
+    return (("text_embeds", pooled), ("time_ids", 6))
+
+
+def unet_example_inputs(unet_config, rows: int, latent_hw: tuple[int, int], dtype: torch.dtype,
+                        device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """(sample, timestep, encoder_hidden_states, *added conditions) for `rows` rows."""
+    base = (torch.randn(rows, unet_config.in_channels, *latent_hw, dtype=dtype, device=device),
+            torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
+            torch.randn(rows, 77, unet_config.cross_attention_dim, dtype=dtype, device=device))
+    added = tuple(torch.randn(rows, width, dtype=dtype, device=device) * (512 if name == "time_ids" else 1)
+                  for name, width in added_conditions(unet_config))
+    return (*base, *added)
+
+
+def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+             added: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The diffusers UNet's noise prediction, with the added conditioning as diffusers names it."""
+    names = [name for name, _ in added_conditions(unet.config)]
+    if len(added) != len(names):
+        raise ValueError(f"this UNet takes {len(names)} added conditioning inputs {names}, got {len(added)}")
+    added_cond = dict(zip(names, added)) if names else None
+    return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond,
+                return_dict=False)[0]
+
+
 class UNetFunction(TensorFunction):
-    """(sample, timestep, encoder_hidden_states) → noise prediction, one row per stream-batch row."""
+    """(sample, timestep, encoder_hidden_states, *added conditions) → noise prediction, one row per
+    stream-batch row; the added conditions are SDXL's (`added_conditions`)."""
 
     name = "unet"
-    input_names = ("sample", "timestep", "encoder_hidden_states")
     output_names = ("noise_pred",)
 
     def __init__(self, unet, vae_scale_factor: int = 8):
@@ -76,17 +107,19 @@ class UNetFunction(TensorFunction):
         self.unet = unet
         self.vae_scale_factor = vae_scale_factor
         self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.input_names = ("sample", "timestep", "encoder_hidden_states",
+                            *(name for name, _ in added_conditions(unet.config)))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                *added: torch.Tensor) -> torch.Tensor:
+        return run_unet(self.unet, sample, timestep, encoder_hidden_states, added)
+
+    def variant(self) -> tuple | None:
+        return ("sdxl",) if added_conditions(self.unet.config) else None
 
     def example_inputs(self, rows, height, width, dtype, device):
-        config = self.unet.config
         f = self.vae_scale_factor
-        return (torch.randn(rows, config.in_channels, height // f, width // f, dtype=dtype, device=device),
-                torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
-                torch.randn(rows, 77, config.cross_attention_dim, dtype=dtype, device=device))
+        return unet_example_inputs(self.unet.config, rows, (height // f, width // f), dtype, device)
 
     def output_shapes(self, inputs):
         sample = inputs[0]
@@ -95,12 +128,19 @@ class UNetFunction(TensorFunction):
     def spatial_axes(self):
         return {"sample": (2, 3, self.vae_scale_factor)}
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states):
-        return sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous()
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *added):
+        return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
+                *(t.contiguous() for t in added))
+
+    def grouped_like_forward(self, per_input: list) -> tuple:
+        return (*per_input[:3], tuple(per_input[3:])) if len(per_input) > 3 else tuple(per_input)
 
 
 class VaeEncoderFunction(TensorFunction):
     """Images in [-1,1] → latents scaled for the UNet.
+
+    Both VAE functions compute in the VAE's own dtype and hand back the stream's: SDXL's VAE
+    overflows in float16 and is kept in float32 under a float16 stream (`pipelines.models`).
 
     Uses the distribution's mean, not a sample, so the same frame always gives the same latent (a
     sample would add flicker). TAESD (AutoencoderTiny) is deterministic already.
@@ -123,9 +163,9 @@ class VaeEncoderFunction(TensorFunction):
         self.spatial_multiple = vae_scale_factor
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        encoded = self.vae.encode(images)
+        encoded = self.vae.encode(images.to(_parameter_dtype(self.vae)))
         latents = encoded.latents if self.tiny else encoded.latent_dist.mean
-        return latents * self.scale
+        return (latents * self.scale).to(images.dtype)
 
     def example_inputs(self, rows, height, width, dtype, device):
         return (torch.rand(rows, 3, height, width, dtype=dtype, device=device) * 2 - 1,)
@@ -156,7 +196,8 @@ class VaeDecoderFunction(TensorFunction):
         self.spatial_multiple = vae_scale_factor
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scale, return_dict=False)[0]
+        images = self.vae.decode((latents / self.scale).to(_parameter_dtype(self.vae)), return_dict=False)[0]
+        return images.to(latents.dtype)
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
@@ -198,28 +239,27 @@ class BankedUNetFunction(TensorFunction):
         self.input_names = tuple(banked.input_names)
         self.output_names = tuple(banked.output_names)
         config = banked.unet.config
-        self.in_channels, self.out_channels = config.in_channels, config.out_channels
-        self.cross_attention_dim = config.cross_attention_dim
+        self.unet_config = config
+        self.out_channels = config.out_channels
+        self.added = len(added_conditions(config))
         self.spatial_multiple = vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.banked(sample, timestep, encoder_hidden_states, *bank)
+                *added_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.banked(sample, timestep, encoder_hidden_states, *added_and_bank)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(3, len(self.input_names)))
+        return tuple(range(3 + self.added, len(self.input_names)))
 
     def variant(self) -> tuple:
         banked = self.banked
-        return (("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
+        return (("family", "sdxl" if self.added else "sd"), ("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
                 ("token_merge_ratio", float(banked.token_merge_ratio)),
                 ("fusion", float(banked.fusion_threshold), float(banked.fusion_strength)))
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        base = (torch.randn(rows, self.in_channels, height // f, width // f, dtype=dtype, device=device),
-                torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
-                torch.randn(rows, 77, self.cross_attention_dim, dtype=dtype, device=device))
+        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device)
         bank = [torch.zeros(shape, dtype=dtype, device=device) if name.endswith(".bias")
                 else torch.randn(shape, dtype=dtype, device=device)
                 for name, shape in self.banked.layout.input_shapes(rows)]
@@ -236,10 +276,10 @@ class BankedUNetFunction(TensorFunction):
                           "build it without a resolution range")
 
     def grouped_like_forward(self, per_input: list) -> tuple:
-        if len(per_input) == 3:  # no bank (token merging alone): nothing for *bank
+        if len(per_input) == 3:  # SD without a bank (token merging alone): nothing for *added_and_bank
             return tuple(per_input)
-        return (*per_input[:3], tuple(per_input[3:]))  # forward takes the bank as *args
+        return (*per_input[:3], tuple(per_input[3:]))  # forward takes the rest as *args
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *bank):
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *added_and_bank):
         return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
-                *(t.contiguous() for t in bank))
+                *(t.contiguous() for t in added_and_bank))

@@ -1,11 +1,16 @@
 """Loading the networks: hub ids, local diffusers folders, single checkpoint files, or presets.
 
+Two model families run: Stable Diffusion 1.x/2.x (`sd`) and SDXL (`sdxl`: SDXL-Turbo, SDXL with an
+LCM-LoRA). The family is read from what is loaded (the folder's or hub repository's
+`model_index.json`, a single file's tensor names), never from a flag.
+
 Real loading is the default for users (`stabilityai/sd-turbo`). Presets (see `presets.py`) build
 random-weight models from configs for tests and speed measurement. LoRAs (LCM-LoRA is the usual
 one) are fused into the UNet once at load time so the per-frame cost is zero.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from livediff.errors import ConfigError, ModelNotAvailableError
 from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
@@ -35,6 +40,14 @@ class ModelBundle:
     tokenizer: CLIPTokenizer
     scheduler: LCMScheduler
     loras: tuple[str, ...] = ()
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL
+    tokenizer_2: CLIPTokenizer | None = None
+    #: SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt is zero embeddings, not encoded ""
+    zero_empty_negative: bool = False
+
+    @property
+    def family(self) -> str:
+        return family_of(self.unet)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -49,6 +62,18 @@ class ModelBundle:
     @property
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
+
+
+#: diffusers pipeline classes (model_index.json `_class_name`) → family
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
+
+
+def family_of(unet) -> str:
+    """`sdxl` when the UNet takes SDXL's added conditioning (pooled text + size ids), else `sd`."""
+    return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -83,35 +108,83 @@ def _offline_message(model: str) -> str:
             f"its path with --model), or use --model tiny to try livediff without weights.")
 
 
-def _load_components(model: str) -> dict:
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _load_kwargs(family: str) -> dict:
+    return {} if family == "sdxl" else dict(safety_checker=None, requires_safety_checker=False)
+
+
+def _family_of_index(model: str, index: dict) -> str:
+    name = index.get("_class_name", "?")
+    if name not in PIPELINE_FAMILIES:
+        raise ConfigError(f"Model {model!r} is a {name}; livediff runs Stable Diffusion 1.x/2.x and SDXL models "
+                          f"({', '.join(sorted(PIPELINE_FAMILIES))}).")
+    return PIPELINE_FAMILIES[name]
+
+
+def checkpoint_family(path: Path) -> str:
+    """The family of a single-file checkpoint, from its tensor names (no weights read for .safetensors)."""
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as checkpoint:
+                keys = set(checkpoint.keys())
+        except Exception as exc:  # a truncated or foreign file: safetensors' errors have no common base
+            raise ConfigError(f"Checkpoint file {str(path)!r} is not a readable .safetensors file ({exc}).") from exc
+    else:
+        from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+        keys = set(load_single_file_checkpoint(str(path)))
+    if CHECKPOINT_KEY_NAMES["xl_base"] in keys:
+        return "sdxl"
+    if CHECKPOINT_KEY_NAMES["xl_refiner"] in keys:
+        raise ConfigError(f"Checkpoint {str(path)!r} is an SDXL refiner, which only refines SDXL outputs; "
+                          f"use an SDXL base or Turbo checkpoint.")
+    return "sd"
+
+
+def _load_components(model: str) -> dict:
     path = Path(model)
     if path.suffix in {".safetensors", ".ckpt"}:
         if not path.is_file():
             raise ModelNotAvailableError(f"Checkpoint file {model!r} does not exist.")
-        pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None)
+        family = checkpoint_family(path)
+        pipe = _pipeline_class(family).from_single_file(str(path), **_load_kwargs(family))
     elif path.is_dir():
-        if not (path / "model_index.json").is_file():
+        index = path / "model_index.json"
+        if not index.is_file():
             raise ConfigError(f"Folder {model!r} is not a diffusers model folder (no model_index.json in it).")
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
+        family = _family_of_index(model, json.loads(index.read_text()))
+        pipe = _pipeline_class(family).from_pretrained(str(path), **_load_kwargs(family))
     elif "/" in model and not model.startswith((".", "/")):
         pipe = _from_hub(model)
     else:
         raise ConfigError(
             f"Unknown model {model!r}: use a Hugging Face hub id (e.g. 'stabilityai/sd-turbo'), a local diffusers "
             f"folder, a .safetensors file, or a preset ({', '.join(sorted(PRESETS))}).")
-    return dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                scheduler=LCMScheduler.from_config(pipe.scheduler.config), pipe=pipe)
+    components = dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                      scheduler=LCMScheduler.from_config(pipe.scheduler.config), pipe=pipe)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        components.update(text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
+                          zero_empty_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
+    return components
 
 
 def _from_hub(model: str):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    kwargs = dict(safety_checker=None, requires_safety_checker=False)
     try:
-        return StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
+        index = DiffusionPipeline.load_config(model, local_files_only=True)
+        family = _family_of_index(model, index)
+        return _pipeline_class(family).from_pretrained(model, local_files_only=True, **_load_kwargs(family))
     except (OSError, LocalEntryNotFoundError):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
@@ -120,7 +193,8 @@ def _from_hub(model: str):
     log.warning("Weights for %s are not cached; fetching %s from the Hugging Face hub.", model,
                 f"{size / 1e9:.1f} GB" if size else "them")
     try:
-        return StableDiffusionPipeline.from_pretrained(model, **kwargs)
+        family = _family_of_index(model, DiffusionPipeline.load_config(model))
+        return _pipeline_class(family).from_pretrained(model, **_load_kwargs(family))
     except RepositoryNotFoundError as exc:
         raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
     except (OSError, ValueError) as exc:
@@ -208,12 +282,37 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
     components = build_preset(model) if is_preset(model) else _load_components(model)
     _fuse_loras(components, tuple(loras))
     if vae is not None:
+        check_tiny_vae_family(vae, family_of(components["unet"]))
         components["vae"] = load_tiny_vae(vae)
     bundle = ModelBundle(name=model, unet=components["unet"], vae=components["vae"],
                          text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-                         scheduler=components["scheduler"], loras=tuple(loras))
-    for net in (bundle.unet, bundle.vae, bundle.text_encoder):
+                         scheduler=components["scheduler"], loras=tuple(loras),
+                         text_encoder_2=components.get("text_encoder_2"), tokenizer_2=components.get("tokenizer_2"),
+                         zero_empty_negative=components.get("zero_empty_negative", False))
+    for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2):
+        if net is None:
+            continue
         net.to(device=device).eval().requires_grad_(False)
-        if net.dtype != torch_dtype:
-            net.to(dtype=torch_dtype)
+        wanted = torch.float32 if net is bundle.vae and vae_needs_float32(bundle, torch_dtype) else torch_dtype
+        if net.dtype != wanted:
+            net.to(dtype=wanted)
     return bundle
+
+
+def vae_needs_float32(bundle: ModelBundle, dtype: torch.dtype) -> bool:
+    """SDXL's own VAE overflows in float16 (its config says `force_upcast`, as diffusers' SDXL
+    pipelines honour): it runs in float32 under a float16 stream. TAESDXL and fp16-fixed VAEs don't."""
+    return (dtype == torch.float16 and bundle.family == "sdxl" and isinstance(bundle.vae, AutoencoderKL)
+            and bool(bundle.vae.config.get("force_upcast", False)))
+
+
+def check_tiny_vae_family(vae: str, family: str) -> None:
+    """TAESD and TAESDXL have the same layout but not the same latent space: a mix-up gives wrong
+    colours without any error, so the names are checked (presets are random weights: any goes)."""
+    if vae in TINY_VAE_PRESETS:
+        return
+    name = vae.rstrip("/").lower()
+    if family == "sdxl" and name.endswith("taesd"):
+        raise ConfigError(f"tiny VAE {vae!r} is for SD 1.x/2.x latents; an SDXL model needs 'madebyollin/taesdxl'.")
+    if family == "sd" and name.endswith("taesdxl"):
+        raise ConfigError(f"tiny VAE {vae!r} is for SDXL latents; an SD 1.x/2.x model needs 'madebyollin/taesd'.")

@@ -5,6 +5,9 @@
 * ``sd-turbo-random`` / ``sd15-random``: the exact layer shapes of SD-Turbo (SD 2.1 layout) and
   SD 1.5. Speed does not depend on weight values, so these measure real throughput.
 * ``sd-turbo-reduced``: the SD 2.1 layout at a quarter of the width, for CPU benchmarks.
+* ``tiny-sdxl``, ``sdxl-turbo-random``, ``sdxl-turbo-reduced``: the same three roles for the SDXL
+  family (two text encoders, pooled-text and size conditioning added to the time embedding,
+  several transformer layers per block, attention at two resolutions only).
 
 The tokenizer for presets is a byte-level CLIP tokenizer generated locally (no merges), so token
 ids are real but short words become several tokens.
@@ -16,7 +19,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,10 @@ class Preset:
     unet: dict[str, Any]
     vae: dict[str, Any]
     text: dict[str, Any]
-    # steps_offset=1 as in the real SD 1.5 / 2.1 scheduler configs (LCM ignores it; diffusers warns without it)
+    # steps_offset=1 as in the real SD 1.5 / 2.1 / SDXL scheduler configs (LCM ignores it; diffusers warns without it)
     scheduler: dict[str, Any] = field(default_factory=lambda: {"prediction_type": "epsilon", "steps_offset": 1})
+    #: SDXL: the second text encoder (with a projection: its pooled output conditions the UNet)
+    text_2: dict[str, Any] | None = None
 
 
 _SD_VAE = dict(
@@ -100,6 +105,64 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+# SDXL's UNet: no attention at the full-resolution level, 2 and 10 transformer layers per block
+# below it; the added conditioning is the pooled text (projection_dim of text_2) and six size ids,
+# each embedded with addition_time_embed_dim sinusoids: 1280 + 6·256 = 2816.
+_SDXL_UNET = dict(
+    sample_size=64,
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+)
+_SDXL_VAE = {**_SD_VAE, "scaling_factor": 0.13025}
+_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+               projection_dim=768, hidden_act="quick_gelu")
+_OPENCLIP_BIGG = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                      projection_dim=1280, hidden_act="gelu")
+
+PRESETS.update({
+    "tiny-sdxl": Preset(
+        unet=dict(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=64,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=32 + 6 * 8,
+            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
+        vae={**PRESETS["tiny"].vae, "scaling_factor": 0.13025},
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        text_2=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    projection_dim=32),
+    ),
+    "sdxl-turbo-random": Preset(unet=_SDXL_UNET, vae=_SDXL_VAE, text=_CLIP_L, text_2=_OPENCLIP_BIGG),
+    "sdxl-turbo-reduced": Preset(
+        unet={**_SDXL_UNET, "block_out_channels": (80, 160, 320), "cross_attention_dim": 512,
+              "addition_time_embed_dim": 64, "projection_class_embeddings_input_dim": 256 + 6 * 64,
+              "norm_num_groups": 16},
+        vae={**_SDXL_VAE, "block_out_channels": (32, 64, 128, 128), "norm_num_groups": 16},
+        text={**_CLIP_L, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+              "num_attention_heads": 4, "projection_dim": 256},
+        text_2={**_OPENCLIP_BIGG, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "projection_dim": 256},
+    ),
+})
+
 TINY_VAE_PRESETS: dict[str, dict[str, Any]] = {
     "taesd-random": dict(),
     "tiny-taesd": dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8)),
@@ -136,20 +199,26 @@ def build_preset(name: str, seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed)
     try:
         tokenizer = make_tokenizer()
-        text_config = CLIPTextConfig(vocab_size=max(1000, len(tokenizer)),
-                                     max_position_embeddings=TOKENIZER_MAX_LENGTH,
-                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                     pad_token_id=tokenizer.pad_token_id, **preset.text)
         components = dict(
             unet=UNet2DConditionModel(**preset.unet),
             vae=AutoencoderKL(**preset.vae),
-            text_encoder=CLIPTextModel(text_config),
+            text_encoder=CLIPTextModel(_text_config(tokenizer, preset.text)),
             tokenizer=tokenizer,
             scheduler=LCMScheduler(**preset.scheduler),
         )
+        if preset.text_2 is not None:
+            components["text_encoder_2"] = CLIPTextModelWithProjection(_text_config(tokenizer, preset.text_2))
+            components["tokenizer_2"] = make_tokenizer()
+            components["zero_empty_negative"] = True  # as SDXL's and SDXL-Turbo's force_zeros_for_empty_prompt
     finally:
         torch.random.set_rng_state(generator_state)
     return components
+
+
+def _text_config(tokenizer: CLIPTokenizer, options: dict[str, Any]) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=max(1000, len(tokenizer)), max_position_embeddings=TOKENIZER_MAX_LENGTH,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **options)
 
 
 def build_tiny_vae(name: str, seed: int = 0) -> AutoencoderTiny:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import denoise
 
 
@@ -35,16 +36,23 @@ def unet_rows(x_t: torch.Tensor, cfg_type: str, guidance_scale: float, frames: i
     return x_t
 
 
-def embedding_rows(cond: torch.Tensor, uncond: torch.Tensor, rows: int, cfg_type: str, guidance_scale: float,
-                   frames: int) -> torch.Tensor:
-    """Text embeddings matching `unet_rows` row by row (cond/uncond are (1, tokens, dim))."""
-    cond_rows = cond.expand(rows, -1, -1)
+def conditioning_rows(cond: Conditioning, uncond: Conditioning, rows: int, cfg_type: str, guidance_scale: float,
+                      frames: int) -> tuple[torch.Tensor, ...]:
+    """The prompt conditioning matching `unet_rows` row by row, one tensor per `Conditioning` tensor
+    (text embeddings and, SDXL, the added conditioning), each laid out the same way."""
+    return tuple(_condition_rows(c, u, rows, cfg_type, guidance_scale, frames)
+                 for c, u in zip(cond.tensors, uncond.tensors))
+
+
+def _condition_rows(cond: torch.Tensor, uncond: torch.Tensor, rows: int, cfg_type: str, guidance_scale: float,
+                    frames: int) -> torch.Tensor:
+    cond_rows = cond.expand(rows, *cond.shape[1:])
     if not uses_guidance(cfg_type, guidance_scale):
         return cond_rows
     if cfg_type == "full":
-        return torch.cat([uncond.expand(rows, -1, -1), cond_rows])
+        return torch.cat([uncond.expand(rows, *uncond.shape[1:]), cond_rows])
     if cfg_type == "initialize":
-        return torch.cat([uncond.expand(frames, -1, -1), cond_rows])
+        return torch.cat([uncond.expand(frames, *uncond.shape[1:]), cond_rows])
     return cond_rows
 
 

@@ -21,18 +21,20 @@ from livediff.errors import ConfigError
 from livediff.pipelines import rcfg
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.choices import CFG_TYPES
+from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: (latents, timesteps, text) → a frame path that yields the UNet call(s) and returns the noise prediction
-UNetCalls = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Generator[NetworkCall, object, torch.Tensor]]
+#: (latents, timesteps, *conditioning) → a frame path that yields the UNet call(s) and returns the noise
+#: prediction; conditioning: the text embeddings per row and, SDXL, the added conditioning per row
+UNetCalls = Callable[..., Generator[NetworkCall, object, torch.Tensor]]
 
 
 def unet_calls(unet: UNetFn, row_unit: int = 0) -> UNetCalls:
     """A plain UNet function as the stream batch's UNet step (`row_unit`: see `NetworkCall`)."""
 
-    def calls(latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
-        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, text), row_unit=row_unit))
+    def calls(latents: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor):
+        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning), row_unit=row_unit))
 
     return calls
 
@@ -77,8 +79,8 @@ def stream_rows(steps: int, frames: int, cfg_type: str) -> RowRange:
 class Guidance:
     """What the denoiser is steered towards; changed live without touching the buffers."""
 
-    cond: torch.Tensor              # (1, tokens, dim) prompt embeddings
-    uncond: torch.Tensor            # (1, tokens, dim) negative prompt embeddings
+    cond: Conditioning              # the prompt's
+    uncond: Conditioning            # the negative prompt's
     cfg_type: str = "self"
     guidance_scale: float = 1.2
     delta: float = 1.0
@@ -165,11 +167,11 @@ class StreamBatch:
         if cfg_type == "initialize" and first > 0:
             cfg_type = "self"  # the real negative is only computed for frames entering stage 0
         latents = rcfg.unet_rows(x_t, cfg_type, guidance.guidance_scale, f)
-        embeds = rcfg.embedding_rows(guidance.cond, guidance.uncond, x_t.shape[0], cfg_type,
-                                     guidance.guidance_scale, f)
+        conditioning = rcfg.conditioning_rows(guidance.cond, guidance.uncond, x_t.shape[0], cfg_type,
+                                              guidance.guidance_scale, f)
         t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
         self.call_stages = (first, last)  # parts that need each row's stage read it here, as Python ints
-        pred = yield from unet(latents, t, embeds)
+        pred = yield from unet(latents, t, *conditioning)
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)

@@ -16,7 +16,7 @@ from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
-from livediff.pipelines.prompts import encode_prompt
+from livediff.pipelines.prompts import Conditioning, PromptEncoder
 from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
 from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
@@ -40,6 +40,7 @@ class StreamPipeline:
         self.dtype = resolve_dtype(config.dtype, config.device)
         scale = models.vae_scale_factor
         self.latent_shape = (models.latent_channels, config.height // scale, config.width // scale)
+        self.prompt_encoder = PromptEncoder(models, config.height, config.width, self.dtype)
         self.guidance: Guidance | None = None
         self.similarity_filter = (SimilarityFilter(config.similarity_filter, config.seed)
                                   if config.similarity_filter else None)
@@ -56,8 +57,8 @@ class StreamPipeline:
                                   self.device, self.dtype)
         self._last_output = None
 
-    def _embed(self, text: str) -> torch.Tensor:
-        return encode_prompt(self.models.tokenizer, self.models.text_encoder, text).to(self.dtype)
+    def _embed(self, text: str, negative: bool = False) -> Conditioning:
+        return self.prompt_encoder(text, negative)
 
     def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
                 delta: float = 1.0) -> None:
@@ -65,7 +66,7 @@ class StreamPipeline:
         checks.text("prompt", prompt)
         checks.text("negative_prompt", negative_prompt)
         self._check_guidance(guidance_scale, delta)
-        self.guidance = Guidance(cond=self._embed(prompt), uncond=self._embed(negative_prompt),
+        self.guidance = Guidance(cond=self._embed(prompt), uncond=self._embed(negative_prompt, negative=True),
                                  cfg_type=self.settings.cfg_type, guidance_scale=guidance_scale, delta=delta)
         self.prompt, self.negative_prompt = prompt, negative_prompt
 
@@ -78,7 +79,7 @@ class StreamPipeline:
         guidance.cond = self._embed(prompt)
         self.prompt = prompt
         if negative_prompt is not None:
-            guidance.uncond = self._embed(negative_prompt)
+            guidance.uncond = self._embed(negative_prompt, negative=True)
             self.negative_prompt = negative_prompt
 
     def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None,

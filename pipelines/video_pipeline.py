@@ -80,16 +80,17 @@ class BankedUNetCall:
         self.rows: RowLayout | None = None
         self.new: list[torch.Tensor] = []
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> FramePath:
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                 *added: torch.Tensor) -> FramePath:
         pipe = self.pipe
         rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
         bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
         row_text = pipe.row_text(rows.extra, sample.shape[0])
-        texts = (self.guidance.uncond, self.guidance.cond)
+        texts = (self.guidance.uncond.text, self.guidance.cond.text)
         # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
         cached = (CachedText(pipe.banked_unet, pipe.cross_cache, texts, row_text)
                   if pipe.runners.name == "eager" else None)
-        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *bank),
+        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *added, *bank),
                            context=cached,
                            row_unit=pipe.row_unit(stream=True))
         noise_pred, *new = yield call

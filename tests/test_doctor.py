@@ -23,3 +23,10 @@ def test_doctor_names_a_backend_that_cannot_run_here(capsys):
     assert main(["doctor", "--backends", "tensorrt", "--frames", "1", "--threads", "1"]) == 1
     table = capsys.readouterr().out
     assert "| tensorrt |" in table and "failed: " in table and "| backend | fps |" in table
+
+
+def test_doctor_measures_the_sdxl_layout(capsys):
+    assert main(["doctor", "--family", "sdxl", "--backends", "eager", "--frames", "1", "--json", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["workload"]["preset"] == "tiny-sdxl"
+    assert [b["verdict"] for b in report["backends"]] == ["ok"]

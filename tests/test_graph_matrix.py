@@ -6,7 +6,8 @@ What varies the traced function: the plain UNet serves img2img and txt2img with 
 frame-buffer size (those change the rows axis only, which export keeps dynamic); the banked UNet's
 graph changes with the bank layout (off, dense, sparse) and with token merging — FIFO and merged
 memories have the same layout (merging happens between calls, outside the graph), so one stands for
-both; sparse banks with token merging are refused by the config.
+both; sparse banks with token merging are refused by the config. SDXL's UNets take the added
+conditioning (pooled text, size ids) as two more inputs.
 """
 from __future__ import annotations
 
@@ -30,15 +31,19 @@ VARIANTS = {
     "dense bank, token merging": dict(bank=dict(merge=False), token_merge_ratio=0.5),
     "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
     "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
+    "sdxl unet": dict(model="tiny-sdxl", network="unet"),
+    "sdxl dense bank with fusion, token merging": dict(model="tiny-sdxl", bank=dict(merge=False),
+                                                       token_merge_ratio=0.5),
 }
 
 
 def function_for(variant: str):
-    settings = VARIANTS[variant]
-    if settings is None:
-        pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
-        return stream_networks(pipe.models)[variant]
-    pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
+    settings = dict(VARIANTS[variant] or {"network": variant})
+    model = settings.pop("model", "tiny")
+    if "network" in settings:
+        pipe = load_pipeline(model=model, width=SIZE, height=SIZE, device="cpu", dtype="float32")
+        return stream_networks(pipe.models)[settings["network"]]
+    pipe = load_pipeline(model=model, mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
                          device="cpu", dtype="float32", **settings)
     return BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
 

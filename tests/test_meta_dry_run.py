@@ -30,8 +30,8 @@ class Checked:
         return getattr(self.inner, name)
 
 
-def dry_run(steps: int = 4, frames: int = 1, **settings) -> list:
-    pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="meta", dtype="float16", **settings)
+def dry_run(steps: int = 4, frames: int = 1, model: str = "tiny", **settings) -> list:
+    pipe = load_pipeline(model=model, width=SIZE, height=SIZE, device="meta", dtype="float16", **settings)
     calls: list = []
     for name in ("unet", "encode", "decode"):
         if getattr(pipe.runners, name) is not None:
@@ -80,6 +80,14 @@ def test_txt2img_dry_run():
 ])
 def test_video_stream_dry_run(bank, ratio):
     dry_run(mode="video", t_index_list=(20, 30, 40), cfg_type="full", bank=bank, token_merge_ratio=ratio)
+
+
+@pytest.mark.parametrize("mode", ["img2img", "txt2img", "video"])
+def test_sdxl_dry_run(mode):
+    """SDXL's added conditioning (pooled text, size ids) is made and laid out on the device too."""
+    calls = dry_run(model="tiny-sdxl", mode=mode, t_index_list=(20, 30, 40) if mode != "txt2img" else (0, 30),
+                    cfg_type="full")
+    assert max(len(dtypes) for dtypes in calls) >= 5  # sample, timestep, text, text_embeds, time_ids (+ bank)
 
 
 @pytest.mark.parametrize("mode", ["img2img", "video"])

@@ -46,3 +46,37 @@ def test_preset_schedulers_are_current_so_diffusers_prints_no_config_warning():
         StableDiffusionImg2ImgPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
                                        unet=models.unet, scheduler=models.scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.mark.parametrize("preset,pipeline_class", [("tiny", "StableDiffusionPipeline"),
+                                                   ("tiny-sdxl", "StableDiffusionXLPipeline")])
+def test_a_lora_is_fused_into_the_unet_at_load(preset, pipeline_class, tmp_path):
+    """LCM-LoRA's path (SD and SDXL): a folder model plus a LoRA file; the UNet comes back with
+    W + scale·B·A in its weights and no adapter layers left (zero per-frame cost)."""
+    import diffusers
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    cls = getattr(diffusers, pipeline_class)
+    models = load_models(preset, device="cpu", dtype="float32")
+    parts = dict(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+                 scheduler=models.scheduler)
+    if models.text_encoder_2 is not None:
+        parts.update(text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, add_watermarker=False)
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    cls(**parts).save_pretrained(tmp_path / "model")
+
+    adapted = load_models(preset, device="cpu", dtype="float32").unet
+    torch.manual_seed(0)
+    adapted.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                   init_lora_weights=False))
+    cls.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(adapted))
+    name = next(n for n, _ in adapted.named_modules() if n.endswith("attn1.to_q"))
+    layer = adapted.get_submodule(name)
+    delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+
+    fused = load_models(str(tmp_path / "model"), loras=(f"{tmp_path / 'lora'}:0.5",), device="cpu", dtype="float32")
+    base = models.unet.get_submodule(name).weight
+    torch.testing.assert_close(fused.unet.get_submodule(name).weight, base + 0.5 * delta)
+    assert not any("lora" in n for n, _ in fused.unet.named_modules())

@@ -1,7 +1,9 @@
 """Stream batch equals sequential denoising; residual CFG follows its formulas.
 
 The reference here is written from the maths, independently of `pipelines.stream`: each frame is
-noised to the first stage, then denoised stage by stage with the same per-stage noise.
+noised to the first stage, then denoised stage by stage with the same per-stage noise. The same
+holds with SDXL's added conditioning (a pooled text vector per prompt, laid out per row like the
+text embeddings).
 """
 from __future__ import annotations
 
@@ -9,26 +11,30 @@ import pytest
 import torch
 from diffusers import LCMScheduler
 
+from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, lcm_timestep_table
 from livediff.pipelines.stream import Guidance, StreamBatch
 
 LATENT = (4, 6, 5)
-TOKENS, DIM = 3, 8
+TOKENS, DIM, POOLED = 3, 8, 5
 
 
 class FakeDenoiser:
-    """A deterministic, nonlinear stand-in for the UNet that depends on latent, timestep and text per row."""
+    """A deterministic, nonlinear stand-in for the UNet that depends on latent, timestep, text and (when
+    given) the pooled added conditioning per row."""
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
         self.weight = torch.randn(LATENT[0], LATENT[0], generator=g, dtype=torch.float64) * 0.5
         self.calls = []
 
-    def __call__(self, sample, timesteps, text):
+    def __call__(self, sample, timesteps, text, *added):
         self.calls.append(sample.shape[0])
         mixed = torch.einsum("oc,bchw->bohw", self.weight, sample)
         t = timesteps.float().view(-1, 1, 1, 1) / 1000
         bias = text.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        for pooled in added:
+            bias = bias + torch.sin(3 * pooled).sum(dim=1).view(-1, 1, 1, 1)
         return torch.tanh(mixed * (1 + t) + bias) + 0.1 * sample
 
 
@@ -53,21 +59,22 @@ def reference_frames(x0, noise, t_index_list, unet, g: Guidance):
     """Sequential denoising of F frames (x0: F rows); noise: (n*F) rows ordered by stage."""
     coeffs = coefficients(t_index_list)
     f = x0.shape[0]
-    cond, uncond = g.cond.expand(f, -1, -1), g.uncond.expand(f, -1, -1)
+    cond = [c.expand(f, *c.shape[1:]) for c in g.cond.tensors]
+    uncond = [u.expand(f, *u.shape[1:]) for u in g.uncond.tensors]
     x = coeffs[0]["alpha"] * x0 + coeffs[0]["beta"] * noise[:f]
     stock = noise[:f].clone()
     guided_on = g.guidance_scale > 1 and g.cfg_type != "none"
     for i, c in enumerate(coeffs):
         t = torch.full((f,), c["t"])
-        eps_c = unet(x, t, cond)
+        eps_c = unet(x, t, *cond)
         if not guided_on:
             eps = eps_c
         elif g.cfg_type == "full":
-            eps_u = unet(x, t, uncond)
+            eps_u = unet(x, t, *uncond)
             eps = eps_u + g.guidance_scale * (eps_c - eps_u)
         else:
             if g.cfg_type == "initialize" and i == 0:
-                stock = unet(x, t, uncond)
+                stock = unet(x, t, *uncond)
             negative = g.delta * stock
             eps = negative + g.guidance_scale * (eps_c - negative)
         denoised = boundary_step(eps, x, c)
@@ -84,18 +91,21 @@ def make_stream(t_index_list, frames):
     return StreamBatch(schedule, LATENT, torch.Generator().manual_seed(3), "cpu", torch.float64)
 
 
-def make_guidance(cfg_type, scale=2.0, delta=0.7):
+def make_guidance(cfg_type, scale=2.0, delta=0.7, added=False):
     g = torch.Generator().manual_seed(5)
-    return Guidance(cond=torch.randn(1, TOKENS, DIM, generator=g, dtype=torch.float64),
-                    uncond=torch.randn(1, TOKENS, DIM, generator=g, dtype=torch.float64),
-                    cfg_type=cfg_type, guidance_scale=scale, delta=delta)
+
+    def conditioning():
+        text = torch.randn(1, TOKENS, DIM, generator=g, dtype=torch.float64)
+        return Conditioning(text, (torch.randn(1, POOLED, generator=g, dtype=torch.float64),) if added else ())
+
+    return Guidance(cond=conditioning(), uncond=conditioning(), cfg_type=cfg_type, guidance_scale=scale, delta=delta)
 
 
 T_INDEX = {1: [30], 2: [20, 40], 3: [10, 25, 45], 4: [18, 26, 35, 45]}
 
 
-def run_stream_and_reference(n, f, cfg_type, calls=6):
-    stream, unet, guidance = make_stream(T_INDEX[n], f), FakeDenoiser(), make_guidance(cfg_type)
+def run_stream_and_reference(n, f, cfg_type, calls=6, added=False):
+    stream, unet, guidance = make_stream(T_INDEX[n], f), FakeDenoiser(), make_guidance(cfg_type, added=added)
     batches = torch.randn(calls, f, *LATENT, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     outputs = [stream.step(batch, unet, guidance) for batch in batches]
     for k, out in enumerate(outputs):
@@ -119,6 +129,21 @@ def test_guided_stream_matches_formulas(cfg_type, n, f):
     unet = run_stream_and_reference(n, f, cfg_type)
     extra = {"self": 0, "initialize": f, "full": n * f}[cfg_type]
     assert unet.calls[-1] == n * f + extra
+
+
+@pytest.mark.parametrize("cfg_type", ["none", "self", "initialize", "full"])
+@pytest.mark.parametrize("n,f", [(3, 1), (2, 2)])
+def test_added_conditioning_is_laid_out_per_row_like_the_text(cfg_type, n, f):
+    unet = run_stream_and_reference(n, f, cfg_type, added=True)
+    assert unet.calls[-1] == n * f + {"none": 0, "self": 0, "initialize": f, "full": n * f}[cfg_type]
+
+
+def test_added_conditioning_changes_the_prediction():
+    """Guard for the test above: the fake denoiser really reads the pooled rows."""
+    x = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    outputs = [make_stream(T_INDEX[2], 1).step(x, FakeDenoiser(), make_guidance("full", added=added))
+               for added in (False, True)]
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-3
 
 
 def test_warm_up_uses_single_stage_calls():

@@ -19,8 +19,8 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not (HAS_TENSORRT and torch.cuda.is_available()), reason="needs CUDA + TensorRT")
 
 
-def tiny_networks():
-    config = StreamConfig(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
+def tiny_networks(model: str = "tiny"):
+    config = StreamConfig(model=model, width=SIZE, height=SIZE, device="cpu", dtype="float32")
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
     return stream_networks(models)
 
@@ -32,6 +32,15 @@ def test_unet_profile_spans_warm_up_to_steady_rows_and_the_resolution_range():
     assert profile["sample"] == ((2, 4, 8, 8), (8, 4, 12, 16), (8, 4, 16, 32))
     assert profile["timestep"] == ((2,), (8,), (8,))
     assert profile["encoder_hidden_states"][2] == (8, 77, 32)
+
+
+def test_sdxl_unet_profile_covers_the_added_conditioning_and_its_key_names_the_family():
+    unet = tiny_networks("tiny-sdxl")["unet"]
+    profile = profile_shapes(unet, stream_rows(steps=2, frames=1, cfg_type="full"), ResolutionRange.static(SIZE, SIZE),
+                             SIZE, SIZE, torch.float16)
+    assert profile["text_embeds"] == ((1, 32), (4, 32), (4, 32))
+    assert profile["time_ids"] == ((1, 6), (4, 6), (4, 6))
+    assert unet.variant() == ("sdxl",) and tiny_networks()["unet"].variant() is None
 
 
 def test_vae_profile_has_one_row_per_frame():

@@ -22,11 +22,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor", help="check this machine and measure each backend (run this first on a GPU)",
         description="List the device and versions, run a short stream on every backend available here "
-                    "(a random-weight preset with SD-Turbo's layout at 512² on CUDA, tiny on CPU), compare each "
+                    "(a random-weight preset with SD-Turbo's or SDXL-Turbo's layout at 512² on CUDA, tiny or "
+                    "tiny-sdxl on CPU), compare each "
                     "with eager and print fps, latency, error and a verdict per backend.")
     parser.add_argument("--backends", type=_backends, default=None, metavar="A,B",
                         help="backends to try (default: eager, compile, onnxruntime, tensorrt on CUDA; "
                              "eager, onnxruntime on CPU, where compiling takes minutes)")
+    parser.add_argument("--family", choices=("sd", "sdxl"), default="sd",
+                        help="model layout to measure: sd (SD-Turbo) or sdxl (SDXL-Turbo); default %(default)s")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per backend (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_threads_option(parser)
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.frames <= 1000:
         raise ConfigError(f"--frames {args.frames} is outside 1..1000")
-    report = doctor.run(args.backends, frames=args.frames, progress=lambda text: print(text, file=sys.stderr))
+    report = doctor.run(args.backends, frames=args.frames, progress=lambda text: print(text, file=sys.stderr),
+                        family=args.family)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if all(not b.verdict.startswith("failed") for b in report.backends) else 1

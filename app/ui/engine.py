@@ -77,7 +77,8 @@ class Engine:
     @property
     def description(self) -> str:
         config = self.stream_template.config
-        return (f"{config.model} · {self.stream_mode} · {config.width}x{config.height} · {config.device} "
+        family = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}[self.stream_template.models.family]
+        return (f"{config.model} ({family}) · {self.stream_mode} · {config.width}x{config.height} · {config.device} "
                 f"{config.dtype} · {config.accelerator} · {len(config.t_index_list)} step(s)")
 
     def template(self, purpose: str):

@@ -57,9 +57,12 @@ class PipelineProcessor:
         from livediff.accelerators.engine_cache import weights_fingerprint
 
         models = self.pipe.models
+        weights = {"unet": weights_fingerprint(models.unet), "vae": weights_fingerprint(models.vae),
+                   "text_encoder": weights_fingerprint(models.text_encoder)}
+        if models.text_encoder_2 is not None:
+            weights["text_encoder_2"] = weights_fingerprint(models.text_encoder_2)
         return {"pipeline": asdict(self.pipe.config), "live": asdict(self.pipe.settings), "prompt": self.prompt,
-                "weights": {"unet": weights_fingerprint(models.unet), "vae": weights_fingerprint(models.vae),
-                            "text_encoder": weights_fingerprint(models.text_encoder)}}
+                "weights": weights}
 
 
 @dataclass(frozen=True)

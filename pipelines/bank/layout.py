@@ -4,7 +4,7 @@ Bank tensor layout (what an exporter of `BankedUNet` needs). Axis 0 of every ten
 stream-batch row, like every other input and output of the networks; "per stage" storage lives in
 `FeatureBank`, which hands each row the slice of its own stage before the call.
 
-Inputs after (sample, timestep, encoder_hidden_states), in this order:
+Inputs after (sample, timestep, encoder_hidden_states, *SDXL added conditioning), in this order:
   for each self-attention layer `layout.kv[i]` (UNet module order):
       kv{i}.k     (rows, L_i, C_i)   banked keys   (after to_k, heads concatenated)
       kv{i}.v     (rows, L_i, C_i)   banked values (after to_v)

@@ -1,6 +1,7 @@
 """The UNet with the bank as a pure function of tensors, and the row → stage layout of a stream call.
 
-`BankedUNet.forward(sample, timestep, encoder_hidden_states, *bank) -> (noise_pred, *new_entries)`
+`BankedUNet.forward(sample, timestep, encoder_hidden_states, *added, *bank) -> (noise_pred, *new_entries)`
+(`added`: SDXL's added conditioning, `livediff.networks.added_conditions`)
 with the tensor layout documented in `pipelines.bank.layout`: every shape is fixed by the
 resolution and the settings, so the same module runs eagerly and can be exported (ONNX/TensorRT)
 or captured (CUDA graphs) with the bank on. The `FeatureBank` object stays outside: it gives each
@@ -15,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from livediff.networks import added_conditions, run_unet
 from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
 from livediff.pipelines.bank.layout import BankLayout
 
@@ -37,17 +39,20 @@ class BankedUNet(nn.Module):
         self.token_merge_ratio = token_merge_ratio
         self.fusion_threshold = fusion_threshold
         self.fusion_strength = fusion_strength
+        self.added_names = tuple(name for name, _ in added_conditions(unet.config))
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return ("sample", "timestep", "encoder_hidden_states", *(n for n, _ in self.layout.input_shapes(1)))
+        return ("sample", "timestep", "encoder_hidden_states", *self.added_names,
+                *(n for n, _ in self.layout.input_shapes(1)))
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return ("noise_pred", *(n for n, _ in self.layout.output_shapes(1)))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                *added_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        added, bank = added_and_bank[:len(self.added_names)], added_and_bank[len(self.added_names):]
         expected = len(self.layout.input_shapes(1))
         if len(bank) != expected:
             raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
@@ -57,7 +62,7 @@ class BankedUNet(nn.Module):
         call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
                         kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
         with bank_call(self._slot, call):
-            noise_pred = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+            noise_pred = run_unet(self.unet, sample, timestep, encoder_hidden_states, added)
         new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]
         new += [call.new_out[e.layer] for e in self.layout.out]
         return (noise_pred, *new)
@@ -68,7 +73,6 @@ class BankedUNet(nn.Module):
         for the embedding `texts[row_text[b]]` instead of being projected every call."""
         return cross_attention_cache(self._slot, cache, texts, row_text)
 
-
 @dataclass(frozen=True)
 class RowLayout:
     """Rows of one stream UNet call: `stages[b]` is row b's stage; the first `extra` rows are the
@@ -78,7 +82,6 @@ class RowLayout:
     stages: tuple[int, ...]
     extra: int
     present: tuple[int, ...]
-
 
 def call_rows(first: int, last: int, frames: int, rows: int) -> RowLayout:
     """The layout of a call on the stream rows of stages first..last−1 with `rows` rows in all.
