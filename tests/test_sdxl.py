@@ -145,29 +145,34 @@ def test_sdxl_presets_have_the_sdxl_turbo_layout():
     assert reduced.unet["cross_attention_dim"] == reduced.text["hidden_size"] + reduced.text_2["hidden_size"]
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    return tmp_path_factory.mktemp("sdxl-engines")  # shared: the VAE graphs are exported once
+def test_banked_sdxl_unet_graph_matches_eager(tmp_path):
+    """The banked SDXL UNet exported with the added conditioning and the bank as graph inputs: ONNX
+    Runtime computes what eager computes, with only ops TensorRT parses (the plain SDXL UNet:
+    tests/test_graph_matrix.py; whole streams through exported graphs: tests/test_onnx_export.py)."""
+    from livediff.accelerators import AcceleratorOptions
+    from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
+    from livediff.accelerators.tensorrt_ops import unsupported_ops
+    from livediff.networks import BankedUNetFunction
+    from livediff.pipelines.runners import build_target
 
-
-@pytest.mark.parametrize("mode,cfg_type", [("img2img", "full"), ("video", "initialize")])
-def test_sdxl_stream_through_onnxruntime_matches_eager(mode, cfg_type, engines):
-    """The exported SDXL UNet (plain, or with the bank) takes the added conditioning as graph inputs."""
-    texture = torch.rand(3, SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(3))
-    frames = [texture[:, :, 3 * i:3 * i + SIZE] for i in range(5)]
-    outputs = {}
-    for accelerator in ("eager", "onnxruntime"):
-        pipe = load_pipeline(model="tiny-sdxl", mode=mode, t_index_list=[20, 30, 40], cfg_type=cfg_type, width=SIZE,
-                             height=SIZE, device="cpu", dtype="float32", accelerator=accelerator,
-                             accelerator_options={"cache_dir": engines} if accelerator != "eager" else None)
-        pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
-        outputs[accelerator] = [pipe(f, output="tensor") for f in frames]
-    for eager, ort in zip(outputs["eager"], outputs["onnxruntime"]):
-        assert (ort - eager).abs().max() < 1e-5
-    graphs = [onnx.load(str(p), load_external_data=False) for p in engines.rglob("*.onnx")]
-    unet = next(g for g in graphs if (len(g.graph.input) > 5) == (mode == "video") and len(g.graph.input) > 1)
-    assert [i.name for i in unet.graph.input][:5] == ["sample", "timestep", "encoder_hidden_states", "text_embeds",
-                                                      "time_ids"]
+    pipe = load_pipeline(model="tiny-sdxl", mode="video", t_index_list=[20, 30, 40], cfg_type="initialize",
+                         width=SIZE, height=SIZE, device="cpu", dtype="float32")
+    function = BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
+    backend = OnnxRuntimeBackend(build_target(pipe.config), AcceleratorOptions(cache_dir=tmp_path))
+    torch.manual_seed(0)
+    inputs = function.example_inputs(4, SIZE, SIZE, torch.float32, "cpu")
+    with torch.no_grad():
+        expected = function(*inputs)
+        moved = function(*inputs[:3], inputs[3] + 1, *inputs[4:])[0]  # the pooled text matters
+    actual = backend.runner(function)(*inputs)
+    assert len(actual) == len(expected) > 1
+    for got, want in zip(actual, expected):
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+    assert float((moved - expected[0]).abs().max()) > 1e-3
+    graph = onnx.load(str(backend.artifact(function)), load_external_data=False)
+    assert unsupported_ops(graph) == []
+    assert [i.name for i in graph.graph.input][:5] == ["sample", "timestep", "encoder_hidden_states", "text_embeds",
+                                                       "time_ids"]
 
 
 def test_sdxl_vae_runs_in_float32_under_a_float16_stream():
