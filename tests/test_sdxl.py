@@ -204,3 +204,25 @@ def test_the_video_command_takes_an_sdxl_model_unchanged(tmp_path):
     assert main(["video", str(clip), "-o", str(out), "--model", "tiny-sdxl", "--width", "64", "--height", "64",
                  "--prompt", "claymation", "--no-progress"]) == 0
     assert probe(out)["frames"] == 6
+
+
+def test_single_files_are_sorted_by_their_tensor_names(tmp_path):
+    """Without reading weights: SDXL's second text encoder has tensors no SD file has; refiners are refused."""
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+    from safetensors.torch import save_file
+
+    from livediff.pipelines.models import checkpoint_family
+
+    def checkpoint(name: str, *keys: str):
+        path = tmp_path / name
+        save_file({key: torch.zeros(1) for key in ("model.diffusion_model.input_blocks.0.0.weight", *keys)}, path)
+        return path
+
+    assert checkpoint_family(checkpoint("xl.safetensors", CHECKPOINT_KEY_NAMES["xl_base"])) == "sdxl"
+    assert checkpoint_family(checkpoint("sd.safetensors")) == "sd"
+    with pytest.raises(ConfigError, match="refiner"):
+        checkpoint_family(checkpoint("refiner.safetensors", CHECKPOINT_KEY_NAMES["xl_refiner"]))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ConfigError, match="broken.safetensors"):
+        checkpoint_family(broken)
