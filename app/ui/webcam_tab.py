@@ -12,6 +12,9 @@ Stale frames are dropped, never queued, at two places:
   (send the picture, wait `stream_every`, upload the next frame): time spent waiting for the
   shared model is not part of it, so other tabs' load never triggers a restart.
 
+The WebRTC transport (`rtc_stream.py`) calls `process` the same way, from its own worker threads,
+taking the newest decoded camera frame whenever the previous one is out of the pipeline.
+
 Frames of all live tabs are computed together, in shared network runs (`batcher.py`). While a
 frame waits for its batch it ages; that wait is part of the latency the meter reports, not of the
 compute time.
