@@ -73,64 +73,101 @@ def added_conditions(unet_config) -> tuple[tuple[str, int], ...]:
     return (("text_embeds", pooled), ("time_ids", 6))
 
 
+def unet_input_names(unet_config, controls: int = 0) -> tuple[str, ...]:
+    """The UNet's inputs in order: the three every UNet takes, SDXL's added conditioning, then with
+    ControlNets one control image per ControlNet and their scales (one row of scales per UNet row)."""
+    names = ("sample", "timestep", "encoder_hidden_states", *(name for name, _ in added_conditions(unet_config)))
+    if controls:
+        names += (*(f"control_{i}" for i in range(controls)), "control_scales")
+    return names
+
+
+def split_conditioning(rest: Sequence[torch.Tensor], added: int, controls: int):
+    """The inputs after encoder_hidden_states → (added conditioning, control images, control scales
+    or None, what follows: the bank)."""
+    scales_at = added + controls
+    scales = rest[scales_at] if controls else None
+    return tuple(rest[:added]), tuple(rest[added:scales_at]), scales, tuple(rest[scales_at + (1 if controls else 0):])
+
+
 def unet_example_inputs(unet_config, rows: int, latent_hw: tuple[int, int], dtype: torch.dtype,
-                        device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """(sample, timestep, encoder_hidden_states, *added conditions) for `rows` rows."""
+                        device: torch.device | str, controls: int = 0,
+                        vae_scale_factor: int = 8) -> tuple[torch.Tensor, ...]:
+    """Example values of every input of `unet_input_names` for `rows` rows."""
     base = (torch.randn(rows, unet_config.in_channels, *latent_hw, dtype=dtype, device=device),
             torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
             torch.randn(rows, 77, unet_config.cross_attention_dim, dtype=dtype, device=device))
     added = tuple(torch.randn(rows, width, dtype=dtype, device=device) * (512 if name == "time_ids" else 1)
                   for name, width in added_conditions(unet_config))
-    return (*base, *added)
+    pixels = tuple(n * vae_scale_factor for n in latent_hw)
+    control = tuple(torch.rand(rows, 3, *pixels, dtype=dtype, device=device) for _ in range(controls))
+    scales = (torch.ones(rows, controls, dtype=dtype, device=device),) if controls else ()
+    return (*base, *added, *control, *scales)
 
 
 def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-             added: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The diffusers UNet's noise prediction, with the added conditioning as diffusers names it."""
+             added: Sequence[torch.Tensor], controlnets: Sequence[nn.Module] = (),
+             controls: Sequence[torch.Tensor] = (), scales: torch.Tensor | None = None) -> torch.Tensor:
+    """The diffusers UNet's noise prediction, with the added conditioning as diffusers names it and
+    the ControlNets' residuals, each scaled per row (`scales[:, i]`), summed into the skip connections."""
     names = [name for name, _ in added_conditions(unet.config)]
     if len(added) != len(names):
         raise ValueError(f"this UNet takes {len(names)} added conditioning inputs {names}, got {len(added)}")
     added_cond = dict(zip(names, added)) if names else None
+    down, mid = None, None
+    for i, (controlnet, image) in enumerate(zip(controlnets, controls)):
+        scale = scales[:, i].view(-1, 1, 1, 1)
+        net_down, net_mid = controlnet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                       controlnet_cond=image, added_cond_kwargs=added_cond, return_dict=False)
+        net_down, net_mid = [d * scale for d in net_down], net_mid * scale
+        down = net_down if down is None else [a + b for a, b in zip(down, net_down)]
+        mid = net_mid if mid is None else mid + net_mid
     return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond,
-                return_dict=False)[0]
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
 
 
 class UNetFunction(TensorFunction):
-    """(sample, timestep, encoder_hidden_states, *added conditions) → noise prediction, one row per
-    stream-batch row; the added conditions are SDXL's (`added_conditions`)."""
+    """(sample, timestep, encoder_hidden_states, *added conditions, *control images, control scales)
+    → noise prediction, one row per stream-batch row (`unet_input_names`)."""
 
     name = "unet"
     output_names = ("noise_pred",)
 
-    def __init__(self, unet, vae_scale_factor: int = 8):
+    def __init__(self, unet, vae_scale_factor: int = 8, controlnets: Sequence[nn.Module] = ()):
         super().__init__()
         self.unet = unet
+        self.controlnets = nn.ModuleList(controlnets)
         self.vae_scale_factor = vae_scale_factor
         self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        self.input_names = ("sample", "timestep", "encoder_hidden_states",
-                            *(name for name, _ in added_conditions(unet.config)))
+        self.input_names = unet_input_names(unet.config, len(controlnets))
+        self.added = len(added_conditions(unet.config))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *added: torch.Tensor) -> torch.Tensor:
-        return run_unet(self.unet, sample, timestep, encoder_hidden_states, added)
+                *conditioning: torch.Tensor) -> torch.Tensor:
+        added, controls, scales, _ = split_conditioning(conditioning, self.added, len(self.controlnets))
+        return run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls, scales)
 
     def variant(self) -> tuple | None:
-        return ("sdxl",) if added_conditions(self.unet.config) else None
+        parts = (("sdxl",) if self.added else ()) + ((("controlnets", len(self.controlnets)),) if self.controlnets
+                                                     else ())
+        return parts or None
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        return unet_example_inputs(self.unet.config, rows, (height // f, width // f), dtype, device)
+        return unet_example_inputs(self.unet.config, rows, (height // f, width // f), dtype, device,
+                                   len(self.controlnets), f)
 
     def output_shapes(self, inputs):
         sample = inputs[0]
         return [(sample.shape[0], self.unet.config.out_channels, *sample.shape[2:])]
 
     def spatial_axes(self):
-        return {"sample": (2, 3, self.vae_scale_factor)}
+        return {"sample": (2, 3, self.vae_scale_factor),
+                **{f"control_{i}": (2, 3, 1) for i in range(len(self.controlnets))}}
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *added):
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *conditioning):
         return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
-                *(t.contiguous() for t in added))
+                *(t.contiguous() for t in conditioning))
 
     def grouped_like_forward(self, per_input: list) -> tuple:
         return (*per_input[:3], tuple(per_input[3:])) if len(per_input) > 3 else tuple(per_input)
@@ -216,7 +253,7 @@ def stream_networks(models) -> dict[str, TensorFunction]:
     """The three networks every stream pipeline runs, as pure functions over the shared modules."""
     factor = models.vae_scale_factor
     return {
-        "unet": UNetFunction(models.unet, factor).eval(),
+        "unet": UNetFunction(models.unet, factor, models.controlnets).eval(),
         "vae_encoder": VaeEncoderFunction(models.vae, factor).eval(),
         "vae_decoder": VaeDecoderFunction(models.vae, factor).eval(),
     }
@@ -225,7 +262,7 @@ def stream_networks(models) -> dict[str, TensorFunction]:
 class BankedUNetFunction(TensorFunction):
     """The UNet with the feature bank (`pipelines.bank.unet.BankedUNet`) as a function of tensors.
 
-    Inputs: (sample, timestep, encoder_hidden_states, *bank); outputs: (noise_pred, *new entries),
+    Inputs: the UNet's (`unet_input_names`), then the bank; outputs: (noise_pred, *new entries),
     laid out as `pipelines.bank.layout` documents. Bank sizes follow from the resolution, so the
     graph's resolution is static; only the rows axis varies, like the plain UNet's.
     """
@@ -242,24 +279,25 @@ class BankedUNetFunction(TensorFunction):
         self.unet_config = config
         self.out_channels = config.out_channels
         self.added = len(added_conditions(config))
+        self.controls = len(banked.controlnets)
         self.spatial_multiple = vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *added_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.banked(sample, timestep, encoder_hidden_states, *added_and_bank)
+                *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.banked(sample, timestep, encoder_hidden_states, *conditioning_and_bank)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(3 + self.added, len(self.input_names)))
+        return tuple(range(len(unet_input_names(self.unet_config, self.controls)), len(self.input_names)))
 
     def variant(self) -> tuple:
         banked = self.banked
-        return (("family", "sdxl" if self.added else "sd"), ("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
+        return (("family", "sdxl" if self.added else "sd"), ("controlnets", self.controls), ("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
                 ("token_merge_ratio", float(banked.token_merge_ratio)),
                 ("fusion", float(banked.fusion_threshold), float(banked.fusion_strength)))
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device)
+        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device, self.controls, f)
         bank = [torch.zeros(shape, dtype=dtype, device=device) if name.endswith(".bias")
                 else torch.randn(shape, dtype=dtype, device=device)
                 for name, shape in self.banked.layout.input_shapes(rows)]
@@ -276,10 +314,10 @@ class BankedUNetFunction(TensorFunction):
                           "build it without a resolution range")
 
     def grouped_like_forward(self, per_input: list) -> tuple:
-        if len(per_input) == 3:  # SD without a bank (token merging alone): nothing for *added_and_bank
+        if len(per_input) == 3:  # SD without a bank (token merging alone): nothing for *conditioning_and_bank
             return tuple(per_input)
         return (*per_input[:3], tuple(per_input[3:]))  # forward takes the rest as *args
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *added_and_bank):
+    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *conditioning_and_bank):
         return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
-                *(t.contiguous() for t in added_and_bank))
+                *(t.contiguous() for t in conditioning_and_bank))

@@ -9,6 +9,7 @@ import torch
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.bank.config import BankConfig
+from livediff.pipelines.control import parse_controlnets
 from livediff.pipelines.choices import CFG_TYPES, MAX_SESSIONS, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
@@ -51,6 +52,9 @@ class StreamConfig:
     # how many sessions' frames one network run may carry (`pipelines.batching`); engines with a fixed
     # row range (TensorRT) are built for that many
     max_sessions: int = 1
+    # ControlNets (`pipelines.control`): a model name, a dict of `ControlNetSpec` options, or a list of
+    # them; after validation a tuple of ControlNetSpec (empty: none)
+    controlnet: tuple = ()
 
     @classmethod
     def from_settings(cls, settings: dict) -> "StreamConfig":
@@ -82,6 +86,10 @@ class StreamConfig:
         self.device = resolve_device(self.device)
         self.dtype = resolve_dtype_name(self.dtype, self.device)
         self._check_video_parts()
+        self.controlnet = parse_controlnets(self.controlnet)
+        if self.controlnet and self.mode == "txt2img":
+            raise ConfigError("controlnet conditions on the input frames; mode 'txt2img' has none (use img2img or "
+                              "video)")
 
     def _check_video_parts(self) -> None:
         self.token_merge_ratio = check_ratio(self.token_merge_ratio)

@@ -10,12 +10,14 @@ _MODEL_CACHE: dict[tuple, ModelBundle] = {}
 _MODEL_LOCK = threading.Lock()
 
 
-def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str) -> ModelBundle:
+def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str,
+                  controlnets: tuple[str, ...] = ()) -> ModelBundle:
     """Load a model once per process; pipelines built with the same weights share it."""
-    key = (model, vae, tuple(loras), device, dtype)
+    key = (model, vae, tuple(loras), device, dtype, tuple(controlnets))
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
-            _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype)
+            _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype,
+                                            controlnets=tuple(controlnets))
         return _MODEL_CACHE[key]
 
 
@@ -33,7 +35,8 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
 
     config = StreamConfig.from_settings(settings)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
-    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
+                           tuple(spec.model for spec in config.controlnet))
     runners = build_runners(config, models, options, progress)
     if config.mode == "video":
         from livediff.pipelines.video_pipeline import VideoPipeline

@@ -44,6 +44,7 @@ class ModelBundle:
     tokenizer_2: CLIPTokenizer | None = None
     #: SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt is zero embeddings, not encoded ""
     zero_empty_negative: bool = False
+    controlnets: tuple = ()  # ControlNetModel, in the order of `StreamConfig.controlnet`
 
     @property
     def family(self) -> str:
@@ -268,13 +269,48 @@ def _fuse_loras(components: dict, loras: tuple[str, ...]) -> None:
     pipe.unload_lora_weights()
 
 
+def load_controlnet(model: str, unet, seed: int = 0):
+    """A ControlNet from a hub id or folder, or `random`: random weights in the layout of `unet`
+    (`ControlNetModel.from_unet`, whose zero-initialised output convolutions are drawn at random too,
+    so a random ControlNet really changes the picture)."""
+    from diffusers import ControlNetModel
+
+    if model == "random":
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+            zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+            for conv in zero_convs:
+                torch.nn.init.normal_(conv.weight, std=0.5)
+        finally:
+            torch.random.set_rng_state(state)
+        return net
+    path = Path(model)
+    try:
+        if path.is_dir():
+            return ControlNetModel.from_pretrained(str(path))
+        if "/" in model and not model.startswith((".", "/")):
+            try:
+                return ControlNetModel.from_pretrained(model, local_files_only=True)
+            except OSError:
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+                    raise
+                return ControlNetModel.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(_offline_message(model)) from exc
+    raise ConfigError(f"Unknown ControlNet {model!r}: use a hub id (e.g. 'lllyasviel/sd-controlnet-canny'), a local "
+                      f"folder, or 'random' (random weights in the model's layout).")
+
+
 def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, loras: tuple[str, ...] = (),
-                device: str = "cuda", dtype: str = "float16") -> ModelBundle:
+                device: str = "cuda", dtype: str = "float16", controlnets: tuple[str, ...] = ()) -> ModelBundle:
     """Load every network one pipeline needs.
 
     Args:
         model: hub id, local diffusers folder, `.safetensors` file, or a preset name.
         vae: optional tiny VAE (TAESD) as hub id, local folder or preset; None keeps the model's VAE.
+        controlnets: ControlNets (hub ids, folders or `random`), see `pipelines.control`.
         loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
         device, dtype: where and in which precision the networks run.
     """
@@ -288,8 +324,10 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
                          text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
                          scheduler=components["scheduler"], loras=tuple(loras),
                          text_encoder_2=components.get("text_encoder_2"), tokenizer_2=components.get("tokenizer_2"),
-                         zero_empty_negative=components.get("zero_empty_negative", False))
-    for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2):
+                         zero_empty_negative=components.get("zero_empty_negative", False),
+                         controlnets=tuple(load_controlnet(name, components["unet"], seed=i)
+                                           for i, name in enumerate(controlnets)))
+    for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets):
         if net is None:
             continue
         net.to(device=device).eval().requires_grad_(False)

@@ -26,15 +26,19 @@ from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 #: (latents, timesteps, *conditioning) → a frame path that yields the UNet call(s) and returns the noise
-#: prediction; conditioning: the text embeddings per row and, SDXL, the added conditioning per row
+#: prediction; conditioning, per row: the text embeddings, SDXL's added conditioning, then what
+#: travels with the frames (`StreamBatch.calls(carried=...)`: ControlNet control images)
 UNetCalls = Callable[..., Generator[NetworkCall, object, torch.Tensor]]
 
 
-def unet_calls(unet: UNetFn, row_unit: int = 0) -> UNetCalls:
-    """A plain UNet function as the stream batch's UNet step (`row_unit`: see `NetworkCall`)."""
+def unet_calls(unet: UNetFn, row_unit: int = 0, constants: tuple[torch.Tensor, ...] = ()) -> UNetCalls:
+    """A plain UNet function as the stream batch's UNet step (`row_unit`: see `NetworkCall`);
+    `constants` are (1, ...) inputs every row of the call takes (ControlNet scales), appended last."""
 
     def calls(latents: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor):
-        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning), row_unit=row_unit))
+        rows = tuple(c.expand(latents.shape[0], *c.shape[1:]) for c in constants)
+        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning, *rows),
+                                  row_unit=row_unit))
 
     return calls
 
@@ -102,6 +106,7 @@ class StreamBatch:
                                  dtype=torch.float32).to(device=device, dtype=dtype)
         self.buffer: torch.Tensor | None = None
         self.stock: torch.Tensor | None = None
+        self.carried: tuple[torch.Tensor, ...] = ()  # what travels with the in-flight frames, stage order
         self.call_stages: tuple[int, int] = (0, schedule.steps)
 
     @property
@@ -112,6 +117,7 @@ class StreamBatch:
         """Forget the in-flight frames (keeps the session noise)."""
         self.buffer = None
         self.stock = None
+        self.carried = ()
 
     def enter(self, x0: torch.Tensor, noised: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise new frames to stage 0; returns the latent and the noise it holds (its stock)."""
@@ -120,46 +126,56 @@ class StreamBatch:
         noise = self.noise[: self.frames]
         return add_noise(x0, noise, self.schedule.alpha[: self.frames], self.schedule.beta[: self.frames]), noise
 
-    def step(self, x0: torch.Tensor, unet: UNetFn, guidance: Guidance, noised: bool = False) -> torch.Tensor:
-        """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); get F finished ones."""
-        return run_alone(self.calls(x0, unet_calls(unet), guidance, noised))
+    def step(self, x0: torch.Tensor, unet: UNetFn, guidance: Guidance, noised: bool = False,
+             carried: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); get F finished ones.
 
-    def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False) -> FramePath:
+        `carried`: tensors of F rows that belong to the new frames (ControlNet control images): they
+        travel with their frames through the stages, so each UNet row gets its own frame's."""
+        return run_alone(self.calls(x0, unet_calls(unet), guidance, noised, carried))
+
+    def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False,
+              carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
         """`step` as a frame path: yields its UNet calls (see `pipelines.batching`), returns the F finished latents."""
         x_t, stock = self.enter(x0, noised)
         if not self.warmed:
-            yield from self._warm(x_t, stock, unet, guidance)
+            yield from self._warm(x_t, stock, unet, guidance, carried)
         n, f = self.schedule.steps, self.frames
         if n > 1:
             x_t = torch.cat([x_t, self.buffer])
             stock = torch.cat([stock, self.stock if self.stock is not None else self.noise[f:]])
-        denoised, guided, stock_used = yield from self._advance(x_t, stock, 0, n, unet, guidance)
+            carried = tuple(torch.cat([new, old]) for new, old in zip(carried, self.carried))
+        denoised, guided, stock_used = yield from self._advance(x_t, stock, 0, n, unet, guidance, carried)
         if n > 1:
             moving, following = slice(0, (n - 1) * f), slice(f, n * f)
             self.buffer = self._renoise(denoised[:-f], following)
             self.stock = self._carry(guided[:-f], stock_used, moving, following)
+            self.carried = tuple(c[:-f] for c in carried)
         return denoised[-f:]
 
-    def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetCalls, guidance: Guidance) -> FramePath:
+    def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetCalls, guidance: Guidance,
+              carried: tuple[torch.Tensor, ...]) -> FramePath:
         """Denoise the first frames stage by stage, keeping each stage's latent as if they had entered earlier."""
         f = self.frames
         buffers, stocks = [], []
         for stage in range(self.schedule.steps - 1):
-            denoised, guided, stock_used = yield from self._advance(x_t, stock, stage, stage + 1, unet, guidance)
+            denoised, guided, stock_used = yield from self._advance(x_t, stock, stage, stage + 1, unet, guidance,
+                                                                    carried)
             current, following = slice(stage * f, (stage + 1) * f), slice((stage + 1) * f, (stage + 2) * f)
             x_t = self._renoise(denoised, following)
-            carried = self._carry(guided, stock_used, current, following)
-            stock = carried if carried is not None else self.noise[following]
+            carried_stock = self._carry(guided, stock_used, current, following)
+            stock = carried_stock if carried_stock is not None else self.noise[following]
             buffers.append(x_t)
             stocks.append(stock)
         self.buffer = torch.cat(buffers)
         self.stock = torch.cat(stocks) if guidance.residual else None
+        self.carried = tuple(torch.cat([c] * (self.schedule.steps - 1)) for c in carried)
 
     def _renoise(self, denoised: torch.Tensor, rows: slice) -> torch.Tensor:
         return add_noise(denoised, self.noise[rows], self.schedule.alpha[rows], self.schedule.beta[rows])
 
     def _advance(self, x_t: torch.Tensor, stock: torch.Tensor, first: int, last: int, unet: UNetCalls,
-                 guidance: Guidance) -> FramePath:
+                 guidance: Guidance, carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
         """One UNet call on the rows of stages first..last−1; returns (denoised, guided ε, stock used)."""
         s, f = self.schedule, self.frames
         rows = slice(first * f, last * f)
@@ -171,7 +187,8 @@ class StreamBatch:
                                               guidance.guidance_scale, f)
         t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
         self.call_stages = (first, last)  # parts that need each row's stage read it here, as Python ints
-        pred = yield from unet(latents, t, *conditioning)
+        carried = tuple(rcfg.unet_rows(c, cfg_type, guidance.guidance_scale, f) for c in carried)
+        pred = yield from unet(latents, t, *conditioning, *carried)
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)

@@ -13,6 +13,7 @@ from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.batching import DECODE, ENCODE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.config import StreamConfig, StreamSettings
+from livediff.pipelines.control import ControlImages
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
@@ -44,6 +45,9 @@ class StreamPipeline:
         self.guidance: Guidance | None = None
         self.similarity_filter = (SimilarityFilter(config.similarity_filter, config.seed)
                                   if config.similarity_filter else None)
+        self.control = ControlImages(config.controlnet) if config.controlnet else None
+        self.control_scales = (torch.tensor([[spec.scale for spec in config.controlnet]], device=self.device,
+                                            dtype=self.dtype) if config.controlnet else None)
         self._last_output = None
         self._build_stream()
 
@@ -114,6 +118,18 @@ class StreamPipeline:
         self.settings = replace(self.settings, similarity_filter=config)
         self.similarity_filter = SimilarityFilter(config, self.settings.seed)
 
+    def set_controlnet_scale(self, index: int, scale: float) -> None:
+        """Live: ControlNet `index`'s residuals are scaled by `scale` from the next call on (0 switches
+        it off); a graph input on every backend, so nothing is rebuilt."""
+        count = len(self.config.controlnet)
+        if not count:
+            raise ConfigError("this pipeline has no ControlNet; build it with controlnet=[...]")
+        checks.whole("controlnet index", index, 0, count - 1)
+        value = checks.number("controlnet scale", scale, 0.0, 2.0)
+        scales = self.control_scales.clone()
+        scales[0, index] = value
+        self.control_scales = scales
+
     def reset(self) -> None:
         """Back to the state of a freshly built pipeline with the same settings and prompt."""
         self._build_stream()
@@ -130,6 +146,10 @@ class StreamPipeline:
         unknown = sorted(set(overrides) - set(self.config.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))} for new_session")
+        fixed = sorted(set(overrides) & {"model", "vae", "loras", "controlnet", "device", "dtype", "accelerator"})
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)} belong to the shared networks; new_session cannot change them "
+                              f"(build another pipeline)")
         return type(self)(replace(self.config, **overrides), self.models, self.runners)
 
     def set_seed(self, seed: int) -> None:
@@ -148,13 +168,14 @@ class StreamPipeline:
         return self.guidance
 
     # --- running ----------------------------------------------------------------------------
-    def __call__(self, frame=None, *, output: str = "same"):
+    def __call__(self, frame=None, *, output: str = "same", control=None):
         """One frame (F frames with frame_buffer_size F) in, the restyled one out, in the kind it came
         in (PIL image, array or tensor; txt2img: PIL). `output="tensor"` gives a float tensor in
-        [0, 1] on the pipeline's device instead, with no conversion on the host."""
-        return run_alone(self.frame_calls(frame, output=output))
+        [0, 1] on the pipeline's device instead, with no conversion on the host. `control`: the
+        control image(s) of the frame for ControlNets with preprocessor `none`, like a frame."""
+        return run_alone(self.frame_calls(frame, output=output, control=control))
 
-    def frame_calls(self, frame=None, *, output: str = "same") -> FramePath:
+    def frame_calls(self, frame=None, *, output: str = "same", control=None) -> FramePath:
         """`__call__` as a frame path: yields its network calls, returns the picture. Sessions over the
         same networks run their frames together with `pipelines.batching.run_together`."""
         guidance = self._require_guidance()
@@ -173,8 +194,9 @@ class StreamPipeline:
         if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
                 and self._last_output is not None:
             return self._last_output
+        carried = self._control_images(images, control)
         latents = yield from self.encode(images)
-        finished = yield from self.denoise(latents, guidance)
+        finished = yield from self.denoise(latents, guidance, carried=carried)
         self._last_output = from_model_tensor((yield self._decode_call(finished)), kind)
         return self._last_output
 
@@ -184,10 +206,27 @@ class StreamPipeline:
         return (yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,),
                                   row_unit=self.row_unit(stream=False)))
 
-    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
-        """Latents in, finished latents out; the hook later parts (feature bank) wrap."""
-        calls = unet_calls(self.runners.unet, self.row_unit(stream=True))
-        return (yield from self.stream.calls(latents, calls, guidance, noised=noised))
+    def _control_images(self, images: torch.Tensor, control) -> tuple[torch.Tensor, ...]:
+        if self.control is None:
+            if control is not None:
+                raise ConfigError("a control image was given but this pipeline has no ControlNet")
+            return ()
+        given = None
+        if control is not None:
+            given, _ = to_model_tensor(control, self.config.height, self.config.width, self.config.frame_buffer_size)
+            given = (given.to(self.device, self.dtype) + 1) / 2
+        return self.control(images, given)
+
+    def call_constants(self) -> tuple[torch.Tensor, ...]:
+        """(1, ...) inputs every UNet row takes besides its own: the ControlNet scales."""
+        return (self.control_scales,) if self.control_scales is not None else ()
+
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False,
+                carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+        """Latents in, finished latents out; the hook later parts (feature bank) wrap. `carried`:
+        the frames' control images (see `StreamBatch.calls`)."""
+        calls = unet_calls(self.runners.unet, self.row_unit(stream=True), self.call_constants())
+        return (yield from self.stream.calls(latents, calls, guidance, noised=noised, carried=carried))
 
     def row_unit(self, stream: bool) -> int:
         """`NetworkCall.row_unit` of this stream's calls: 0 where the backend takes any row count, else

@@ -81,16 +81,17 @@ class BankedUNetCall:
         self.new: list[torch.Tensor] = []
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                 *added: torch.Tensor) -> FramePath:
+                 *conditioning: torch.Tensor) -> FramePath:
         pipe = self.pipe
         rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
         bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
         row_text = pipe.row_text(rows.extra, sample.shape[0])
         texts = (self.guidance.uncond.text, self.guidance.cond.text)
+        constants = tuple(c.expand(sample.shape[0], *c.shape[1:]) for c in pipe.call_constants())
         # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
         cached = (CachedText(pipe.banked_unet, pipe.cross_cache, texts, row_text)
                   if pipe.runners.name == "eager" else None)
-        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *added, *bank),
+        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *conditioning, *constants, *bank),
                            context=cached,
                            row_unit=pipe.row_unit(stream=True))
         noise_pred, *new = yield call
@@ -121,7 +122,7 @@ class VideoPipeline(StreamPipeline):
         layout = self._layout(layers, (config.height // scale, config.width // scale), config.token_merge_ratio)
         fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
                   else (2.0, 0.0))
-        self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion)
+        self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion, models.controlnets)
         function = BankedUNetFunction(self.banked_unet, scale).eval()
         self.banked_unet_runner = runners.runner_for(function)
         #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)
@@ -191,10 +192,11 @@ class VideoPipeline(StreamPipeline):
                 self.bank.forget_where(cut)
         return (yield from super().encode(images))
 
-    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False) -> FramePath:
+    def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False,
+                carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
         motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
         call = BankedUNetCall(self, guidance)
-        finished = yield from self.stream.calls(latents, call, guidance, noised=noised)
+        finished = yield from self.stream.calls(latents, call, guidance, noised=noised, carried=carried)
         if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
             call.write_bank(self.bank, motion)
         self._frames_since_bank_reset += 1

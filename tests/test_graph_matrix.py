@@ -7,7 +7,7 @@ frame-buffer size (those change the rows axis only, which export keeps dynamic);
 graph changes with the bank layout (off, dense, sparse) and with token merging — FIFO and merged
 memories have the same layout (merging happens between calls, outside the graph), so one stands for
 both; sparse banks with token merging are refused by the config. SDXL's UNets take the added
-conditioning (pooled text, size ids) as two more inputs.
+conditioning (pooled text, size ids) as two more inputs; ControlNets add a control image each and their scales.
 """
 from __future__ import annotations
 
@@ -32,15 +32,22 @@ VARIANTS = {
     "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
     "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
     "sdxl unet": dict(model="tiny-sdxl", network="unet"),  # the banked SDXL graph: tests/test_sdxl.py
+    # the plain UNet with ControlNets composes them the same way (`networks.run_unet`)
+    "dense bank with two ControlNets": dict(bank=dict(merge=True), controlnet=[
+        dict(model="random", preprocessor="tile"), dict(model="random", preprocessor="tile", scale=0.5)]),
 }
+#: variants whose exported graph is also run by ONNX Runtime against eager (new inputs: added
+#: conditioning, control images and scales)
+RUN_BY_ORT = ("sdxl unet", "dense bank with two ControlNets")
 
 
 def function_for(variant: str):
     settings = dict(VARIANTS[variant] or {"network": variant})
     model = settings.pop("model", "tiny")
     if "network" in settings:
-        pipe = load_pipeline(model=model, width=SIZE, height=SIZE, device="cpu", dtype="float32")
-        return stream_networks(pipe.models)[settings["network"]]
+        network = settings.pop("network")
+        pipe = load_pipeline(model=model, width=SIZE, height=SIZE, device="cpu", dtype="float32", **settings)
+        return stream_networks(pipe.models)[network]
     pipe = load_pipeline(model=model, mode="video", t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
                          device="cpu", dtype="float32", **settings)
     return BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
@@ -57,15 +64,20 @@ def test_traces_as_one_graph_and_exports_with_native_tensorrt_ops(variant, tmp_p
     path = export_onnx(function, tmp_path, height=SIZE, width=SIZE, resolution=ResolutionRange.static(SIZE, SIZE),
                        dtype=torch.float32, device="cpu", opset=18, rows=rows)
     assert unsupported_ops(onnx.load(str(path), load_external_data=False)) == []
-    if variant == "sdxl unet":  # the added conditioning reaches the exported graph's output
+    if variant in RUN_BY_ORT:
         from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
 
-        runner = OnnxRuntimeRunner(function, path, torch.device("cpu"))
+        def outputs(out) -> list:
+            return list(out) if isinstance(out, (tuple, list)) else [out]
+
+        bank = len(function.banked.layout.input_shapes(1)) if isinstance(function, BankedUNetFunction) else 0
+        new = slice(3, len(inputs) - bank)  # added conditioning, control images and scales
         with torch.no_grad():
-            expected = function(*inputs)
-            changed = function(*inputs[:3], inputs[3] + 1, inputs[4])
-        assert float((runner(*inputs) - expected).abs().max() / expected.abs().max()) < 1e-4
-        assert float((changed - expected).abs().max()) > 1e-3
+            expected = outputs(function(*inputs))
+            moved = outputs(function(*inputs[:3], *(t + 1 for t in inputs[new]), *inputs[new.stop:]))
+        for got, want in zip(outputs(OnnxRuntimeRunner(function, path, torch.device("cpu"))(*inputs)), expected):
+            assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+        assert float((moved[0] - expected[0]).abs().max()) > 1e-3  # the new inputs reach the prediction
 
 
 def test_the_op_check_sees_a_plugin_only_scatter():

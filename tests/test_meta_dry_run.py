@@ -91,6 +91,15 @@ def test_sdxl_dry_run(mode):
 
 
 @pytest.mark.parametrize("mode", ["img2img", "video"])
+def test_controlnet_dry_run(mode):
+    """Control images travel with their frames and the scales stay on the device (the `tile`
+    preprocessor: `canny` is a host step by design)."""
+    calls = dry_run(mode=mode, t_index_list=(20, 30, 40), cfg_type="initialize",
+                    controlnet=[dict(model="random", preprocessor="tile", scale=0.7)])
+    assert max(len(dtypes) for dtypes in calls) >= 5  # sample, timestep, text, control image, scales
+
+
+@pytest.mark.parametrize("mode", ["img2img", "video"])
 def test_sessions_sharing_runs_dry_run(mode):
     """`run_together` (the UI's batches): stacking rows, padding and the stacked prompt caches stay on
     the device, and the shared runs really carry both sessions' rows."""

@@ -93,7 +93,8 @@ def run_build(args: argparse.Namespace) -> int:
     options = check_accelerator(config.accelerator, target,
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
                                      workspace_gb=args.workspace_gb, **accelerator_options))
-    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype)
+    models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
+                           tuple(spec.model for spec in config.controlnet))
     functions = stream_networks(models)
     if config.mode == "video":  # video mode calls the banked UNet only
         del functions["unet"]

@@ -1,7 +1,7 @@
 """The UNet with the bank as a pure function of tensors, and the row → stage layout of a stream call.
 
-`BankedUNet.forward(sample, timestep, encoder_hidden_states, *added, *bank) -> (noise_pred, *new_entries)`
-(`added`: SDXL's added conditioning, `livediff.networks.added_conditions`)
+`BankedUNet.forward(sample, timestep, encoder_hidden_states, *conditioning, *bank) -> (noise_pred, *new_entries)`
+(`conditioning`: SDXL's added conditioning and the ControlNets' inputs, `livediff.networks.unet_input_names`)
 with the tensor layout documented in `pipelines.bank.layout`: every shape is fixed by the
 resolution and the settings, so the same module runs eagerly and can be exported (ONNX/TensorRT)
 or captured (CUDA graphs) with the bank on. The `FeatureBank` object stays outside: it gives each
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from livediff.networks import added_conditions, run_unet
+from livediff.networks import added_conditions, run_unet, split_conditioning, unet_input_names
 from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
 from livediff.pipelines.bank.layout import BankLayout
 
@@ -32,27 +32,27 @@ class BankedUNet(nn.Module):
     name = "banked_unet"
 
     def __init__(self, unet, layout: BankLayout, token_merge_ratio: float = 0.0, fusion_threshold: float = 2.0,
-                 fusion_strength: float = 0.0):
+                 fusion_strength: float = 0.0, controlnets: Sequence[nn.Module] = ()):
         super().__init__()
         self.unet, self._slot = banked_copy(unet)
+        self.controlnets = nn.ModuleList(controlnets)  # their own attention: no bank, no prompt cache
         self.layout = layout
         self.token_merge_ratio = token_merge_ratio
         self.fusion_threshold = fusion_threshold
         self.fusion_strength = fusion_strength
-        self.added_names = tuple(name for name, _ in added_conditions(unet.config))
+        self.added = len(added_conditions(unet.config))
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return ("sample", "timestep", "encoder_hidden_states", *self.added_names,
-                *(n for n, _ in self.layout.input_shapes(1)))
+        return (*unet_input_names(self.unet.config, len(self.controlnets)), *(n for n, _ in self.layout.input_shapes(1)))
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return ("noise_pred", *(n for n, _ in self.layout.output_shapes(1)))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *added_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        added, bank = added_and_bank[:len(self.added_names)], added_and_bank[len(self.added_names):]
+                *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        added, controls, scales, bank = split_conditioning(conditioning_and_bank, self.added, len(self.controlnets))
         expected = len(self.layout.input_shapes(1))
         if len(bank) != expected:
             raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
@@ -62,7 +62,8 @@ class BankedUNet(nn.Module):
         call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
                         kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
         with bank_call(self._slot, call):
-            noise_pred = run_unet(self.unet, sample, timestep, encoder_hidden_states, added)
+            noise_pred = run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls,
+                                  scales)
         new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]
         new += [call.new_out[e.layer] for e in self.layout.out]
         return (noise_pred, *new)
