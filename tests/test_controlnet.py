@@ -160,3 +160,18 @@ def test_a_none_preprocessor_needs_the_callers_control_image():
         pipe(scene(0))
     with pytest.raises(ConfigError, match="no ControlNet"):
         build(None)(scene(0), control=scene(1))
+
+
+def test_cli_options_build_controlnets_and_mismatches_are_named(tmp_path, capsys):
+    from media import make_clip, probe
+
+    from livediff.app.cli import main
+
+    clip = make_clip(tmp_path / "in.mp4", n_frames=4, size=(64, 64), fps=4, audio=False)
+    base = ["video", str(clip), "--model", "tiny", "--width", "64", "--height", "64", "--no-progress"]
+    out = tmp_path / "out.mp4"
+    assert main([*base, "-o", str(out), "--controlnet", "random", "--control-preprocessor", "canny",
+                 "--controlnet", "random", "--control-scale", "0.5", "--control-scale", "0.2"]) == 0
+    assert probe(out)["frames"] == 4
+    assert main([*base, "-o", str(tmp_path / "bad.mp4"), "--control-scale", "0.5"]) != 0
+    assert "--control-scale given 1 time(s) for 0 --controlnet" in capsys.readouterr().err

@@ -12,11 +12,18 @@ DEFAULT_MODEL = "stabilityai/sd-turbo"
 def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str = "32,45") -> None:
     group = parser.add_argument_group("model and pipeline")
     group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="hub id, local diffusers folder, .safetensors file, or preset "
-                            "(tiny, sd-turbo-random, sd15-random, sd-turbo-reduced); default %(default)s")
+                       help="hub id, local diffusers folder, .safetensors file (SD 1.x/2.x or SDXL, detected), or "
+                            "preset (tiny, sd-turbo-random, sd15-random, sd-turbo-reduced, tiny-sdxl, "
+                            "sdxl-turbo-random, sdxl-turbo-reduced); default %(default)s")
     group.add_argument("--vae", default=None, help="tiny VAE (e.g. madebyollin/taesd) instead of the model's VAE")
     group.add_argument("--lora", action="append", default=[], metavar="ID[:SCALE]",
                        help="LoRA fused at load time (repeatable), e.g. latent-consistency/lcm-lora-sdv1-5")
+    group.add_argument("--controlnet", action="append", default=[], metavar="ID",
+                       help="ControlNet (hub id, folder, or 'random'; repeatable), e.g. lllyasviel/sd-controlnet-canny")
+    group.add_argument("--control-preprocessor", action="append", default=[], metavar="NAME",
+                       help="per --controlnet, in order: canny (default), tile, identity or none")
+    group.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
+                       help="per --controlnet, in order: residual scale in [0, 2] (default 1)")
     group.add_argument("--prompt", default="", help="what the output should look like")
     group.add_argument("--negative-prompt", default="", help="what to steer away from (used by cfg full/initialize/self)")
     group.add_argument("--t-index-list", default=default_t_index, metavar="I,J,...",
@@ -49,6 +56,26 @@ def parse_t_index_list(text: str) -> list[int]:
         raise ConfigError(f"--t-index-list {text!r} must be comma-separated integers in 0..49") from exc
 
 
+def controlnet_settings(args: argparse.Namespace) -> list[dict]:
+    """--controlnet / --control-preprocessor / --control-scale, matched by position."""
+    from livediff.errors import ConfigError
+
+    models = args.controlnet
+    for option, values in (("--control-preprocessor", args.control_preprocessor), ("--control-scale",
+                                                                                  args.control_scale)):
+        if len(values) > len(models):
+            raise ConfigError(f"{option} given {len(values)} time(s) for {len(models)} --controlnet")
+    specs = []
+    for i, model in enumerate(models):
+        spec = {"model": model}
+        if i < len(args.control_preprocessor):
+            spec["preprocessor"] = args.control_preprocessor[i]
+        if i < len(args.control_scale):
+            spec["scale"] = args.control_scale[i]
+        specs.append(spec)
+    return specs
+
+
 def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
     """The `load_pipeline` keywords these options describe, with device and dtype resolved (and checked)."""
     from livediff.pipelines.config import resolve_device, resolve_dtype_name
@@ -58,6 +85,7 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
                 cfg_type=args.cfg_type, width=args.width, height=args.height,
                 frame_buffer_size=args.frame_buffer_size, vae=args.vae, loras=tuple(args.lora), device=device,
                 dtype=resolve_dtype_name(args.dtype, device), seed=args.seed, accelerator=args.accelerator,
+                controlnet=controlnet_settings(args),
                 **({"accelerator_options": {"openvino_device": args.openvino_device}} if args.openvino_device else {}))
 
 

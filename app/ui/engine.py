@@ -57,7 +57,10 @@ class Engine:
         self.settings = {**settings, "max_sessions": batch_limit}  # engines with fixed row ranges fit the batches
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
-        self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode}, progress=BuildReporter())
+        # txt2img has no input frame for a ControlNet to read: its template runs without them
+        self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode,
+                                                 **({"controlnet": ()} if mode == "txt2img" else {})},
+                                              progress=BuildReporter())
                           for mode in dict.fromkeys(self.modes.values())}
         self.lock = threading.Lock()
         self.batcher = LiveBatcher(self.lock, wait_s=batch_wait_s, max_batch=batch_limit)
