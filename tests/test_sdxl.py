@@ -226,3 +226,26 @@ def test_single_files_are_sorted_by_their_tensor_names(tmp_path):
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ConfigError, match="broken.safetensors"):
         checkpoint_family(broken)
+
+
+@pytest.mark.parametrize("mode", ["img2img", "video"])
+def test_sdxl_sessions_batched_equal_each_session_alone(mode):
+    """Shared runs stack every session's added conditioning with its rows (float64, 1e-9)."""
+    from livediff.pipelines.batching import run_together
+
+    base = load_pipeline(model="tiny-sdxl", mode=mode, t_index_list=[20, 30, 40], width=SIZE, height=SIZE,
+                         device="cpu", dtype="float64")
+
+    def sessions():
+        a, b = base.new_session(), base.new_session(cfg_type="full", seed=5)
+        a.prepare(prompt="oil painting", guidance_scale=1.4)
+        b.prepare(prompt="claymation", negative_prompt="", guidance_scale=1.8)
+        return a, b
+
+    together, alone = sessions(), sessions()
+    texture = torch.rand(1, 3, SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for i in range(4):
+        frame = texture[..., 3 * i:3 * i + SIZE]
+        batched = [o.get() for o in run_together([p.frame_calls(frame, output="tensor") for p in together])]
+        for got, pipe in zip(batched, alone):
+            assert (got - pipe(frame, output="tensor")).abs().max().item() < 1e-9

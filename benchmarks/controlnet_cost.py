@@ -1,0 +1,92 @@
+"""What ControlNet costs on the stream: the plain img2img stream against the same stream with one
+and with two ControlNets (random weights in the UNet's layout, `canny` and `tile` preprocessors),
+interleaved frame by frame in one process on the same frames.
+
+Measured: ms per frame and the ratio to the plain stream on this machine. Counted: the UNet call's
+GFLOPs with and without the ControlNets (PyTorch's FLOP counter), which is what a compute-bound
+GPU pays; `canny` runs on the host (OpenCV) and is included in the measured time.
+
+    python benchmarks/controlnet_cost.py                        # CPU: sd-turbo-reduced, 256², 1 thread
+    python benchmarks/controlnet_cost.py --preset sd-turbo-random --size 512 --device cuda --dtype float16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from livediff.networks import stream_networks
+from livediff.pipelines import load_pipeline
+
+SETUPS = {
+    "plain stream": [],
+    "+ ControlNet (canny)": [dict(model="random", preprocessor="canny")],
+    "+ 2 ControlNets (canny, tile)": [dict(model="random", preprocessor="canny"),
+                                      dict(model="random", preprocessor="tile", scale=0.5)],
+}
+
+
+def unet_gflops(preset: str, size: int, controlnet: list, rows: int) -> float:
+    """Counted on the `meta` device, where attention runs as plain matrix products the counter sees
+    (on the CPU the fused attention kernel is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = load_pipeline(model=preset, width=size, height=size, device="meta", dtype="float16",
+                         controlnet=controlnet)
+    unet = stream_networks(pipe.models)["unet"]
+    inputs = unet.example_inputs(rows, size, size, torch.float16, "meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="sd-turbo-reduced")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per setup (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = [32, 45]
+    pipes = {}
+    for name, controlnet in SETUPS.items():
+        pipe = load_pipeline(model=args.preset, vae="taesd-random", t_index_list=steps, cfg_type="self",
+                             width=args.size, height=args.size, device=args.device, dtype=args.dtype, seed=1,
+                             controlnet=controlnet)
+        pipe.prepare(prompt="a photo of a city street", guidance_scale=1.2)
+        pipes[name] = pipe
+    generator = torch.Generator().manual_seed(0)
+    frames = [torch.rand(1, 3, args.size, args.size, generator=generator) for _ in range(args.warmup + args.frames)]
+    seconds = {name: [] for name in pipes}
+    for i, frame in enumerate(frames):
+        for name, pipe in pipes.items():
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            pipe(frame.to(args.device), output="tensor")
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                seconds[name].append(time.perf_counter() - started)
+    base = statistics.median(seconds["plain stream"])
+    flops = {name: unet_gflops(args.preset, args.size, controlnet, len(steps)) for name, controlnet in SETUPS.items()}
+    print(f"{args.preset}, img2img {len(steps)} steps, self CFG, TAESD layout, {args.size}², {args.device} "
+          f"{args.dtype}, {args.threads} thread(s), {args.frames} frames each, interleaved\n")
+    print("| setup | ms/frame (measured) | × plain | UNet call GFLOP (counted) | × plain |")
+    print("|---|---|---|---|---|")
+    for name in pipes:
+        median = statistics.median(seconds[name])
+        print(f"| {name} | {median * 1000:.0f} | {median / base:.2f} | {flops[name]:.0f} | "
+              f"{flops[name] / flops['plain stream']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
