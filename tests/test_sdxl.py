@@ -249,3 +249,20 @@ def test_sdxl_sessions_batched_equal_each_session_alone(mode):
         batched = [o.get() for o in run_together([p.frame_calls(frame, output="tensor") for p in together])]
         for got, pipe in zip(batched, alone):
             assert (got - pipe(frame, output="tensor")).abs().max().item() < 1e-9
+
+
+def test_token_merging_runs_on_sdxl_at_its_highest_attention_resolution():
+    """SDXL has no attention at the full latent resolution: merging happens at the next level (32² at 512²)."""
+    from livediff.pipelines.bank.layout import attention_layers
+    from livediff.pipelines.token_merge import merge_level
+
+    def run(ratio):
+        pipe = load_pipeline(model="tiny-sdxl", mode="video", t_index_list=[20, 30], width=SIZE, height=SIZE,
+                             device="cpu", dtype="float32", bank=False, token_merge_ratio=ratio)
+        pipe.prepare(prompt="oil painting")
+        return pipe, pipe(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)), output="tensor")
+
+    pipe, merged = run(0.5)
+    _, exact = run(0.0)
+    assert merge_level(attention_layers(pipe.models.unet)) == 1
+    assert merged.shape == exact.shape and (merged - exact).abs().max() > 1e-5
