@@ -56,6 +56,10 @@ class StreamConfig:
     # them; after validation a tuple of ControlNetSpec (empty: none)
     controlnet: tuple = ()
 
+    def control_networks(self) -> tuple[tuple[str, str | None], ...]:
+        """(ControlNet, preprocessor network) per ControlNet: the networks to load, without live values."""
+        return tuple((spec.model, spec.preprocessor_model) for spec in self.controlnet)
+
     @classmethod
     def from_settings(cls, settings: dict) -> "StreamConfig":
         """`StreamConfig(**settings)` with unknown keywords named instead of a TypeError."""

@@ -9,9 +9,11 @@ s calls ago), so each frame's control images travel with it through the stages
 frame's edges. Scales are per-session values read at every call (graph inputs on exported backends),
 so changing one, or setting it to 0 to switch a ControlNet off, never rebuilds anything.
 
-Preprocessors (no downloads): `canny` (OpenCV edges, thresholds adjustable; a host step by design:
-it runs on the frame before it is uploaded), `tile` / `identity` (the frame itself), `none` (the
-caller passes the control image with the frame: `pipe(frame, control=image)`).
+Preprocessors: `canny` (OpenCV edges, thresholds adjustable; a host step by design: it reads the
+frame back), `tile` / `identity` (the frame itself), `none` (the caller passes the control image
+with the frame: `pipe(frame, control=image)`), and `depth`, a depth estimator given as
+`preprocessor_model` (hub id, folder or `random`) that runs on the pipeline's device, on all the
+frames of a call at once.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines import checks
 
-PREPROCESSORS = ("canny", "tile", "identity", "none")
+PREPROCESSORS = ("canny", "tile", "identity", "none", "depth")
 MAX_CONTROLNETS = 4
 
 
@@ -39,6 +42,7 @@ class ControlNetSpec:
     scale: float = 1.0
     low_threshold: int = 100
     high_threshold: int = 200
+    preprocessor_model: str | None = None  # `depth`: the depth estimator (e.g. Intel/dpt-hybrid-midas)
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -50,6 +54,10 @@ class ControlNetSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
                 raise ConfigError(f"canny {name} {value!r} must be an integer in 0..255")
+        if (self.preprocessor == "depth") != (self.preprocessor_model is not None):
+            raise ConfigError("preprocessor 'depth' needs preprocessor_model (a depth model: hub id, folder or "
+                              "'random'), and only it takes one" if self.preprocessor == "depth" else
+                              f"preprocessor_model is for preprocessor 'depth', not {self.preprocessor!r}")
         if self.low_threshold > self.high_threshold:
             raise ConfigError(f"canny low_threshold {self.low_threshold} is above high_threshold {self.high_threshold}")
 
@@ -87,11 +95,28 @@ def canny(images: torch.Tensor, low: int, high: int) -> torch.Tensor:
     return (stacked.to(torch.float32) / 255).to(images.device, images.dtype)
 
 
-class ControlImages:
-    """Makes the control images of a frame batch for every ControlNet of a pipeline."""
+def depth_map(model, images: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) images in [-1,1] → the depth model's estimate, min–max scaled per image to [0,1] and
+    repeated on 3 channels, at the images' size. The model sees a square of its own size (DPT's
+    position embeddings are for `image_size`²), as its image processors resize to; [-1,1] is already
+    DPT's input normalisation (mean 0.5, std 0.5)."""
+    size = getattr(model.config, "image_size", 384)
+    square = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    depth = model(pixel_values=square.to(model.dtype)).predicted_depth.unsqueeze(1)
+    depth = F.interpolate(depth, size=images.shape[-2:], mode="bicubic", align_corners=False)
+    low = depth.amin(dim=(2, 3), keepdim=True)
+    high = depth.amax(dim=(2, 3), keepdim=True)
+    scaled = (depth - low) / (high - low).clamp_min(torch.finfo(depth.dtype).tiny)
+    return scaled.expand(-1, 3, -1, -1).to(images.dtype)
 
-    def __init__(self, specs: tuple[ControlNetSpec, ...]):
+
+class ControlImages:
+    """Makes the control images of a frame batch for every ControlNet of a pipeline (`networks`:
+    each ControlNet's preprocessor network or None, from `ModelBundle.control_preprocessors`)."""
+
+    def __init__(self, specs: tuple[ControlNetSpec, ...], networks: tuple = ()):
         self.specs = specs
+        self.networks = networks or (None,) * len(specs)
 
     def __call__(self, images: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """images: (F,3,H,W) in [-1,1]; given: the caller's control images (F,3,H,W) in [0,1] for
@@ -102,6 +127,9 @@ class ControlImages:
                 out.append(canny(images, spec.low_threshold, spec.high_threshold))
             elif spec.preprocessor in ("tile", "identity"):
                 out.append((images + 1) / 2)
+            elif spec.preprocessor == "depth":
+                with torch.no_grad():
+                    out.append(depth_map(self.networks[i], images))
             else:
                 if given is None:
                     raise InputError(f"ControlNet {i} ({spec.model}) has preprocessor 'none': pass its control "

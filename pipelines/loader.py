@@ -11,7 +11,7 @@ _MODEL_LOCK = threading.Lock()
 
 
 def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str,
-                  controlnets: tuple[str, ...] = ()) -> ModelBundle:
+                  controlnets: tuple[tuple[str, str | None], ...] = ()) -> ModelBundle:
     """Load a model once per process; pipelines built with the same weights share it."""
     key = (model, vae, tuple(loras), device, dtype, tuple(controlnets))
     with _MODEL_LOCK:
@@ -36,7 +36,7 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
     config = StreamConfig.from_settings(settings)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
-                           tuple(spec.model for spec in config.controlnet))
+                           config.control_networks())
     runners = build_runners(config, models, options, progress)
     if config.mode == "video":
         from livediff.pipelines.video_pipeline import VideoPipeline

@@ -45,6 +45,7 @@ class ModelBundle:
     #: SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt is zero embeddings, not encoded ""
     zero_empty_negative: bool = False
     controlnets: tuple = ()  # ControlNetModel, in the order of `StreamConfig.controlnet`
+    control_preprocessors: tuple = ()  # per ControlNet: its preprocessor's network (depth) or None
 
     @property
     def family(self) -> str:
@@ -103,7 +104,7 @@ def download_command(model: str) -> str:
     return f"hf download {model}" if (major, minor) >= (0, 34) else f"huggingface-cli download {model}"
 
 
-def _offline_message(model: str) -> str:
+def offline_message(model: str) -> str:
     return (f"Model {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
             f"run `{download_command(model)}` on a connected machine (or copy the folder here and pass "
             f"its path with --model), or use --model tiny to try livediff without weights.")
@@ -189,7 +190,7 @@ def _from_hub(model: str):
     except (OSError, LocalEntryNotFoundError):
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-        raise ModelNotAvailableError(_offline_message(model))
+        raise ModelNotAvailableError(offline_message(model))
     size = _hub_size(model)
     log.warning("Weights for %s are not cached; fetching %s from the Hugging Face hub.", model,
                 f"{size / 1e9:.1f} GB" if size else "them")
@@ -199,7 +200,7 @@ def _from_hub(model: str):
     except RepositoryNotFoundError as exc:
         raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
     except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(_offline_message(model)) from exc
+        raise ModelNotAvailableError(offline_message(model)) from exc
 
 
 def _hub_size(model: str) -> int | None:
@@ -218,7 +219,7 @@ def _hub_size(model: str) -> int | None:
     except HfHubHTTPError:
         return None  # the hub answered; the download itself will say what is wrong
     except Exception as exc:  # no route, DNS, proxy, TLS: the HTTP client's errors have no common base here
-        raise ModelNotAvailableError(_offline_message(model)) from exc
+        raise ModelNotAvailableError(offline_message(model)) from exc
     return sum(sibling.size or 0 for sibling in info.siblings or ()) or None
 
 
@@ -235,7 +236,7 @@ def load_tiny_vae(vae: str) -> AutoencoderTiny:
             except OSError:
                 return AutoencoderTiny.from_pretrained(vae)
     except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(_offline_message(vae)) from exc
+        raise ModelNotAvailableError(offline_message(vae)) from exc
     raise ConfigError(f"Unknown tiny VAE {vae!r}: use a hub id (e.g. 'madebyollin/taesd'), a local folder, "
                       f"or a preset ({', '.join(sorted(TINY_VAE_PRESETS))}).")
 
@@ -269,51 +270,21 @@ def _fuse_loras(components: dict, loras: tuple[str, ...]) -> None:
     pipe.unload_lora_weights()
 
 
-def load_controlnet(model: str, unet, seed: int = 0):
-    """A ControlNet from a hub id or folder, or `random`: random weights in the layout of `unet`
-    (`ControlNetModel.from_unet`, whose zero-initialised output convolutions are drawn at random too,
-    so a random ControlNet really changes the picture)."""
-    from diffusers import ControlNetModel
-
-    if model == "random":
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
-            zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-            for conv in zero_convs:
-                torch.nn.init.normal_(conv.weight, std=0.5)
-        finally:
-            torch.random.set_rng_state(state)
-        return net
-    path = Path(model)
-    try:
-        if path.is_dir():
-            return ControlNetModel.from_pretrained(str(path))
-        if "/" in model and not model.startswith((".", "/")):
-            try:
-                return ControlNetModel.from_pretrained(model, local_files_only=True)
-            except OSError:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-                    raise
-                return ControlNetModel.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(_offline_message(model)) from exc
-    raise ConfigError(f"Unknown ControlNet {model!r}: use a hub id (e.g. 'lllyasviel/sd-controlnet-canny'), a local "
-                      f"folder, or 'random' (random weights in the model's layout).")
-
-
 def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, loras: tuple[str, ...] = (),
-                device: str = "cuda", dtype: str = "float16", controlnets: tuple[str, ...] = ()) -> ModelBundle:
+                device: str = "cuda", dtype: str = "float16",
+                controlnets: tuple[tuple[str, str | None], ...] = ()) -> ModelBundle:
     """Load every network one pipeline needs.
 
     Args:
         model: hub id, local diffusers folder, `.safetensors` file, or a preset name.
         vae: optional tiny VAE (TAESD) as hub id, local folder or preset; None keeps the model's VAE.
-        controlnets: ControlNets (hub ids, folders or `random`), see `pipelines.control`.
+        controlnets: (ControlNet, preprocessor network or None) per ControlNet: hub ids, folders or
+            `random` (see `pipelines.control`).
         loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
         device, dtype: where and in which precision the networks run.
     """
+    from livediff.pipelines.control_models import load_controlnet, load_depth_model
+
     torch_dtype = resolve_dtype(dtype, device)
     components = build_preset(model) if is_preset(model) else _load_components(model)
     _fuse_loras(components, tuple(loras))
@@ -326,8 +297,11 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
                          text_encoder_2=components.get("text_encoder_2"), tokenizer_2=components.get("tokenizer_2"),
                          zero_empty_negative=components.get("zero_empty_negative", False),
                          controlnets=tuple(load_controlnet(name, components["unet"], seed=i)
-                                           for i, name in enumerate(controlnets)))
-    for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets):
+                                           for i, (name, _) in enumerate(controlnets)),
+                         control_preprocessors=tuple(load_depth_model(name, seed=i) if name else None
+                                                     for i, (_, name) in enumerate(controlnets)))
+    for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets,
+                *bundle.control_preprocessors):
         if net is None:
             continue
         net.to(device=device).eval().requires_grad_(False)

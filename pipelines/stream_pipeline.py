@@ -45,7 +45,7 @@ class StreamPipeline:
         self.guidance: Guidance | None = None
         self.similarity_filter = (SimilarityFilter(config.similarity_filter, config.seed)
                                   if config.similarity_filter else None)
-        self.control = ControlImages(config.controlnet) if config.controlnet else None
+        self.control = ControlImages(config.controlnet, models.control_preprocessors) if config.controlnet else None
         self.control_scales = (torch.tensor([[spec.scale for spec in config.controlnet]], device=self.device,
                                             dtype=self.dtype) if config.controlnet else None)
         self._last_output = None

@@ -142,8 +142,12 @@ def test_canny_gives_edges_in_zero_one_on_every_channel():
 
 
 def test_bad_controlnet_options_are_named_before_loading():
-    with pytest.raises(ConfigError, match="preprocessor 'depth' is not one of canny, tile, identity, none"):
+    with pytest.raises(ConfigError, match="preprocessor 'pose' is not one of canny, tile, identity, none, depth"):
+        StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor="pose"))
+    with pytest.raises(ConfigError, match="'depth' needs preprocessor_model"):
         StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor="depth"))
+    with pytest.raises(ConfigError, match="preprocessor_model is for preprocessor 'depth', not 'canny'"):
+        StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor_model="random"))
     with pytest.raises(ConfigError, match="controlnet scale 5"):
         StreamConfig(model="tiny", controlnet=dict(model="random", scale=5))
     with pytest.raises(ConfigError, match="unknown controlnet option.*'strength'"):
@@ -175,3 +179,21 @@ def test_cli_options_build_controlnets_and_mismatches_are_named(tmp_path, capsys
     assert probe(out)["frames"] == 4
     assert main([*base, "-o", str(tmp_path / "bad.mp4"), "--control-scale", "0.5"]) != 0
     assert "--control-scale given 1 time(s) for 0 --controlnet" in capsys.readouterr().err
+
+
+def test_a_depth_preprocessor_runs_its_model_on_the_device_batched_with_the_frames():
+    """`depth` with a random-weight DPT: one run for the F frames of a call; the maps are the model's
+    estimate at the frame size, scaled to [0,1]; the stream runs with them."""
+    from livediff.pipelines.control import depth_map
+
+    pipe = build(dict(model="random", preprocessor="depth", preprocessor_model="random"), frame_buffer_size=2)
+    model = pipe.models.control_preprocessors[0]
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    frames = [scene(0)[0], scene(1)[0]]
+    out = pipe(frames, output="tensor")
+    assert out.shape == (2, 3, SIZE, SIZE) and len(calls) == 1
+    images = torch.stack(frames) * 2 - 1
+    maps = depth_map(model, images)
+    assert maps.shape == images.shape and maps.amin() == 0 and maps.amax() == 1
+    assert not torch.equal(maps[0], maps[1])  # a real estimate per frame, not a constant

@@ -21,7 +21,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--controlnet", action="append", default=[], metavar="ID",
                        help="ControlNet (hub id, folder, or 'random'; repeatable), e.g. lllyasviel/sd-controlnet-canny")
     group.add_argument("--control-preprocessor", action="append", default=[], metavar="NAME",
-                       help="per --controlnet, in order: canny (default), tile, identity or none")
+                       help="per --controlnet, in order: canny (default), tile, identity, none or depth")
+    group.add_argument("--depth-model", default=None, metavar="ID",
+                       help="depth estimator of the depth preprocessor (hub id, folder or 'random'), e.g. "
+                            "Intel/dpt-hybrid-midas")
     group.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
                        help="per --controlnet, in order: residual scale in [0, 2] (default 1)")
     group.add_argument("--prompt", default="", help="what the output should look like")
@@ -70,6 +73,8 @@ def controlnet_settings(args: argparse.Namespace) -> list[dict]:
         spec = {"model": model}
         if i < len(args.control_preprocessor):
             spec["preprocessor"] = args.control_preprocessor[i]
+            if spec["preprocessor"] == "depth":
+                spec["preprocessor_model"] = args.depth_model
         if i < len(args.control_scale):
             spec["scale"] = args.control_scale[i]
         specs.append(spec)

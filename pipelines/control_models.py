@@ -1,0 +1,70 @@
+"""Loading the networks of `pipelines.control`: ControlNets and the depth estimators of the `depth`
+preprocessor, from hub ids or folders, or `random` (random weights, for tests and speed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from livediff.errors import ConfigError, ModelNotAvailableError
+from livediff.pipelines.models import offline_message
+
+
+def _with_seed(seed: int, build):
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _from_pretrained(cls, model: str, kind: str, example: str):
+    """`cls.from_pretrained` for a folder or a hub id (cache first), with one sentence when it cannot."""
+    path = Path(model)
+    try:
+        if path.is_dir():
+            return cls.from_pretrained(str(path))
+        if "/" in model and not model.startswith((".", "/")):
+            try:
+                return cls.from_pretrained(model, local_files_only=True)
+            except OSError:
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+                    raise
+                return cls.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(offline_message(model)) from exc
+    raise ConfigError(f"Unknown {kind} {model!r}: use a hub id (e.g. {example!r}), a local folder, or 'random'.")
+
+
+def load_controlnet(model: str, unet, seed: int = 0):
+    """A ControlNet, or `random`: random weights in the layout of `unet` (`ControlNetModel.from_unet`,
+    whose zero-initialised output convolutions are drawn at random too, so it changes the picture)."""
+    from diffusers import ControlNetModel
+
+    if model != "random":
+        return _from_pretrained(ControlNetModel, model, "ControlNet", "lllyasviel/sd-controlnet-canny")
+
+    def build():
+        net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        for conv in (*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+            torch.nn.init.normal_(conv.weight, std=0.5)
+        return net
+
+    return _with_seed(seed, build)
+
+
+#: the `random` depth estimator: a small DPT (the architecture of Intel/dpt-large and dpt-hybrid-midas)
+RANDOM_DEPTH = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+                    patch_size=8, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+                    backbone_out_indices=[0, 1, 2, 3])
+
+
+def load_depth_model(model: str, seed: int = 0):
+    """A monocular depth estimator (`transformers` AutoModelForDepthEstimation: DPT, Depth Anything…)."""
+    from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
+
+    if model == "random":
+        return _with_seed(seed, lambda: DPTForDepthEstimation(DPTConfig(**RANDOM_DEPTH)))
+    return _from_pretrained(AutoModelForDepthEstimation, model, "depth model", "Intel/dpt-hybrid-midas")
