@@ -46,6 +46,8 @@ class StreamPipeline:
         self.similarity_filter = (SimilarityFilter(config.similarity_filter, config.seed)
                                   if config.similarity_filter else None)
         self.control = ControlImages(config.controlnet, models.control_preprocessors) if config.controlnet else None
+        #: the control images (one (F,3,H,W) tensor in [0,1] per ControlNet) of the latest frame, for previews
+        self.last_control: tuple[torch.Tensor, ...] = ()
         self.control_scales = (torch.tensor([[spec.scale for spec in config.controlnet]], device=self.device,
                                             dtype=self.dtype) if config.controlnet else None)
         self._last_output = None
@@ -195,6 +197,7 @@ class StreamPipeline:
                 and self._last_output is not None:
             return self._last_output
         carried = self._control_images(images, control)
+        self.last_control = carried
         latents = yield from self.encode(images)
         finished = yield from self.denoise(latents, guidance, carried=carried)
         self._last_output = from_model_tensor((yield self._decode_call(finished)), kind)
