@@ -8,7 +8,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict
 from fractions import Fraction
 
 import numpy as np
@@ -104,7 +103,7 @@ async def wait_for(condition, what: str):
 
 def controls(server, **changes) -> dict:
     """Every control value, as the page sends them with each event."""
-    return asdict(LiveSettings.for_pipeline(server.registry.engine.stream_template, **changes))
+    return LiveSettings.for_pipeline(server.registry.engine.stream_template, **changes).by_name()
 
 
 def webrtc_sessions(server) -> dict:

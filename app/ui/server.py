@@ -25,6 +25,8 @@ import gradio as gr  # noqa: E402
 
 from livediff.app.ui.batcher import Superseded  # noqa: E402
 from livediff.app.ui import rtc_page  # noqa: E402
+from livediff.app.ui.control_preview import (  # noqa: E402
+    PREVIEW_EVERY_S, PREVIEW_HEIGHT, ControlPreview, scale_sliders)
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
 from livediff.app.ui.rtc_stream import Controls  # noqa: E402
@@ -47,12 +49,14 @@ IMAGE_HEIGHT = 420
 CSS = "#live-output img, #image-output img { width: 100%; height: 100%; object-fit: contain; }"
 
 
-def _controls(defaults: LiveSettings, video_mode: bool) -> list[gr.components.Component]:
-    """Lay out the live controls; returned in `LiveSettings.names()` order (the order handlers get them).
+def _controls(defaults: LiveSettings, template_config) -> list[gr.components.Component]:
+    """Lay out the live controls; returned in `LiveSettings.names(n)` order (the order handlers get
+    them; n = the server's ControlNets, each with a scale slider).
 
     The bank and token-merging controls exist only for the V2V stream mode; they stay in the
     inputs (hidden) otherwise so every handler receives the same values in the same order.
     """
+    video_mode = template_config.mode == "video"
     d = defaults
     made = {
         "prompt": gr.Textbox(label="Prompt", value=d.prompt, lines=2, placeholder="a claymation character"),
@@ -85,23 +89,25 @@ def _controls(defaults: LiveSettings, video_mode: bool) -> list[gr.components.Co
                                                 label="Max skipped frames in a row")
     for name, component in made.items():
         component.elem_id = f"ctl-{name}"
-    return [made[name] for name in LiveSettings.names()]
+    return [made[name] for name in LiveSettings.names()] + scale_sliders(template_config, d)
 
 
-def _named_settings(handler):
-    """Show a `*values` handler to Gradio with one named parameter per setting, so API clients call
-    `/image` with `prompt=...`, `strength=...` instead of `param_4=...`. Gradio calls it positionally."""
-    signature = inspect.signature(handler)
-    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_POSITIONAL]
-    params += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-               for name in LiveSettings.names()]
-    handler.__signature__ = signature.replace(parameters=params)
-    return handler
+def _named_settings(names: list[str]):
+    """Show a `*values` handler to Gradio with one named parameter per setting (`names`), so API
+    clients call `/image` with `prompt=...`, `strength=...` instead of `param_4=...`. Gradio calls
+    it positionally."""
+    def name(handler):
+        signature = inspect.signature(handler)
+        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_POSITIONAL]
+        params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in names]
+        handler.__signature__ = signature.replace(parameters=params)
+        return handler
+    return name
 
 
-def _settings(values) -> LiveSettings:
+def _settings(values, controlnets: int) -> LiveSettings:
     try:
-        return LiveSettings.from_values(values)
+        return LiveSettings.from_values(values, controlnets)
     except LivediffError as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -128,13 +134,15 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     hub = RtcHub(registry, webcam)
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
     camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
+    controlnets = len(engine.stream_template.config.controlnet)
+    _named = _named_settings(LiveSettings.names(controlnets))
 
-    @_named_settings
+    @_named
     def on_frame(request: gr.Request, frame=None, *values):
         if frame is None:
             return None, "waiting for the camera"
         try:
-            settings, invalid = LiveSettings.from_values(values), None
+            settings, invalid = LiveSettings.from_values(values, controlnets), None
         except LivediffError as exc:
             settings, invalid = None, str(exc)
         try:
@@ -152,38 +160,46 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         webcam.reset(request.session_hash)
         return None, "stream restarted"
 
-    @_named_settings
+    @_named
     def on_image(request: gr.Request, mode="img2img", image=None, *values):
         try:
-            return restyle_image(registry, request.session_hash, mode, image, _settings(values))
+            return restyle_image(registry, request.session_hash, mode, image, _settings(values, controlnets))
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
 
-    @_named_settings
+    @_named
     def on_video(request: gr.Request, progress: gr.Progress = gr.Progress(), source=None, *values):
         def report(done: int, total: int | None) -> None:
             progress((done, total), desc="restyling", unit="frames")
 
         try:
-            result = restyle_video(registry, request.session_hash, source, _settings(values), report)
+            result = restyle_video(registry, request.session_hash, source, _settings(values, controlnets), report)
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
         files = [str(result.output), str(result.metrics_json)]
         return str(result.output), files, result.metrics.format_table(), result.summary()
 
-    @_named_settings
+    @_named
     def on_webrtc_start(request: gr.Request, *values) -> str:
         """A one-use token for the page's WebRTC offer; the controls' values apply from the first frame."""
-        return hub.open(request.session_hash, Controls(_settings(values)))
+        return hub.open(request.session_hash, Controls(_settings(values, controlnets)))
 
-    @_named_settings
+    @_named
     def on_webrtc_settings(request: gr.Request, *values) -> None:
         """A control changed: the tab's WebRTC stream (if any) applies the values to its next frame."""
         try:
-            controls = Controls(LiveSettings.from_values(values))
+            controls = Controls(LiveSettings.from_values(values, controlnets))
         except LivediffError as exc:  # as with Gradio streaming, the stream goes on and shows why
             controls = Controls(None, str(exc))
         hub.update(request.session_hash, controls)
+
+    preview = (ControlPreview(registry, lambda owner: getattr(hub.streams().get(owner), "session_id", None))
+               if controlnets else None)
+
+    def on_control_preview(request: gr.Request):
+        """The tab's newest control image (ControlNet servers only), or nothing if it has no new one."""
+        picture = preview.latest(request.session_hash)
+        return gr.skip() if picture is None else picture
 
     def on_unload(request: gr.Request):
         hub.close_owner(request.session_hash)
@@ -198,7 +214,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         gr.Markdown(f"## livediff — live diffusion\n`{engine.description}`")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                controls = _controls(defaults, engine.stream_mode == "video")
+                controls = _controls(defaults, engine.stream_template.config)
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Webcam", id="webcam"):
@@ -225,6 +241,12 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                                 restart = gr.Button("Restart stream", size="sm")
                                 frame_api = gr.Button(visible=False)
                                 stats_api = gr.Button(visible=False)
+                        if controlnets:  # both transports: polled from the tab's stream (control_preview.py)
+                            control_image = gr.Image(label="Control image (ControlNet 1)", interactive=False,
+                                                     format="jpeg", height=PREVIEW_HEIGHT, elem_id="control-preview")
+                            gr.Timer(PREVIEW_EVERY_S).tick(
+                                on_control_preview, None, control_image,
+                                api_name="control_preview", queue=False, show_progress="hidden")
                     with gr.Tab("Image", id="image"):
                         image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
                         with gr.Row():

@@ -53,7 +53,8 @@ class Session:
         everything else goes through the pipeline's live setters.
         """
         if purpose == "txt2img":
-            wanted = replace(wanted, strength=1.0)  # text-to-image always starts from pure noise
+            # text-to-image always starts from pure noise, and has no input frame for a ControlNet (engine.py)
+            wanted = replace(wanted, strength=1.0, control_scales=())
         overrides = pipeline_overrides(self.engine.template(purpose).config, wanted)
         if size is not None:
             overrides.update(width=size[0], height=size[1])
@@ -76,6 +77,11 @@ class Session:
         start = LiveSettings.for_pipeline(pipe, prompt=wanted.prompt, negative_prompt=wanted.negative_prompt,
                                           guidance_scale=wanted.guidance_scale, delta=wanted.delta)
         return _Entry(pipe, start, overrides)
+
+    def current(self, purpose: str):
+        """The session's pipeline for `purpose` as it is, or None if it has none yet (for previews)."""
+        entry = self._pipes.get(purpose)
+        return entry.pipe if entry else None
 
     def applied(self, purpose: str) -> LiveSettings | None:
         entry = self._pipes.get(purpose)
@@ -134,6 +140,11 @@ class SessionRegistry:
         for old in closed:
             self._close_session(old)
         return session
+
+    def peek(self, session_id: str) -> Session | None:
+        """The session if it exists, neither creating it nor marking it as in use (for previews)."""
+        with self._lock:
+            return self._sessions.get(session_id)
 
     def touch(self, session_id: str) -> None:
         """Mark a session as in use (a long video job calls this so its session is not evicted as idle)."""

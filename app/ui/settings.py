@@ -39,6 +39,9 @@ class LiveSettings:
     bank_max_frames: int = 1
     bank_fusion_strength: float = 0.8
     token_merge_ratio: float = 0.0
+    # one scale per ControlNet of the server's pipelines (0 = that ControlNet off); empty without
+    # ControlNets. Shown as one control each, named `control_scale_<i>` (see `names`)
+    control_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Types and the ranges the pipeline setters do not check; the setters check the rest."""
@@ -58,25 +61,43 @@ class LiveSettings:
             raise ConfigError(f"cfg mode {self.cfg_type!r} is not one of {', '.join(CFG_TYPES)}")
         if self.similarity_max_skip < 0:
             raise ConfigError(f"similarity max skip {self.similarity_max_skip!r} must be >= 0")
+        if not isinstance(self.control_scales, (tuple, list)):
+            raise ConfigError(f"controlnet scales {self.control_scales!r} must be a list of numbers")
+        scales = []
+        for i, value in enumerate(self.control_scales):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
+                raise ConfigError(f"controlnet {i + 1} scale {value!r} must be a number in 0..2")
+            scales.append(float(value))
+        object.__setattr__(self, "control_scales", tuple(scales))
 
     @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    def names(cls, controlnets: int = 0) -> list[str]:
+        """The controls' names in handler order: one per field, and `control_scale_<i>` per ControlNet
+        in place of the `control_scales` tuple (a server without ControlNets has none of them)."""
+        plain = [f.name for f in fields(cls) if f.name != "control_scales"]
+        return plain + [f"control_scale_{i}" for i in range(controlnets)]
 
     @classmethod
-    def from_values(cls, values: tuple[Any, ...] | list[Any]) -> "LiveSettings":
-        """Build from control values in `names()` order (how Gradio passes them)."""
-        names = cls.names()
+    def from_values(cls, values: tuple[Any, ...] | list[Any], controlnets: int = 0) -> "LiveSettings":
+        """Build from control values in `names(controlnets)` order (how Gradio passes them)."""
+        names = cls.names(controlnets)
         if len(values) != len(names):
             raise ConfigError(f"expected {len(names)} settings ({', '.join(names)}), got {len(values)}")
-        return cls(**dict(zip(names, values)))
+        plain = len(names) - controlnets
+        return cls(**dict(zip(names[:plain], values[:plain])), control_scales=tuple(values[plain:]))
+
+    def by_name(self) -> dict[str, Any]:
+        """The values keyed by `names(...)` (how API clients pass them)."""
+        values = {name: getattr(self, name) for name in self.names()}
+        return {**values, **{f"control_scale_{i}": s for i, s in enumerate(self.control_scales)}}
 
     @classmethod
     def for_pipeline(cls, pipe, **overrides) -> "LiveSettings":
         """The settings a freshly built pipeline already has, so the first diff touches nothing else."""
         config = pipe.config
         strength = round(1 - config.t_index_list[0] / TABLE_STEPS, 4)
-        values = dict(strength=strength, cfg_type=config.cfg_type, seed=config.seed)
+        values = dict(strength=strength, cfg_type=config.cfg_type, seed=config.seed,
+                      control_scales=tuple(spec.scale for spec in config.controlnet))
         if config.similarity_filter is not None:
             values.update(similarity_filter=True, similarity_threshold=config.similarity_filter.threshold,
                           similarity_max_skip=config.similarity_filter.max_skip)
@@ -127,6 +148,7 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
         (("similarity_filter", "similarity_threshold", "similarity_max_skip"),
          lambda s: pipe.set_similarity_filter(s.similarity_threshold if s.similarity_filter else None,
                                               s.similarity_max_skip)),
+        (("control_scales",), lambda s: _set_control_scales(pipe, applied.control_scales, s.control_scales)),
     )
     for names, setter in steps:
         if all(getattr(applied, n) == getattr(wanted, n) for n in names):
@@ -138,3 +160,12 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
         applied = replace(applied, **{n: getattr(wanted, n) for n in names})
     return applied, None
 
+
+
+def _set_control_scales(pipe, applied: tuple[float, ...], wanted: tuple[float, ...]) -> None:
+    """Only the scales that changed: each is a live value of the pipeline (0 = off, no rebuild)."""
+    if len(wanted) != len(applied):
+        raise ConfigError(f"{len(wanted)} ControlNet scale(s) given; this pipeline has {len(applied)} ControlNet(s)")
+    for index, (old, new) in enumerate(zip(applied, wanted)):
+        if old != new:
+            pipe.set_controlnet_scale(index, new)
