@@ -27,18 +27,19 @@ VARIANTS = {
     "vae_encoder": None,
     "vae_decoder": None,
     "bank off, token merging": dict(bank=False, token_merge_ratio=0.5),
-    "dense bank with fusion": dict(bank=dict(merge=True, max_frames=2)),
     "dense bank, token merging": dict(bank=dict(merge=False), token_merge_ratio=0.5),
     "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
     "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
-    "sdxl unet": dict(model="tiny-sdxl", network="unet"),  # the banked SDXL graph: tests/test_sdxl.py
-    # the plain UNet with ControlNets composes them the same way (`networks.run_unet`)
-    "dense bank with two ControlNets": dict(bank=dict(merge=True), controlnet=[
-        dict(model="random", preprocessor="tile"), dict(model="random", preprocessor="tile", scale=0.5)]),
+    "sdxl unet": dict(model="tiny-sdxl", network="unet"),
+    # SDXL's added conditioning, two ControlNets and the dense bank with fusion, all graph inputs (the
+    # plain UNet composes ControlNets the same way, `networks.run_unet`)
+    "sdxl dense bank with fusion and two ControlNets": dict(
+        model="tiny-sdxl", bank=dict(merge=True, max_frames=2),
+        controlnet=[dict(model="random", preprocessor="tile"), dict(model="random", preprocessor="tile", scale=0.5)]),
 }
 #: variants whose exported graph is also run by ONNX Runtime against eager (new inputs: added
 #: conditioning, control images and scales)
-RUN_BY_ORT = ("sdxl unet", "dense bank with two ControlNets")
+RUN_BY_ORT = ("sdxl unet", "sdxl dense bank with fusion and two ControlNets")
 
 
 def function_for(variant: str):

@@ -1,12 +1,12 @@
 """SDXL on the tiny-sdxl preset: with accelerations off our pipeline equals diffusers' SDXL pipelines
 (img2img and txt2img, LCM scheduler, same model and noise); the family is read from the model; the
-added conditioning follows prompt changes and CFG layouts; the video pipeline runs on SDXL's layout."""
+added conditioning follows prompt changes and CFG layouts; the video pipeline runs on SDXL's layout.
+SDXL graphs (plain, and banked with ControlNets) are in tests/test_graph_matrix.py."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
@@ -143,36 +143,6 @@ def test_sdxl_presets_have_the_sdxl_turbo_layout():
         + 6 * layout["addition_time_embed_dim"]
     reduced = PRESETS["sdxl-turbo-reduced"]
     assert reduced.unet["cross_attention_dim"] == reduced.text["hidden_size"] + reduced.text_2["hidden_size"]
-
-
-def test_banked_sdxl_unet_graph_matches_eager(tmp_path):
-    """The banked SDXL UNet exported with the added conditioning and the bank as graph inputs: ONNX
-    Runtime computes what eager computes, with only ops TensorRT parses (the plain SDXL UNet:
-    tests/test_graph_matrix.py; whole streams through exported graphs: tests/test_onnx_export.py)."""
-    from livediff.accelerators import AcceleratorOptions
-    from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
-    from livediff.accelerators.tensorrt_ops import unsupported_ops
-    from livediff.networks import BankedUNetFunction
-    from livediff.pipelines.runners import build_target
-
-    pipe = load_pipeline(model="tiny-sdxl", mode="video", t_index_list=[20, 30, 40], cfg_type="initialize",
-                         width=SIZE, height=SIZE, device="cpu", dtype="float32")
-    function = BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
-    backend = OnnxRuntimeBackend(build_target(pipe.config), AcceleratorOptions(cache_dir=tmp_path))
-    torch.manual_seed(0)
-    inputs = function.example_inputs(4, SIZE, SIZE, torch.float32, "cpu")
-    with torch.no_grad():
-        expected = function(*inputs)
-        moved = function(*inputs[:3], inputs[3] + 1, *inputs[4:])[0]  # the pooled text matters
-    actual = backend.runner(function)(*inputs)
-    assert len(actual) == len(expected) > 1
-    for got, want in zip(actual, expected):
-        assert float((got - want).abs().max() / want.abs().max()) < 1e-4
-    assert float((moved - expected[0]).abs().max()) > 1e-3
-    graph = onnx.load(str(backend.artifact(function)), load_external_data=False)
-    assert unsupported_ops(graph) == []
-    assert [i.name for i in graph.graph.input][:5] == ["sample", "timestep", "encoder_hidden_states", "text_embeds",
-                                                       "time_ids"]
 
 
 def test_sdxl_vae_runs_in_float32_under_a_float16_stream():
