@@ -161,7 +161,6 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
     return applied, None
 
 
-
 def _set_control_scales(pipe, applied: tuple[float, ...], wanted: tuple[float, ...]) -> None:
     """Only the scales that changed: each is a live value of the pipeline (0 = off, no rebuild)."""
     if len(wanted) != len(applied):
