@@ -25,8 +25,9 @@ def test_doctor_names_a_backend_that_cannot_run_here(capsys):
     assert "| tensorrt |" in table and "failed: " in table and "| backend | fps |" in table
 
 
-def test_doctor_measures_the_sdxl_layout(capsys):
-    assert main(["doctor", "--family", "sdxl", "--backends", "eager", "--frames", "1", "--json", "--threads", "1"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["workload"]["preset"] == "tiny-sdxl"
-    assert [b["verdict"] for b in report["backends"]] == ["ok"]
+def test_doctor_measures_the_sdxl_layout_with_a_controlnet(capsys):
+    assert main(["doctor", "--family", "sdxl", "--controlnets", "1", "--backends", "eager", "--frames", "1",
+                 "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "tiny-sdxl 128²" in table and "1 ControlNet(s)" in table and "| eager |" in table and "| ok |" in table
+    assert main(["doctor", "--controlnets", "9", "--frames", "1"]) == 2
