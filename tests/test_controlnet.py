@@ -197,3 +197,20 @@ def test_a_depth_preprocessor_runs_its_model_on_the_device_batched_with_the_fram
     maps = depth_map(model, images)
     assert maps.shape == images.shape and maps.amin() == 0 and maps.amax() == 1
     assert not torch.equal(maps[0], maps[1])  # a real estimate per frame, not a constant
+
+
+def test_engine_keys_name_the_controlnet_set_and_a_scale_is_not_part_of_them():
+    from livediff.accelerators.engine_cache import weights_fingerprint
+    from livediff.networks import UNetFunction
+
+    one = build(dict(model="random", preprocessor="tile", scale=0.3))
+    other_scale = build(dict(model="random", preprocessor="tile", scale=1.2))
+    plain = build(None)
+
+    def key(pipe):
+        function = UNetFunction(pipe.models.unet, pipe.models.vae_scale_factor, pipe.models.controlnets)
+        return function.variant(), weights_fingerprint(function), function.input_names
+
+    assert key(one) == key(other_scale)  # scales are inputs: the same graph and engine serve both
+    assert key(one) != key(plain)
+    assert key(one)[0] == (("controlnets", 1),) and key(one)[2][-2:] == ("control_0", "control_scales")
