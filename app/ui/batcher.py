@@ -31,7 +31,7 @@ DEFAULT_MAX_BATCH = 8
 
 
 class Superseded(Exception):
-    """A newer frame of the same session took this frame's place before it was processed."""
+    """A newer frame of the same session took this frame's place before it was processed (or the session closed)."""
 
 
 @dataclass

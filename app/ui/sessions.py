@@ -123,7 +123,9 @@ class SessionRegistry:
         self._close_listeners: list[Callable[[str], None]] = []
         self._shutdown_listeners: list[Callable[[], None]] = []
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, create: bool = True) -> Session | None:
+        """The session, created on first use; with `create=False` None once it is closed (a frame still
+        in flight when its WebRTC stream closed must not bring the session back as a zombie)."""
         if not session_id:
             raise ValueError("a session id is required (Gradio passes one with every event)")
         now = self._clock()
@@ -134,9 +136,10 @@ class SessionRegistry:
             for sid in stale:
                 del self._last_used[sid]
             session = self._sessions.get(session_id)
-            if session is None:
+            if session is None and create:
                 session = self._sessions[session_id] = Session(self.engine, session_id, self.work_root)
-            self._last_used[session_id] = now
+            if session is not None:
+                self._last_used[session_id] = now
         for old in closed:
             self._close_session(old)
         return session
