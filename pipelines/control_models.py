@@ -2,13 +2,10 @@
 preprocessor, from hub ids or folders, or `random` (random weights, for tests and speed)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
-from livediff.errors import ConfigError, ModelNotAvailableError
-from livediff.pipelines.models import offline_message
+from livediff.errors import ConfigError
+from livediff.pipelines.models import from_folder_or_hub
 
 
 def _with_seed(seed: int, build):
@@ -21,21 +18,10 @@ def _with_seed(seed: int, build):
 
 
 def _from_pretrained(cls, model: str, kind: str, example: str):
-    """`cls.from_pretrained` for a folder or a hub id (cache first), with one sentence when it cannot."""
-    path = Path(model)
-    try:
-        if path.is_dir():
-            return cls.from_pretrained(str(path))
-        if "/" in model and not model.startswith((".", "/")):
-            try:
-                return cls.from_pretrained(model, local_files_only=True)
-            except OSError:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-                    raise
-                return cls.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(offline_message(model)) from exc
-    raise ConfigError(f"Unknown {kind} {model!r}: use a hub id (e.g. {example!r}), a local folder, or 'random'.")
+    loaded = from_folder_or_hub(cls, model)
+    if loaded is None:
+        raise ConfigError(f"Unknown {kind} {model!r}: use a hub id (e.g. {example!r}), a local folder, or 'random'.")
+    return loaded
 
 
 def load_controlnet(model: str, unet, seed: int = 0):

@@ -223,22 +223,33 @@ def _hub_size(model: str) -> int | None:
     return sum(sibling.size or 0 for sibling in info.siblings or ()) or None
 
 
+def from_folder_or_hub(cls, model: str):
+    """`cls.from_pretrained` for a local folder or a hub id (the local cache first), None for a name
+    that is neither; a model that cannot be had from here is one sentence (`offline_message`)."""
+    path = Path(model)
+    try:
+        if path.is_dir():
+            return cls.from_pretrained(str(path))
+        if "/" in model and not model.startswith((".", "/")):
+            try:
+                return cls.from_pretrained(model, local_files_only=True)
+            except OSError:
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+                    raise
+                return cls.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(offline_message(model)) from exc
+    return None
+
+
 def load_tiny_vae(vae: str) -> AutoencoderTiny:
     if vae in TINY_VAE_PRESETS:
         return build_tiny_vae(vae)
-    path = Path(vae)
-    try:
-        if path.is_dir():
-            return AutoencoderTiny.from_pretrained(str(path))
-        if "/" in vae and not vae.startswith((".", "/")):
-            try:
-                return AutoencoderTiny.from_pretrained(vae, local_files_only=True)
-            except OSError:
-                return AutoencoderTiny.from_pretrained(vae)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(offline_message(vae)) from exc
-    raise ConfigError(f"Unknown tiny VAE {vae!r}: use a hub id (e.g. 'madebyollin/taesd'), a local folder, "
-                      f"or a preset ({', '.join(sorted(TINY_VAE_PRESETS))}).")
+    loaded = from_folder_or_hub(AutoencoderTiny, vae)
+    if loaded is None:
+        raise ConfigError(f"Unknown tiny VAE {vae!r}: use a hub id (e.g. 'madebyollin/taesd'), a local folder, "
+                          f"or a preset ({', '.join(sorted(TINY_VAE_PRESETS))}).")
+    return loaded
 
 
 def _parse_lora(spec: str) -> tuple[str, float]:
