@@ -92,3 +92,26 @@ def test_sessions_opened_and_closed_through_gradio_leave_nothing_behind():
         gc.collect()
         alive = sum(ref() is not None for ref in sessions)
         assert alive == 0, f"{alive} closed sessions are still referenced"
+
+
+def test_a_closed_session_stays_closed_but_an_idle_one_comes_back():
+    """An event still in flight when its page unloaded must not re-create the session (nobody would
+    close it again); an API client idle past the timeout gets a fresh session when it returns."""
+    from livediff.app.ui.sessions import SessionClosed, SessionRegistry
+
+    clock = [0.0]
+    registry = SessionRegistry(tiny_engine(), idle_timeout_s=10.0, clock=lambda: clock[0])
+    registry.get("unloaded-tab")
+    registry.close("unloaded-tab")
+    with pytest.raises(SessionClosed, match="unloaded-tab"):
+        registry.get("unloaded-tab")
+    registry.close("never-opened")  # a WebRTC stream that ended before its first frame
+    with pytest.raises(SessionClosed):
+        registry.get("never-opened")
+    first = registry.get("api-client")
+    clock[0] = 60.0
+    registry.get("another-client")  # lookups evict the idle ones
+    assert "api-client" not in registry
+    assert registry.get("api-client") is not first
+    assert len(registry) == 2
+    registry.shutdown()

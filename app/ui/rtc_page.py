@@ -102,6 +102,8 @@ SCRIPT = """
       fail(String((err && err.message) || err).replace(/[.]$/, ''));
     }
   };
+  // a closed tab hangs up at once (the server would otherwise wait for ICE consent to expire)
+  window.addEventListener('pagehide', () => stop());
   window.livediffWebrtc = { start, stop };
 })();
 """

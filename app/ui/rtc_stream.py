@@ -100,7 +100,6 @@ class RtcStream:
         self._meter: RTCDataChannel | None = None
         self._tasks: list[asyncio.Task] = []
         self.closed = False
-        self._started = False  # a frame has created the session
         pc.on("connectionstatechange", self._state_changed)
         pc.on("datachannel", self._data_channel)
 
@@ -146,11 +145,7 @@ class RtcStream:
     def _process(self, frame: VideoFrame) -> tuple[VideoFrame | None, str]:
         """In a worker thread: decode to RGB, run the shared pipeline path, encode the picture for sending."""
         controls = self.controls
-        # only the first frame creates the session: a later frame still in flight when the stream
-        # closed must not bring it back as a session nobody will close
-        live = self._webcam.process(self.session_id, frame.to_ndarray(format="rgb24"), controls.settings,
-                                    create=not self._started)
-        self._started = True
+        live = self._webcam.process(self.session_id, frame.to_ndarray(format="rgb24"), controls.settings)
         text = live.reading.format()
         for notice in (controls.notice, live.notice):
             if notice:

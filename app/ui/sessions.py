@@ -2,7 +2,9 @@
 
 Gradio gives every page load a `session_hash`; the registry maps it to a `Session`, created on the
 first event and removed when the page unloads (`demo.unload`) or, for API clients that never
-unload, after `idle_timeout_s` without a call. Nothing stream-related is global except the
+unload, after `idle_timeout_s` without a call. A session closed on purpose (unload, a WebRTC stream
+ending) stays closed: an event of it still in flight gets `SessionClosed` instead of bringing it back
+as a session nobody would ever close. Nothing stream-related is global except the
 networks (see `engine.py`), so two tabs never see each other's frames.
 """
 from __future__ import annotations
@@ -11,14 +13,23 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from livediff.app.live_metrics import LiveMeter
+from livediff.app.ui.batcher import Superseded
 from livediff.app.ui.engine import Engine
 from livediff.app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
 from livediff.errors import ConfigError
+
+
+REMEMBERED_CLOSED = 4096  # closed ids kept: far more than the events that can still be in flight
+
+
+class SessionClosed(Superseded):
+    """An event of a session that was closed on purpose: there is nobody to show its result to."""
 
 
 @dataclass(frozen=True)
@@ -120,12 +131,13 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._close_listeners: list[Callable[[str], None]] = []
         self._shutdown_listeners: list[Callable[[], None]] = []
 
-    def get(self, session_id: str, create: bool = True) -> Session | None:
-        """The session, created on first use; with `create=False` None once it is closed (a frame still
-        in flight when its WebRTC stream closed must not bring the session back as a zombie)."""
+    def get(self, session_id: str) -> Session:
+        """The session, created on first use. Raises `SessionClosed` for an id closed by `close`
+        (session ids are never reused: Gradio's are per page load, WebRTC's per stream)."""
         if not session_id:
             raise ValueError("a session id is required (Gradio passes one with every event)")
         now = self._clock()
@@ -135,11 +147,12 @@ class SessionRegistry:
             closed = [self._sessions.pop(sid) for sid in stale]
             for sid in stale:
                 del self._last_used[sid]
+            if session_id in self._closed:
+                raise SessionClosed(f"session {session_id} is closed")
             session = self._sessions.get(session_id)
-            if session is None and create:
+            if session is None:
                 session = self._sessions[session_id] = Session(self.engine, session_id, self.work_root)
-            if session is not None:
-                self._last_used[session_id] = now
+            self._last_used[session_id] = now
         for old in closed:
             self._close_session(old)
         return session
@@ -156,7 +169,12 @@ class SessionRegistry:
                 self._last_used[session_id] = self._clock()
 
     def close(self, session_id: str) -> None:
+        """Close the session for good (see `get`); idle eviction closes without this, so an API client
+        that comes back after a pause gets a new session."""
         with self._lock:
+            self._closed[session_id] = None
+            while len(self._closed) > REMEMBERED_CLOSED:
+                self._closed.popitem(last=False)
             session = self._sessions.pop(session_id, None)
             self._last_used.pop(session_id, None)
         if session is not None:

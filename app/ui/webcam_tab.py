@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from livediff.app.live_metrics import MeterReading, now
-from livediff.app.ui.batcher import Superseded
 from livediff.app.ui.frames import fit_frame
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
@@ -52,17 +51,13 @@ class WebcamStream:
         self.registry = registry
         self.restart_after_s = restart_after_s
 
-    def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings | None,
-                create: bool = True) -> LiveFrame:
+    def process(self, session_id: str, frame: np.ndarray, settings: LiveSettings | None) -> LiveFrame:
         """One camera frame through the session's stream, in a batch with the other live sessions'
         frames (`batcher.py`). `settings=None` keeps what the stream has (a control holds an
         unusable value: the stream goes on rather than stopping for it). Raises `Superseded` when a
-        newer frame of the session took this one's place, or (`create=False`: a WebRTC stream, whose
-        session exists from its offer on) when the session has been closed."""
+        newer frame of the session took this one's place or the session has been closed."""
         arrived = now()
-        session = self.registry.get(session_id, create=create)
-        if session is None:
-            raise Superseded(f"session {session_id} is closed")
+        session = self.registry.get(session_id)
         engine = self.registry.engine
         with engine.lock:
             if session.last_frame_at is not None and arrived - session.last_frame_at > self.restart_after_s:
