@@ -56,9 +56,9 @@ class StreamConfig:
     # them; after validation a tuple of ControlNetSpec (empty: none)
     controlnet: tuple = ()
 
-    def control_networks(self) -> tuple[tuple[str, str | None], ...]:
-        """(ControlNet, preprocessor network) per ControlNet: the networks to load, without live values."""
-        return tuple((spec.model, spec.preprocessor_model) for spec in self.controlnet)
+    def control_networks(self) -> tuple[tuple[str, tuple[str, str] | None], ...]:
+        """(ControlNet, (preprocessor, its network) or None) per ControlNet: what to load, no live values."""
+        return tuple((spec.model, spec.preprocessor_network) for spec in self.controlnet)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "StreamConfig":

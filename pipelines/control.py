@@ -13,7 +13,8 @@ Preprocessors: `canny` (OpenCV edges, thresholds adjustable; a host step by desi
 frame back), `tile` / `identity` (the frame itself), `none` (the caller passes the control image
 with the frame: `pipe(frame, control=image)`), and `depth`, a depth estimator given as
 `preprocessor_model` (hub id, folder or `random`) that runs on the pipeline's device, on all the
-frames of a call at once.
+frames of a call at once, and `pose`, a human pose estimator (ViTPose) the same way, drawn as an
+OpenPose skeleton (`pipelines.pose`).
 """
 from __future__ import annotations
 
@@ -27,8 +28,12 @@ import torch.nn.functional as F
 
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines import checks
+from livediff.pipelines.pose import DEFAULT_THRESHOLD, pose_map
 
-PREPROCESSORS = ("canny", "tile", "identity", "none", "depth")
+PREPROCESSORS = ("canny", "tile", "identity", "none", "depth", "pose")
+#: preprocessors that run a network, given as `preprocessor_model`, and what that network is
+MODEL_PREPROCESSORS = {"depth": "a depth model, e.g. 'Intel/dpt-hybrid-midas'",
+                       "pose": "a ViTPose model, e.g. 'usyd-community/vitpose-base-simple'"}
 MAX_CONTROLNETS = 4
 
 
@@ -42,7 +47,8 @@ class ControlNetSpec:
     scale: float = 1.0
     low_threshold: int = 100
     high_threshold: int = 200
-    preprocessor_model: str | None = None  # `depth`: the depth estimator (e.g. Intel/dpt-hybrid-midas)
+    preprocessor_model: str | None = None  # `depth` / `pose`: its network (see MODEL_PREPROCESSORS)
+    keypoint_threshold: float = DEFAULT_THRESHOLD  # `pose`: joints scored lower are not drawn
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -54,12 +60,27 @@ class ControlNetSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
                 raise ConfigError(f"canny {name} {value!r} must be an integer in 0..255")
-        if (self.preprocessor == "depth") != (self.preprocessor_model is not None):
-            raise ConfigError("preprocessor 'depth' needs preprocessor_model (a depth model: hub id, folder or "
-                              "'random'), and only it takes one" if self.preprocessor == "depth" else
-                              f"preprocessor_model is for preprocessor 'depth', not {self.preprocessor!r}")
+        checks.number("pose keypoint_threshold", self.keypoint_threshold, 0.0, 1.0)
+        self._check_preprocessor_model()
         if self.low_threshold > self.high_threshold:
             raise ConfigError(f"canny low_threshold {self.low_threshold} is above high_threshold {self.high_threshold}")
+
+    def _check_preprocessor_model(self) -> None:
+        """A preprocessor that runs a network needs it named, and no other takes one."""
+        wanted = MODEL_PREPROCESSORS.get(self.preprocessor)
+        if not wanted:
+            if self.preprocessor_model is not None:
+                raise ConfigError(f"preprocessor_model is for preprocessors "
+                                  f"{' and '.join(map(repr, MODEL_PREPROCESSORS))}, not {self.preprocessor!r}")
+        elif not isinstance(self.preprocessor_model, str) or not self.preprocessor_model:
+            raise ConfigError(f"preprocessor {self.preprocessor!r} needs preprocessor_model ({wanted}; a hub id, "
+                              f"a folder or 'random'), not {self.preprocessor_model!r}")
+
+    @property
+    def preprocessor_network(self) -> tuple[str, str] | None:
+        """(preprocessor, its network) to load, or None: what `ModelBundle.control_preprocessors`
+        holds for this ControlNet (the kind matters: `random` is a DPT for depth, a ViTPose for pose)."""
+        return (self.preprocessor, self.preprocessor_model) if self.preprocessor_model is not None else None
 
     @classmethod
     def parse(cls, value: Any) -> "ControlNetSpec":
@@ -130,6 +151,9 @@ class ControlImages:
             elif spec.preprocessor == "depth":
                 with torch.no_grad():
                     out.append(depth_map(self.networks[i], images))
+            elif spec.preprocessor == "pose":
+                with torch.no_grad():
+                    out.append(pose_map(self.networks[i], images, spec.keypoint_threshold))
             else:
                 if given is None:
                     raise InputError(f"ControlNet {i} ({spec.model}) has preprocessor 'none': pass its control "

@@ -1,10 +1,12 @@
-"""Loading the networks of `pipelines.control`: ControlNets and the depth estimators of the `depth`
-preprocessor, from hub ids or folders, or `random` (random weights, for tests and speed)."""
+"""Loading the networks of `pipelines.control`: ControlNets, the depth estimators of the `depth`
+preprocessor and the pose estimators of `pose`, from hub ids or folders, or `random` (random
+weights, for tests and speed)."""
 from __future__ import annotations
 
 import torch
 
 from livediff.errors import ConfigError
+from livediff.pipelines.pose import COCO_KEYPOINTS
 from livediff.pipelines.models import from_folder_or_hub
 
 
@@ -54,3 +56,32 @@ def load_depth_model(model: str, seed: int = 0):
     if model == "random":
         return _with_seed(seed, lambda: DPTForDepthEstimation(DPTConfig(**RANDOM_DEPTH)))
     return _from_pretrained(AutoModelForDepthEstimation, model, "depth model", "Intel/dpt-hybrid-midas")
+
+
+#: the `random` pose estimator: a small ViTPose (the layout of usyd-community/vitpose-base-simple:
+#: 16-pixel patches, the last layer's features upsampled 4× into 17 COCO heatmaps)
+RANDOM_POSE_BACKBONE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                            image_size=[128, 96], patch_size=[16, 16], out_indices=[2])
+
+
+def load_pose_model(model: str, seed: int = 0):
+    """A top-down human pose estimator (`transformers` ViTPose or ViTPose+) whose first 17 heatmaps
+    are COCO's body keypoints, as `pipelines.pose` reads them."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+    if model == "random":
+        config = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**RANDOM_POSE_BACKBONE), num_labels=COCO_KEYPOINTS)
+        return _with_seed(seed, lambda: VitPoseForPoseEstimation(config))
+    loaded = _from_pretrained(VitPoseForPoseEstimation, model, "pose model", "usyd-community/vitpose-base-simple")
+    if loaded.config.num_labels < COCO_KEYPOINTS:
+        raise ConfigError(f"pose model {model!r} predicts {loaded.config.num_labels} keypoints; the pose "
+                          f"preprocessor needs COCO's {COCO_KEYPOINTS} body keypoints first")
+    return loaded
+
+
+LOADERS = {"depth": load_depth_model, "pose": load_pose_model}
+
+
+def load_preprocessor_model(preprocessor: str, model: str, seed: int = 0):
+    """The network of a `MODEL_PREPROCESSORS` preprocessor (`ControlNetSpec.preprocessor_network`)."""
+    return LOADERS[preprocessor](model, seed=seed)

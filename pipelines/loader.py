@@ -11,7 +11,7 @@ _MODEL_LOCK = threading.Lock()
 
 
 def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str,
-                  controlnets: tuple[tuple[str, str | None], ...] = ()) -> ModelBundle:
+                  controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = ()) -> ModelBundle:
     """Load a model once per process; pipelines built with the same weights share it."""
     key = (model, vae, tuple(loras), device, dtype, tuple(controlnets))
     with _MODEL_LOCK:

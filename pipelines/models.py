@@ -45,7 +45,7 @@ class ModelBundle:
     #: SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt is zero embeddings, not encoded ""
     zero_empty_negative: bool = False
     controlnets: tuple = ()  # ControlNetModel, in the order of `StreamConfig.controlnet`
-    control_preprocessors: tuple = ()  # per ControlNet: its preprocessor's network (depth) or None
+    control_preprocessors: tuple = ()  # per ControlNet: its preprocessor's network (depth, pose) or None
 
     @property
     def family(self) -> str:
@@ -283,18 +283,18 @@ def _fuse_loras(components: dict, loras: tuple[str, ...]) -> None:
 
 def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, loras: tuple[str, ...] = (),
                 device: str = "cuda", dtype: str = "float16",
-                controlnets: tuple[tuple[str, str | None], ...] = ()) -> ModelBundle:
+                controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = ()) -> ModelBundle:
     """Load every network one pipeline needs.
 
     Args:
         model: hub id, local diffusers folder, `.safetensors` file, or a preset name.
         vae: optional tiny VAE (TAESD) as hub id, local folder or preset; None keeps the model's VAE.
-        controlnets: (ControlNet, preprocessor network or None) per ControlNet: hub ids, folders or
-            `random` (see `pipelines.control`).
+        controlnets: (ControlNet, (preprocessor, its network) or None) per ControlNet: hub ids,
+            folders or `random` (see `pipelines.control`).
         loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
         device, dtype: where and in which precision the networks run.
     """
-    from livediff.pipelines.control_models import load_controlnet, load_depth_model
+    from livediff.pipelines.control_models import load_controlnet, load_preprocessor_model
 
     torch_dtype = resolve_dtype(dtype, device)
     components = build_preset(model) if is_preset(model) else _load_components(model)
@@ -309,8 +309,8 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
                          zero_empty_negative=components.get("zero_empty_negative", False),
                          controlnets=tuple(load_controlnet(name, components["unet"], seed=i)
                                            for i, (name, _) in enumerate(controlnets)),
-                         control_preprocessors=tuple(load_depth_model(name, seed=i) if name else None
-                                                     for i, (_, name) in enumerate(controlnets)))
+                         control_preprocessors=tuple(load_preprocessor_model(*network, seed=i) if network else None
+                                                     for i, (_, network) in enumerate(controlnets)))
     for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets,
                 *bundle.control_preprocessors):
         if net is None:

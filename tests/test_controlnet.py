@@ -142,11 +142,11 @@ def test_canny_gives_edges_in_zero_one_on_every_channel():
 
 
 def test_bad_controlnet_options_are_named_before_loading():
-    with pytest.raises(ConfigError, match="preprocessor 'pose' is not one of canny, tile, identity, none, depth"):
-        StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor="pose"))
+    with pytest.raises(ConfigError, match="'scribble' is not one of canny, tile, identity, none, depth, pose"):
+        StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor="scribble"))
     with pytest.raises(ConfigError, match="'depth' needs preprocessor_model"):
         StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor="depth"))
-    with pytest.raises(ConfigError, match="preprocessor_model is for preprocessor 'depth', not 'canny'"):
+    with pytest.raises(ConfigError, match="preprocessor_model is for preprocessors 'depth' and 'pose', not 'canny'"):
         StreamConfig(model="tiny", controlnet=dict(model="random", preprocessor_model="random"))
     with pytest.raises(ConfigError, match="controlnet scale 5"):
         StreamConfig(model="tiny", controlnet=dict(model="random", scale=5))

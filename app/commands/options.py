@@ -21,10 +21,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--controlnet", action="append", default=[], metavar="ID",
                        help="ControlNet (hub id, folder, or 'random'; repeatable), e.g. lllyasviel/sd-controlnet-canny")
     group.add_argument("--control-preprocessor", action="append", default=[], metavar="NAME",
-                       help="per --controlnet, in order: canny (default), tile, identity, none or depth")
-    group.add_argument("--depth-model", default=None, metavar="ID",
-                       help="depth estimator of the depth preprocessor (hub id, folder or 'random'), e.g. "
-                            "Intel/dpt-hybrid-midas")
+                       help="per --controlnet, in order: canny (default), tile, identity, none, depth or pose")
+    group.add_argument("--preprocessor-model", action="append", default=[], metavar="ID",
+                       help="per depth or pose preprocessor, in order: its network (hub id, folder or 'random'), "
+                            "e.g. Intel/dpt-hybrid-midas, usyd-community/vitpose-base-simple")
     group.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
                        help="per --controlnet, in order: residual scale in [0, 2] (default 1)")
     group.add_argument("--prompt", default="", help="what the output should look like")
@@ -60,7 +60,8 @@ def parse_t_index_list(text: str) -> list[int]:
 
 
 def controlnet_settings(args: argparse.Namespace) -> list[dict]:
-    """--controlnet / --control-preprocessor / --control-scale, matched by position."""
+    """--controlnet / --control-preprocessor / --control-scale, matched by position; the n-th
+    --preprocessor-model goes to the n-th preprocessor that runs a network (depth, pose)."""
     from livediff.errors import ConfigError
 
     models = args.controlnet
@@ -68,17 +69,30 @@ def controlnet_settings(args: argparse.Namespace) -> list[dict]:
                                                                                   args.control_scale)):
         if len(values) > len(models):
             raise ConfigError(f"{option} given {len(values)} time(s) for {len(models)} --controlnet")
-    specs = []
-    for i, model in enumerate(models):
-        spec = {"model": model}
-        if i < len(args.control_preprocessor):
-            spec["preprocessor"] = args.control_preprocessor[i]
-            if spec["preprocessor"] == "depth":
-                spec["preprocessor_model"] = args.depth_model
-        if i < len(args.control_scale):
-            spec["scale"] = args.control_scale[i]
-        specs.append(spec)
+    networks = iter(args.preprocessor_model)
+    specs = [_controlnet_spec(args, i, model, networks) for i, model in enumerate(models)]
+    wanted = sum("preprocessor_model" in spec for spec in specs)
+    if len(args.preprocessor_model) > wanted:
+        raise ConfigError(f"--preprocessor-model given {len(args.preprocessor_model)} time(s) for {wanted} "
+                          f"depth or pose --control-preprocessor")
     return specs
+
+
+def _controlnet_spec(args: argparse.Namespace, i: int, model: str, networks) -> dict:
+    from livediff.errors import ConfigError
+    from livediff.pipelines.control import MODEL_PREPROCESSORS
+
+    spec = {"model": model}
+    if i < len(args.control_preprocessor):
+        spec["preprocessor"] = name = args.control_preprocessor[i]
+        if name in MODEL_PREPROCESSORS:
+            spec["preprocessor_model"] = next(networks, None)
+            if spec["preprocessor_model"] is None:
+                raise ConfigError(f"--control-preprocessor {name} needs its network: add a --preprocessor-model "
+                                  f"({MODEL_PREPROCESSORS[name]})")
+    if i < len(args.control_scale):
+        spec["scale"] = args.control_scale[i]
+    return spec
 
 
 def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
