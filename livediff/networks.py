@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError
+from livediff.image_prompt import ImagePromptLayout, image_prompt_call, image_prompt_copy
 
 Shape = tuple[int, ...]
 
@@ -73,26 +74,31 @@ def added_conditions(unet_config) -> tuple[tuple[str, int], ...]:
     return (("text_embeds", pooled), ("time_ids", 6))
 
 
-def unet_input_names(unet_config, controls: int = 0) -> tuple[str, ...]:
-    """The UNet's inputs in order: the three every UNet takes, SDXL's added conditioning, then with
-    ControlNets one control image per ControlNet and their scales (one row of scales per UNet row)."""
+def unet_input_names(unet_config, controls: int = 0, image: ImagePromptLayout | None = None) -> tuple[str, ...]:
+    """The UNet's inputs in order: the three every UNet takes, SDXL's added conditioning, with an
+    IP-Adapter the image key and value of every cross-attention layer (`livediff.image_prompt`), then
+    with ControlNets one control image per ControlNet and their scales (one row of scales per UNet row)."""
     names = ("sample", "timestep", "encoder_hidden_states", *(name for name, _ in added_conditions(unet_config)))
+    if image is not None:
+        names += image.input_names()
     if controls:
         names += (*(f"control_{i}" for i in range(controls)), "control_scales")
     return names
 
 
-def split_conditioning(rest: Sequence[torch.Tensor], added: int, controls: int):
-    """The inputs after encoder_hidden_states → (added conditioning, control images, control scales
-    or None, what follows: the bank)."""
-    scales_at = added + controls
+def split_conditioning(rest: Sequence[torch.Tensor], added: int, controls: int, image: int = 0):
+    """The inputs after encoder_hidden_states → (added conditioning, image K/V, control images,
+    control scales or None, what follows: the bank)."""
+    controls_at = added + image
+    scales_at = controls_at + controls
     scales = rest[scales_at] if controls else None
-    return tuple(rest[:added]), tuple(rest[added:scales_at]), scales, tuple(rest[scales_at + (1 if controls else 0):])
+    return (tuple(rest[:added]), tuple(rest[added:controls_at]), tuple(rest[controls_at:scales_at]), scales,
+            tuple(rest[scales_at + (1 if controls else 0):]))
 
 
 def unet_example_inputs(unet_config, rows: int, latent_hw: tuple[int, int], dtype: torch.dtype,
-                        device: torch.device | str, controls: int = 0,
-                        vae_scale_factor: int = 8) -> tuple[torch.Tensor, ...]:
+                        device: torch.device | str, controls: int = 0, vae_scale_factor: int = 8,
+                        image: ImagePromptLayout | None = None) -> tuple[torch.Tensor, ...]:
     """Example values of every input of `unet_input_names` for `rows` rows."""
     base = (torch.randn(rows, unet_config.in_channels, *latent_hw, dtype=dtype, device=device),
             torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
@@ -102,7 +108,8 @@ def unet_example_inputs(unet_config, rows: int, latent_hw: tuple[int, int], dtyp
     pixels = tuple(n * vae_scale_factor for n in latent_hw)
     control = tuple(torch.rand(rows, 3, *pixels, dtype=dtype, device=device) for _ in range(controls))
     scales = (torch.ones(rows, controls, dtype=dtype, device=device),) if controls else ()
-    return (*base, *added, *control, *scales)
+    image_kv = image.example_inputs(rows, dtype, device) if image is not None else ()
+    return (*base, *added, *image_kv, *control, *scales)
 
 
 def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -126,36 +133,46 @@ def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
 
 
+def unet_variant(added: int, controlnets: int, image: ImagePromptLayout | None) -> tuple:
+    """What, besides the model, makes a UNet graph different (part of engine cache keys)."""
+    return ((("sdxl",) if added else ()) + ((("controlnets", controlnets),) if controlnets else ())
+            + ((("ip_adapter", image.tokens),) if image is not None else ()))
+
+
 class UNetFunction(TensorFunction):
-    """(sample, timestep, encoder_hidden_states, *added conditions, *control images, control scales)
-    → noise prediction, one row per stream-batch row (`unet_input_names`)."""
+    """(sample, timestep, encoder_hidden_states, *added conditions, *image K/V, *control images,
+    control scales) → noise prediction, one row per stream-batch row (`unet_input_names`)."""
 
     name = "unet"
     output_names = ("noise_pred",)
 
-    def __init__(self, unet, vae_scale_factor: int = 8, controlnets: Sequence[nn.Module] = ()):
+    def __init__(self, unet, vae_scale_factor: int = 8, controlnets: Sequence[nn.Module] = (),
+                 image: ImagePromptLayout | None = None):
         super().__init__()
-        self.unet = unet
+        self.unet, self.image_slot = image_prompt_copy(unet, image) if image is not None else (unet, None)
+        self.image = image
         self.controlnets = nn.ModuleList(controlnets)
         self.vae_scale_factor = vae_scale_factor
         self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        self.input_names = unet_input_names(unet.config, len(controlnets))
+        self.input_names = unet_input_names(unet.config, len(controlnets), image)
         self.added = len(added_conditions(unet.config))
+        self.image_inputs = len(image.input_names()) if image is not None else 0
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 *conditioning: torch.Tensor) -> torch.Tensor:
-        added, controls, scales, _ = split_conditioning(conditioning, self.added, len(self.controlnets))
-        return run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls, scales)
+        added, image_kv, controls, scales, _ = split_conditioning(conditioning, self.added, len(self.controlnets),
+                                                                  self.image_inputs)
+        with image_prompt_call(self.image_slot, self.image, image_kv):
+            return run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls,
+                            scales)
 
     def variant(self) -> tuple | None:
-        parts = (("sdxl",) if self.added else ()) + ((("controlnets", len(self.controlnets)),) if self.controlnets
-                                                     else ())
-        return parts or None
+        return unet_variant(self.added, len(self.controlnets), self.image) or None
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
         return unet_example_inputs(self.unet.config, rows, (height // f, width // f), dtype, device,
-                                   len(self.controlnets), f)
+                                   len(self.controlnets), f, self.image)
 
     def output_shapes(self, inputs):
         sample = inputs[0]
@@ -253,7 +270,7 @@ def stream_networks(models) -> dict[str, TensorFunction]:
     """The three networks every stream pipeline runs, as pure functions over the shared modules."""
     factor = models.vae_scale_factor
     return {
-        "unet": UNetFunction(models.unet, factor, models.controlnets).eval(),
+        "unet": UNetFunction(models.unet, factor, models.controlnets, models.image_prompt_layout).eval(),
         "vae_encoder": VaeEncoderFunction(models.vae, factor).eval(),
         "vae_decoder": VaeDecoderFunction(models.vae, factor).eval(),
     }
@@ -280,6 +297,7 @@ class BankedUNetFunction(TensorFunction):
         self.out_channels = config.out_channels
         self.added = len(added_conditions(config))
         self.controls = len(banked.controlnets)
+        self.image = banked.image
         self.spatial_multiple = vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -287,17 +305,18 @@ class BankedUNetFunction(TensorFunction):
         return self.banked(sample, timestep, encoder_hidden_states, *conditioning_and_bank)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(len(unet_input_names(self.unet_config, self.controls)), len(self.input_names)))
+        return tuple(range(len(unet_input_names(self.unet_config, self.controls, self.image)), len(self.input_names)))
 
     def variant(self) -> tuple:
         banked = self.banked
-        return (("family", "sdxl" if self.added else "sd"), ("controlnets", self.controls), ("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
+        return (("family", "sdxl" if self.added else "sd"), *unet_variant(self.added, self.controls, self.image), ("bank", tuple(shape for _, shape in banked.layout.input_shapes(1))),
                 ("token_merge_ratio", float(banked.token_merge_ratio)),
                 ("fusion", float(banked.fusion_threshold), float(banked.fusion_strength)))
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device, self.controls, f)
+        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device, self.controls, f,
+                                   self.image)
         bank = [torch.zeros(shape, dtype=dtype, device=device) if name.endswith(".bias")
                 else torch.randn(shape, dtype=dtype, device=device)
                 for name, shape in self.banked.layout.input_shapes(rows)]

@@ -10,6 +10,7 @@ from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.control import parse_controlnets
+from livediff.pipelines.ip_adapter import IPAdapterSpec
 from livediff.pipelines.choices import CFG_TYPES, MAX_SESSIONS, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
@@ -55,6 +56,12 @@ class StreamConfig:
     # ControlNets (`pipelines.control`): a model name, a dict of `ControlNetSpec` options, or a list of
     # them; after validation a tuple of ControlNetSpec (empty: none)
     controlnet: tuple = ()
+    # IP-Adapter (`pipelines.ip_adapter`): a dict of `IPAdapterSpec` options; after validation a spec or None
+    ip_adapter: IPAdapterSpec | dict | None = None
+
+    def adapter_networks(self) -> tuple[str, str] | None:
+        """(IP-Adapter weights, image encoder) to load, without the live scale."""
+        return (self.ip_adapter.model, self.ip_adapter.image_encoder) if self.ip_adapter else None
 
     def control_networks(self) -> tuple[tuple[str, tuple[str, str] | None], ...]:
         """(ControlNet, (preprocessor, its network) or None) per ControlNet: what to load, no live values."""
@@ -94,6 +101,7 @@ class StreamConfig:
         if self.controlnet and self.mode == "txt2img":
             raise ConfigError("controlnet conditions on the input frames; mode 'txt2img' has none (use img2img or "
                               "video)")
+        self.ip_adapter = IPAdapterSpec.parse(self.ip_adapter)
 
     def _check_video_parts(self) -> None:
         self.token_merge_ratio = check_ratio(self.token_merge_ratio)

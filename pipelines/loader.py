@@ -11,13 +11,14 @@ _MODEL_LOCK = threading.Lock()
 
 
 def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: str, dtype: str,
-                  controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = ()) -> ModelBundle:
+                  controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = (),
+                  ip_adapter: tuple[str, str] | None = None) -> ModelBundle:
     """Load a model once per process; pipelines built with the same weights share it."""
-    key = (model, vae, tuple(loras), device, dtype, tuple(controlnets))
+    key = (model, vae, tuple(loras), device, dtype, tuple(controlnets), ip_adapter)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_models(model, vae=vae, loras=tuple(loras), device=device, dtype=dtype,
-                                            controlnets=tuple(controlnets))
+                                            controlnets=tuple(controlnets), ip_adapter=ip_adapter)
         return _MODEL_CACHE[key]
 
 
@@ -36,7 +37,7 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
     config = StreamConfig.from_settings(settings)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
-                           config.control_networks())
+                           config.control_networks(), config.adapter_networks())
     runners = build_runners(config, models, options, progress)
     if config.mode == "video":
         from livediff.pipelines.video_pipeline import VideoPipeline

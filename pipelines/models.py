@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -46,6 +47,12 @@ class ModelBundle:
     zero_empty_negative: bool = False
     controlnets: tuple = ()  # ControlNetModel, in the order of `StreamConfig.controlnet`
     control_preprocessors: tuple = ()  # per ControlNet: its preprocessor's network (depth, pose) or None
+    ip_adapter: Any = None  # `pipelines.ip_adapter.IPAdapter` or None
+
+    @property
+    def image_prompt_layout(self):
+        """The IP-Adapter's cross-attention layout (`livediff.image_prompt`), None without one."""
+        return self.ip_adapter.layout if self.ip_adapter is not None else None
 
     @property
     def family(self) -> str:
@@ -283,7 +290,8 @@ def _fuse_loras(components: dict, loras: tuple[str, ...]) -> None:
 
 def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, loras: tuple[str, ...] = (),
                 device: str = "cuda", dtype: str = "float16",
-                controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = ()) -> ModelBundle:
+                controlnets: tuple[tuple[str, tuple[str, str] | None], ...] = (),
+                ip_adapter: tuple[str, str] | None = None) -> ModelBundle:
     """Load every network one pipeline needs.
 
     Args:
@@ -291,10 +299,12 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
         vae: optional tiny VAE (TAESD) as hub id, local folder or preset; None keeps the model's VAE.
         controlnets: (ControlNet, (preprocessor, its network) or None) per ControlNet: hub ids,
             folders or `random` (see `pipelines.control`).
+        ip_adapter: (IP-Adapter weights, image encoder) (see `pipelines.ip_adapter`), or None.
         loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
         device, dtype: where and in which precision the networks run.
     """
     from livediff.pipelines.control_models import load_controlnet, load_preprocessor_model
+    from livediff.pipelines.ip_adapter import load_ip_adapter
 
     torch_dtype = resolve_dtype(dtype, device)
     components = build_preset(model) if is_preset(model) else _load_components(model)
@@ -310,9 +320,10 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
                          controlnets=tuple(load_controlnet(name, components["unet"], seed=i)
                                            for i, (name, _) in enumerate(controlnets)),
                          control_preprocessors=tuple(load_preprocessor_model(*network, seed=i) if network else None
-                                                     for i, (_, network) in enumerate(controlnets)))
+                                                     for i, (_, network) in enumerate(controlnets)),
+                         ip_adapter=load_ip_adapter(*ip_adapter, components["unet"]) if ip_adapter else None)
     for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets,
-                *bundle.control_preprocessors):
+                *bundle.control_preprocessors, bundle.ip_adapter):
         if net is None:
             continue
         net.to(device=device).eval().requires_grad_(False)

@@ -20,15 +20,17 @@ class Conditioning:
     """One prompt's UNet conditioning; every tensor has a leading axis of 1.
 
     text: (1, tokens, dim) token embeddings; added: () for SD 1.x/2.x, for SDXL
-    (text_embeds (1, pooled_dim), time_ids (1, 6)).
+    (text_embeds (1, pooled_dim), time_ids (1, 6)); image: with an IP-Adapter, the style image's key
+    and value (1, n, width) of every cross-attention layer (`pipelines.ip_adapter`), else ().
     """
 
     text: torch.Tensor
     added: tuple[torch.Tensor, ...] = ()
+    image: tuple[torch.Tensor, ...] = ()
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.text, *self.added)
+        return (self.text, *self.added, *self.image)
 
 
 def _token_ids(tokenizer, prompt: str, device) -> torch.Tensor:

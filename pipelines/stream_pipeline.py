@@ -15,6 +15,7 @@ from livediff.pipelines.batching import DECODE, ENCODE, FramePath, NetworkCall, 
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.control import ControlImages
 from livediff.pipelines.generators import device_generator
+from livediff.pipelines.ip_adapter import clip_pixels
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
 from livediff.pipelines.prompts import Conditioning, PromptEncoder
@@ -51,6 +52,10 @@ class StreamPipeline:
         self.control_scales = (torch.tensor([[spec.scale for spec in config.controlnet]], device=self.device,
                                             dtype=self.dtype) if config.controlnet else None)
         self._last_output = None
+        #: IP-Adapter: the scale, the style image's (unconditional, conditional) tokens, their K/V
+        self.ip_scale = config.ip_adapter.scale if config.ip_adapter else 0.0
+        self._style_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._style_kv = self._style_keys_values()
         self._build_stream()
 
     # --- set-up -----------------------------------------------------------------------------
@@ -64,7 +69,48 @@ class StreamPipeline:
         self._last_output = None
 
     def _embed(self, text: str, negative: bool = False) -> Conditioning:
-        return self.prompt_encoder(text, negative)
+        return replace(self.prompt_encoder(text, negative), image=self._style_kv[0 if negative else 1])
+
+    def _style_keys_values(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """(unconditional, conditional) image K/V of every IP-Adapter layer; before any style image,
+        zero values: the image term is exactly 0 and the stream runs as without the adapter."""
+        adapter = self.models.ip_adapter
+        if adapter is None:
+            return (), ()
+        if self._style_tokens is None:
+            layout = adapter.layout
+            zeros = tuple(torch.zeros(1, layout.tokens, width, device=self.device, dtype=self.dtype)
+                          for width in layout.widths for _ in range(2))
+            return zeros, zeros
+        uncond, cond = self._style_tokens
+        return (adapter.keys_values(uncond, self.ip_scale, self.dtype),
+                adapter.keys_values(cond, self.ip_scale, self.dtype))
+
+    def _restyle(self) -> None:
+        self._style_kv = self._style_keys_values()
+        if self.guidance is not None:
+            self.guidance.uncond = replace(self.guidance.uncond, image=self._style_kv[0])
+            self.guidance.cond = replace(self.guidance.cond, image=self._style_kv[1])
+
+    def set_style_image(self, image) -> None:
+        """Live, IP-Adapter: frames from the next call on look like `image` (PIL, array or tensor in
+        [0,1]); it is encoded here, once, with its K/V in every cross-attention layer."""
+        adapter = self._require_adapter()
+        self._style_tokens = adapter.embeddings(clip_pixels(image, adapter.image_size))
+        self._restyle()
+
+    def set_ip_adapter_scale(self, scale: float) -> None:
+        """Live, IP-Adapter: how strongly the style image conditions the frames (0 switches it off);
+        folded into the image values, so nothing is rebuilt."""
+        self._require_adapter()
+        self.ip_scale = checks.number("ip_adapter scale", scale, 0.0, 2.0)
+        self._restyle()
+
+    def _require_adapter(self):
+        if self.models.ip_adapter is None:
+            raise ConfigError("this pipeline has no IP-Adapter; build it with ip_adapter=dict(model=..., "
+                              "image_encoder=...)")
+        return self.models.ip_adapter
 
     def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
                 delta: float = 1.0) -> None:
@@ -148,7 +194,8 @@ class StreamPipeline:
         unknown = sorted(set(overrides) - set(self.config.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))} for new_session")
-        fixed = sorted(set(overrides) & {"model", "vae", "loras", "controlnet", "device", "dtype", "accelerator"})
+        fixed = sorted(set(overrides) & {"model", "vae", "loras", "controlnet", "ip_adapter", "device", "dtype",
+                                         "accelerator"})
         if fixed:
             raise ConfigError(f"{', '.join(fixed)} belong to the shared networks; new_session cannot change them "
                               f"(build another pipeline)")

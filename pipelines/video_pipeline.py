@@ -122,7 +122,8 @@ class VideoPipeline(StreamPipeline):
         layout = self._layout(layers, (config.height // scale, config.width // scale), config.token_merge_ratio)
         fusion = ((self.bank_config.fusion_threshold, self.bank_config.fusion_strength) if self.bank_config
                   else (2.0, 0.0))
-        self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion, models.controlnets)
+        self.banked_unet = BankedUNet(models.unet, layout, config.token_merge_ratio, *fusion, models.controlnets,
+                                      models.image_prompt_layout)
         function = BankedUNetFunction(self.banked_unet, scale).eval()
         self.banked_unet_runner = runners.runner_for(function)
         #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)

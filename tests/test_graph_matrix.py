@@ -7,7 +7,8 @@ frame-buffer size (those change the rows axis only, which export keeps dynamic);
 graph changes with the bank layout (off, dense, sparse) and with token merging — FIFO and merged
 memories have the same layout (merging happens between calls, outside the graph), so one stands for
 both; sparse banks with token merging are refused by the config. SDXL's UNets take the added
-conditioning (pooled text, size ids) as two more inputs; ControlNets add a control image each and their scales.
+conditioning (pooled text, size ids) as two more inputs; ControlNets add a control image each and their scales;
+an IP-Adapter the image key and value of every cross-attention layer.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from livediff.accelerators.tensorrt_ops import unsupported_ops
 from livediff.networks import BankedUNetFunction, stream_networks
 
 SIZE = 64
+IP_ADAPTER = dict(model="random", image_encoder="random")
 VARIANTS = {
     "unet": None,
     "vae_encoder": None,
@@ -30,16 +32,16 @@ VARIANTS = {
     "dense bank, token merging": dict(bank=dict(merge=False), token_merge_ratio=0.5),
     "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
     "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
-    "sdxl unet": dict(model="tiny-sdxl", network="unet"),
-    # SDXL's added conditioning, two ControlNets and the dense bank with fusion, all graph inputs (the
-    # plain UNet composes ControlNets the same way, `networks.run_unet`)
-    "sdxl dense bank with fusion and two ControlNets": dict(
-        model="tiny-sdxl", bank=dict(merge=True, max_frames=2),
+    "sdxl unet with IP-Adapter": dict(model="tiny-sdxl", network="unet", ip_adapter=IP_ADAPTER),
+    # SDXL's added conditioning, the IP-Adapter's image K/V, two ControlNets and the dense bank with
+    # fusion, all graph inputs (the plain UNet composes ControlNets the same way, `networks.run_unet`)
+    "sdxl dense bank with fusion, IP-Adapter and two ControlNets": dict(
+        model="tiny-sdxl", bank=dict(merge=True, max_frames=2), ip_adapter=IP_ADAPTER,
         controlnet=[dict(model="random", preprocessor="tile"), dict(model="random", preprocessor="tile", scale=0.5)]),
 }
 #: variants whose exported graph is also run by ONNX Runtime against eager (new inputs: added
-#: conditioning, control images and scales)
-RUN_BY_ORT = ("sdxl unet", "sdxl dense bank with fusion and two ControlNets")
+#: conditioning, image K/V, control images and scales)
+RUN_BY_ORT = ("sdxl unet with IP-Adapter", "sdxl dense bank with fusion, IP-Adapter and two ControlNets")
 
 
 def function_for(variant: str):
@@ -72,7 +74,7 @@ def test_traces_as_one_graph_and_exports_with_native_tensorrt_ops(variant, tmp_p
             return list(out) if isinstance(out, (tuple, list)) else [out]
 
         bank = len(function.banked.layout.input_shapes(1)) if isinstance(function, BankedUNetFunction) else 0
-        new = slice(3, len(inputs) - bank)  # added conditioning, control images and scales
+        new = slice(3, len(inputs) - bank)  # added conditioning, image K/V, control images and scales
         with torch.no_grad():
             expected = outputs(function(*inputs))
             moved = outputs(function(*inputs[:3], *(t + 1 for t in inputs[new]), *inputs[new.stop:]))

@@ -39,6 +39,8 @@ def dry_run(steps: int = 4, frames: int = 1, model: str = "tiny", **settings) ->
     if hasattr(pipe, "banked_unet_runner"):
         pipe.banked_unet_runner = Checked(pipe.banked_unet_runner, calls)
     pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
+    if settings.get("ip_adapter"):  # the user's picture is read on the host once; its K/V are made on the device
+        pipe.set_style_image(torch.rand(3, 40, 48))
     txt2img = settings.get("mode") == "txt2img"
 
     def frame():
@@ -130,3 +132,10 @@ def test_a_host_read_fails_the_dry_run():
         float(torch.ones(2, device="meta").sum())
     with pytest.raises(RuntimeError, match="meta"):
         torch.ones(2, device="meta") + torch.ones(2)  # a CPU tensor mixed in
+
+
+@pytest.mark.parametrize("mode", ["img2img", "txt2img", "video"])
+def test_ip_adapter_dry_run(mode):
+    calls = dry_run(mode=mode, t_index_list=(20, 30, 40) if mode != "txt2img" else (0, 30), cfg_type="full",
+                    ip_adapter=dict(model="random", image_encoder="random"))
+    assert max(len(dtypes) for dtypes in calls) >= 3 + 2 * 4  # + key and value of the tiny UNet's cross layers

@@ -94,7 +94,7 @@ def run_build(args: argparse.Namespace) -> int:
                                 dict(cache_dir=args.cache_dir, resolution=_resolution(args), opset=args.opset,
                                      workspace_gb=args.workspace_gb, **accelerator_options))
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
-                           config.control_networks())
+                           config.control_networks(), config.adapter_networks())
     functions = stream_networks(models)
     if config.mode == "video":  # video mode calls the banked UNet only
         del functions["unet"]

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from livediff.app.commands.options import add_pipeline_options, build_pipeline
+from livediff.app.pictures import read_picture
 from livediff.errors import InputError
 
 
@@ -28,13 +29,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def _open_image(path: Path, width: int, height: int):
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
-    try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
-    return ImageOps.fit(image, (width, height))
+    return ImageOps.fit(read_picture(path), (width, height))
 
 
 def run_img2img(args: argparse.Namespace) -> int:

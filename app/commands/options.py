@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from livediff.app.pictures import read_picture
 from livediff.app.threads import add_threads_option
 from livediff.pipelines.choices import CFG_TYPES
 
@@ -27,6 +28,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
                             "e.g. Intel/dpt-hybrid-midas, usyd-community/vitpose-base-simple")
     group.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
                        help="per --controlnet, in order: residual scale in [0, 2] (default 1)")
+    group.add_argument("--ip-adapter", default=None, metavar="FILE",
+                       help="IP-Adapter weights: a local .safetensors/.bin file, a hub file as owner/repo/path "
+                            "(e.g. h94/IP-Adapter/models/ip-adapter_sd15.safetensors), or 'random'")
+    group.add_argument("--image-encoder", default=None, metavar="ID",
+                       help="the IP-Adapter's CLIP image encoder (hub id, folder or 'random'), e.g. "
+                            "laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    group.add_argument("--style-image", default=None, metavar="PATH",
+                       help="with --ip-adapter: the picture the output should look like")
+    group.add_argument("--style-scale", type=float, default=0.6, help="IP-Adapter scale in [0, 2] (default %(default)s)")
     group.add_argument("--prompt", default="", help="what the output should look like")
     group.add_argument("--negative-prompt", default="", help="what to steer away from (used by cfg full/initialize/self)")
     group.add_argument("--t-index-list", default=default_t_index, metavar="I,J,...",
@@ -95,6 +105,24 @@ def _controlnet_spec(args: argparse.Namespace, i: int, model: str, networks) -> 
     return spec
 
 
+def ip_adapter_settings(args: argparse.Namespace) -> dict | None:
+    """--ip-adapter / --image-encoder / --style-scale as `load_pipeline`'s ip_adapter (None without one)."""
+    from livediff.errors import ConfigError
+
+    if args.ip_adapter is None:
+        if args.style_image is not None or args.image_encoder is not None:
+            raise ConfigError("--style-image and --image-encoder need --ip-adapter (the adapter's weights)")
+        return None
+    if args.image_encoder is None:
+        raise ConfigError("--ip-adapter needs --image-encoder (its CLIP image encoder: hub id, folder or 'random')")
+    return dict(model=args.ip_adapter, image_encoder=args.image_encoder, scale=args.style_scale)
+
+
+def style_image(args: argparse.Namespace):
+    """The --style-image picture (read and checked before any model loads), or None."""
+    return read_picture(args.style_image) if args.style_image is not None else None
+
+
 def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
     """The `load_pipeline` keywords these options describe, with device and dtype resolved (and checked)."""
     from livediff.pipelines.config import resolve_device, resolve_dtype_name
@@ -104,7 +132,7 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
                 cfg_type=args.cfg_type, width=args.width, height=args.height,
                 frame_buffer_size=args.frame_buffer_size, vae=args.vae, loras=tuple(args.lora), device=device,
                 dtype=resolve_dtype_name(args.dtype, device), seed=args.seed, accelerator=args.accelerator,
-                controlnet=controlnet_settings(args),
+                controlnet=controlnet_settings(args), ip_adapter=ip_adapter_settings(args),
                 **({"accelerator_options": {"openvino_device": args.openvino_device}} if args.openvino_device else {}))
 
 
@@ -112,11 +140,14 @@ def build_pipeline(args: argparse.Namespace, mode: str, **extra):
     from livediff.app.build_progress import BuildReporter
     from livediff.pipelines import load_pipeline
 
-    pipe = load_pipeline(**pipeline_settings(args, mode), progress=BuildReporter(), **extra)
+    settings, style = pipeline_settings(args, mode), style_image(args)
+    pipe = load_pipeline(**settings, progress=BuildReporter(), **extra)
     if args.strength is not None:
         pipe.set_strength(args.strength)
     pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                  delta=args.delta)
+    if style is not None:
+        pipe.set_style_image(style)
     return pipe
 
 

@@ -5,7 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from livediff.app.commands.options import add_pipeline_options, add_video_options, pipeline_settings, video_settings
+from livediff.app.commands.options import (add_pipeline_options, add_video_options, pipeline_settings, style_image,
+                                           video_settings)
 from livediff.errors import LivediffError
 
 
@@ -72,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
     from livediff.app.video.processor import PipelineFactory
 
     _working_size(args)
+    style_image(args)  # an unreadable style picture is named before any model loads
     factory = PipelineFactory(
         settings={**pipeline_settings(args, args.mode), **(video_settings(args) if args.mode == "video" else {})},
         prompt=dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                     delta=args.delta),
-        strength=args.strength)
+        strength=args.strength, style_image=args.style_image)
     options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
                          resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     try:

@@ -8,7 +8,9 @@ The factory, not a processor, is what callers pass, because a model must be buil
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
@@ -39,8 +41,8 @@ ProcessorFactory = Callable[[], FrameProcessor]
 class PipelineProcessor:
     """Adapts a livediff video pipeline (``pipe(frame)``, ``pipe.reset()``) to :class:`FrameProcessor`."""
 
-    def __init__(self, pipe: Any, prompt: Mapping[str, Any]):
-        self.pipe, self.prompt = pipe, dict(prompt)
+    def __init__(self, pipe: Any, prompt: Mapping[str, Any], style: Mapping[str, Any] | None = None):
+        self.pipe, self.prompt, self.style = pipe, dict(prompt), dict(style or {})
         self.width, self.height = pipe.config.width, pipe.config.height
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -61,8 +63,10 @@ class PipelineProcessor:
                    "text_encoder": weights_fingerprint(models.text_encoder)}
         if models.text_encoder_2 is not None:
             weights["text_encoder_2"] = weights_fingerprint(models.text_encoder_2)
+        if models.ip_adapter is not None:
+            weights["ip_adapter"] = weights_fingerprint(models.ip_adapter)
         return {"pipeline": asdict(self.pipe.config), "live": asdict(self.pipe.settings), "prompt": self.prompt,
-                "weights": weights}
+                "style": self.style, "weights": weights}
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class PipelineFactory:
     settings: Mapping[str, Any]
     prompt: Mapping[str, Any]
     strength: float | None = None
+    style_image: str | None = None  # with an IP-Adapter: the style picture's path
 
     def __call__(self) -> FrameProcessor:
         from livediff.app.build_progress import BuildReporter
@@ -85,7 +90,14 @@ class PipelineFactory:
         if self.strength is not None:
             pipe.set_strength(self.strength)
         pipe.prepare(**dict(self.prompt))
-        return PipelineProcessor(pipe, self.prompt)
+        style = None
+        if self.style_image is not None:
+            from livediff.app.pictures import read_picture
+
+            pipe.set_style_image(read_picture(self.style_image))
+            style = {"style_image": self.style_image,
+                     "sha256": hashlib.sha256(Path(self.style_image).read_bytes()).hexdigest()}
+        return PipelineProcessor(pipe, self.prompt, style)
 
 
 class LazyProcessor:

@@ -15,15 +15,13 @@ follow plain attribute reads; a context variable made them break the graph at ev
 """
 from __future__ import annotations
 
-import copy
-import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from livediff.image_prompt import ImagePromptSlot, multi_head_attention, weight_sharing_copy, with_image
 from livediff.pipelines import token_merge
 from livediff.pipelines.bank.fusion import fuse_features
 from livediff.pipelines.bank.layout import attention_layers, grid_at
@@ -114,6 +112,7 @@ class CallState:
 
     bank: BankCall | None = None
     cross: CrossCall | None = None
+    image: ImagePromptSlot = field(default_factory=ImagePromptSlot)  # IP-Adapter K/V of the call
 
 
 @contextmanager
@@ -139,17 +138,9 @@ def cross_attention_cache(slot: CallState, cache: CrossAttentionCache, texts: Se
 
 def attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on (B, N, C) projections; bias (B, 1, 1, Nk) is added
-    to the logits. Then the output projection."""
-    batch, heads = query.shape[0], attn.heads
-    head_dim = key.shape[-1] // heads
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(batch, -1, heads, head_dim).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(split(query), split(key), split(value), attn_mask=bias)
-    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
-    return attn.to_out[1](attn.to_out[0](out))
+    """Multi-head attention on (B, N, C) projections (bias (B, 1, 1, Nk) added to the logits), then
+    the output projection."""
+    return attn.to_out[1](attn.to_out[0](multi_head_attention(attn, query, key, value, bias)))
 
 
 def _finish(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -228,8 +219,9 @@ class CachedCrossAttnProcessor:
                 raise ConfigError(f"layer {self.name}: text rows do not match the cross-attention cache's row map")
             keys, values = call.cache.kv(self.name, attn)
             keys, values = keys[call.row_text], values[call.row_text]
-        out = attend(attn, attn.to_q(hidden_states), keys, values)
-        return _finish(attn, out, hidden_states)
+        query = attn.to_q(hidden_states)
+        out = with_image(attn, self.name, self.slot.image, query, multi_head_attention(attn, query, keys, values))
+        return _finish(attn, attn.to_out[1](attn.to_out[0](out)), hidden_states)
 
 
 _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
@@ -238,8 +230,7 @@ _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
 def banked_copy(unet) -> tuple[torch.nn.Module, CallState]:
     """A copy of `unet` sharing all its parameters and buffers, with the bank processors on every
     attention layer, and the slot they read. The original UNet is not modified."""
-    shared = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())}
-    twin = copy.deepcopy(unet, shared)
+    twin = weight_sharing_copy(unet)
     slot = CallState()
     modules = dict(twin.named_modules())
     layers = attention_layers(twin)

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from livediff.image_prompt import ImagePromptLayout, image_prompt_call
 from livediff.networks import added_conditions, run_unet, split_conditioning, unet_input_names
 from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
 from livediff.pipelines.bank.layout import BankLayout
@@ -32,7 +33,8 @@ class BankedUNet(nn.Module):
     name = "banked_unet"
 
     def __init__(self, unet, layout: BankLayout, token_merge_ratio: float = 0.0, fusion_threshold: float = 2.0,
-                 fusion_strength: float = 0.0, controlnets: Sequence[nn.Module] = ()):
+                 fusion_strength: float = 0.0, controlnets: Sequence[nn.Module] = (),
+                 image: ImagePromptLayout | None = None):
         super().__init__()
         self.unet, self._slot = banked_copy(unet)
         self.controlnets = nn.ModuleList(controlnets)  # their own attention: no bank, no prompt cache
@@ -41,10 +43,12 @@ class BankedUNet(nn.Module):
         self.fusion_threshold = fusion_threshold
         self.fusion_strength = fusion_strength
         self.added = len(added_conditions(unet.config))
+        self.image = image  # IP-Adapter: its cross-attention layers take image K/V inputs
+        self.image_inputs = len(image.input_names()) if image is not None else 0
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return (*unet_input_names(self.unet.config, len(self.controlnets)), *(n for n, _ in self.layout.input_shapes(1)))
+        return (*unet_input_names(self.unet.config, len(self.controlnets), self.image), *(n for n, _ in self.layout.input_shapes(1)))
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -52,7 +56,8 @@ class BankedUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        added, controls, scales, bank = split_conditioning(conditioning_and_bank, self.added, len(self.controlnets))
+        added, image_kv, controls, scales, bank = split_conditioning(conditioning_and_bank, self.added,
+                                                                     len(self.controlnets), self.image_inputs)
         expected = len(self.layout.input_shapes(1))
         if len(bank) != expected:
             raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
@@ -61,7 +66,7 @@ class BankedUNet(nn.Module):
         out = {e.layer: tuple(bank[start + 2 * j:start + 2 * j + 2]) for j, e in enumerate(self.layout.out)}
         call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
                         kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
-        with bank_call(self._slot, call):
+        with bank_call(self._slot, call), image_prompt_call(self._slot.image, self.image, image_kv):
             noise_pred = run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls,
                                   scales)
         new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]

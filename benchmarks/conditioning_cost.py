@@ -1,13 +1,15 @@
-"""What ControlNet costs on the stream: the plain img2img stream against the same stream with one
-and with two ControlNets (random weights in the UNet's layout, `canny` and `tile` preprocessors),
-interleaved frame by frame in one process on the same frames.
+"""What structure and style conditioning cost on the stream: the plain img2img stream against the
+same stream with one and with two ControlNets (random weights in the UNet's layout, `canny` and
+`tile` preprocessors) and with an IP-Adapter (random weights, a style image set once), interleaved
+frame by frame in one process on the same frames.
 
 Measured: ms per frame and the ratio to the plain stream on this machine. Counted: the UNet call's
-GFLOPs with and without the ControlNets (PyTorch's FLOP counter), which is what a compute-bound
-GPU pays; `canny` runs on the host (OpenCV) and is included in the measured time.
+GFLOPs (PyTorch's FLOP counter), which is what a compute-bound GPU pays; `canny` runs on the host
+(OpenCV) and is included in the measured time; the style image is encoded once, before timing, as
+in use (once per change, never per frame).
 
-    python benchmarks/controlnet_cost.py                        # CPU: sd-turbo-reduced, 256², 1 thread
-    python benchmarks/controlnet_cost.py --preset sd-turbo-random --size 512 --device cuda --dtype float16
+    python benchmarks/conditioning_cost.py                        # CPU: sd-turbo-reduced, 256², 1 thread
+    python benchmarks/conditioning_cost.py --preset sd-turbo-random --size 512 --device cuda --dtype float16
 """
 from __future__ import annotations
 
@@ -20,21 +22,22 @@ import torch
 from livediff.networks import stream_networks
 from livediff.pipelines import load_pipeline
 
+#: setup → its `load_pipeline` settings
 SETUPS = {
-    "plain stream": [],
-    "+ ControlNet (canny)": [dict(model="random", preprocessor="canny")],
-    "+ 2 ControlNets (canny, tile)": [dict(model="random", preprocessor="canny"),
-                                      dict(model="random", preprocessor="tile", scale=0.5)],
+    "plain stream": {},
+    "+ ControlNet (canny)": dict(controlnet=[dict(model="random", preprocessor="canny")]),
+    "+ 2 ControlNets (canny, tile)": dict(controlnet=[dict(model="random", preprocessor="canny"),
+                                                      dict(model="random", preprocessor="tile", scale=0.5)]),
+    "+ IP-Adapter (style image)": dict(ip_adapter=dict(model="random", image_encoder="random", scale=0.6)),
 }
 
 
-def unet_gflops(preset: str, size: int, controlnet: list, rows: int) -> float:
+def unet_gflops(preset: str, size: int, settings: dict, rows: int) -> float:
     """Counted on the `meta` device, where attention runs as plain matrix products the counter sees
     (on the CPU the fused attention kernel is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    pipe = load_pipeline(model=preset, width=size, height=size, device="meta", dtype="float16",
-                         controlnet=controlnet)
+    pipe = load_pipeline(model=preset, width=size, height=size, device="meta", dtype="float16", **settings)
     unet = stream_networks(pipe.models)["unet"]
     inputs = unet.example_inputs(rows, size, size, torch.float16, "meta")
     counter = FlopCounterMode(display=False)
@@ -56,11 +59,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     steps = [32, 45]
     pipes = {}
-    for name, controlnet in SETUPS.items():
+    for name, settings in SETUPS.items():
         pipe = load_pipeline(model=args.preset, vae="taesd-random", t_index_list=steps, cfg_type="self",
                              width=args.size, height=args.size, device=args.device, dtype=args.dtype, seed=1,
-                             controlnet=controlnet)
+                             **settings)
         pipe.prepare(prompt="a photo of a city street", guidance_scale=1.2)
+        if "ip_adapter" in settings:
+            pipe.set_style_image(torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(1)))
         pipes[name] = pipe
     generator = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, args.size, args.size, generator=generator) for _ in range(args.warmup + args.frames)]
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
             if i >= args.warmup:
                 seconds[name].append(time.perf_counter() - started)
     base = statistics.median(seconds["plain stream"])
-    flops = {name: unet_gflops(args.preset, args.size, controlnet, len(steps)) for name, controlnet in SETUPS.items()}
+    flops = {name: unet_gflops(args.preset, args.size, settings, len(steps)) for name, settings in SETUPS.items()}
     print(f"{args.preset}, img2img {len(steps)} steps, self CFG, TAESD layout, {args.size}², {args.device} "
           f"{args.dtype}, {args.threads} thread(s), {args.frames} frames each, interleaved\n")
     print("| setup | ms/frame (measured) | × plain | UNet call GFLOP (counted) | × plain |")
