@@ -42,6 +42,7 @@ class DoctorReport:
         """Markdown, as in the README's measurements: paste it into a report."""
         w = self.workload
         control = f" · {w['controlnets']} ControlNet(s)" if w.get("controlnets") else ""
+        control += " · IP-Adapter" if w.get("ip_adapter") else ""
         lines = [f"livediff doctor · {self.environment['device_name']} · {w['preset']} {w['size']}² "
                  f"{w['dtype']} · img2img {w['steps']} steps{control} · {w['frames']} timed frames", "",
                  "| backend | fps | median ms | setup s | max abs err | rel err | verdict |",
@@ -111,9 +112,10 @@ FAMILY_PRESETS = {"sd": ("sd-turbo-random", "tiny"), "sdxl": ("sdxl-turbo-random
 
 
 def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print,
-        family: str = "sd", controlnets: int = 0) -> DoctorReport:
+        family: str = "sd", controlnets: int = 0, ip_adapter: bool = False) -> DoctorReport:
     """`controlnets`: measure the stream with that many random-weight ControlNets (`tile`
-    preprocessor, so the figure is the networks' cost, not a host-side edge detector)."""
+    preprocessor, so the figure is the networks' cost, not a host-side edge detector);
+    `ip_adapter`: with a random-weight IP-Adapter whose style image is set before timing."""
     import torch
 
     from livediff.errors import LivediffError
@@ -123,7 +125,8 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
     on_gpu, on_cpu = FAMILY_PRESETS[family]
     workload = dict(preset=on_gpu if cuda else on_cpu, vae="taesd-random" if cuda else "tiny-taesd",
                     size=512 if cuda else 128, dtype="float16" if cuda else "float32",
-                    device="cuda" if cuda else "cpu", steps=2, frames=frames, controlnets=controlnets)
+                    device="cuda" if cuda else "cpu", steps=2, frames=frames, controlnets=controlnets,
+                    ip_adapter=ip_adapter)
     report = DoctorReport(environment(), workload)
     chosen = backends or default_backends(cuda)
     generator = torch.Generator().manual_seed(0)
@@ -138,8 +141,11 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
             pipe = load_pipeline(model=workload["preset"], vae=workload["vae"], width=workload["size"],
                                  height=workload["size"], device=workload["device"], dtype=workload["dtype"],
                                  t_index_list=[32, 45], cfg_type="self", accelerator=backend, seed=1,
-                                 controlnet=[dict(model="random", preprocessor="tile")] * controlnets)
+                                 controlnet=[dict(model="random", preprocessor="tile")] * controlnets,
+                                 ip_adapter=dict(model="random", image_encoder="random") if ip_adapter else None)
             pipe.prepare(prompt="a photo", guidance_scale=1.2)
+            if ip_adapter:
+                pipe.set_style_image(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)))
             outputs, times = [], []
             for i, frame in enumerate(inputs):
                 if cuda:

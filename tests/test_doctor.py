@@ -25,9 +25,10 @@ def test_doctor_names_a_backend_that_cannot_run_here(capsys):
     assert "| tensorrt |" in table and "failed: " in table and "| backend | fps |" in table
 
 
-def test_doctor_measures_the_sdxl_layout_with_a_controlnet(capsys):
-    assert main(["doctor", "--family", "sdxl", "--controlnets", "1", "--backends", "eager", "--frames", "1",
-                 "--threads", "1"]) == 0
+def test_doctor_measures_the_sdxl_layout_with_a_controlnet_and_an_ip_adapter(capsys):
+    assert main(["doctor", "--family", "sdxl", "--controlnets", "1", "--ip-adapter", "--backends", "eager",
+                 "--frames", "1", "--threads", "1"]) == 0
     table = capsys.readouterr().out
-    assert "tiny-sdxl 128²" in table and "1 ControlNet(s)" in table and "| eager |" in table and "| ok |" in table
+    assert "tiny-sdxl 128²" in table and "1 ControlNet(s) · IP-Adapter" in table and "| eager |" in table
+    assert "| ok |" in table
     assert main(["doctor", "--controlnets", "9", "--frames", "1"]) == 2

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                         help="model layout to measure: sd (SD-Turbo) or sdxl (SDXL-Turbo); default %(default)s")
     parser.add_argument("--controlnets", type=int, default=0, metavar="N",
                         help="measure the stream with N random-weight ControlNets (0..4; default 0)")
+    parser.add_argument("--ip-adapter", action="store_true",
+                        help="measure the stream with a random-weight IP-Adapter and a style image set")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per backend (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     add_threads_option(parser)
@@ -47,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.controlnets <= 4:
         raise ConfigError(f"--controlnets {args.controlnets} is outside 0..4")
     report = doctor.run(args.backends, frames=args.frames, progress=lambda text: print(text, file=sys.stderr),
-                        family=args.family, controlnets=args.controlnets)
+                        family=args.family, controlnets=args.controlnets, ip_adapter=args.ip_adapter)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if all(not b.verdict.startswith("failed") for b in report.backends) else 1
