@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import replace
 
-from livediff.app.commands.options import add_pipeline_options, pipeline_settings
+from livediff.app.commands.options import add_pipeline_options, pipeline_settings, style_image
 
 
 def register(subparsers) -> None:
@@ -77,22 +77,18 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
     check_port_free(args.host, args.port)
+    style = style_image(args)  # an unreadable style picture is named before the model loads
 
     from livediff.app.ui.engine import DEFAULT_STREAM_MODE, Engine
     from livediff.app.ui.server import DEFAULT_STREAM_EVERY, launch
     from livediff.app.ui.sessions import SessionRegistry
-    from livediff.app.ui.settings import LiveSettings
 
     settings = pipeline_settings(args, "img2img")
     settings.pop("mode")
     print(f"livediff ui: loading {args.model} on {settings['device']} ({settings['dtype']}) ...", file=sys.stderr)
     engine = Engine(settings, stream_mode=args.stream_mode or DEFAULT_STREAM_MODE,
                     batch_wait_s=args.batch_wait_ms / 1000, max_batch=args.max_batch)
-    defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt,
-                                         negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                                         delta=args.delta)
-    if args.strength is not None:
-        defaults = replace(defaults, strength=args.strength)
+    defaults = initial_settings(args, engine, style)
     registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the clean-up below also runs for `kill` and Docker stops
     try:
@@ -109,6 +105,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         registry.shutdown()
     return 0
+
+
+def initial_settings(args: argparse.Namespace, engine, style=None):
+    """The controls' initial values, so every new tab starts from the command line: its prompt,
+    guidance, strength and (`--style-image`, read by `options.style_image`) style picture."""
+    from livediff.app.ui.settings import LiveSettings
+
+    defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt,
+                                         negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                                         delta=args.delta)
+    if args.strength is not None:
+        defaults = replace(defaults, strength=args.strength)
+    if style is not None:
+        defaults = replace(defaults, style_image=style)
+    return defaults
 
 
 def _print_stats(engine, every_s: float) -> None:

@@ -32,6 +32,7 @@ from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
 from livediff.app.ui.rtc_stream import Controls  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
+from livediff.app.ui.style import style_controls  # noqa: E402
 from livediff.app.ui.video_tab import restyle_video  # noqa: E402
 from livediff.app.ui.webcam_tab import LiveFrame, WebcamStream  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
@@ -49,13 +50,15 @@ IMAGE_HEIGHT = 420
 CSS = "#live-output img, #image-output img { width: 100%; height: 100%; object-fit: contain; }"
 
 
-def _controls(defaults: LiveSettings, template_config) -> list[gr.components.Component]:
-    """Lay out the live controls; returned in `LiveSettings.names(n)` order (the order handlers get
-    them; n = the server's ControlNets, each with a scale slider).
+def _controls(defaults: LiveSettings, template) -> list[gr.components.Component]:
+    """Lay out the live controls; returned in `LiveSettings.names(n, ip_adapter)` order (the order
+    handlers get them; n = the server's ControlNets, each with a scale slider; with an IP-Adapter, a
+    style picture and its scale).
 
     The bank and token-merging controls exist only for the V2V stream mode; they stay in the
     inputs (hidden) otherwise so every handler receives the same values in the same order.
     """
+    template_config = template.config
     video_mode = template_config.mode == "video"
     d = defaults
     made = {
@@ -89,7 +92,8 @@ def _controls(defaults: LiveSettings, template_config) -> list[gr.components.Com
                                                 label="Max skipped frames in a row")
     for name, component in made.items():
         component.elem_id = f"ctl-{name}"
-    return [made[name] for name in LiveSettings.names()] + scale_sliders(template_config, d)
+    optional = scale_sliders(template_config, d) + style_controls(template, d)
+    return [made[name] for name in LiveSettings.names()] + optional
 
 
 def _named_settings(names: list[str]):
@@ -105,9 +109,9 @@ def _named_settings(names: list[str]):
     return name
 
 
-def _settings(values, controlnets: int) -> LiveSettings:
+def _settings(values, layout: tuple[int, bool]) -> LiveSettings:
     try:
-        return LiveSettings.from_values(values, controlnets)
+        return LiveSettings.from_values(values, *layout)
     except LivediffError as exc:
         raise gr.Error(str(exc)) from exc
 
@@ -135,14 +139,15 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
     camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
     controlnets = len(engine.stream_template.config.controlnet)
-    _named = _named_settings(LiveSettings.names(controlnets))
+    layout = controlnets, engine.stream_template.models.ip_adapter is not None  # the optional controls
+    _named = _named_settings(LiveSettings.names(*layout))
 
     @_named
     def on_frame(request: gr.Request, frame=None, *values):
         if frame is None:
             return None, "waiting for the camera"
         try:
-            settings, invalid = LiveSettings.from_values(values, controlnets), None
+            settings, invalid = LiveSettings.from_values(values, *layout), None
         except LivediffError as exc:
             settings, invalid = None, str(exc)
         try:
@@ -163,7 +168,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     @_named
     def on_image(request: gr.Request, mode="img2img", image=None, *values):
         try:
-            return restyle_image(registry, request.session_hash, mode, image, _settings(values, controlnets))
+            return restyle_image(registry, request.session_hash, mode, image, _settings(values, layout))
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -173,7 +178,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
             progress((done, total), desc="restyling", unit="frames")
 
         try:
-            result = restyle_video(registry, request.session_hash, source, _settings(values, controlnets), report)
+            result = restyle_video(registry, request.session_hash, source, _settings(values, layout), report)
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
         files = [str(result.output), str(result.metrics_json)]
@@ -182,13 +187,13 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     @_named
     def on_webrtc_start(request: gr.Request, *values) -> str:
         """A one-use token for the page's WebRTC offer; the controls' values apply from the first frame."""
-        return hub.open(request.session_hash, Controls(_settings(values, controlnets)))
+        return hub.open(request.session_hash, Controls(_settings(values, layout)))
 
     @_named
     def on_webrtc_settings(request: gr.Request, *values) -> None:
         """A control changed: the tab's WebRTC stream (if any) applies the values to its next frame."""
         try:
-            controls = Controls(LiveSettings.from_values(values, controlnets))
+            controls = Controls(LiveSettings.from_values(values, *layout))
         except LivediffError as exc:  # as with Gradio streaming, the stream goes on and shows why
             controls = Controls(None, str(exc))
         hub.update(request.session_hash, controls)
@@ -214,7 +219,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         gr.Markdown(f"## livediff — live diffusion\n`{engine.description}`")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                controls = _controls(defaults, engine.stream_template.config)
+                controls = _controls(defaults, engine.stream_template)
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Webcam", id="webcam"):

@@ -22,6 +22,7 @@ from livediff.app.live_metrics import LiveMeter
 from livediff.app.ui.batcher import Superseded
 from livediff.app.ui.engine import Engine
 from livediff.app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
+from livediff.app.ui.style import needs_new_pipeline
 from livediff.errors import ConfigError
 
 
@@ -59,9 +60,9 @@ class Session:
                  size: tuple[int, int] | None = None) -> tuple[object, str | None]:
         """The session's pipeline for `purpose`, brought to `wanted`; plus why a change was refused, if one was.
 
-        Bank and token-merging changes, and another working `size` (width, height: uploads are
-        restyled at their own aspect), build a new pipeline (new stream) over the same networks;
-        everything else goes through the pipeline's live setters.
+        Bank and token-merging changes, another working `size` (width, height: uploads are
+        restyled at their own aspect) and removing the style image (`style.py`) build a new pipeline
+        (new stream) over the same networks; everything else goes through the pipeline's live setters.
         """
         if purpose == "txt2img":
             # text-to-image always starts from pure noise, and has no input frame for a ControlNet (engine.py)
@@ -71,7 +72,7 @@ class Session:
             overrides.update(width=size[0], height=size[1])
         current = self._pipes.get(purpose)
         refused = None
-        if current is None or current.overrides != overrides:
+        if current is None or current.overrides != overrides or needs_new_pipeline(current.applied, wanted):
             try:
                 current = self._fresh(purpose, wanted, overrides)
             except ConfigError as exc:

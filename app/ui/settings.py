@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from livediff.app.ui.style import STYLE_NAMES, StyleImage, set_scale, set_style
 from livediff.errors import ConfigError
 from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import TABLE_STEPS
@@ -42,6 +43,10 @@ class LiveSettings:
     # one scale per ControlNet of the server's pipelines (0 = that ControlNet off); empty without
     # ControlNets. Shown as one control each, named `control_scale_<i>` (see `names`)
     control_scales: tuple[float, ...] = ()
+    # IP-Adapter (see `style.py`): the style picture (None = none) and its scale; the scale is None
+    # on servers without an IP-Adapter, which have neither control
+    style_image: StyleImage | None = None
+    style_scale: float | None = None
 
     def __post_init__(self) -> None:
         """Types and the ranges the pipeline setters do not check; the setters check the rest."""
@@ -69,27 +74,42 @@ class LiveSettings:
                 raise ConfigError(f"controlnet {i + 1} scale {value!r} must be a number in 0..2")
             scales.append(float(value))
         object.__setattr__(self, "control_scales", tuple(scales))
+        object.__setattr__(self, "style_image", StyleImage.of(self.style_image))
+        if self.style_scale is not None:
+            value = self.style_scale
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
+                raise ConfigError(f"style scale {value!r} must be a number in 0..2")
+            object.__setattr__(self, "style_scale", float(value))
+        elif self.style_image is not None:
+            raise ConfigError("a style image needs an IP-Adapter (start the server with --ip-adapter)")
 
     @classmethod
-    def names(cls, controlnets: int = 0) -> list[str]:
-        """The controls' names in handler order: one per field, and `control_scale_<i>` per ControlNet
-        in place of the `control_scales` tuple (a server without ControlNets has none of them)."""
-        plain = [f.name for f in fields(cls) if f.name != "control_scales"]
-        return plain + [f"control_scale_{i}" for i in range(controlnets)]
+    def names(cls, controlnets: int = 0, ip_adapter: bool = False) -> list[str]:
+        """The controls' names in handler order: one per field, `control_scale_<i>` per ControlNet
+        in place of the `control_scales` tuple, then `style_image`, `style_scale` with an IP-Adapter
+        (a server without ControlNets or IP-Adapter has none of them)."""
+        plain = [f.name for f in fields(cls) if f.name not in ("control_scales", *STYLE_NAMES)]
+        return plain + [f"control_scale_{i}" for i in range(controlnets)] + list(STYLE_NAMES if ip_adapter else ())
 
     @classmethod
-    def from_values(cls, values: tuple[Any, ...] | list[Any], controlnets: int = 0) -> "LiveSettings":
-        """Build from control values in `names(controlnets)` order (how Gradio passes them)."""
-        names = cls.names(controlnets)
+    def from_values(cls, values: tuple[Any, ...] | list[Any], controlnets: int = 0,
+                    ip_adapter: bool = False) -> "LiveSettings":
+        """Build from control values in `names(controlnets, ip_adapter)` order (how Gradio passes them)."""
+        names = cls.names(controlnets, ip_adapter)
         if len(values) != len(names):
             raise ConfigError(f"expected {len(names)} settings ({', '.join(names)}), got {len(values)}")
-        plain = len(names) - controlnets
-        return cls(**dict(zip(names[:plain], values[:plain])), control_scales=tuple(values[plain:]))
+        plain = len(names) - controlnets - (len(STYLE_NAMES) if ip_adapter else 0)
+        return cls(**dict(zip(names[:plain], values[:plain])), control_scales=tuple(values[plain:plain + controlnets]),
+                   **dict(zip(STYLE_NAMES, values[plain + controlnets:])))
 
     def by_name(self) -> dict[str, Any]:
-        """The values keyed by `names(...)` (how API clients pass them)."""
+        """The values keyed by `names(...)` (how API clients pass them); the style ones only with an
+        IP-Adapter (`style_scale` set)."""
         values = {name: getattr(self, name) for name in self.names()}
-        return {**values, **{f"control_scale_{i}": s for i, s in enumerate(self.control_scales)}}
+        values.update({f"control_scale_{i}": s for i, s in enumerate(self.control_scales)})
+        if self.style_scale is not None:
+            values.update(style_image=self.style_image, style_scale=self.style_scale)
+        return values
 
     @classmethod
     def for_pipeline(cls, pipe, **overrides) -> "LiveSettings":
@@ -97,7 +117,8 @@ class LiveSettings:
         config = pipe.config
         strength = round(1 - config.t_index_list[0] / TABLE_STEPS, 4)
         values = dict(strength=strength, cfg_type=config.cfg_type, seed=config.seed,
-                      control_scales=tuple(spec.scale for spec in config.controlnet))
+                      control_scales=tuple(spec.scale for spec in config.controlnet),
+                      style_scale=pipe.ip_scale if pipe.models.ip_adapter is not None else None)
         if config.similarity_filter is not None:
             values.update(similarity_filter=True, similarity_threshold=config.similarity_filter.threshold,
                           similarity_max_skip=config.similarity_filter.max_skip)
@@ -149,6 +170,8 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
          lambda s: pipe.set_similarity_filter(s.similarity_threshold if s.similarity_filter else None,
                                               s.similarity_max_skip)),
         (("control_scales",), lambda s: _set_control_scales(pipe, applied.control_scales, s.control_scales)),
+        (("style_image",), lambda s: set_style(pipe, s.style_image)),
+        (("style_scale",), lambda s: set_scale(pipe, s.style_scale)),
     )
     for names, setter in steps:
         if all(getattr(applied, n) == getattr(wanted, n) for n in names):
