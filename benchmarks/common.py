@@ -47,6 +47,41 @@ class Timing:
         return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] * 1000
 
 
+def time_interleaved(contenders: dict, inputs: list, device: str = "cpu", warmup: int = 3,
+                     progress=None) -> dict[str, Timing]:
+    """Every contender (name → fn(input)) on each input in turn, so all see the same machine load
+    (a neighbour's burst or a thermal step hits them alike); the first `warmup` inputs are untimed."""
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for i, item in enumerate(inputs):
+        for name, fn in contenders.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn(item)
+            synchronize(device)
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+        if progress is not None:
+            progress(f"round {i + 1}/{len(inputs)}")
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+def unet_gflops(pipe) -> float:
+    """GFLOPs of one stream UNet call of `pipe` (one row per stage; ControlNets and the IP-Adapter
+    included) for a pipeline built on the `meta` device, where attention runs as plain matrix
+    products PyTorch's FLOP counter sees (on the CPU the fused attention kernel is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from livediff.networks import stream_networks
+
+    unet = stream_networks(pipe.models)["unet"]
+    size = pipe.config.height, pipe.config.width
+    inputs = unet.example_inputs(len(pipe.settings.t_index_list), *size, torch.float16, "meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
 def time_calls(fn, inputs, device: str, warmup: int = 3) -> Timing:
     for item in inputs[:warmup]:
         fn(item)

@@ -14,13 +14,15 @@ in use (once per change, never per frame).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from livediff.networks import stream_networks
-from livediff.pipelines import load_pipeline
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import time_interleaved, unet_gflops  # noqa: E402
+from livediff.pipelines import load_pipeline  # noqa: E402
 
 #: setup → its `load_pipeline` settings
 SETUPS = {
@@ -30,20 +32,6 @@ SETUPS = {
                                                       dict(model="random", preprocessor="tile", scale=0.5)]),
     "+ IP-Adapter (style image)": dict(ip_adapter=dict(model="random", image_encoder="random", scale=0.6)),
 }
-
-
-def unet_gflops(preset: str, size: int, settings: dict, rows: int) -> float:
-    """Counted on the `meta` device, where attention runs as plain matrix products the counter sees
-    (on the CPU the fused attention kernel is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    pipe = load_pipeline(model=preset, width=size, height=size, device="meta", dtype="float16", **settings)
-    unet = stream_networks(pipe.models)["unet"]
-    inputs = unet.example_inputs(rows, size, size, torch.float16, "meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        unet(*inputs)
-    return counter.get_total_flops() / 1e9
 
 
 def main(argv=None) -> int:
@@ -69,26 +57,19 @@ def main(argv=None) -> int:
         pipes[name] = pipe
     generator = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, args.size, args.size, generator=generator) for _ in range(args.warmup + args.frames)]
-    seconds = {name: [] for name in pipes}
-    for i, frame in enumerate(frames):
-        for name, pipe in pipes.items():
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            pipe(frame.to(args.device), output="tensor")
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                seconds[name].append(time.perf_counter() - started)
-    base = statistics.median(seconds["plain stream"])
-    flops = {name: unet_gflops(args.preset, args.size, settings, len(steps)) for name, settings in SETUPS.items()}
+    timings = time_interleaved({name: (lambda frame, pipe=pipe: pipe(frame.to(args.device), output="tensor"))
+                                for name, pipe in pipes.items()}, frames, args.device, args.warmup)
+    base = timings["plain stream"].median_ms
+    flops = {name: unet_gflops(load_pipeline(model=args.preset, width=args.size, height=args.size, device="meta",
+                                             dtype="float16", t_index_list=steps, **settings))
+             for name, settings in SETUPS.items()}
     print(f"{args.preset}, img2img {len(steps)} steps, self CFG, TAESD layout, {args.size}², {args.device} "
           f"{args.dtype}, {args.threads} thread(s), {args.frames} frames each, interleaved\n")
     print("| setup | ms/frame (measured) | × plain | UNet call GFLOP (counted) | × plain |")
     print("|---|---|---|---|---|")
     for name in pipes:
-        median = statistics.median(seconds[name])
-        print(f"| {name} | {median * 1000:.0f} | {median / base:.2f} | {flops[name]:.0f} | "
+        median = timings[name].median_ms
+        print(f"| {name} | {median:.0f} | {median / base:.2f} | {flops[name]:.0f} | "
               f"{flops[name] / flops['plain stream']:.2f} |")
     return 0
 

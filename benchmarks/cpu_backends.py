@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, publish  # noqa: E402
+from benchmarks.common import markdown_table, publish, time_interleaved  # noqa: E402
 from livediff import load_pipeline  # noqa: E402
 
 T_INDEX_LIST = [32, 45]
@@ -95,21 +95,10 @@ def main() -> None:
 
     frames = [torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(i))
               for i in range(args.frames + 3)]
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
-    for i, image in enumerate(frames):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run(image)
-            if i >= 3:
-                seconds[name].append(time.perf_counter() - start)
-        print(f"round {i + 1}/{len(frames)}", file=sys.stderr)
-
-    def median(values: list[float]) -> float:
-        return sorted(values)[len(values) // 2]
-
-    reference = median(seconds["StreamDiffusion 0.1.1"])
-    rows = [[name, f"{1 / median(values):.2f}", f"{median(values) * 1000:.0f}", f"{reference / median(values):.2f}x"]
-            for name, values in seconds.items()]
+    timings = time_interleaved(contenders, frames, progress=lambda text: print(text, file=sys.stderr))
+    reference = timings["StreamDiffusion 0.1.1"].median_ms
+    rows = [[name, f"{1000 / t.median_ms:.2f}", f"{t.median_ms:.0f}", f"{reference / t.median_ms:.2f}x"]
+            for name, t in timings.items()]
     publish(f"img2img {len(T_INDEX_LIST)} steps, self CFG, TAESD, {args.preset} {args.size}², "
             f"{args.threads} thread(s), CPU, interleaved",
             markdown_table(["contender", "fps (median)", "ms (median)", "speed vs StreamDiffusion"], rows), args.out)

@@ -16,32 +16,23 @@ allocated). On a GPU where the UNet is compute-bound the frame cost follows that
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from livediff.networks import unet_example_inputs
-from livediff.pipelines import load_pipeline
-from livediff.pipelines.presets import PRESETS
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import time_interleaved, unet_gflops  # noqa: E402
+from livediff.pipelines import load_pipeline  # noqa: E402
 
 FAMILIES = {"SD-Turbo (SD 2.1)": ("sd-turbo-reduced", "sd-turbo-random"),
             "SDXL-Turbo": ("sdxl-turbo-reduced", "sdxl-turbo-random")}
 
 
-def unet_gflops(preset: str, size: int, rows: int) -> float:
-    """GFLOPs of one UNet call with `rows` rows at size², built on the meta device."""
-    from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**PRESETS[preset].unet).eval()
-    inputs = unet_example_inputs(unet.config, rows, (size // 8, size // 8), torch.float32, "meta")
-    added = dict(zip(("text_embeds", "time_ids"), inputs[3:])) or None
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2], added_cond_kwargs=added)
-    return counter.get_total_flops() / 1e9
+def preset_gflops(preset: str, size: int, steps: list[int]) -> float:
+    return unet_gflops(load_pipeline(model=preset, width=size, height=size, device="meta", dtype="float16",
+                                     t_index_list=steps))
 
 
 def main(argv=None) -> int:
@@ -61,14 +52,9 @@ def main(argv=None) -> int:
         pipes[family] = pipe
     generator = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, args.size, args.size, generator=generator) for _ in range(args.warmup + args.frames)]
-    seconds = {family: [] for family in pipes}
-    for i, frame in enumerate(frames):  # interleaved: both see the same machine load
-        for family, pipe in pipes.items():
-            started = time.perf_counter()
-            pipe(frame, output="tensor")
-            if i >= args.warmup:
-                seconds[family].append(time.perf_counter() - started)
-    base = statistics.median(next(iter(seconds.values())))
+    timings = time_interleaved({family: (lambda frame, pipe=pipe: pipe(frame, output="tensor"))
+                                for family, pipe in pipes.items()}, frames, "cpu", args.warmup)
+    base = next(iter(timings.values())).median_ms
     print(f"img2img, {len(steps)} steps, self CFG, TAESD layout, {args.size}², CPU, {args.threads} thread(s), "
           f"{args.frames} frames each, interleaved\n")
     print(f"| layout | reduced preset ms/frame (measured) | × SD-Turbo | UNet GFLOP/call, reduced {args.size}² "
@@ -76,11 +62,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     full_base = None
     for family, (reduced, full) in FAMILIES.items():
-        median = statistics.median(seconds[family])
-        full_flops = unet_gflops(full, 512, len(steps))
+        median = timings[family].median_ms
+        full_flops = preset_gflops(full, 512, steps)
         full_base = full_base or full_flops
-        print(f"| {family} | {median * 1000:.0f} | {median / base:.2f} | "
-              f"{unet_gflops(reduced, args.size, len(steps)):.0f} | {full_flops:.0f} | {full_flops / full_base:.2f} |")
+        print(f"| {family} | {median:.0f} | {median / base:.2f} | "
+              f"{preset_gflops(reduced, args.size, steps):.0f} | {full_flops:.0f} | {full_flops / full_base:.2f} |")
     return 0
 
 
