@@ -12,7 +12,8 @@
 
 Modules: `config` (validated options), `attention` (which chunks a chunk sees, rotary positions,
 the processors), `cache` (`RollingKVCache`), `transformer` (the runner), `reference` (the masked
-whole-sequence recompute the runner must equal), `presets` (random-weight tiny models).
+whole-sequence recompute the runner must equal), `vae` (the Wan video VAE encoded/decoded as a stream
+with its own causal conv caches), `presets` (random-weight tiny models).
 """
 from __future__ import annotations
 

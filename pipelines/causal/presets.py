@@ -51,3 +51,24 @@ def build_tiny_wan_causal(seed: int = 0, dtype: torch.dtype = torch.float32):
     elif dtype != torch.float32:
         model = model.to(dtype)
     return model.eval()
+
+
+#: The Wan 2.1 video VAE layout (causal 3D convs, 8x spatial and 4x temporal compression) at 8 base channels.
+TINY_WAN_VAE: dict[str, Any] = dict(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    latents_mean=[0.0] * 4,
+    latents_std=[1.0] * 4,
+)
+
+
+def build_tiny_wan_vae(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The tiny Wan VAE with diffusers' own random initialisation, deterministic for a seed."""
+    from diffusers import AutoencoderKLWan
+
+    model = _seeded(lambda: AutoencoderKLWan(**TINY_WAN_VAE), seed)
+    return (model.double() if dtype == torch.float64 else model.to(dtype)).eval()
