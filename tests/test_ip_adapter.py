@@ -155,3 +155,15 @@ def test_bad_ip_adapter_options_are_named(tmp_path):
         pipe.set_ip_adapter_scale(-1)
     with pytest.raises(InputError, match=r"\(3,H,W\)"):
         pipe.set_style_image(torch.zeros(2, 8, 8))
+
+
+def test_with_a_controlnet_both_act_and_both_switch_off_to_the_plain_model():
+    plain = build(None)
+    both = build(controlnet=dict(model="random", preprocessor="tile", scale=0.8))
+    both.set_style_image(picture(7))
+    assert (both(frame(0), output="tensor") - plain(frame(0), output="tensor")).abs().max().item() > 1e-4
+    both.set_ip_adapter_scale(0.0)
+    both.set_controlnet_scale(0, 0.0)
+    for i in range(1, 4):  # once the frames conditioned before the switch have left the stream
+        out, expected = both(frame(i), output="tensor"), plain(frame(i), output="tensor")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
