@@ -7,23 +7,8 @@ import torch
 
 from livediff.errors import ConfigError
 from livediff.pipelines.pose import COCO_KEYPOINTS
-from livediff.pipelines.models import from_folder_or_hub
-
-
-def _with_seed(seed: int, build):
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
-def _from_pretrained(cls, model: str, kind: str, example: str):
-    loaded = from_folder_or_hub(cls, model)
-    if loaded is None:
-        raise ConfigError(f"Unknown {kind} {model!r}: use a hub id (e.g. {example!r}), a local folder, or 'random'.")
-    return loaded
+from livediff.pipelines.models import named_pretrained
+from livediff.pipelines.presets import random_weights
 
 
 def load_controlnet(model: str, unet, seed: int = 0):
@@ -32,7 +17,7 @@ def load_controlnet(model: str, unet, seed: int = 0):
     from diffusers import ControlNetModel
 
     if model != "random":
-        return _from_pretrained(ControlNetModel, model, "ControlNet", "lllyasviel/sd-controlnet-canny")
+        return named_pretrained(ControlNetModel, model, "ControlNet", "lllyasviel/sd-controlnet-canny")
 
     def build():
         net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
@@ -40,7 +25,7 @@ def load_controlnet(model: str, unet, seed: int = 0):
             torch.nn.init.normal_(conv.weight, std=0.5)
         return net
 
-    return _with_seed(seed, build)
+    return random_weights(seed, build)
 
 
 #: the `random` depth estimator: a small DPT (the architecture of Intel/dpt-large and dpt-hybrid-midas)
@@ -54,8 +39,8 @@ def load_depth_model(model: str, seed: int = 0):
     from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
 
     if model == "random":
-        return _with_seed(seed, lambda: DPTForDepthEstimation(DPTConfig(**RANDOM_DEPTH)))
-    return _from_pretrained(AutoModelForDepthEstimation, model, "depth model", "Intel/dpt-hybrid-midas")
+        return random_weights(seed, lambda: DPTForDepthEstimation(DPTConfig(**RANDOM_DEPTH)))
+    return named_pretrained(AutoModelForDepthEstimation, model, "depth model", "Intel/dpt-hybrid-midas")
 
 
 #: the `random` pose estimator: a small ViTPose (the layout of usyd-community/vitpose-base-simple:
@@ -71,8 +56,8 @@ def load_pose_model(model: str, seed: int = 0):
 
     if model == "random":
         config = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**RANDOM_POSE_BACKBONE), num_labels=COCO_KEYPOINTS)
-        return _with_seed(seed, lambda: VitPoseForPoseEstimation(config))
-    loaded = _from_pretrained(VitPoseForPoseEstimation, model, "pose model", "usyd-community/vitpose-base-simple")
+        return random_weights(seed, lambda: VitPoseForPoseEstimation(config))
+    loaded = named_pretrained(VitPoseForPoseEstimation, model, "pose model", "usyd-community/vitpose-base-simple")
     if loaded.config.num_labels < COCO_KEYPOINTS:
         raise ConfigError(f"pose model {model!r} predicts {loaded.config.num_labels} keypoints; the pose "
                           f"preprocessor needs COCO's {COCO_KEYPOINTS} body keypoints first")

@@ -189,20 +189,12 @@ def read_state_dict(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 def _image_encoder(name: str, seed: int):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from livediff.pipelines.models import from_folder_or_hub
+    from livediff.pipelines.models import named_pretrained
+    from livediff.pipelines.presets import random_weights
 
     if name == "random":
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            return CLIPVisionModelWithProjection(CLIPVisionConfig(**RANDOM_ENCODER))
-        finally:
-            torch.random.set_rng_state(state)
-    encoder = from_folder_or_hub(CLIPVisionModelWithProjection, name)
-    if encoder is None:
-        raise ConfigError(f"Unknown IP-Adapter image encoder {name!r}: use a hub id (e.g. {EXAMPLE_ENCODER!r}), a "
-                          f"local folder, or 'random'.")
-    return encoder
+        return random_weights(seed, lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**RANDOM_ENCODER)))
+    return named_pretrained(CLIPVisionModelWithProjection, name, "IP-Adapter image encoder", EXAMPLE_ENCODER)
 
 
 def load_ip_adapter(model: str, image_encoder: str, unet, seed: int = 0) -> IPAdapter:

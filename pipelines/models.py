@@ -249,6 +249,14 @@ def from_folder_or_hub(cls, model: str):
     return None
 
 
+def named_pretrained(cls, model: str, kind: str, example: str):
+    """`from_folder_or_hub` for a network the user named; a name that is neither is one sentence."""
+    loaded = from_folder_or_hub(cls, model)
+    if loaded is None:
+        raise ConfigError(f"Unknown {kind} {model!r}: use a hub id (e.g. {example!r}), a local folder, or 'random'.")
+    return loaded
+
+
 def load_tiny_vae(vae: str) -> AutoencoderTiny:
     if vae in TINY_VAE_PRESETS:
         return build_tiny_vae(vae)

@@ -15,7 +15,7 @@ ids are real but short words become several tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DConditionModel
@@ -192,26 +192,38 @@ def make_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TOKENIZER_MAX_LENGTH)
 
 
-def build_preset(name: str, seed: int = 0) -> dict[str, Any]:
-    """Components of a random-weight preset, deterministic for a given seed."""
-    preset = PRESETS[name]
-    generator_state = torch.random.get_rng_state()
+T = TypeVar("T")
+
+
+def random_weights(seed: int, build: Callable[[], T]) -> T:
+    """`build()` with torch's global generator seeded by `seed`, then restored: random-weight
+    networks are the same for a seed whatever ran before, and callers' randomness is untouched."""
+    state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tokenizer = make_tokenizer()
-        components = dict(
-            unet=UNet2DConditionModel(**preset.unet),
-            vae=AutoencoderKL(**preset.vae),
-            text_encoder=CLIPTextModel(_text_config(tokenizer, preset.text)),
-            tokenizer=tokenizer,
-            scheduler=LCMScheduler(**preset.scheduler),
-        )
-        if preset.text_2 is not None:
-            components["text_encoder_2"] = CLIPTextModelWithProjection(_text_config(tokenizer, preset.text_2))
-            components["tokenizer_2"] = make_tokenizer()
-            components["zero_empty_negative"] = True  # as SDXL's and SDXL-Turbo's force_zeros_for_empty_prompt
+        return build()
     finally:
-        torch.random.set_rng_state(generator_state)
+        torch.random.set_rng_state(state)
+
+
+def build_preset(name: str, seed: int = 0) -> dict[str, Any]:
+    """Components of a random-weight preset, deterministic for a given seed."""
+    return random_weights(seed, lambda: _preset_components(PRESETS[name]))
+
+
+def _preset_components(preset) -> dict[str, Any]:
+    tokenizer = make_tokenizer()
+    components = dict(
+        unet=UNet2DConditionModel(**preset.unet),
+        vae=AutoencoderKL(**preset.vae),
+        text_encoder=CLIPTextModel(_text_config(tokenizer, preset.text)),
+        tokenizer=tokenizer,
+        scheduler=LCMScheduler(**preset.scheduler),
+    )
+    if preset.text_2 is not None:
+        components["text_encoder_2"] = CLIPTextModelWithProjection(_text_config(tokenizer, preset.text_2))
+        components["tokenizer_2"] = make_tokenizer()
+        components["zero_empty_negative"] = True  # as SDXL's and SDXL-Turbo's force_zeros_for_empty_prompt
     return components
 
 
@@ -222,9 +234,4 @@ def _text_config(tokenizer: CLIPTokenizer, options: dict[str, Any]) -> CLIPTextC
 
 
 def build_tiny_vae(name: str, seed: int = 0) -> AutoencoderTiny:
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return AutoencoderTiny(**TINY_VAE_PRESETS[name])
-    finally:
-        torch.random.set_rng_state(state)
+    return random_weights(seed, lambda: AutoencoderTiny(**TINY_VAE_PRESETS[name]))
