@@ -2,7 +2,7 @@
 which must answer at once rather than after loading torch and diffusers."""
 from __future__ import annotations
 
-MODES: tuple[str, ...] = ("img2img", "txt2img", "video")
+MODES: tuple[str, ...] = ("img2img", "txt2img", "video", "causal-video")
 CFG_TYPES: tuple[str, ...] = ("none", "full", "self", "initialize")
 #: most sessions one network run may carry (`pipelines.batching`, the UI's --max-batch)
 MAX_SESSIONS = 64

@@ -58,6 +58,10 @@ class StreamConfig:
     controlnet: tuple = ()
     # IP-Adapter (`pipelines.ip_adapter`): a dict of `IPAdapterSpec` options; after validation a spec or None
     ip_adapter: IPAdapterSpec | dict | None = None
+    # mode "causal-video" only (`pipelines.causal.options`): a dict of CausalVideoOptions (chunk_frames,
+    # sink_chunks, window_chunks, cache_after, context_timestep, flow_shift) or one; after validation
+    # a CausalVideoOptions in that mode, None in the others
+    causal: object = None
 
     def adapter_networks(self) -> tuple[str, str] | None:
         """(IP-Adapter weights, image encoder) to load, without the live scale."""
@@ -102,6 +106,36 @@ class StreamConfig:
             raise ConfigError("controlnet conditions on the input frames; mode 'txt2img' has none (use img2img or "
                               "video)")
         self.ip_adapter = IPAdapterSpec.parse(self.ip_adapter)
+        self._check_causal_parts()
+
+    def _check_causal_parts(self) -> None:
+        """Mode "causal-video" runs a Wan-layout transformer chunk by chunk (`pipelines.causal`): its own
+        options are validated here and the image pipelines' options that it has no use for are refused."""
+        from livediff.pipelines.causal.options import CausalVideoOptions
+
+        if self.mode != "causal-video":
+            if self.causal is not None:
+                raise ConfigError(f"causal is a mode 'causal-video' option; mode {self.mode!r} runs no causal video "
+                                  f"transformer")
+            return
+        self.causal = CausalVideoOptions.from_setting(self.causal)
+        refused = [(self.vae is not None, "vae (a tiny image VAE; the causal path decodes with the Wan video VAE)"),
+                   (bool(self.loras), "loras"),
+                   (bool(self.controlnet), "controlnet"),
+                   (self.ip_adapter is not None, "ip_adapter"),
+                   (self.similarity_filter is not None, "similarity_filter"),
+                   (self.frame_buffer_size != 1, "frame_buffer_size other than 1 (frames are collected into chunks)"),
+                   (self.max_sessions != 1, "max_sessions other than 1"),
+                   (self.accelerator != "eager", f"accelerator {self.accelerator!r} (eager only, for now)"),
+                   (self.cfg_type in ("full", "initialize"),
+                    f"cfg_type {self.cfg_type!r} (distilled causal models run without classifier-free guidance)")]
+        names = [name for bad, name in refused if bad]
+        if names:
+            raise ConfigError(f"mode 'causal-video' does not support {'; '.join(names)}")
+        for name in ("width", "height"):
+            if getattr(self, name) % 16:
+                raise ConfigError(f"{name} {getattr(self, name)} must be a multiple of 16 in mode 'causal-video' (the "
+                                  f"video VAE's 8x and the transformer's 2x2 patches)")
 
     def _check_video_parts(self) -> None:
         self.token_merge_ratio = check_ratio(self.token_merge_ratio)

@@ -35,6 +35,8 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
     from livediff.pipelines.stream_pipeline import StreamPipeline
 
     config = StreamConfig.from_settings(settings)
+    if config.mode == "causal-video":
+        return _causal_video_pipeline(config, accelerator_options)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
                            config.control_networks(), config.adapter_networks())
@@ -44,3 +46,19 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
 
         return VideoPipeline(config, models, runners)
     return StreamPipeline(config, models, runners)
+
+
+def _causal_video_pipeline(config: StreamConfig, accelerator_options):
+    """Mode "causal-video" (`pipelines.causal.pipeline`): a Wan-layout transformer, video VAE and text
+    encoder, shared per process like the image models."""
+    from livediff.errors import ConfigError
+    from livediff.pipelines.causal.pipeline import CausalVideoPipeline, load_causal_models
+
+    if accelerator_options:
+        raise ConfigError("accelerator_options do not apply to mode 'causal-video' (it runs eager only, for now)")
+    key = ("causal-video", config.model, config.device, config.dtype)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load_causal_models(config.model, config.device, config.dtype)
+        models = _MODEL_CACHE[key]
+    return CausalVideoPipeline(config, models)

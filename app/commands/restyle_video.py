@@ -7,7 +7,7 @@ from pathlib import Path
 
 from livediff.app.commands.options import (add_pipeline_options, add_video_options, pipeline_settings, style_image,
                                            video_settings)
-from livediff.errors import LivediffError
+from livediff.errors import ConfigError, LivediffError
 
 
 def register(subparsers) -> None:
@@ -21,9 +21,17 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
     add_pipeline_options(parser)
     parser.set_defaults(width=None, height=None)
-    parser.add_argument("--mode", choices=("video", "img2img"), default="video",
-                        help="video: with the feature bank for temporal consistency (default); img2img: per frame")
+    parser.add_argument("--mode", choices=("video", "img2img", "causal-video"), default="video",
+                        help="video: with the feature bank for temporal consistency (default); img2img: per frame; "
+                             "causal-video (preview): a causal Wan video transformer chunk by chunk with a rolling "
+                             "K/V cache (--model tiny-wan-causal or a Wan diffusers folder/hub id; no guidance: "
+                             "--guidance-scale, --delta and --cfg-type are not used)")
     add_video_options(parser)
+    causal = parser.add_argument_group("causal video (mode causal-video)")
+    causal.add_argument("--chunk-frames", type=int, default=None,
+                        help="latent frames per chunk, k (default 1): a chunk is 4k video frames of latency")
+    causal.add_argument("--sink-chunks", type=int, default=None, help="first chunks kept in the cache (default 1)")
+    causal.add_argument("--window-chunks", type=int, default=None, help="recent chunks kept in the cache (default 4)")
     job = parser.add_argument_group("encoding and job")
     job.add_argument("--codec", default=None, help="video codec (default libx264)")
     job.add_argument("--quality", default=None,
@@ -63,6 +71,8 @@ def _working_size(args: argparse.Namespace) -> None:
         suggested = suggest_working_size(reader.width, reader.height)
     except LivediffError:  # an unreadable first file is reported by the job itself
         suggested = (512, 512)
+    if args.mode == "causal-video":  # the Wan VAE's 8x and the transformer's 2x2 patches
+        suggested = tuple(max(64, side - side % 16) for side in suggested)
     args.width = args.width or suggested[0]
     args.height = args.height or suggested[1]
 
@@ -74,11 +84,17 @@ def run(args: argparse.Namespace) -> int:
 
     _working_size(args)
     style_image(args)  # an unreadable style picture is named before any model loads
-    factory = PipelineFactory(
-        settings={**pipeline_settings(args, args.mode), **(video_settings(args) if args.mode == "video" else {})},
-        prompt=dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                    delta=args.delta),
-        strength=args.strength, style_image=args.style_image)
+    settings = {**pipeline_settings(args, args.mode), **(video_settings(args) if args.mode == "video" else {})}
+    prompt = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                  delta=args.delta)
+    causal = {name: getattr(args, name) for name in ("chunk_frames", "sink_chunks", "window_chunks")
+              if getattr(args, name) is not None}
+    if args.mode == "causal-video":
+        settings["causal"] = causal
+        prompt = dict(prompt=args.prompt, negative_prompt=args.negative_prompt)  # distilled: no guidance
+    elif causal:
+        raise ConfigError(f"--{next(iter(causal)).replace('_', '-')} is a --mode causal-video option")
+    factory = PipelineFactory(settings=settings, prompt=prompt, strength=args.strength, style_image=args.style_image)
     options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
                          resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     try:

@@ -118,6 +118,35 @@ def run_file(
         total = reader.estimated_frames
         bar = progress_bar(options.progress, total, min(done, total or done), input_path.name, nested)
         decoded = 0
+        # A processor with flush() returns frames late (see `FrameProcessor`): the frames fed and not yet
+        # answered wait here, as (index, pts), or None for a resume warm-up frame whose output is dropped.
+        flush = getattr(processor, "flush", None)
+        delayed = callable(flush)
+        waiting: deque[tuple[int, int] | None] = deque()
+
+        def deliver(outputs) -> None:
+            nonlocal writer
+            for out in (outputs if delayed else [outputs]):
+                if not waiting:
+                    raise TypeError(f"processor {type(processor).__name__} returned more frames than it was given")
+                slot = waiting.popleft()
+                out = check_output_frame(out, processor)
+                if slot is None:
+                    continue
+                index, pts = slot
+                if writer is None:
+                    writer = SegmentWriter(parts, len(segments), index, pts, reader, geom, options)
+                writer.write(geom.to_output(out), pts)
+                state.frames += 1
+                bar.update(1)
+                if on_frame is not None:
+                    on_frame(state.frames, total)
+                if writer.frames >= options.segment_frames:
+                    segment, writer = writer.commit(), None
+                    if segment is not None:
+                        segments.append(segment)
+                        save_manifest(parts, identity, segments)
+
         try:
             for frame in reader.frames():
                 decoded = frame.index + 1
@@ -129,21 +158,16 @@ def run_file(
                     continue
                 if warm:
                     for rgb in warm:
-                        check_output_frame(processor(geom.to_processor(rgb)), processor)
+                        waiting.append(None)
+                        deliver(processor(geom.to_processor(rgb)))
                     warm = None
-                if writer is None:
-                    writer = SegmentWriter(parts, len(segments), frame.index, frame.pts, reader, geom, options)
-                out = check_output_frame(processor(geom.to_processor(frame.rgb)), processor)
-                writer.write(geom.to_output(out), frame.pts)
-                state.frames += 1
-                bar.update(1)
-                if on_frame is not None:
-                    on_frame(state.frames, total)
-                if writer.frames >= options.segment_frames:
-                    segment, writer = writer.commit(), None
-                    if segment is not None:
-                        segments.append(segment)
-                        save_manifest(parts, identity, segments)
+                waiting.append((frame.index, frame.pts))
+                deliver(processor(geom.to_processor(frame.rgb)))
+            if delayed:
+                deliver(flush())
+                if waiting:
+                    raise TypeError(f"processor {type(processor).__name__} returned {len(waiting)} frame(s) fewer "
+                                    f"than it was given, flush() included")
             if reader.frame_count and decoded < reader.frame_count:
                 raise InputError(f"{input_path}: only {decoded} of its {reader.frame_count} frames could be decoded "
                                  f"(the file is truncated or damaged)")

@@ -26,6 +26,11 @@ class FrameProcessor(Protocol):
     wants its input in; without them it receives frames at the input's size. An optional
     ``identity()`` returns a JSON-able description of everything that changes its output: a resumed
     run must match it, or two styles would be mixed in one file.
+
+    A processor that returns frames late (the causal video pipeline collects chunks of frames) has a
+    ``flush()`` method: its ``__call__`` then returns a list of the frames it finished (possibly empty,
+    oldest first) and ``flush()`` the frames still held at the end of a file, so that every input
+    frame has exactly one output frame, in order.
     """
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
@@ -58,6 +63,11 @@ class PipelineProcessor:
 
         from livediff.accelerators.engine_cache import weights_fingerprint
 
+        networks = getattr(self.pipe, "networks", None)
+        if callable(networks):  # pipelines of other model families name their own networks
+            return {"pipeline": asdict(self.pipe.config), "live": asdict(self.pipe.settings), "prompt": self.prompt,
+                    "style": self.style,
+                    "weights": {name: weights_fingerprint(net) for name, net in networks().items()}}
         models = self.pipe.models
         weights = {"unet": weights_fingerprint(models.unet), "vae": weights_fingerprint(models.vae),
                    "text_encoder": weights_fingerprint(models.text_encoder)}
@@ -67,6 +77,16 @@ class PipelineProcessor:
             weights["ip_adapter"] = weights_fingerprint(models.ip_adapter)
         return {"pipeline": asdict(self.pipe.config), "live": asdict(self.pipe.settings), "prompt": self.prompt,
                 "style": self.style, "weights": weights}
+
+
+class DelayedPipelineProcessor(PipelineProcessor):
+    """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``)."""
+
+    def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
+        return list(self.pipe(rgb))
+
+    def flush(self) -> list[np.ndarray]:
+        return list(self.pipe.flush())
 
 
 @dataclass(frozen=True)
@@ -97,7 +117,8 @@ class PipelineFactory:
             pipe.set_style_image(read_picture(self.style_image))
             style = {"style_image": self.style_image,
                      "sha256": hashlib.sha256(Path(self.style_image).read_bytes()).hexdigest()}
-        return PipelineProcessor(pipe, self.prompt, style)
+        kind = DelayedPipelineProcessor if callable(getattr(pipe, "flush", None)) else PipelineProcessor
+        return kind(pipe, self.prompt, style)
 
 
 class LazyProcessor:

@@ -1,0 +1,347 @@
+"""`CausalVideoPipeline`: streaming video-to-video through a causal Wan transformer (the
+StreamDiffusionV2 recipe, written from its description).
+
+    pipe = load_pipeline(model="tiny-wan-causal", mode="causal-video", width=64, height=64, device="cpu",
+                         t_index_list=[32, 45], causal=dict(chunk_frames=1, sink_chunks=1, window_chunks=4))
+    pipe.prepare(prompt="claymation")
+    for frame in frames:
+        for out in pipe(frame):      # the frames finished by this one: often none, then a whole chunk
+            show(out)
+    for out in pipe.flush():         # the end of the stream: the last, incomplete chunk
+        show(out)
+
+Frame path, one chunk of `chunk_frames` = k latent frames at a time:
+1. incoming frames are collected until the chunk is full: the stream's first chunk is 1 + 4(k−1) video
+   frames (the Wan VAE encodes the first frame alone), every later one 4k;
+2. encoded by `WanEncoderStream` (the causal VAE's own conv caches carry the earlier frames), taken as
+   the latent mean and normalised with the VAE's `latents_mean`/`latents_std` as diffusers' Wan pipelines do;
+3. noised to the first stage: x = (1 − σ₀)·x₀ + σ₀·ε (flow matching; one noise draw per chunk from the
+   stream's seeded generator);
+4. denoised by `CausalWanTransformer` over the stages, each call reading the rolling K/V cache (sinks + a
+   window of earlier chunks) and never writing it; then `finish_chunk` writes the chunk into the cache
+   (`cache_after="final"`: one more pass over the clean result);
+5. decoded by `WanDecoderStream` (its own conv caches) and returned as frames, in order.
+
+Schedule. The stages are picked, as in the other pipelines, by `t_index_list` (indices 0..49; larger =
+less noise = a weaker edit; `set_strength` maps a strength to them) from a 50-entry table: the sigmas of
+diffusers' `FlowMatchEulerDiscreteScheduler(shift=flow_shift)`, Wan's flow-matching scheduler, with its
+timestep = 1000·σ. Between stages a plain flow-matching Euler step, x ← x + (σ_next − σ)·v, the exact
+update of `FlowMatchEulerDiscreteScheduler.step`, with σ_next = 0 after the last stage, so the last step
+lands on the clean estimate x₀ = x − σ·v. Why Euler and not UniPC or re-noising: it is deterministic
+(the output of a chunk is a pure function of its input, the cache and one noise draw, which is what makes
+the pipeline testable against a hand-run of its parts), it needs no multistep history across chunks, and
+with 1–4 stages UniPC's higher order brings nothing. The DMD-distilled causal models (CausVid,
+Self-Forcing, StreamDiffusionV2) were trained with "predict x₀, re-noise with fresh noise" between steps;
+that sampler is not offered yet.
+
+Text. The prompt is tokenised and encoded once per prompt (`prepare`, `update_prompt`), with the
+tokens past the prompt's end zeroed as diffusers' Wan pipelines do. Cross-attention K/V are *not yet*
+cached per prompt: every transformer call projects the text again (cheap next to self-attention at
+these text lengths, but it is work a later change can remove).
+
+No classifier-free guidance: the causal models are distilled to run without it, so a negative prompt
+or a guidance_scale above 1 is refused (cfg_type none/self are accepted and do nothing).
+
+Prompt change policy: re-anchor. `update_prompt` empties the transformer's K/V cache, sinks included,
+and positions restart at frame 0: the next chunk is denoised with the new prompt and becomes the new
+sink. The old sinks would otherwise stay in the cache forever and keep pulling every later chunk back
+towards the old prompt. The VAE streams (which encode the input and decode the output, not the prompt)
+and the frames already collected for the next chunk are kept, so the output stays continuous and no
+input frame is lost; the new prompt shows from the first chunk finished after the call.
+
+Latency, honestly: a frame comes out when its chunk is complete and processed, so a chunk of k latent
+frames holds up to 4k video frames (1 + 4(k−1) for the first chunk) before any of them is returned; with
+the default k = 1, the first frame comes out at once and then four at a time, every fourth frame.
+`latency_frames` says how many frames the current chunk needs.
+
+End of stream: `flush()` completes the last chunk by repeating its last frame, returns only the real
+frames, and ends the stream (the next frame starts a new one, as after `reset()`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from livediff.errors import ConfigError
+from livediff.pipelines import checks
+from livediff.pipelines.causal.options import CausalVideoOptions
+from livediff.pipelines.causal.transformer import CausalWanTransformer
+from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
+from livediff.pipelines.config import StreamConfig, StreamSettings
+from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
+
+TINY_PRESET = "tiny-wan-causal"
+#: the tiny preset's text encoder (UMT5, Wan's text encoder family) at the tiny transformer's text width
+TINY_UMT5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16, vocab_size=1000)
+#: longest prompt in tokens (Wan's pipelines use 512)
+MAX_TEXT_TOKENS = 512
+
+
+@dataclass
+class CausalModels:
+    """The networks of a causal video pipeline, on their device and dtype (shared, read-only)."""
+
+    name: str
+    transformer: Any  # diffusers WanTransformer3DModel
+    vae: Any  # diffusers AutoencoderKLWan
+    text_encoder: Any  # transformers UMT5EncoderModel (or T5)
+    tokenizer: Any
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The stages' sigmas and timesteps (1000·σ), picked from the 50-entry shifted flow-matching table."""
+
+    sigmas: tuple[float, ...]
+    timesteps: tuple[float, ...]
+
+    @classmethod
+    def build(cls, t_index_list, shift: float) -> "FlowSchedule":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        indices = validate_t_index_list(t_index_list)
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+        scheduler.set_timesteps(TABLE_STEPS)
+        sigmas = [float(scheduler.sigmas[i]) for i in indices]
+        return cls(tuple(sigmas), tuple(float(scheduler.timesteps[i]) for i in indices))
+
+    def next_sigma(self, stage: int) -> float:
+        return self.sigmas[stage + 1] if stage + 1 < len(self.sigmas) else 0.0
+
+
+def _tiny_text_encoder(tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **TINY_UMT5)
+    return UMT5EncoderModel(config)
+
+
+class _Part:
+    """`from_pretrained` of one component of a diffusers pipeline folder / hub repository (its subfolder)."""
+
+    def __init__(self, cls, subfolder: str):
+        self.cls, self.subfolder = cls, subfolder
+
+    def from_pretrained(self, model: str, **kwargs):
+        return self.cls.from_pretrained(model, subfolder=self.subfolder, **kwargs)
+
+
+def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
+    """`tiny-wan-causal` (random weights, no download) or a hub id / folder in diffusers' Wan layout
+    (transformer/, vae/, text_encoder/, tokenizer/ as in Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."""
+    from livediff.pipelines.causal.presets import build_tiny_wan_causal, build_tiny_wan_vae
+    from livediff.pipelines.models import resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, device)
+    if model == TINY_PRESET:
+        from livediff.pipelines.presets import make_tokenizer, random_weights
+
+        tokenizer = make_tokenizer()
+        transformer = build_tiny_wan_causal(seed=0, dtype=torch_dtype)
+        vae = build_tiny_wan_vae(seed=0, dtype=torch.float64 if torch_dtype == torch.float64 else torch.float32)
+        text_encoder = random_weights(0, lambda: _tiny_text_encoder(tokenizer))
+    else:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        from livediff.pipelines.models import from_folder_or_hub
+
+        parts = {}
+        for name, cls in (("transformer", WanTransformer3DModel), ("vae", AutoencoderKLWan),
+                          ("text_encoder", UMT5EncoderModel), ("tokenizer", AutoTokenizer)):
+            parts[name] = from_folder_or_hub(_Part(cls, name), model)
+            if parts[name] is None:
+                raise ConfigError(f"Unknown causal video model {model!r}: use a hub id or a local folder in diffusers' "
+                                  f"Wan layout (e.g. 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'), or the preset {TINY_PRESET!r}.")
+        transformer, vae, text_encoder, tokenizer = (parts[n] for n in ("transformer", "vae", "text_encoder",
+                                                                        "tokenizer"))
+    # the video VAE runs in float32 under a half-precision transformer, as diffusers' Wan pipelines run it
+    vae_dtype = torch.float64 if torch_dtype == torch.float64 else torch.float32
+    for net, wanted in ((transformer, torch_dtype), (vae, vae_dtype), (text_encoder, torch_dtype)):
+        net.to(device=device).eval().requires_grad_(False)
+        if net.dtype != wanted:  # .double(): diffusers warns on .to(float64) about its float32-only modules
+            net.double() if wanted == torch.float64 else net.to(dtype=wanted)
+    return CausalModels(model, transformer, vae, text_encoder, tokenizer)
+
+
+class CausalVideoPipeline:
+    """One causal video stream over shared networks (see the module docstring).
+
+    `__call__(frame)` returns the list of frames it finished (possibly empty); `flush()` the rest.
+    Attributes worth reading: `cache` (the `RollingKVCache`), `encoder`/`decoder` (the VAE streams),
+    `schedule`, `latency_frames`.
+    """
+
+    def __init__(self, config: StreamConfig, models: CausalModels):
+        if config.mode != "causal-video" or not isinstance(config.causal, CausalVideoOptions):
+            raise ConfigError("CausalVideoPipeline needs a StreamConfig of mode 'causal-video'")
+        self.config = config
+        self.options: CausalVideoOptions = config.causal
+        self.settings = StreamSettings.from_config(config)
+        self.models = models
+        self.device = torch.device(config.device)
+        self.dtype = models.transformer.dtype
+        self.causal = CausalWanTransformer(models.transformer, self.options.transformer_config)
+        vae = models.vae
+        self.vae_dtype = vae.dtype
+        scale = 2 ** len(vae.config.temperal_downsample)
+        self.latent_hw = (config.height // scale, config.width // scale)
+        _, p_h, p_w = models.transformer.config.patch_size
+        if self.latent_hw[0] % p_h or self.latent_hw[1] % p_w:
+            raise ConfigError(f"{config.width}x{config.height} gives {self.latent_hw[1]}x{self.latent_hw[0]} latents, "
+                              f"not a multiple of the transformer's {p_w}x{p_h} patches")
+        if vae.config.z_dim != models.transformer.config.in_channels:
+            raise ConfigError(f"the VAE's {vae.config.z_dim} latent channels do not match the transformer's "
+                              f"{models.transformer.config.in_channels} input channels")
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        self.latents_mean = torch.tensor(vae.config.latents_mean, dtype=self.dtype, device=self.device).view(shape)
+        self.latents_inv_std = (1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float64)).to(
+            self.device, self.dtype).view(shape)
+        self.encoder, self.decoder = WanEncoderStream(vae), WanDecoderStream(vae)
+        self.text: torch.Tensor | None = None
+        self.prompt: str | None = None
+        self._build_stream()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _build_stream(self) -> None:
+        """A new stream: empty caches (transformer and VAE), no collected frames, the seed's noise."""
+        self.schedule = FlowSchedule.build(self.settings.t_index_list, self.options.flow_shift)
+        self.cache = self.causal.new_cache(1, *self.latent_hw, dtype=self.dtype, device=self.device)
+        self.encoder.reset()
+        self.decoder.reset()
+        self._pending: list[torch.Tensor] = []
+        self._kinds: list[FrameKind] = []
+        self._noise = torch.Generator("cpu").manual_seed(self.settings.seed)
+        #: chunks denoised since the stream started (across prompt changes)
+        self.chunks = 0
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """(1, L, text_dim) text embeddings; tokens past the prompt's end are zero (as diffusers' Wan)."""
+        tokenizer = self.models.tokenizer
+        length = min(MAX_TEXT_TOKENS, tokenizer.model_max_length)
+        tokens = tokenizer([prompt], padding="max_length", max_length=length, truncation=True,
+                           return_attention_mask=True, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            hidden = self.models.text_encoder(ids, mask).last_hidden_state
+        return (hidden * mask[..., None].to(hidden.dtype)).to(self.dtype)
+
+    def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.0,
+                delta: float = 1.0) -> None:
+        """Set the prompt (encoded here, once). Like a prompt change it re-anchors the cache."""
+        checks.text("prompt", prompt)
+        checks.text("negative_prompt", negative_prompt)
+        checks.number("guidance_scale", guidance_scale, 0.0, 20.0)
+        checks.number("delta", delta, 0.0, 2.0)
+        if negative_prompt or guidance_scale > 1.0:
+            raise ConfigError("mode 'causal-video' runs distilled causal models without classifier-free guidance: "
+                              "leave negative_prompt empty and guidance_scale at 1 or below")
+        self._set_prompt(prompt)
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        """Change the prompt live; the policy is re-anchoring (see the module docstring)."""
+        if self.text is None:
+            raise ConfigError("no prompt yet: call prepare(prompt=...) before running frames")
+        checks.text("prompt", prompt)
+        if negative_prompt:
+            raise ConfigError("mode 'causal-video' runs without classifier-free guidance: no negative prompt")
+        self._set_prompt(prompt)
+
+    def _set_prompt(self, prompt: str) -> None:
+        self.text = self.encode_prompt(prompt)
+        self.prompt = prompt
+        self.cache.reset()  # re-anchor: the next chunk is the new sink, at frame 0
+
+    def set_strength(self, strength: float) -> None:
+        """Map a strength in (0,1] to a t_index_list with the current number of stages."""
+        self.set_t_index_list(strength_to_t_index_list(strength, len(self.settings.t_index_list)))
+
+    def set_t_index_list(self, t_index_list) -> None:
+        """New stages from the next chunk on (the cache holds clean context and stays)."""
+        self.settings = replace(self.settings, t_index_list=t_index_list)
+        self.schedule = FlowSchedule.build(self.settings.t_index_list, self.options.flow_shift)
+
+    def set_seed(self, seed: int) -> None:
+        """The noise generator is seeded when the stream starts, so a new seed restarts it."""
+        self.settings = replace(self.settings, seed=seed)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to a fresh stream with the same settings and prompt."""
+        self._build_stream()
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The networks whose weights decide the output (for a job's identity)."""
+        return {"transformer": self.models.transformer, "vae": self.models.vae,
+                "text_encoder": self.models.text_encoder}
+
+    @property
+    def chunk_video_frames(self) -> int:
+        """Video frames of the chunk being collected: 1 + 4(k−1) for the stream's first, 4k later."""
+        k = self.options.chunk_frames
+        return 1 + FRAMES_PER_LATENT * (k - 1) if self.encoder.frames == 0 else FRAMES_PER_LATENT * k
+
+    @property
+    def latency_frames(self) -> int:
+        """Frames still needed before the chunk being collected is processed and returned."""
+        return self.chunk_video_frames - len(self._pending)
+
+    # --- running ----------------------------------------------------------------------------
+    def __call__(self, frame, *, output: str = "same") -> list:
+        """One frame in (PIL image, array or tensor); the frames this one finished out, oldest first, each
+        in the kind its input came in (`output="tensor"`: float tensors in [0, 1] on the device)."""
+        if self.text is None:
+            raise ConfigError("no prompt yet: call prepare(prompt=...) before running frames")
+        if output not in ("same", "tensor"):
+            raise ConfigError(f"output {output!r} is not one of same, tensor")
+        images, kind = to_model_tensor(frame, self.config.height, self.config.width, 1)
+        if output == "tensor":
+            kind = FrameKind("torch", batched=kind.batched)
+        self._pending.append(images[0].to(self.device, self.vae_dtype))
+        self._kinds.append(kind)
+        if len(self._pending) < self.chunk_video_frames:
+            return []
+        return self._run_pending(len(self._pending))
+
+    def flush(self) -> list:
+        """The frames still held (an incomplete last chunk, completed by repeating its last frame; only the
+        real frames are returned); then the stream ends: the next frame starts a new one."""
+        try:
+            real = len(self._pending)
+            if not real:
+                return []
+            self._pending += [self._pending[-1]] * (self.chunk_video_frames - real)
+            return self._run_pending(real)
+        finally:
+            self.reset()
+
+    def _run_pending(self, real: int) -> list:
+        video = torch.stack(self._pending, dim=1)[None]  # (1, 3, T, H, W)
+        kinds = self._kinds
+        self._pending, self._kinds = [], []
+        decoded = self.run_chunk(video)
+        return [from_model_tensor(decoded[:, :, i], kinds[i]) for i in range(real)]
+
+    @torch.no_grad()
+    def run_chunk(self, video: torch.Tensor) -> torch.Tensor:
+        """(1, 3, T, H, W) frames in [-1, 1] (a whole chunk) → the restyled (1, 3, T, H, W) in [-1, 1]."""
+        mean = self.encoder(video.to(self.vae_dtype))
+        latents = (mean.to(self.dtype) - self.latents_mean) * self.latents_inv_std
+        denoised = self.denoise(latents)
+        return self.decoder((denoised / self.latents_inv_std + self.latents_mean).to(self.vae_dtype))
+
+    def denoise(self, clean: torch.Tensor) -> torch.Tensor:
+        """One chunk's normalised latents → its restyled latents; the chunk is then written to the cache."""
+        noise = torch.randn(clean.shape, generator=self._noise, dtype=self.dtype).to(self.device)
+        sigma = self.schedule.sigmas[0]
+        x = (1.0 - sigma) * clean + sigma * noise
+        for stage, (sigma, t) in enumerate(zip(self.schedule.sigmas, self.schedule.timesteps)):
+            velocity = self.causal(x, t, self.text, self.cache)
+            x = x + (self.schedule.next_sigma(stage) - sigma) * velocity
+        self.causal.finish_chunk(self.cache, clean=x, text=self.text)
+        self.chunks += 1
+        return x
