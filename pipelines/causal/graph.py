@@ -1,0 +1,231 @@
+"""The causal transformer as a pure function of tensors (issue 16, item 4): what every backend runs.
+
+One denoising call of one chunk, with the rolling cache as explicit inputs and the chunk's new
+keys/values as outputs, the way `networks.BankedUNetFunction` takes the feature bank:
+
+    inputs:  latents (B, C, chunk_frames, h, w), timestep (B,), encoder_hidden_states (B, L, text_dim),
+             rotary_cos, rotary_sin (B, chunk_tokens, 1, head_dim): the chunk's rotary tables at its
+             absolute frame (`rotary_tables`), then the cache: per self-attention layer its keys and
+             values (B, slots·chunk_tokens, heads, head_dim), then cache_filled (B, slots·chunk_tokens),
+             1 where a slot's token holds a chunk, 0 where it is empty
+    outputs: noise_pred (B, C_out, chunk_frames, h, w), then per layer the chunk's new keys and values
+             (B, chunk_tokens, heads, head_dim), rotated: what `RollingKVCache.commit` writes
+
+Everything Python-side in the eager runner stays outside the graph: the ring (which slot the next
+chunk goes to, `RollingKVCache.commit` via `stage_outputs`), how many chunks were seen (the fill mask
+is a tensor input) and the chunk's frame position (the rotary tables are inputs; they are computed
+on the device, in float64 where the model is float64, else in float32, never in 16 bits). So one
+graph serves the whole stream: every shape is fixed by the resolution, the chunk size, the cache size
+and the text length (`variant`); only the rows axis (axis 0 of everything) may vary, and rows may
+even belong to different streams (each row has its own positions and fill mask).
+
+The self-attention processors are the eager runner's own (`attention.CausalSelfAttnProcessor`), on
+another weight-sharing copy of the model: they read a `GraphCacheCall` where the eager runner gives
+them a `RollingKVCache`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from livediff.errors import ConfigError, InputError
+from livediff.networks import TensorFunction
+from livediff.pipelines.causal.attention import causal_copy, chunk_rotary, token_grid
+from livediff.pipelines.causal.cache import RollingKVCache
+from livediff.pipelines.causal.config import CausalConfig
+
+#: Wan 2.1's text encoder (UMT5) pads prompts to 512 tokens
+WAN_TEXT_TOKENS = 512
+#: Wan 2.1's VAE: 8x spatial compression
+WAN_VAE_SCALE_FACTOR = 8
+BASE_INPUTS = ("latents", "timestep", "encoder_hidden_states", "rotary_cos", "rotary_sin")
+
+
+class GraphCacheCall:
+    """The cache as the processors see it during one call of the function: its tensors come in as
+    inputs (`read`) and the chunk's keys/values go out as outputs (`stage` collects them)."""
+
+    def __init__(self, keys: dict, values: dict, filled: torch.Tensor):
+        self.keys, self.values, self.filled = keys, values, filled
+        self.staged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def read(self, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.keys[layer], self.values[layer], self.filled
+
+    def stage(self, layer: str, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.staged[layer] = (keys, values)
+
+
+class RotaryInput:
+    """Where the function puts the call's rotary tables for `TableRotary` (a plain object, like the slot)."""
+
+    def __init__(self):
+        self.tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class TableRotary(nn.Module):
+    """Replaces the model's `rope` in the function's copy: the call's rotary tables are graph inputs."""
+
+    def __init__(self, rope: nn.Module, source: RotaryInput):
+        super().__init__()
+        self.rope = rope  # the model's own (its tables size the inputs; shared buffers)
+        self.source = source
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.tables
+
+
+def rotary_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Rotary tables stay in float32 under a 16-bit model (as diffusers computes them), else the model's dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class CausalTransformerFunction(TensorFunction):
+    """One denoising call of a chunk of the block-causal Wan transformer, as a function of tensors
+    (see the module docstring for the inputs and outputs)."""
+
+    name = "causal_transformer"
+    spatial_multiple = WAN_VAE_SCALE_FACTOR * 2
+
+    def __init__(self, model, config: CausalConfig, text_tokens: int = WAN_TEXT_TOKENS,
+                 vae_scale_factor: int = WAN_VAE_SCALE_FACTOR):
+        super().__init__()
+        p_t, p_h, p_w = model.config.patch_size
+        if config.chunk_frames % p_t:
+            raise ConfigError(f"causal chunk_frames {config.chunk_frames} must be a multiple of the transformer's "
+                              f"temporal patch size {p_t}")
+        if not isinstance(text_tokens, int) or text_tokens < 1:
+            raise ConfigError(f"text_tokens {text_tokens!r} must be a positive integer")
+        self.config = config
+        self.text_tokens = text_tokens
+        self.vae_scale_factor = vae_scale_factor
+        self.spatial_multiple = vae_scale_factor * max(p_h, p_w)
+        self.model, slot, self.layers = causal_copy(model)
+        self._slot = slot
+        self._rotary = RotaryInput()
+        self.model.rope = TableRotary(self.model.rope.rope, self._rotary)  # drop the slot's frame offset
+        self.heads = model.config.num_attention_heads
+        self.head_dim = model.config.attention_head_dim
+        self.in_channels = model.config.in_channels
+        self.out_channels = model.config.out_channels
+        self.text_dim = model.config.text_dim
+        self.input_names = (*BASE_INPUTS, *(f"cache_{kind}.{layer}" for layer in self.layers
+                                            for kind in ("key", "value")), "cache_filled")
+        self.output_names = ("noise_pred", *(f"new_{kind}.{layer}" for layer in self.layers
+                                             for kind in ("key", "value")))
+
+    # --- shapes -----------------------------------------------------------------------------------
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        f = self.vae_scale_factor
+        if height % self.spatial_multiple or width % self.spatial_multiple:
+            raise ConfigError(f"the causal transformer's graph needs a resolution that is a multiple of "
+                              f"{self.spatial_multiple} pixels, got {height}x{width}")
+        return height // f, width // f
+
+    def chunk_tokens(self, latent_h: int, latent_w: int) -> int:
+        frames, rows, cols = token_grid(self.model, (1, 1, self.config.chunk_frames, latent_h, latent_w))
+        return frames * rows * cols
+
+    def variant(self) -> tuple:
+        c = self.config
+        return (("causal", ("chunk_frames", c.chunk_frames), ("sink_chunks", c.sink_chunks),
+                 ("window_chunks", c.window_chunks)), ("text_tokens", self.text_tokens), ("layers", len(self.layers)))
+
+    def state_inputs(self) -> tuple[int, ...]:
+        return tuple(range(len(BASE_INPUTS), len(self.input_names)))
+
+    def example_inputs(self, rows, height, width, dtype, device):
+        h, w = self.latent_size(height, width)
+        tokens = self.chunk_tokens(h, w)
+        slots = self.config.cache_chunks * tokens
+        latents = torch.randn(rows, self.in_channels, self.config.chunk_frames, h, w, dtype=dtype, device=device)
+        timestep = torch.linspace(999, 1, rows, dtype=torch.float32, device=device)
+        text = torch.randn(rows, self.text_tokens, self.text_dim, dtype=dtype, device=device)
+        # a stream some chunks in: rotary at its frame, the cache partly filled
+        chunks = max(1, self.config.cache_chunks - 1)
+        cos, sin = self.rotary_tables(chunks * self.config.chunk_frames, rows, (h, w), dtype, device)
+        kv = [torch.randn(rows, slots, self.heads, self.head_dim, dtype=dtype, device=device)
+              for _ in range(2 * len(self.layers))]
+        filled = (torch.arange(slots, device=device) < chunks * tokens).to(dtype).expand(rows, slots).contiguous()
+        return (latents, timestep, text, cos, sin, *kv, filled)
+
+    def output_shapes(self, inputs):
+        latents = inputs[0]
+        rows, _, frames, h, w = latents.shape
+        chunk = (rows, self.chunk_tokens(h, w), self.heads, self.head_dim)
+        return [(rows, self.out_channels, frames, h, w), *([chunk] * (2 * len(self.layers)))]
+
+    def spatial_axes(self):
+        raise ConfigError("the causal transformer's graph has a static resolution (its cache sizes follow from it); "
+                          "build it without a resolution range")
+
+    def adapt_inputs(self, latents, timestep, encoder_hidden_states, *rest):
+        return (latents.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
+                *(t.contiguous() for t in rest))
+
+    # --- between calls: what stays outside the graph -----------------------------------------------
+
+    def rotary_tables(self, frame_offset: int, rows: int, latent_hw: tuple[int, int],
+                      dtype: torch.dtype | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (rows, chunk_tokens, 1, head_dim), of a chunk starting at latent frame
+        `frame_offset` (`RollingKVCache.next_frame`), computed on the model's device."""
+        rope = self.model.rope.rope
+        p_t, p_h, p_w = rope.patch_size
+        grid = (self.config.chunk_frames // p_t, latent_hw[0] // p_h, latent_hw[1] // p_w)
+        cos, sin = chunk_rotary(rope, frame_offset // p_t, grid)
+        target = rotary_dtype(dtype or cos.dtype)
+        return tuple(t.to(device=device or t.device, dtype=target).expand(rows, -1, -1, -1).contiguous()
+                     for t in (cos, sin))
+
+    def cache_inputs(self, cache: RollingKVCache, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """The cache's tensors in input order: every layer's keys and values (the cache's own tensors,
+        read where they live) and the fill mask as 0/1 per row."""
+        if tuple(cache.layers) != tuple(self.layers):
+            raise ConfigError(f"this cache holds layers {list(cache.layers)}, the function has {list(self.layers)}")
+        rows, slots = cache.chunk_shape[0], cache.filled.shape[0]
+        filled = cache.filled.to(dtype or cache.keys[self.layers[0]].dtype).expand(rows, slots)
+        return [*(t for layer in self.layers for t in (cache.keys[layer], cache.values[layer])), filled]
+
+    def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                   cache: RollingKVCache) -> tuple[torch.Tensor, ...]:
+        """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes)."""
+        cos, sin = self.rotary_tables(cache.next_frame, latents.shape[0], tuple(latents.shape[-2:]), latents.dtype,
+                                      latents.device)
+        return (latents, timestep, text, cos, sin, *self.cache_inputs(cache, latents.dtype))
+
+    def stage_outputs(self, cache: RollingKVCache, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stage a call's new keys/values in `cache` (its owner commits them: the ring placement) and
+        return the prediction."""
+        prediction, *new = outputs
+        if len(new) != 2 * len(self.layers):
+            raise InputError(f"{self.name} returns the prediction and {2 * len(self.layers)} keys/values, "
+                             f"got {len(outputs)} outputs")
+        for i, layer in enumerate(self.layers):
+            cache.stage(layer, new[2 * i], new[2 * i + 1])
+        return prediction
+
+    # --- the function ------------------------------------------------------------------------------
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                rotary_cos: torch.Tensor, rotary_sin: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(cache) != 2 * len(self.layers) + 1:
+            raise InputError(f"{self.name} takes {2 * len(self.layers)} cache keys/values and the fill mask, "
+                             f"got {len(cache)} cache tensors")
+        keys = {layer: cache[2 * i] for i, layer in enumerate(self.layers)}
+        values = {layer: cache[2 * i + 1] for i, layer in enumerate(self.layers)}
+        call = GraphCacheCall(keys, values, cache[-1] > 0.5)
+        self._slot.cache = call
+        self._rotary.tables = (rotary_cos, rotary_sin)
+        try:
+            prediction = self.model(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+        finally:
+            self._slot.cache = None
+            self._rotary.tables = None
+        new = [t for layer in self.layers for t in call.staged[layer]]
+        return (prediction, *new)
+
+    def grouped_like_forward(self, per_input: list) -> tuple:
+        return (*per_input[:len(BASE_INPUTS)], tuple(per_input[len(BASE_INPUTS):]))
