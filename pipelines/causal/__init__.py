@@ -37,4 +37,8 @@ def __getattr__(name: str):
         from livediff.pipelines.causal.reference import BlockCausalReference
 
         return BlockCausalReference
+    if name == "CausalVideoPipeline":
+        from livediff.pipelines.causal.pipeline import CausalVideoPipeline
+
+        return CausalVideoPipeline
     raise AttributeError(f"module 'livediff.pipelines.causal' has no attribute {name!r}")
