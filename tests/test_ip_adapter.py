@@ -167,3 +167,24 @@ def test_with_a_controlnet_both_act_and_both_switch_off_to_the_plain_model():
     for i in range(1, 4):  # once the frames conditioned before the switch have left the stream
         out, expected = both(frame(i), output="tensor"), plain(frame(i), output="tensor")
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_cli_style_options_restyle_a_video_and_mismatches_are_named(tmp_path, capsys):
+    """`--style-image` goes through the video job (its resume identity names the picture)."""
+    from media import make_clip, probe
+
+    from livediff.app.cli import main
+
+    clip = make_clip(tmp_path / "in.mp4", n_frames=4, size=(64, 64), fps=4, audio=False)
+    style = tmp_path / "style.png"
+    picture(8).save(style)
+    base = ["video", str(clip), "--model", "tiny", "--width", "64", "--height", "64", "--no-progress"]
+    out = tmp_path / "out.mp4"
+    assert main([*base, "-o", str(out), "--ip-adapter", "random", "--image-encoder", "random",
+                 "--style-image", str(style), "--style-scale", "0.9"]) == 0
+    assert probe(out)["frames"] == 4
+    assert main([*base, "-o", str(tmp_path / "bad.mp4"), "--style-image", str(style)]) != 0
+    assert "--style-image and --image-encoder need --ip-adapter" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "bad.mp4"), "--ip-adapter", "random", "--image-encoder", "random",
+                 "--style-image", str(tmp_path / "missing.png")]) != 0
+    assert "cannot read image" in capsys.readouterr().err
