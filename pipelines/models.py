@@ -111,10 +111,12 @@ def download_command(model: str) -> str:
     return f"hf download {model}" if (major, minor) >= (0, 34) else f"huggingface-cli download {model}"
 
 
-def offline_message(model: str) -> str:
+def offline_message(model: str, preset: str = "tiny") -> str:
+    """One sentence for a model that cannot be had from here; `preset` is the random-weight model to
+    suggest instead (one of the same kind: `tiny-wan-causal` for mode causal-video)."""
     return (f"Model {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
             f"run `{download_command(model)}` on a connected machine (or copy the folder here and pass "
-            f"its path with --model), or use --model tiny to try livediff without weights.")
+            f"its path with --model), or use --model {preset} to try livediff without weights.")
 
 
 def _pipeline_class(family: str):
@@ -230,9 +232,10 @@ def _hub_size(model: str) -> int | None:
     return sum(sibling.size or 0 for sibling in info.siblings or ()) or None
 
 
-def from_folder_or_hub(cls, model: str):
+def from_folder_or_hub(cls, model: str, preset: str = "tiny"):
     """`cls.from_pretrained` for a local folder or a hub id (the local cache first), None for a name
-    that is neither; a model that cannot be had from here is one sentence (`offline_message`)."""
+    that is neither; a model that cannot be had from here is one sentence (`offline_message`, which
+    suggests `preset`)."""
     path = Path(model)
     try:
         if path.is_dir():
@@ -245,7 +248,7 @@ def from_folder_or_hub(cls, model: str):
                     raise
                 return cls.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(offline_message(model)) from exc
+        raise ModelNotAvailableError(offline_message(model, preset)) from exc
     return None
 
 

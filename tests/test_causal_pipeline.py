@@ -206,8 +206,10 @@ def test_guidance_is_refused_and_an_offline_hub_model_is_one_sentence(monkeypatc
     with pytest.raises(ConfigError, match="call prepare"):
         pipe(frames(1)[0])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotAvailableError, match="not in the local Hugging Face cache"):
+    with pytest.raises(ModelNotAvailableError, match="not in the local Hugging Face cache") as caught:
         build(model="nobody-here/wan-missing-model")
+    # the weightless model it suggests is one this mode runs (`--model tiny` is an image model)
+    assert "use --model tiny-wan-causal to try" in str(caught.value)
 
 
 # --- the video command ------------------------------------------------------------------------

@@ -74,9 +74,6 @@ from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_ten
 from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
 
 TINY_PRESET = "tiny-wan-causal"
-#: the tiny preset's text encoder (UMT5, Wan's text encoder family) at the tiny transformer's text width
-TINY_UMT5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-                 relative_attention_max_distance=16, vocab_size=1000)
 #: longest prompt in tokens (Wan's pipelines use 512)
 MAX_TEXT_TOKENS = 512
 
@@ -113,13 +110,6 @@ class FlowSchedule:
         return self.sigmas[stage + 1] if stage + 1 < len(self.sigmas) else 0.0
 
 
-def _tiny_text_encoder(tokenizer):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = UMT5Config(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **TINY_UMT5)
-    return UMT5EncoderModel(config)
-
-
 class _Part:
     """`from_pretrained` of one component of a diffusers pipeline folder / hub repository (its subfolder)."""
 
@@ -131,19 +121,26 @@ class _Part:
 
 
 def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
-    """`tiny-wan-causal` (random weights, no download) or a hub id / folder in diffusers' Wan layout
-    (transformer/, vae/, text_encoder/, tokenizer/ as in Wan-AI/Wan2.1-T2V-1.3B-Diffusers)."""
-    from livediff.pipelines.causal.presets import build_tiny_wan_causal, build_tiny_wan_vae
+    """A random-weight preset (`CAUSAL_PRESETS`: tiny-wan-causal, wan-causal-reduced, wan-causal-random; no
+    download) or a hub id / folder in diffusers' Wan layout (transformer/, vae/, text_encoder/, tokenizer/ as
+    in Wan-AI/Wan2.1-T2V-1.3B-Diffusers). On the `meta` device a preset is built there directly (shapes
+    only: the 1.3B layout costs no memory)."""
+    from livediff.pipelines.causal.presets import (CAUSAL_PRESETS, build_text_encoder, build_tiny_wan_causal,
+                                                   build_tiny_wan_vae, build_wan_transformer, build_wan_vae)
     from livediff.pipelines.models import resolve_dtype
 
     torch_dtype = resolve_dtype(dtype, device)
-    if model == TINY_PRESET:
-        from livediff.pipelines.presets import make_tokenizer, random_weights
+    if model in CAUSAL_PRESETS:
+        from livediff.pipelines.presets import make_tokenizer
 
         tokenizer = make_tokenizer()
-        transformer = build_tiny_wan_causal(seed=0, dtype=torch_dtype)
-        vae = build_tiny_wan_vae(seed=0, dtype=torch.float64 if torch_dtype == torch.float64 else torch.float32)
-        text_encoder = random_weights(0, lambda: _tiny_text_encoder(tokenizer))
+        text_encoder = build_text_encoder(model, tokenizer, seed=0, device="meta" if device == "meta" else "cpu")
+        if model == TINY_PRESET:
+            transformer = build_tiny_wan_causal(seed=0, dtype=torch_dtype)
+            vae = build_tiny_wan_vae(seed=0, dtype=torch.float64 if torch_dtype == torch.float64 else torch.float32)
+        else:
+            where = "meta" if device == "meta" else "cpu"
+            transformer, vae = build_wan_transformer(model, 0, where), build_wan_vae(model, 0, where)
     else:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
@@ -153,10 +150,11 @@ def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
         parts = {}
         for name, cls in (("transformer", WanTransformer3DModel), ("vae", AutoencoderKLWan),
                           ("text_encoder", UMT5EncoderModel), ("tokenizer", AutoTokenizer)):
-            parts[name] = from_folder_or_hub(_Part(cls, name), model)
+            parts[name] = from_folder_or_hub(_Part(cls, name), model, preset=TINY_PRESET)
             if parts[name] is None:
                 raise ConfigError(f"Unknown causal video model {model!r}: use a hub id or a local folder in diffusers' "
-                                  f"Wan layout (e.g. 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'), or the preset {TINY_PRESET!r}.")
+                                  f"Wan layout (e.g. 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'), or a preset "
+                                  f"({', '.join(CAUSAL_PRESETS)}).")
         transformer, vae, text_encoder, tokenizer = (parts[n] for n in ("transformer", "vae", "text_encoder",
                                                                         "tokenizer"))
     # the video VAE runs in float32 under a half-precision transformer, as diffusers' Wan pipelines run it
