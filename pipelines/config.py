@@ -112,6 +112,7 @@ class StreamConfig:
         """Mode "causal-video" runs a Wan-layout transformer chunk by chunk (`pipelines.causal`): its own
         options are validated here and the image pipelines' options that it has no use for are refused."""
         from livediff.pipelines.causal.options import CausalVideoOptions
+        from livediff.pipelines.causal.runners import unsupported_accelerator
 
         if self.mode != "causal-video":
             if self.causal is not None:
@@ -126,7 +127,8 @@ class StreamConfig:
                    (self.similarity_filter is not None, "similarity_filter"),
                    (self.frame_buffer_size != 1, "frame_buffer_size other than 1 (frames are collected into chunks)"),
                    (self.max_sessions != 1, "max_sessions other than 1"),
-                   (self.accelerator != "eager", f"accelerator {self.accelerator!r} (eager only, for now)"),
+                   (unsupported_accelerator(self.accelerator) is not None,
+                    f"accelerator {self.accelerator!r} ({unsupported_accelerator(self.accelerator)})"),
                    (self.cfg_type in ("full", "initialize"),
                     f"cfg_type {self.cfg_type!r} (distilled causal models run without classifier-free guidance)")]
         names = [name for bad, name in refused if bad]

@@ -36,7 +36,7 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
 
     config = StreamConfig.from_settings(settings)
     if config.mode == "causal-video":
-        return _causal_video_pipeline(config, accelerator_options)
+        return _causal_video_pipeline(config, accelerator_options, progress)
     options = check_accelerator(config.accelerator, build_target(config), accelerator_options)
     models = shared_models(config.model, config.vae, config.loras, config.device, config.dtype,
                            config.control_networks(), config.adapter_networks())
@@ -48,17 +48,17 @@ def load_pipeline(accelerator_options=None, progress=None, **settings):
     return StreamPipeline(config, models, runners)
 
 
-def _causal_video_pipeline(config: StreamConfig, accelerator_options):
+def _causal_video_pipeline(config: StreamConfig, accelerator_options, progress=None):
     """Mode "causal-video" (`pipelines.causal.pipeline`): a Wan-layout transformer, video VAE and text
-    encoder, shared per process like the image models."""
-    from livediff.errors import ConfigError
+    encoder, shared per process like the image models; its transformer runs on the accelerator
+    (`pipelines.causal.runners`)."""
     from livediff.pipelines.causal.pipeline import CausalVideoPipeline, load_causal_models
+    from livediff.pipelines.causal.runners import check_options, make_causal_backend
 
-    if accelerator_options:
-        raise ConfigError("accelerator_options do not apply to mode 'causal-video' (it runs eager only, for now)")
+    options = check_options(config, accelerator_options)  # before any weights load
     key = ("causal-video", config.model, config.device, config.dtype)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_causal_models(config.model, config.device, config.dtype)
         models = _MODEL_CACHE[key]
-    return CausalVideoPipeline(config, models)
+    return CausalVideoPipeline(config, models, make_causal_backend(config, options, progress))

@@ -67,7 +67,7 @@ import torch
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.causal.options import CausalVideoOptions
-from livediff.pipelines.causal.transformer import CausalWanTransformer
+from livediff.pipelines.causal.runners import causal_transformer
 from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
@@ -174,7 +174,7 @@ class CausalVideoPipeline:
     `schedule`, `latency_frames`.
     """
 
-    def __init__(self, config: StreamConfig, models: CausalModels):
+    def __init__(self, config: StreamConfig, models: CausalModels, backend=None):
         if config.mode != "causal-video" or not isinstance(config.causal, CausalVideoOptions):
             raise ConfigError("CausalVideoPipeline needs a StreamConfig of mode 'causal-video'")
         self.config = config
@@ -183,10 +183,14 @@ class CausalVideoPipeline:
         self.models = models
         self.device = torch.device(config.device)
         self.dtype = models.transformer.dtype
-        self.causal = CausalWanTransformer(models.transformer, self.options.transformer_config)
         vae = models.vae
         self.vae_dtype = vae.dtype
         scale = 2 ** len(vae.config.temperal_downsample)
+        #: text length of the prompt embeddings (the tokenizer's padded length, at most Wan's 512)
+        self.text_tokens = min(MAX_TEXT_TOKENS, models.tokenizer.model_max_length)
+        # eager: CausalWanTransformer; an accelerator: its graph of one call (`pipelines.causal.runners`)
+        self.causal = causal_transformer(models.transformer, self.options.transformer_config, backend,
+                                         self.text_tokens, scale)
         self.latent_hw = (config.height // scale, config.width // scale)
         _, p_h, p_w = models.transformer.config.patch_size
         if self.latent_hw[0] % p_h or self.latent_hw[1] % p_w:
@@ -220,7 +224,7 @@ class CausalVideoPipeline:
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, L, text_dim) text embeddings; tokens past the prompt's end are zero (as diffusers' Wan)."""
         tokenizer = self.models.tokenizer
-        length = min(MAX_TEXT_TOKENS, tokenizer.model_max_length)
+        length = self.text_tokens
         tokens = tokenizer([prompt], padding="max_length", max_length=length, truncation=True,
                            return_attention_mask=True, return_tensors="pt")
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)

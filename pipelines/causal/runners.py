@@ -1,0 +1,120 @@
+"""The causal video pipeline on an accelerator (issue 16, item 4): its transformer calls run as
+`CausalTransformerFunction` (one chunk's denoising call as a pure function of tensors, the rolling
+cache as explicit inputs, the chunk's new keys/values as outputs) by the accelerator's runner.
+
+    load_pipeline(model="tiny-wan-causal", mode="causal-video", accelerator="onnxruntime", ...)
+
+Accelerators (`CAUSAL_ACCELERATORS`):
+
+* eager: `CausalWanTransformer` itself (no function, no graph);
+* onnxruntime, openvino: the function exported to ONNX once per resolution, chunk size, cache size and
+  text length (all in the graph's `EngineCache` key: the resolution, and the function's `variant()`),
+  reused by every later pipeline with the same settings; openvino converts that same graph;
+* compile: the function under torch.compile(fullgraph=True, static shapes) — it traces with no graph
+  break; on CPU the first chunk compiles for minutes;
+* tensorrt: not built for this mode yet (refused by name before any weights load).
+
+What stays outside the graph is what `RollingKVCache` does between calls, exactly as for the eager
+runner: the ring placement (`stage` the call's new keys/values, `commit` the finished chunk into its
+slot), the chunk count and the chunk's frame position (the rotary tables and the fill mask are
+inputs, built by `CausalTransformerFunction.inputs_for`). So `GraphCausalTransformer` is a drop-in
+`CausalWanTransformer`: same calls, same cache, same `finish_chunk` policy.
+
+The graph's text input has the pipeline's real text length (its tokenizer's padded length, capped at
+Wan's 512), not the 512 default. Cross-attention keys/values are still projected at every call (not
+yet computed once per prompt).
+"""
+from __future__ import annotations
+
+from livediff.accelerators.base import AcceleratorOptions, BuildTarget, RowRange
+from livediff.errors import ConfigError, InputError
+from livediff.pipelines.causal.config import CausalConfig
+from livediff.pipelines.causal.graph import WAN_VAE_SCALE_FACTOR, CausalTransformerFunction
+from livediff.pipelines.causal.transformer import CausalWanTransformer, timestep_rows
+
+#: accelerators mode "causal-video" runs on
+CAUSAL_ACCELERATORS = ("eager", "compile", "onnxruntime", "openvino")
+#: the others, and why
+NOT_BUILT = {"tensorrt": "TensorRT engines of the causal transformer are not built yet"}
+
+
+def unsupported_accelerator(name: str) -> str | None:
+    """Why mode 'causal-video' refuses accelerator `name` (a sentence naming the supported ones), or None."""
+    if name in CAUSAL_ACCELERATORS:
+        return None
+    why = NOT_BUILT.get(name, "unknown accelerator")
+    return f"{why}; mode 'causal-video' runs on {', '.join(CAUSAL_ACCELERATORS)}"
+
+
+def causal_build_target(config) -> BuildTarget:
+    """What a backend builds the causal transformer for: one row per call (one stream), the pipeline's size."""
+    import torch
+
+    from livediff.pipelines.models import resolve_dtype
+
+    one = RowRange(1, 1, 1)
+    return BuildTarget(device=torch.device(config.device), dtype=resolve_dtype(config.dtype, config.device),
+                       height=config.height, width=config.width, stream_rows=one, frame_rows=1, model=config.model)
+
+
+def check_options(config, options: AcceleratorOptions | dict | None) -> AcceleratorOptions | None:
+    """The accelerator options, validated before weights load (None for eager, which takes none)."""
+    from livediff.accelerators import check_accelerator
+
+    if config.accelerator == "eager":
+        if options:
+            raise ConfigError("accelerator_options do not apply to accelerator 'eager'")
+        return None
+    options = check_accelerator(config.accelerator, causal_build_target(config), options)
+    if options.resolution is not None and options.resolution.dynamic:
+        raise ConfigError("the causal transformer's graph has a static resolution (its cache size follows from "
+                          "it): leave the accelerator option resolution unset")
+    return options
+
+
+def make_causal_backend(config, options: AcceleratorOptions | None, progress=None):
+    """The backend that runs the pipeline's transformer function (None for eager)."""
+    from livediff.accelerators import make_backend
+
+    if config.accelerator == "eager":
+        return None
+    return make_backend(config.accelerator, causal_build_target(config), options, progress)
+
+
+class GraphCausalTransformer(CausalWanTransformer):
+    """`CausalWanTransformer` whose calls run `CausalTransformerFunction` through a backend's runner.
+
+    The function is exported/compiled/built by `backend.runner` when this is made (ONNX graphs come
+    from the `EngineCache`); each call builds the function's inputs from the cache (`inputs_for`), runs
+    the runner and stages the new keys/values in the cache (`stage_outputs`); `finish_chunk` and the
+    ring placement are the eager runner's.
+    """
+
+    def __init__(self, model, config: CausalConfig, backend, text_tokens: int,
+                 vae_scale_factor: int = WAN_VAE_SCALE_FACTOR):
+        super().__init__(model, config)
+        self.function = CausalTransformerFunction(model, config, text_tokens=text_tokens,
+                                                  vae_scale_factor=vae_scale_factor).eval()
+        self.backend = backend
+        self.runner = backend.runner(self.function)
+
+    def __call__(self, latents, timestep, text, cache=None):
+        if latents.ndim != 5 or latents.shape[2] != self.config.chunk_frames:
+            raise InputError(f"a chunk is (batch, channels, {self.config.chunk_frames}, height, width) latents, got "
+                             f"{tuple(latents.shape)}")
+        if text.shape[1] != self.function.text_tokens:
+            raise InputError(f"the causal transformer's graph takes {self.function.text_tokens} text tokens, got "
+                             f"{text.shape[1]}")
+        if cache is None:  # the chunk alone at frame 0: an empty cache attends to nothing
+            cache = self.new_cache(latents.shape[0], *latents.shape[-2:], dtype=latents.dtype, device=latents.device)
+        t = timestep_rows(timestep, latents.shape[0], latents.device)
+        outputs = self.runner(*self.function.inputs_for(latents, t, text, cache))
+        return self.function.stage_outputs(cache, outputs)
+
+
+def causal_transformer(model, config: CausalConfig, backend=None, text_tokens: int | None = None,
+                       vae_scale_factor: int = WAN_VAE_SCALE_FACTOR) -> CausalWanTransformer:
+    """The pipeline's transformer runner: eager without a backend, else the function on the backend."""
+    if backend is None:
+        return CausalWanTransformer(model, config)
+    return GraphCausalTransformer(model, config, backend, text_tokens, vae_scale_factor)

@@ -1,0 +1,121 @@
+"""The causal video pipeline on accelerators (issue 16, item 4): `load_pipeline(mode="causal-video",
+accelerator=...)` runs its transformer calls as `CausalTransformerFunction` through the backend's runner,
+the ring placement between calls left to `RollingKVCache` (`pipelines.causal.runners`).
+
+* onnxruntime and openvino: a 3-chunk clip (1 sink, a window of 1: the window slides at the third chunk)
+  equals the eager pipeline frame for frame within 1e-4 relative (float32), and so do the caches left
+  behind; the graph's text input has the pipeline's real text length, not Wan's 512;
+* a second pipeline with the same settings exports nothing: the graph comes from the `EngineCache` (its
+  key holds the function's variant: chunk, sink, window, text length);
+* compile is accepted and wired (its runner is a `CompiledRunner` of the function; the function traces
+  with 0 graph breaks in test_causal_graph.py; compiling it on CPU takes minutes, so it is not run here);
+* tensorrt and bad accelerator options are refused with a sentence, before any weights load.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from livediff.errors import ConfigError
+from livediff.pipelines import load_pipeline
+from livediff.pipelines.causal.runners import CAUSAL_ACCELERATORS, GraphCausalTransformer
+from media import clip_frame
+
+SIZE = 64
+REL_TOLERANCE = 1e-4
+OPTIONS = dict(chunk_frames=1, sink_chunks=1, window_chunks=1)
+CLIP = 9  # 1 + 4 + 4 video frames: three chunks of one latent frame
+
+
+def build(accelerator="eager", **overrides):
+    settings = dict(model="tiny-wan-causal", mode="causal-video", width=SIZE, height=SIZE, device="cpu",
+                    dtype="float32", t_index_list=[20, 40], seed=7, causal=OPTIONS, accelerator=accelerator)
+    settings.update(overrides)
+    return load_pipeline(**settings)
+
+
+def run(pipe) -> list[torch.Tensor]:
+    pipe.prepare(prompt="claymation")
+    outs = []
+    for i in range(CLIP):
+        outs += pipe(clip_frame(i, SIZE, SIZE), output="tensor")
+    return outs
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("causal_engines")
+
+
+@pytest.fixture(scope="module")
+def eager():
+    pipe = build()
+    return pipe, run(pipe)
+
+
+@pytest.mark.parametrize("accelerator", ["onnxruntime", "openvino"])
+def test_accelerated_pipeline_equals_eager_with_a_sliding_window(accelerator, eager, cache_dir):
+    reference, expected = eager
+    pipe = build(accelerator, accelerator_options=dict(cache_dir=cache_dir))
+    assert isinstance(pipe.causal, GraphCausalTransformer)
+    assert pipe.causal.function.text_tokens == pipe.text_tokens == reference.text.shape[1] < 512
+    outs = run(pipe)
+    assert len(outs) == len(expected) == CLIP
+    assert max(relative_error(a, b) for a, b in zip(outs, expected)) < REL_TOLERANCE
+    # the ring: 3 chunks through 2 slots (the window slid once), the same keys/values as eager
+    assert pipe.cache.chunks == reference.cache.chunks == 3 > pipe.cache.config.cache_chunks
+    assert bool(pipe.cache.filled.all())
+    for ours, theirs in zip(pipe.cache.tensors()[:-1], reference.cache.tensors()[:-1]):
+        assert relative_error(ours, theirs) < REL_TOLERANCE
+
+
+def test_a_second_pipeline_reuses_the_exported_graph(tmp_path, monkeypatch):
+    from livediff.accelerators import onnx_export
+
+    heard = []
+    options = dict(cache_dir=tmp_path)
+    first = build("onnxruntime", accelerator_options=options, progress=lambda *event: heard.append(event))
+    assert ("causal_transformer", "exporting ONNX", 0, None) in heard
+    graphs = list(tmp_path.glob("onnx-causal_transformer-*"))
+    assert len(graphs) == 1
+
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    heard.clear()
+    second = build("onnxruntime", accelerator_options=options, progress=lambda *event: heard.append(event))
+    assert [e for e in heard if e[1] == "exporting ONNX"] == []
+    assert second.causal.runner is not first.causal.runner  # its own session over the same cached graph
+    assert list(tmp_path.glob("onnx-causal_transformer-*")) == graphs
+    # another cache size is another graph (the key holds the function's variant)
+    monkeypatch.undo()
+    third = build("onnxruntime", accelerator_options=options, causal=dict(OPTIONS, window_chunks=2))
+    assert third.causal.function.variant() != first.causal.function.variant()
+    assert len(list(tmp_path.glob("onnx-causal_transformer-*"))) == 2
+
+
+def test_compile_is_wired_but_not_run():
+    """torch.compile of the function takes minutes on CPU: only that the pipeline is built on it."""
+    from livediff.accelerators.compiled import CompiledRunner
+
+    pipe = build("compile")
+    assert isinstance(pipe.causal, GraphCausalTransformer) and isinstance(pipe.causal.runner, CompiledRunner)
+    assert pipe.causal.runner.function is pipe.causal.function
+
+
+@pytest.mark.parametrize("accelerator, options, words", [
+    ("tensorrt", None, "does not support accelerator 'tensorrt' (TensorRT engines of the causal transformer are "
+                       "not built yet; mode 'causal-video' runs on eager, compile, onnxruntime, openvino)"),
+    ("eager", dict(opset=18), "accelerator_options do not apply to accelerator 'eager'"),
+    ("onnxruntime", dict(resolution=(64, 64, 128, 128)), "the causal transformer's graph has a static resolution"),
+])
+def test_what_cannot_run_is_refused_before_weights_load(accelerator, options, words, monkeypatch):
+    from livediff.pipelines.causal import pipeline
+
+    monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+    with pytest.raises(ConfigError) as caught:
+        build(accelerator, accelerator_options=options)
+    assert words in str(caught.value)
+    assert CAUSAL_ACCELERATORS == ("eager", "compile", "onnxruntime", "openvino")
