@@ -139,3 +139,30 @@ def test_ip_adapter_dry_run(mode):
     calls = dry_run(mode=mode, t_index_list=(20, 30, 40) if mode != "txt2img" else (0, 30), cfg_type="full",
                     ip_adapter=dict(model="random", image_encoder="random"))
     assert max(len(dtypes) for dtypes in calls) >= 3 + 2 * 4  # + key and value of the tiny UNet's cross layers
+
+
+def test_causal_video_dry_run(monkeypatch):
+    """Everything per chunk (VAE streams, noise, the transformer with its rolling cache, decode) on
+    meta in float16, across a sliding window, a prompt change and the final flush. The text encoder
+    runs once per prompt and transformers reads its padding mask on the host there (by design, like
+    the tokenizer), so the embeddings are given on meta here."""
+    from livediff.pipelines.causal.pipeline import CausalVideoPipeline
+
+    def encode(self, prompt):
+        width = self.models.transformer.config.text_dim
+        return torch.zeros(1, self.text_tokens, width, device="meta", dtype=self.dtype)
+
+    monkeypatch.setattr(CausalVideoPipeline, "encode_prompt", encode)
+    pipe = load_pipeline(model="tiny-wan-causal", mode="causal-video", width=SIZE, height=SIZE, device="meta",
+                         dtype="float16", t_index_list=[20, 40], causal=dict(chunk_frames=1, sink_chunks=1,
+                                                                              window_chunks=1))
+    pipe.prepare(prompt="claymation")
+    finished = []
+    for i in range(17):
+        finished += pipe(torch.rand(1, 3, SIZE, SIZE, device="meta"), output="tensor")
+        if i == 12:
+            pipe.update_prompt("watercolor")
+    finished += pipe.flush()
+    assert len(finished) == 17
+    assert {(f.device.type, tuple(f.shape[-2:])) for f in finished} == {("meta", (SIZE, SIZE))}
+    assert pipe.models.transformer.dtype == torch.float16  # the video VAE runs in float32, as diffusers' Wan
