@@ -137,15 +137,22 @@ def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:
 
 
 def build_pipeline(args: argparse.Namespace, mode: str, **extra):
+    """The pipeline these options describe, prepared with the prompt. Mode "causal-video" takes the
+    causal options (`add_causal_options`) and is prepared without guidance (its models are distilled to
+    run without it: --guidance-scale, --delta and --cfg-type are not used)."""
     from livediff.app.build_progress import BuildReporter
     from livediff.pipelines import load_pipeline
 
     settings, style = pipeline_settings(args, mode), style_image(args)
+    settings.update(causal_settings(args, mode, "--stream-mode"))
     pipe = load_pipeline(**settings, progress=BuildReporter(), **extra)
     if args.strength is not None:
         pipe.set_strength(args.strength)
-    pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                 delta=args.delta)
+    if mode == "causal-video":
+        pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt)
+    else:
+        pipe.prepare(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                     delta=args.delta)
     if style is not None:
         pipe.set_style_image(style)
     return pipe
@@ -181,3 +188,28 @@ def video_settings(args: argparse.Namespace) -> dict:
         if args.bank_fifo:
             bank["merge"] = False
     return dict(bank=bank, token_merge_ratio=args.token_merge_ratio)
+
+
+CAUSAL_OPTIONS = ("chunk_frames", "sink_chunks", "window_chunks")
+
+
+def add_causal_options(parser: argparse.ArgumentParser) -> None:
+    """The causal video options (mode causal-video), shared by `livediff video`, `webcam` and `ui`."""
+    causal = parser.add_argument_group("causal video (mode causal-video)")
+    causal.add_argument("--chunk-frames", type=int, default=None,
+                        help="latent frames per chunk, k (default 1): a chunk is 4k video frames of latency")
+    causal.add_argument("--sink-chunks", type=int, default=None, help="first chunks kept in the cache (default 1)")
+    causal.add_argument("--window-chunks", type=int, default=None, help="recent chunks kept in the cache (default 4)")
+
+
+def causal_settings(args: argparse.Namespace, mode: str, mode_option: str = "--mode") -> dict:
+    """`load_pipeline`'s `causal=` for mode causal-video (only the options the user set); empty for
+    other modes, where giving one of them is refused with a sentence."""
+    from livediff.errors import ConfigError
+
+    chosen = {name: getattr(args, name) for name in CAUSAL_OPTIONS if getattr(args, name, None) is not None}
+    if mode == "causal-video":
+        return {"causal": chosen}
+    if chosen:
+        raise ConfigError(f"--{next(iter(chosen)).replace('_', '-')} is a {mode_option} causal-video option")
+    return {}

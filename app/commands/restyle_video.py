@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from livediff.app.commands.options import (add_pipeline_options, add_video_options, pipeline_settings, style_image,
-                                           video_settings)
-from livediff.errors import ConfigError, LivediffError
+from livediff.app.commands.options import (add_causal_options, add_pipeline_options, add_video_options,
+                                           causal_settings, pipeline_settings, style_image, video_settings)
+from livediff.errors import LivediffError
 
 
 def register(subparsers) -> None:
@@ -27,11 +27,7 @@ def register(subparsers) -> None:
                              "K/V cache (--model tiny-wan-causal or a Wan diffusers folder/hub id; no guidance: "
                              "--guidance-scale, --delta and --cfg-type are not used)")
     add_video_options(parser)
-    causal = parser.add_argument_group("causal video (mode causal-video)")
-    causal.add_argument("--chunk-frames", type=int, default=None,
-                        help="latent frames per chunk, k (default 1): a chunk is 4k video frames of latency")
-    causal.add_argument("--sink-chunks", type=int, default=None, help="first chunks kept in the cache (default 1)")
-    causal.add_argument("--window-chunks", type=int, default=None, help="recent chunks kept in the cache (default 4)")
+    add_causal_options(parser)
     job = parser.add_argument_group("encoding and job")
     job.add_argument("--codec", default=None, help="video codec (default libx264)")
     job.add_argument("--quality", default=None,
@@ -87,13 +83,9 @@ def run(args: argparse.Namespace) -> int:
     settings = {**pipeline_settings(args, args.mode), **(video_settings(args) if args.mode == "video" else {})}
     prompt = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                   delta=args.delta)
-    causal = {name: getattr(args, name) for name in ("chunk_frames", "sink_chunks", "window_chunks")
-              if getattr(args, name) is not None}
+    settings.update(causal_settings(args, args.mode))
     if args.mode == "causal-video":
-        settings["causal"] = causal
         prompt = dict(prompt=args.prompt, negative_prompt=args.negative_prompt)  # distilled: no guidance
-    elif causal:
-        raise ConfigError(f"--{next(iter(causal)).replace('_', '-')} is a --mode causal-video option")
     factory = PipelineFactory(settings=settings, prompt=prompt, strength=args.strength, style_image=args.style_image)
     options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
                          resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)

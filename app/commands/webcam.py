@@ -5,6 +5,11 @@ gets the newest frame and stale ones are dropped, never queued; fps, latency and
 dropped frames are shown on the window and printed. Without a display (or with an OpenCV build
 that has no window support) and no `--output`, the command stops with an error that says so
 before loading the model.
+
+With `--stream-mode causal-video` the pipeline returns frames a chunk at a time; they are shown in
+order at the camera's pace, one per captured frame, a chunk's worth of frames late
+(`app.ui.causal_live.ChunkPacer`), and the delay is printed and drawn with the meter. When a file
+camera played `--once` ends, the last, incomplete chunk is flushed and shown too.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import argparse
 import os
 import sys
 
-from livediff.app.commands.options import add_pipeline_options, build_pipeline
+from livediff.app.commands.options import add_causal_options, add_pipeline_options, build_pipeline
 
 WINDOW = "livediff webcam (q to quit)"
 CAMERA_TIMEOUT_S = 10.0
@@ -33,9 +38,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--once", action="store_true",
                         help="play a video file used as --camera once instead of looping it like a live camera")
-    parser.add_argument("--stream-mode", default=None, help="pipeline mode: video (feature bank, default when "
-                                                             "available) or img2img")
+    parser.add_argument("--stream-mode", default=None,
+                        help="pipeline mode: video (feature bank, default when available), img2img, or "
+                             "causal-video (preview: a causal Wan video model, e.g. --model tiny-wan-causal; frames "
+                             "come a chunk at a time, shown one per captured frame 4k-1 frames late; no guidance)")
     add_pipeline_options(parser)
+    add_causal_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -62,6 +70,10 @@ def _check(args: argparse.Namespace) -> bool:
         raise ConfigError(f"--seconds {args.seconds} must be > 0")
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: a live camera is streamed one frame per call")
+    from livediff.app.commands.options import causal_settings
+    from livediff.app.ui.engine import DEFAULT_STREAM_MODE
+
+    causal_settings(args, args.stream_mode or DEFAULT_STREAM_MODE, "--stream-mode")  # a misplaced option, named now
     show = args.output is None or args.window
     if show:
         problem = window_support_problem()
@@ -103,6 +115,7 @@ class _Recorder:
 def run(args: argparse.Namespace) -> int:
     from livediff.app.camera import CameraReader, parse_source
     from livediff.app.live_metrics import LiveMeter, now
+    from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked
     from livediff.app.ui.frames import fit_frame
     from livediff.app.ui.webcam_tab import stream_delay
     from livediff.errors import InputError
@@ -111,32 +124,56 @@ def run(args: argparse.Namespace) -> int:
     camera = CameraReader(parse_source(args.camera), loop=not args.once)
     print(f"livediff webcam: loading {args.model} ...", file=sys.stderr)
     pipe = _build_pipeline(args)
-    meter = LiveMeter(delay_frames=stream_delay(pipe), count_drops=True)
+    # a chunked pipeline: the pacer hands out one frame per captured frame and the meter is told each
+    # shown frame's own capture time, so its stream delay is 0 here
+    pacer = ChunkPacer(chunk_delay(pipe)) if is_chunked(pipe) else None
+    delay = f" · {delay_text(pipe)}" if pacer else ""
+    if pacer:
+        print(f"livediff webcam: {delay_text(pipe)}", file=sys.stderr)
+    meter = LiveMeter(delay_frames=0 if pacer else stream_delay(pipe), count_drops=True)
     recorder = _Recorder(args.output, args.width, args.height) if args.output else None
     camera.start()
-    started_at, last_print, previous, interrupted = now(), 0.0, None, False
+    started_at, state, interrupted = now(), {"last_print": 0.0, "previous": None}, False
+
+    def deliver(picture, arrived: float, begun: float) -> bool:
+        """Record, write and show one picture; False when the stream should stop."""
+        delivered = now()
+        meter.record(arrived, begun, delivered, advanced=picture is not state["previous"])
+        meter.set_dropped(camera.slot.dropped)
+        state["previous"], reading = picture, meter.reading()
+        text = reading.format() + delay
+        if recorder is not None:
+            recorder.write(picture, delivered)
+        if show and not _show(picture, text):
+            return False
+        if delivered - state["last_print"] > 1.0:
+            print(f"\r{text}    ", end="", file=sys.stderr, flush=True)
+            state["last_print"] = delivered
+        return not ((args.max_frames and reading.frames >= args.max_frames) or
+                    (args.seconds and delivered - started_at >= args.seconds))
+
     try:
         while True:
             grabbed = camera.slot.take(timeout=CAMERA_TIMEOUT_S)
             if grabbed is None:
                 if camera.slot.closed:
+                    if pacer:  # the source ended: its last, incomplete chunk too
+                        begun = now()
+                        for picture, arrived in pacer.drain(pipe.flush()):
+                            if not deliver(picture, arrived, begun):
+                                break
                     break
                 raise InputError(f"camera {args.camera} delivered no frame for {CAMERA_TIMEOUT_S:.0f} s")
             begun = now()
-            picture = pipe(fit_frame(grabbed.rgb, args.width, args.height))
-            delivered = now()
-            meter.record(grabbed.at, begun, delivered, advanced=picture is not previous)
-            meter.set_dropped(camera.slot.dropped)
-            previous, reading = picture, meter.reading()
-            if recorder is not None:
-                recorder.write(picture, delivered)
-            if show and not _show(picture, reading.format()):
-                break
-            if delivered - last_print > 1.0:
-                print(f"\r{reading.format()}    ", end="", file=sys.stderr, flush=True)
-                last_print = delivered
-            if (args.max_frames and reading.frames >= args.max_frames) or \
-                    (args.seconds and delivered - started_at >= args.seconds):
+            frame = fit_frame(grabbed.rgb, args.width, args.height)
+            if pacer:
+                shown = pacer.push(grabbed.at, pipe(frame))
+                if shown is None:  # the first chunk is still filling
+                    continue
+                picture, arrived = shown
+            else:
+                picture, arrived = pipe(frame), grabbed.at
+            if not deliver(picture, arrived, begun):
                 break
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C is how a live session ends: what was recorded is kept and reported
@@ -150,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             cv2.destroyAllWindows()
     reading = meter.reading()
     how = "stopped by Ctrl-C after " if interrupted else ""
-    print(f"\rlivediff webcam: {how}{reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}",
+    print(f"\rlivediff webcam: {how}{reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}{delay}",
           file=sys.stderr)
     if recorder is not None:
         if reading.frames == 0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livediff.app.live_metrics import MeterReading, now
+from livediff.app.ui.causal_live import chunk_delay, delay_text, is_chunked
 from livediff.app.ui.frames import fit_frame
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
@@ -40,7 +41,10 @@ class LiveFrame:
 
 
 def stream_delay(pipe) -> int:
-    """How many calls ago the frame in a delivered picture entered (stream batch: stages − 1)."""
+    """How many calls ago the frame in a delivered picture entered (stream batch: stages − 1; a chunked
+    causal pipeline paced by `causal_live.ChunkPacer`: a chunk of 4k video frames, 4k − 1)."""
+    if is_chunked(pipe):
+        return chunk_delay(pipe)
     return (len(pipe.settings.t_index_list) - 1) * pipe.config.frame_buffer_size
 
 
