@@ -113,3 +113,56 @@ def test_causal_options_are_refused_outside_causal_video(capsys):
     code = main(["webcam", "--camera", "0", "-o", "x.mp4", "--model", "tiny", "--stream-mode", "img2img",
                  "--chunk-frames", "2"])
     assert code == 2 and "--chunk-frames is a --stream-mode causal-video option" in capsys.readouterr().err
+
+
+# --- the UI's Webcam tab in causal-video mode (a real Gradio server) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def causal_server():
+    from livediff.app.ui.engine import Engine
+    from ui_helpers import running_server
+
+    engine = Engine(dict(model="tiny-wan-causal", width=SIZE, height=SIZE, device="cpu", dtype="float32",
+                         causal=dict(chunk_frames=1)), stream_mode="causal-video")
+    with running_server(engine) as srv:
+        yield srv
+
+
+def test_ui_webcam_returns_frames_after_the_chunk_delay_and_says_so(causal_server, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    client = Client(causal_server.url, verbose=False)
+    before = set(causal_server.registry.snapshot())
+    paths = []
+    for i, frame in enumerate(_frames(7)):
+        paths.append(tmp_path / f"f{i}.png")
+        Image.fromarray(frame).save(paths[-1])
+    results = [client.predict(handle_file(str(path)), prompt="claymation", api_name="/live_frame") for path in paths]
+    images = [image for image, _ in results]
+    new = [isinstance(image, str) for image in images]  # a skipped output comes back as an empty update
+    assert new == [False] * 3 + [True] * 4  # the first chunk fills: nothing new for 4k - 1 = 3 frames, then one each
+    assert all(Image.open(image).size == (SIZE, SIZE) for image in images[3:])
+    assert all("delay: 3 frames (chunk of 1 latent frame = 4 video frames)" in stats for _, stats in results)
+    assert "waiting for frames" in results[0][1] and "latency" in results[-1][1]
+    session, = (s for sid, s in causal_server.registry.snapshot().items() if sid not in before)
+    assert session.meter.reading().frames == 4 and session.chunk_pacer.released == 4
+    assert session.applied("webcam").prompt == "claymation"
+
+
+def test_ui_refuses_what_does_not_apply_with_a_sentence(causal_server, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    client = Client(causal_server.url, verbose=False)
+    path = tmp_path / "f.png"
+    Image.fromarray(_frames(1)[0]).save(path)
+    _, stats = client.predict(handle_file(str(path)), guidance_scale=3.0, similarity_filter=True,
+                              api_name="/live_frame")
+    assert "setting not applied" in stats
+    assert "guidance (negative prompt, guidance scale, delta, CFG mode) does not apply in causal-video mode" in stats
+    assert "the similarity filter does not apply in causal-video mode" in stats
+    with pytest.raises(Exception, match="the Image tab restyles single pictures with an image model"):
+        client.predict("img2img", handle_file(str(path)), api_name="/image")
+    with pytest.raises(Exception, match="the Video tab does not run causal video yet"):
+        client.predict(handle_file(str(path)), api_name="/video")

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import replace
 
-from livediff.app.commands.options import add_pipeline_options, pipeline_settings, style_image
+from livediff.app.commands.options import (add_causal_options, add_pipeline_options, causal_settings,
+                                           pipeline_settings, style_image)
 
 
 def register(subparsers) -> None:
@@ -26,8 +27,9 @@ def register(subparsers) -> None:
                         help="address to listen on (default %(default)s; 0.0.0.0 to serve the network)")
     parser.add_argument("--port", type=int, default=7860, help="default %(default)s")
     parser.add_argument("--stream-mode", default=None,
-                        help="pipeline of the webcam and video tabs: video (feature bank; default when available) "
-                             "or img2img")
+                        help="pipeline of the webcam and video tabs: video (feature bank; default when available), "
+                             "img2img, or causal-video (preview: a causal Wan video model, e.g. --model "
+                             "tiny-wan-causal; Webcam tab only, frames shown 4k-1 frames late, no guidance)")
     parser.add_argument("--stream-every", type=float, default=None, metavar="SECONDS",
                         help="interval at which the page sends camera frames (default 0.04); frames sent while "
                              "the model is busy replace each other")
@@ -49,6 +51,7 @@ def register(subparsers) -> None:
                         help="print the live batches (sessions, frames/s, frames per batch) every 5 s; the same "
                              "figures are served at the API endpoint /server_stats")
     add_pipeline_options(parser)
+    add_causal_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -83,10 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from livediff.app.ui.server import DEFAULT_STREAM_EVERY, launch
     from livediff.app.ui.sessions import SessionRegistry
 
+    stream_mode = args.stream_mode or DEFAULT_STREAM_MODE
     settings = pipeline_settings(args, "img2img")
     settings.pop("mode")
+    settings.update(causal_settings(args, stream_mode, "--stream-mode"))
+    if stream_mode == "causal-video" and args.negative_prompt:
+        raise ConfigError("--negative-prompt: stream mode causal-video runs distilled causal models without "
+                          "classifier-free guidance")
     print(f"livediff ui: loading {args.model} on {settings['device']} ({settings['dtype']}) ...", file=sys.stderr)
-    engine = Engine(settings, stream_mode=args.stream_mode or DEFAULT_STREAM_MODE,
+    engine = Engine(settings, stream_mode=stream_mode,
                     batch_wait_s=args.batch_wait_ms / 1000, max_batch=args.max_batch)
     defaults = initial_settings(args, engine, style)
     registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout)
@@ -112,6 +120,9 @@ def initial_settings(args: argparse.Namespace, engine, style=None):
     guidance, strength and (`--style-image`, read by `options.style_image`) style picture."""
     from livediff.app.ui.settings import LiveSettings
 
+    if engine.stream_mode == "causal-video":  # no guidance (`settings.CAUSAL_REFUSALS`)
+        defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt)
+        return replace(defaults, strength=args.strength) if args.strength is not None else defaults
     defaults = LiveSettings.for_pipeline(engine.stream_template, prompt=args.prompt,
                                          negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
                                          delta=args.delta)

@@ -22,7 +22,10 @@ from livediff.errors import ConfigError
 
 #: Default mode of live streams and video files: V2V (feature bank) when this build has it.
 DEFAULT_STREAM_MODE = "video" if "video" in MODES else "img2img"
-STREAM_MODES = tuple(m for m in ("video", "img2img") if m in MODES)
+STREAM_MODES = tuple(m for m in ("video", "img2img", "causal-video") if m in MODES)
+#: The causal video stream mode (`pipelines.causal`, `causal_live.py`): the server then holds only its
+#: causal pipeline; the Image and Video tabs refuse with a sentence (`image_tab.py`, `video_tab.py`).
+CAUSAL_MODE = "causal-video"
 
 #: What a session uses a pipeline for; each purpose gets its own pipeline per session, so a
 #: webcam stream and a video job in the same browser tab never share buffers.
@@ -57,6 +60,13 @@ class Engine:
         self.settings = {**settings, "max_sessions": batch_limit}  # engines with fixed row ranges fit the batches
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
+        if stream_mode == CAUSAL_MODE:
+            # a causal video model is no image model: the webcam stream only (each session runs its own
+            # chunks, never batched with other sessions: `webcam_tab.py`)
+            self.settings["max_sessions"] = 1
+            self.modes = {"webcam": CAUSAL_MODE}
+        elif "causal" in settings:
+            raise ConfigError(f"causal options are for stream mode causal-video, not {stream_mode!r}")
         # txt2img has no input frame for a ControlNet to read: its template runs without them
         self.templates = {mode: load_pipeline(**{**self.settings, "mode": mode,
                                                  **({"controlnet": ()} if mode == "txt2img" else {})},
@@ -80,6 +90,10 @@ class Engine:
     @property
     def description(self) -> str:
         config = self.stream_template.config
+        if config.mode == CAUSAL_MODE:
+            return (f"{config.model} (causal video, chunks of {config.causal.chunk_frames} latent frame(s)) · "
+                    f"{self.stream_mode} · {config.width}x{config.height} · {config.device} {config.dtype} · "
+                    f"{config.accelerator} · {len(config.t_index_list)} step(s)")
         family = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}[self.stream_template.models.family]
         return (f"{config.model} ({family}) · {self.stream_mode} · {config.width}x{config.height} · {config.device} "
                 f"{config.dtype} · {config.accelerator} · {len(config.t_index_list)} step(s)")
@@ -93,6 +107,13 @@ class Engine:
         """An independent pipeline over the shared networks (use it with `lock` held).
 
         `config_overrides` (bank, token merging) give a pipeline of another shape over the same
-        networks: the same construction `new_session()` does, with a re-validated config.
+        networks: the same construction `new_session()` does, with a re-validated config. A causal
+        video pipeline is built by `load_pipeline` again with the server's settings: its networks come
+        from the process's model cache (and an accelerator's graphs from its engine cache), so only the
+        session's own state is new.
         """
+        if self.modes.get(purpose) == CAUSAL_MODE:
+            if config_overrides:
+                raise ConfigError(f"a causal video session takes no config overrides ({', '.join(config_overrides)})")
+            return load_pipeline(**{**self.settings, "mode": CAUSAL_MODE})
         return self.template(purpose).new_session(**config_overrides)

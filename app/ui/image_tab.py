@@ -15,6 +15,10 @@ from livediff.app.video.geometry import suggest_working_size
 from livediff.errors import ConfigError, InputError
 
 IMAGE_MODES = ("img2img", "txt2img")
+#: Why the tab does nothing on a causal-video server (also shown on the tab)
+CAUSAL_REFUSAL = ("the Image tab restyles single pictures with an image model; this server runs a causal video "
+                  "model (stream mode causal-video), which needs a stream of frames: use the Webcam tab, or start "
+                  "the server with an image model for single pictures")
 
 
 def restyle_image(registry: SessionRegistry, session_id: str, mode: str, image, settings: LiveSettings):
@@ -23,6 +27,8 @@ def restyle_image(registry: SessionRegistry, session_id: str, mode: str, image, 
     if mode not in IMAGE_MODES:
         raise ConfigError(f"image mode {mode!r} is not one of {', '.join(IMAGE_MODES)}")
     engine = registry.engine
+    if engine.stream_mode == "causal-video":
+        raise ConfigError(CAUSAL_REFUSAL)
     size = None
     if mode == "img2img":
         if image is None:

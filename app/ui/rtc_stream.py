@@ -146,7 +146,7 @@ class RtcStream:
         """In a worker thread: decode to RGB, run the shared pipeline path, encode the picture for sending."""
         controls = self.controls
         live = self._webcam.process(self.session_id, frame.to_ndarray(format="rgb24"), controls.settings)
-        text = live.reading.format()
+        text = live.meter_text()
         for notice in (controls.notice, live.notice):
             if notice:
                 text += f" · ⚠ setting not applied: {notice}"

@@ -27,12 +27,14 @@ from livediff.app.ui.batcher import Superseded  # noqa: E402
 from livediff.app.ui import rtc_page  # noqa: E402
 from livediff.app.ui.control_preview import (  # noqa: E402
     PREVIEW_EVERY_S, PREVIEW_HEIGHT, ControlPreview, scale_sliders)
+from livediff.app.ui.image_tab import CAUSAL_REFUSAL as IMAGE_CAUSAL_REFUSAL  # noqa: E402
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
 from livediff.app.ui.rtc_stream import Controls  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
 from livediff.app.ui.style import style_controls  # noqa: E402
+from livediff.app.ui.video_tab import CAUSAL_REFUSAL as VIDEO_CAUSAL_REFUSAL  # noqa: E402
 from livediff.app.ui.video_tab import restyle_video  # noqa: E402
 from livediff.app.ui.webcam_tab import LiveFrame, WebcamStream  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
@@ -60,16 +62,22 @@ def _controls(defaults: LiveSettings, template) -> list[gr.components.Component]
     """
     template_config = template.config
     video_mode = template_config.mode == "video"
+    # causal-video: guidance and the similarity filter do not apply (`settings.CAUSAL_REFUSALS`): hidden
+    image_model = template_config.mode != "causal-video"
     d = defaults
     made = {
         "prompt": gr.Textbox(label="Prompt", value=d.prompt, lines=2, placeholder="a claymation character"),
         "negative_prompt": gr.Textbox(label="Negative prompt", value=d.negative_prompt,
-                                      placeholder="blurry, low quality"),
+                                      placeholder="blurry, low quality", visible=image_model),
         "strength": gr.Slider(0.02, 1.0, value=d.strength, step=0.01, label="Strength",
                               info="how far from the input the picture may move"),
         "seed": gr.Number(value=d.seed, precision=0, label="Seed"),
     }
-    with gr.Accordion("Guidance", open=False):
+    if not image_model:
+        gr.Markdown("Causal video: the prompt, strength and seed act live. Guidance, the feature bank, the "
+                    "similarity filter, ControlNet and style images do not apply in this mode.",
+                    elem_id="causal-note")
+    with gr.Accordion("Guidance", open=False, visible=image_model):
         made["guidance_scale"] = gr.Slider(0.0, 10.0, value=d.guidance_scale, step=0.1, label="Guidance scale",
                                            info="<= 1 turns guidance off")
         made["delta"] = gr.Slider(0.0, 2.0, value=d.delta, step=0.05, label="Residual CFG delta")
@@ -83,7 +91,7 @@ def _controls(defaults: LiveSettings, template) -> list[gr.components.Component]
                                                  label="Feature fusion strength")
         made["token_merge_ratio"] = gr.Slider(0.0, 0.75, value=d.token_merge_ratio, step=0.05,
                                               label="Token merging ratio", info="0 = exact attention")
-    with gr.Accordion("Similarity filter", open=False):
+    with gr.Accordion("Similarity filter", open=False, visible=image_model):
         made["similarity_filter"] = gr.Checkbox(value=d.similarity_filter, label="Skip near-identical frames",
                                                 info="reuse the last picture when the camera barely changes")
         made["similarity_threshold"] = gr.Slider(0.5, 0.999, value=d.similarity_threshold, step=0.001,
@@ -117,7 +125,7 @@ def _settings(values, layout: tuple[int, bool]) -> LiveSettings:
 
 
 def _stats(live: LiveFrame) -> str:
-    text = f"**{live.reading.format()}**"
+    text = f"**{live.meter_text()}**"
     if live.notice:
         text += f"\n\n⚠ setting not applied: {live.notice}"
     return text
@@ -139,7 +147,8 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
     camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
     controlnets = len(engine.stream_template.config.controlnet)
-    layout = controlnets, engine.stream_template.models.ip_adapter is not None  # the optional controls
+    layout = controlnets, getattr(engine.stream_template.models, "ip_adapter", None) is not None  # optional controls
+    causal = engine.stream_mode == "causal-video"
     _named = _named_settings(LiveSettings.names(*layout))
 
     @_named
@@ -260,14 +269,14 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                             image_out = gr.Image(label="Output", format="png", interactive=False,
                                                  elem_id="image-output")
                         image_run = gr.Button("Run", variant="primary")
-                        image_info = gr.Markdown()
+                        image_info = gr.Markdown(f"⚠ {IMAGE_CAUSAL_REFUSAL}" if causal else "")
                     with gr.Tab("Video", id="video"):
                         with gr.Row():
                             video_in = gr.Video(label=f"Input video (up to {max_upload_mb:g} MB)", sources=["upload"],
                                                 elem_id="video-input")
                             video_out = gr.Video(label="Restyled video", interactive=False, elem_id="video-output")
                         video_run = gr.Button("Restyle video", variant="primary")
-                        video_info = gr.Markdown()
+                        video_info = gr.Markdown(f"⚠ {VIDEO_CAUSAL_REFUSAL}" if causal else "")
                         video_metrics = gr.Code(label="Temporal consistency (livediff eval)", language=None,
                                                 interactive=False)
                         video_files = gr.File(label="Download", file_count="multiple", interactive=False)

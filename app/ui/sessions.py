@@ -52,6 +52,7 @@ class Session:
         self.meter = LiveMeter()
         self.last_frame_at: float | None = None
         self.last_picture = None  # the webcam stream's last output; the same object back means "skipped"
+        self.chunk_pacer = None  # a causal webcam stream's queue of finished frames (`causal_live.py`)
         self._pipes: dict[str, _Entry] = {}
         self._work_root = work_root
         self._work_dir: Path | None = None
@@ -86,6 +87,8 @@ class Session:
     def _fresh(self, purpose: str, wanted: LiveSettings, overrides: dict) -> "_Entry":
         pipe = self.engine.new_pipeline(purpose, **overrides)
         prepare(pipe, wanted)
+        if pipe.config.mode == "causal-video":  # no guidance: only the prompt was given (`settings.prepare`)
+            return _Entry(pipe, LiveSettings.for_pipeline(pipe, prompt=wanted.prompt), overrides)
         start = LiveSettings.for_pipeline(pipe, prompt=wanted.prompt, negative_prompt=wanted.negative_prompt,
                                           guidance_scale=wanted.guidance_scale, delta=wanted.delta)
         return _Entry(pipe, start, overrides)
@@ -106,6 +109,8 @@ class Session:
         if purpose == "webcam":
             self.meter.reset()
             self.last_frame_at = self.last_picture = None
+            if self.chunk_pacer is not None:
+                self.chunk_pacer.reset()
 
     @property
     def work_dir(self) -> Path:

@@ -16,6 +16,22 @@ from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.schedule import TABLE_STEPS
 
 
+CAUSAL_MODE = "causal-video"
+#: The controls a causal video stream has no use for, and the sentence that refuses a change to them.
+CAUSAL_REFUSALS = (
+    (("negative_prompt", "guidance_scale", "delta", "cfg_type"),
+     "guidance (negative prompt, guidance scale, delta, CFG mode) does not apply in causal-video mode: its models "
+     "are distilled to run without classifier-free guidance"),
+    (("similarity_filter", "similarity_threshold", "similarity_max_skip"),
+     "the similarity filter does not apply in causal-video mode: every frame belongs to a chunk the model "
+     "denoises whole, so none is skipped"),
+    (("bank", "bank_cache_interval", "bank_max_frames", "bank_fusion_strength", "token_merge_ratio"),
+     "the feature bank and token merging do not apply in causal-video mode: its memory of earlier frames is the "
+     "transformer's K/V cache"),
+    (("control_scales",), "ControlNet does not apply in causal-video mode"),
+    (("style_image", "style_scale"), "a style image (IP-Adapter) does not apply in causal-video mode"),
+)
+
 _NUMBERS = ("strength", "guidance_scale", "delta", "similarity_threshold", "bank_fusion_strength", "token_merge_ratio")
 _INTEGERS = ("seed", "similarity_max_skip", "bank_cache_interval", "bank_max_frames")
 
@@ -118,7 +134,9 @@ class LiveSettings:
         strength = round(1 - config.t_index_list[0] / TABLE_STEPS, 4)
         values = dict(strength=strength, cfg_type=config.cfg_type, seed=config.seed,
                       control_scales=tuple(spec.scale for spec in config.controlnet),
-                      style_scale=pipe.ip_scale if pipe.models.ip_adapter is not None else None)
+                      style_scale=pipe.ip_scale if getattr(pipe.models, "ip_adapter", None) is not None else None)
+        if config.mode == CAUSAL_MODE:
+            values.update(guidance_scale=1.0)  # no guidance: the value that changes nothing
         if config.similarity_filter is not None:
             values.update(similarity_filter=True, similarity_threshold=config.similarity_filter.threshold,
                           similarity_max_skip=config.similarity_filter.max_skip)
@@ -148,7 +166,10 @@ def pipeline_overrides(template_config, settings: LiveSettings) -> dict[str, Any
 
 
 def prepare(pipe, settings: LiveSettings) -> None:
-    """First prompt and guidance of a new pipeline."""
+    """First prompt and guidance of a new pipeline (a causal one: the prompt; see `CAUSAL_REFUSALS`)."""
+    if pipe.config.mode == CAUSAL_MODE:
+        pipe.prepare(prompt=settings.prompt)
+        return
     pipe.prepare(prompt=settings.prompt, negative_prompt=settings.negative_prompt,
                  guidance_scale=settings.guidance_scale, delta=settings.delta)
 
@@ -158,8 +179,10 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
 
     Returns what the pipeline now has and, if a change was refused (e.g. a strength too low for
     the number of steps), the reason; the changes before it stay applied, so a bad value never
-    leaves the pipeline half-configured.
+    leaves the pipeline half-configured. A causal video pipeline: see `_apply_causal`.
     """
+    if pipe.config.mode == CAUSAL_MODE:
+        return _apply_causal(pipe, applied, wanted)
     steps = (
         (("prompt", "negative_prompt"), lambda s: pipe.update_prompt(s.prompt, s.negative_prompt)),
         (("guidance_scale", "delta", "cfg_type"),
@@ -191,3 +214,25 @@ def _set_control_scales(pipe, applied: tuple[float, ...], wanted: tuple[float, .
     for index, (old, new) in enumerate(zip(applied, wanted)):
         if old != new:
             pipe.set_controlnet_scale(index, new)
+
+
+def _apply_causal(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[LiveSettings, str | None]:
+    """A causal video pipeline takes the prompt, strength and seed; a change to any other control is
+    refused with its sentence (`CAUSAL_REFUSALS`) on every frame while it stands, never silently
+    ignored; the controls it does take are applied all the same."""
+    steps = ((("prompt",), lambda s: pipe.update_prompt(s.prompt)),
+             (("strength",), lambda s: pipe.set_strength(s.strength)),
+             (("seed",), lambda s: pipe.set_seed(s.seed)))
+    notices = []
+    for names, setter in steps:
+        if all(getattr(applied, n) == getattr(wanted, n) for n in names):
+            continue
+        try:
+            setter(wanted)
+        except ConfigError as exc:
+            notices.append(str(exc))
+            continue
+        applied = replace(applied, **{n: getattr(wanted, n) for n in names})
+    notices += [sentence for names, sentence in CAUSAL_REFUSALS
+                if any(getattr(applied, n) != getattr(wanted, n) for n in names)]
+    return applied, "; ".join(notices) or None

@@ -117,7 +117,7 @@ def set_scale(pipe, scale: float | None) -> None:
 def style_controls(template, defaults) -> list:
     """The style picture and scale controls, in `LiveSettings.names(n, ip_adapter=True)` order; none
     when the server's pipelines have no IP-Adapter. Elem ids `ctl-style_image`, `ctl-style_scale`."""
-    if template.models.ip_adapter is None:
+    if getattr(template.models, "ip_adapter", None) is None:  # (a causal video model has none)
         return []
     import gradio as gr
 

@@ -26,6 +26,9 @@ from livediff.errors import ConfigError, InputError
 from livediff.app.eval.metrics import TemporalMetrics, evaluate_videos
 
 ProgressFn = Callable[[int, int | None], None]
+#: Why the tab does nothing on a causal-video server (also shown on the tab)
+CAUSAL_REFUSAL = ("the Video tab does not run causal video yet: restyle files with `livediff video IN -o OUT --mode "
+                  "causal-video`, and stream the camera through the Webcam tab")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class _LockedProcessor:
 
 def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path | None, settings: LiveSettings,
                   on_progress: ProgressFn | None = None) -> VideoResult:
+    if registry.engine.stream_mode == "causal-video":
+        raise ConfigError(CAUSAL_REFUSAL)
     if not source:
         raise InputError("upload a video first")
     source = Path(source)

@@ -18,6 +18,12 @@ taking the newest decoded camera frame whenever the previous one is out of the p
 Frames of all live tabs are computed together, in shared network runs (`batcher.py`). While a
 frame waits for its batch it ages; that wait is part of the latency the meter reports, not of the
 compute time.
+
+A causal video stream (stream mode causal-video, `causal_live.py`) is not batched: its chunks run the
+causal transformer over the session's own K/V cache, not the UNet calls the batcher shares, so each
+session's frame goes through its pipeline alone, under `Engine.lock`. The pipeline returns frames a
+chunk at a time; the session's `ChunkPacer` hands back one per camera frame, in order, 4k − 1 frames
+late, and the reading says so (`LiveFrame.delay`).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livediff.app.live_metrics import MeterReading, now
-from livediff.app.ui.causal_live import chunk_delay, delay_text, is_chunked
+from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked
 from livediff.app.ui.frames import fit_frame
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
@@ -38,6 +44,11 @@ class LiveFrame:
     reading: MeterReading
     advanced: bool  # False: the pipeline handed back its previous picture (similarity filter)
     notice: str | None = None  # a refused setting, shown next to the meter
+    delay: str | None = None  # a chunked stream's delay, said next to the meter (`causal_live.delay_text`)
+
+    def meter_text(self) -> str:
+        text = self.reading.format()
+        return f"{text} · {self.delay}" if self.delay else text
 
 
 def stream_delay(pipe) -> int:
@@ -68,7 +79,10 @@ class WebcamStream:
                 session.reset("webcam")
             if settings is None:
                 settings = session.applied("webcam") or LiveSettings.for_pipeline(engine.stream_template)
+            seed = getattr(session.applied("webcam"), "seed", None)
             pipe, refused = session.pipeline("webcam", settings)
+            if is_chunked(pipe):
+                return self._chunked(session, pipe, frame, settings, arrived, refused, seed)
             session.meter.set_delay(stream_delay(pipe))
             previous = session.last_picture
         picture, started = engine.batcher.run(session_id, pipe, fit_frame(frame, engine.width, engine.height))
@@ -78,6 +92,25 @@ class WebcamStream:
         advanced = picture is not previous
         session.meter.record(arrived, started, delivered, advanced=advanced)
         return LiveFrame(picture, session.meter.reading(), advanced, refused)
+
+    def _chunked(self, session, pipe, frame, settings, arrived, refused, seed) -> LiveFrame:
+        """A causal video frame, run alone (not batched; see the module docstring), with `engine.lock` held."""
+        engine = self.registry.engine
+        pacer = session.chunk_pacer
+        if pacer is None or pacer.delay != chunk_delay(pipe):
+            pacer = session.chunk_pacer = ChunkPacer(chunk_delay(pipe))
+        if seed is not None and session.applied("webcam").seed != seed:
+            pacer.reset()  # a new seed restarted the stream: the frames it held are gone
+            session.meter.reset()
+        session.meter.set_delay(0)  # the pacer tells the meter each shown frame's own arrival
+        started = now()
+        shown = pacer.push(arrived, pipe(fit_frame(frame, engine.width, engine.height)))
+        delivered = now()
+        session.last_frame_at = delivered
+        if shown is not None:
+            session.last_picture, source_arrived = shown
+            session.meter.record(source_arrived, started, delivered)
+        return LiveFrame(session.last_picture, session.meter.reading(), shown is not None, refused, delay_text(pipe))
 
     def reset(self, session_id: str) -> None:
         session = self.registry.get(session_id)
