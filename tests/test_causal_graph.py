@@ -7,7 +7,8 @@ chunk's new keys/values as outputs, the ring placement left to `RollingKVCache` 
 * it traces as one graph (`torch._dynamo.explain`: 0 breaks, what compile(fullgraph=True) needs);
 * it exports to ONNX (opset 18, static shapes but rows) with only TensorRT-native ops, and ONNX
   Runtime driving a stream through the ring matches eager (float32, 1e-4 relative); the cache is
-  really read: filled slots move the prediction, empty slots are not attended to;
+  really read: filled slots move the prediction, empty slots are not attended to; so is every
+  cross-attention layer's text key and value (the prompt comes in as those, once per prompt);
 * it runs on `meta` in float16 for 3 chunks, as does the eager runner (no host reads), and on CPU
   steady chunks read nothing back (the audit of test_sync_audit).
 """
@@ -89,14 +90,19 @@ def test_function_equals_the_causal_transformer(model64, config):
 def test_shapes_names_and_state_are_declared(model32):
     function = CausalTransformerFunction(model32, CONFIG, text_tokens=TEXT)
     inputs = function.example_inputs(3, PIXELS, PIXELS, torch.float32, "cpu")
-    layers = len(function.layers)
-    assert len(inputs) == len(function.input_names) == 5 + 2 * layers + 1
+    layers, texts = len(function.layers), len(function.text_layers)
+    start = function.cache_start
+    assert start == 4 + 2 * texts and texts == layers
+    assert len(inputs) == len(function.input_names) == start + 2 * layers + 1
     assert all(t.shape[0] == 3 for t in inputs)  # rows first everywhere (the exporter's dynamic axis)
     tokens, slots = (LATENT // 2) ** 2, CONFIG.cache_chunks * (LATENT // 2) ** 2
-    assert tuple(inputs[5].shape) == (3, slots, 2, 16) and tuple(inputs[-1].shape) == (3, slots)
-    assert [function.input_names[i] for i in function.state_inputs()] == list(function.input_names[5:])
+    assert function.input_names[:5] == ("latents", "timestep", "rotary_cos", "rotary_sin", "text_key.blocks.0.attn2")
+    assert all(tuple(t.shape) == (3, TEXT, 2, 16) for t in inputs[4:start])  # the prompt: text K/V per layer
+    assert tuple(inputs[start].shape) == (3, slots, 2, 16) and tuple(inputs[-1].shape) == (3, slots)
+    assert [function.input_names[i] for i in function.state_inputs()] == list(function.input_names[start:])
     assert function.output_shapes(inputs) == [(3, CHANNELS, 1, LATENT, LATENT)] + [(3, tokens, 2, 16)] * 2 * layers
     assert ("causal", ("chunk_frames", 1), ("sink_chunks", 1), ("window_chunks", 2)) in function.variant()
+    assert ("text_kv_tokens", TEXT) in function.variant()  # not a graph that took raw text embeddings
     with pytest.raises(ConfigError, match="static resolution"):
         function.spatial_axes()
 
@@ -158,7 +164,8 @@ def test_onnx_runtime_drives_a_stream_like_eager(model32, exported):
 
 def test_the_graph_reads_filled_slots_and_ignores_empty_ones(model32, exported):
     """A partly filled cache (sink + 1 of 2 window chunks): changing the filled slots' keys or values moves
-    ONNX Runtime's prediction; garbage in the empty slot changes nothing; emptying the mask changes it."""
+    ONNX Runtime's prediction; garbage in the empty slot changes nothing; emptying the mask changes it.
+    Every layer's text key and value is read too (changing any one moves the prediction)."""
     from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
 
     function, path = exported
@@ -189,7 +196,10 @@ def test_the_graph_reads_filled_slots_and_ignores_empty_ones(model32, exported):
             t[:, ~filled] = value
             return t
 
-        for index in range(5, len(inputs) - 1):  # every layer's keys and values
+        for index in range(4, function.cache_start):  # every cross-attention layer's text keys and values
+            # (scaled: a constant added to every key leaves the softmax unchanged)
+            assert float((run_with(index, lambda t: t * 2) - base).abs().max()) > 1e-3
+        for index in range(function.cache_start, len(inputs) - 1):  # every layer's keys and values
             assert float((run_with(index, lambda t: in_filled(t, t[:, filled] + 1)) - base).abs().max()) > 1e-3
             assert float((run_with(index, lambda t: in_empty(t, 1e3)) - base).abs().max()) == 0.0
         assert float((run_with(len(inputs) - 1, torch.zeros_like) - base).abs().max()) > 1e-3
@@ -216,7 +226,7 @@ def test_meta_float16_dry_run():
     with torch.no_grad():
         for chunk, t in zip(latents, timesteps):
             inputs = checked(function.adapt_inputs(*function.inputs_for(chunk, t, text, graph_cache)))
-            assert {inputs[0].dtype, inputs[2].dtype, inputs[5].dtype} == {torch.float16}
+            assert {inputs[0].dtype, inputs[4].dtype, inputs[function.cache_start].dtype} == {torch.float16}
             prediction = function.stage_outputs(graph_cache, function(*inputs))
             graph_cache.commit()
             eager = causal(chunk, t, text, eager_cache)

@@ -3,9 +3,18 @@ positions from a chunk's absolute frame index, and the processors that apply bot
 
 Everything is installed on a weight-sharing copy of the diffusers `WanTransformer3DModel`
 (`causal_copy`, `masked_copy`), so the model shared by the process keeps its own processors and no
-model code is duplicated: only the self-attention processors (`attn1`) and the rotary module change;
-cross-attention to the text is diffusers' own. The processors hold no stream state: they read the
-call in progress from a `CausalSlot`, a plain object (tracers follow plain attribute reads).
+model code is duplicated: only the self-attention processors (`attn1`), the rotary module and, in
+the causal copy, the text side of cross-attention change. The processors hold no stream state: they
+read the call in progress from a `CausalSlot`, a plain object (tracers follow plain attribute reads).
+
+Text, once per prompt. The text reaches cross-attention only through the model's text projection
+(`condition_embedder.text_embedder`, text_dim → inner dim) and each layer's `to_k`/`norm_k` and
+`to_v`; none depends on the chunk, the timestep or the cache. `PromptKV` computes them once per
+distinct text tensor (a new tensor or an in-place edit of the bound one recomputes, like the image
+pipelines' `CrossAttentionCache.bind`); in the causal copy the text projection is skipped
+(`PromptTextSkip`) and `CachedTextCrossAttnProcessor` reads each layer's keys/values from the slot.
+Queries (`to_q`, `norm_q`) are per call, as in diffusers' `WanAttnProcessor`. Wan's image-to-video
+layout (an image branch, `add_k_proj`, in every cross-attention layer) is refused.
 
 Positions. Keys are cached *after* the rotary embedding, each chunk rotated at its absolute latent
 frame index (chunk k of `chunk_frames` frames starts at frame k·chunk_frames), and never re-rotated.
@@ -103,12 +112,15 @@ class CausalSlot:
     cache: the `RollingKVCache` the self-attention layers read and stage into, or None (the chunk
         attends to itself only).
     mask: for a masked copy (the recompute reference), the (N, N) boolean mask of the whole sequence.
+    text: for a causal copy, cross-attention layer → its text (keys, values), each (B, L, heads, D),
+        after `norm_k` (`PromptKV.kv`, or the graph's inputs).
     """
 
     def __init__(self):
         self.frame_offset: int = 0
         self.cache = None
         self.mask: torch.Tensor | None = None
+        self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class ChunkRotary(torch.nn.Module):
@@ -168,6 +180,97 @@ class CausalSelfAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
+def text_key_value(attn, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Wan cross-attention layer's keys and values of the projected text, (B, L, heads, D), exactly as
+    diffusers' `WanAttnProcessor` computes them (`to_k` then `norm_k`; `to_v`; fused `to_kv` alike)."""
+    if getattr(attn, "fused_projections", False):
+        key, value = attn.to_kv(text).chunk(2, dim=-1)
+    else:
+        key, value = attn.to_k(text), attn.to_v(text)
+    key = attn.norm_k(key)
+    return key.unflatten(2, (attn.heads, -1)), value.unflatten(2, (attn.heads, -1))
+
+
+class PromptKV:
+    """The text side of every cross-attention layer of a causal copy, computed once per prompt.
+
+    `bind(text)` with the (B, L, text_dim) text embeddings: the model's own text projection
+    (`condition_embedder.text_embedder`, the very module the model's forward calls) gives `projected`,
+    (B, L, inner), then every layer's keys/values (`text_key_value`) give `kv`. They are recomputed
+    only when `text` is not the bound tensor or was edited in place since (its version counter moved);
+    a tensor made under `torch.inference_mode` has no version counter, so it is recomputed every bind.
+    """
+
+    def __init__(self, model, layers: Sequence[str]):
+        modules = dict(model.named_modules())
+        embedder = model.condition_embedder.text_embedder
+        self.project = embedder.inner if isinstance(embedder, PromptTextSkip) else embedder
+        self.layers = tuple(layers)
+        self.attention = {name: modules[name] for name in self.layers}
+        self.clear()
+
+    def clear(self) -> None:
+        self._text: torch.Tensor | None = None
+        self._version: int | None = None
+        self.projected: torch.Tensor | None = None
+        self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _version_of(text: torch.Tensor) -> int | None:
+        return None if text.is_inference() else text._version
+
+    def bind(self, text: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Layer → (keys, values) of `text`, computed now unless `text` is the bound tensor, unchanged."""
+        version = self._version_of(text)
+        if text is self._text and version is not None and version == self._version:
+            return self.kv
+        self.clear()
+        projected = self.project(text)
+        self.kv = {name: text_key_value(attn, projected) for name, attn in self.attention.items()}
+        self._text, self._version, self.projected = text, version, projected
+        return self.kv
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every layer's keys and values, in layer order (what the graph takes as inputs)."""
+        return [t for name in self.layers for t in self.kv[name]]
+
+
+class PromptTextSkip(torch.nn.Module):
+    """Replaces the causal copy's `condition_embedder.text_embedder`: the text is projected once per
+    prompt by `PromptKV` (with the module kept here as `inner`), so the model's call passes its text
+    argument through untouched; the cross-attention processors read their keys/values from the slot."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return text
+
+
+class CachedTextCrossAttnProcessor:
+    """Wan cross-attention whose text keys/values come from the slot (`PromptKV`, or graph inputs):
+    diffusers' `WanAttnProcessor` for a text-only layer, with `to_k`/`norm_k`/`to_v` done once per prompt."""
+
+    def __init__(self, name: str, slot: CausalSlot):
+        self.name = name
+        self.slot = slot
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
+                 **kwargs):
+        if attention_mask is not None or rotary_emb is not None:
+            raise ConfigError(f"layer {self.name}: the causal copy supports Wan's unmasked text cross-attention only")
+        text = self.slot.text
+        if text is None:
+            raise RuntimeError(f"layer {self.name}: a causal copy runs only through CausalWanTransformer or "
+                               f"CausalTransformerFunction (they give it the prompt's keys/values)")
+        key, value = text[self.name]
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 class MaskedSelfAttnProcessor:
     """diffusers' own Wan self-attention with the slot's (N, N) mask: the recompute reference."""
 
@@ -194,14 +297,36 @@ def self_attention_layers(model) -> list[str]:
     return names
 
 
+def cross_attention_layers(model) -> list[str]:
+    """Module paths of the text cross-attention layers (`blocks.i.attn2`), in block order; Wan's
+    image-to-video layout (an image branch in cross-attention) is refused."""
+    if getattr(model.condition_embedder, "image_embedder", None) is not None:
+        raise ConfigError(f"{type(model).__name__} has an image embedder (Wan's image-to-video layout); the causal "
+                          f"path supports the text-to-video layout only")
+    names = [name for name, module in model.named_modules()
+             if name.endswith(".attn2") and getattr(module, "is_cross_attention", False)]
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no Wan text cross-attention layers (blocks.i.attn2)")
+    for name, module in model.named_modules():
+        if name in names and getattr(module, "add_k_proj", None) is not None:
+            raise ConfigError(f"layer {name} has image key/value projections (add_k_proj, Wan's image-to-video "
+                              f"layout); the causal path supports the text-to-video layout only")
+    return names
+
+
 def causal_copy(model) -> tuple[torch.nn.Module, CausalSlot, list[str]]:
-    """A weight-sharing copy of `model` whose self-attention layers use the rolling cache and whose rotary
-    positions start at the slot's frame offset; the original model is not modified."""
+    """A weight-sharing copy of `model` whose self-attention layers use the rolling cache, whose rotary
+    positions start at the slot's frame offset and whose cross-attention reads the prompt's keys/values
+    from the slot (`PromptKV`; the layers are `cross_attention_layers(copy)`); the original model is not
+    modified."""
     check_rotary_table(model.rope)
+    cross = cross_attention_layers(model)
     twin = weight_sharing_copy(model)
     slot = CausalSlot()
     layers = self_attention_layers(twin)
     _install(twin, {name: CausalSelfAttnProcessor(name, slot) for name in layers})
+    _install(twin, {name: CachedTextCrossAttnProcessor(name, slot) for name in cross})
+    twin.condition_embedder.text_embedder = PromptTextSkip(twin.condition_embedder.text_embedder)
     twin.rope = ChunkRotary(twin.rope, slot)
     return twin, slot, layers
 

@@ -3,11 +3,14 @@
 One denoising call of one chunk, with the rolling cache as explicit inputs and the chunk's new
 keys/values as outputs, the way `networks.BankedUNetFunction` takes the feature bank:
 
-    inputs:  latents (B, C, chunk_frames, h, w), timestep (B,), encoder_hidden_states (B, L, text_dim),
+    inputs:  latents (B, C, chunk_frames, h, w), timestep (B,),
              rotary_cos, rotary_sin (B, chunk_tokens, 1, head_dim): the chunk's rotary tables at its
-             absolute frame (`rotary_tables`), then the cache: per self-attention layer its keys and
-             values (B, slots·chunk_tokens, heads, head_dim), then cache_filled (B, slots·chunk_tokens),
-             1 where a slot's token holds a chunk, 0 where it is empty
+             absolute frame (`rotary_tables`), then the prompt: per cross-attention layer its text keys
+             (after `norm_k`) and values (B, L, heads, head_dim), computed once per prompt outside the
+             graph (`text_inputs`, `attention.PromptKV`) and passed as the same tensors every call, then
+             the cache: per self-attention layer its keys and values (B, slots·chunk_tokens, heads,
+             head_dim), then cache_filled (B, slots·chunk_tokens), 1 where a slot's token holds a chunk,
+             0 where it is empty
     outputs: noise_pred (B, C_out, chunk_frames, h, w), then per layer the chunk's new keys and values
              (B, chunk_tokens, heads, head_dim), rotated: what `RollingKVCache.commit` writes
 
@@ -21,7 +24,9 @@ even belong to different streams (each row has its own positions and fill mask).
 
 The self-attention processors are the eager runner's own (`attention.CausalSelfAttnProcessor`), on
 another weight-sharing copy of the model: they read a `GraphCacheCall` where the eager runner gives
-them a `RollingKVCache`.
+them a `RollingKVCache`. So are the cross-attention ones (`attention.CachedTextCrossAttnProcessor`):
+they read the text keys/values inputs where the eager runner gives them its `PromptKV`'s; the graph
+holds no text projection at all.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from torch import nn
 
 from livediff.errors import ConfigError, InputError
 from livediff.networks import TensorFunction
-from livediff.pipelines.causal.attention import causal_copy, chunk_rotary, token_grid
+from livediff.pipelines.causal.attention import PromptKV, causal_copy, chunk_rotary, cross_attention_layers, token_grid
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 
@@ -40,7 +45,7 @@ from livediff.pipelines.causal.config import CausalConfig
 WAN_TEXT_TOKENS = 512
 #: Wan 2.1's VAE: 8x spatial compression
 WAN_VAE_SCALE_FACTOR = 8
-BASE_INPUTS = ("latents", "timestep", "encoder_hidden_states", "rotary_cos", "rotary_sin")
+BASE_INPUTS = ("latents", "timestep", "rotary_cos", "rotary_sin")
 
 
 class GraphCacheCall:
@@ -110,9 +115,16 @@ class CausalTransformerFunction(TensorFunction):
         self.head_dim = model.config.attention_head_dim
         self.in_channels = model.config.in_channels
         self.out_channels = model.config.out_channels
-        self.text_dim = model.config.text_dim
-        self.input_names = (*BASE_INPUTS, *(f"cache_{kind}.{layer}" for layer in self.layers
-                                            for kind in ("key", "value")), "cache_filled")
+        #: the text cross-attention layers, and the prompt's keys/values computed once per prompt
+        self.text_layers = cross_attention_layers(self.model)
+        self.prompt = PromptKV(self.model, self.text_layers)
+        modules = dict(self.model.named_modules())
+        self.text_shapes = [(modules[name].heads, modules[name].to_v.out_features // modules[name].heads)
+                            for name in self.text_layers]
+        self.input_names = (*BASE_INPUTS, *(f"text_{kind}.{layer}" for layer in self.text_layers
+                                            for kind in ("key", "value")),
+                            *(f"cache_{kind}.{layer}" for layer in self.layers for kind in ("key", "value")),
+                            "cache_filled")
         self.output_names = ("noise_pred", *(f"new_{kind}.{layer}" for layer in self.layers
                                              for kind in ("key", "value")))
 
@@ -132,10 +144,15 @@ class CausalTransformerFunction(TensorFunction):
     def variant(self) -> tuple:
         c = self.config
         return (("causal", ("chunk_frames", c.chunk_frames), ("sink_chunks", c.sink_chunks),
-                 ("window_chunks", c.window_chunks)), ("text_tokens", self.text_tokens), ("layers", len(self.layers)))
+                 ("window_chunks", c.window_chunks)), ("text_kv_tokens", self.text_tokens), ("layers", len(self.layers)))
+
+    @property
+    def cache_start(self) -> int:
+        """Position of the first cache input (after the base inputs and the text keys/values)."""
+        return len(BASE_INPUTS) + 2 * len(self.text_layers)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(len(BASE_INPUTS), len(self.input_names)))
+        return tuple(range(self.cache_start, len(self.input_names)))
 
     def example_inputs(self, rows, height, width, dtype, device):
         h, w = self.latent_size(height, width)
@@ -143,14 +160,15 @@ class CausalTransformerFunction(TensorFunction):
         slots = self.config.cache_chunks * tokens
         latents = torch.randn(rows, self.in_channels, self.config.chunk_frames, h, w, dtype=dtype, device=device)
         timestep = torch.linspace(999, 1, rows, dtype=torch.float32, device=device)
-        text = torch.randn(rows, self.text_tokens, self.text_dim, dtype=dtype, device=device)
+        text = [torch.randn(rows, self.text_tokens, heads, dim, dtype=dtype, device=device)
+                for heads, dim in self.text_shapes for _ in range(2)]
         # a stream some chunks in: rotary at its frame, the cache partly filled
         chunks = max(1, self.config.cache_chunks - 1)
         cos, sin = self.rotary_tables(chunks * self.config.chunk_frames, rows, (h, w), dtype, device)
         kv = [torch.randn(rows, slots, self.heads, self.head_dim, dtype=dtype, device=device)
               for _ in range(2 * len(self.layers))]
         filled = (torch.arange(slots, device=device) < chunks * tokens).to(dtype).expand(rows, slots).contiguous()
-        return (latents, timestep, text, cos, sin, *kv, filled)
+        return (latents, timestep, cos, sin, *text, *kv, filled)
 
     def output_shapes(self, inputs):
         latents = inputs[0]
@@ -162,9 +180,8 @@ class CausalTransformerFunction(TensorFunction):
         raise ConfigError("the causal transformer's graph has a static resolution (its cache sizes follow from it); "
                           "build it without a resolution range")
 
-    def adapt_inputs(self, latents, timestep, encoder_hidden_states, *rest):
-        return (latents.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
-                *(t.contiguous() for t in rest))
+    def adapt_inputs(self, latents, timestep, *rest):
+        return (latents.contiguous(), timestep.to(torch.float32).contiguous(), *(t.contiguous() for t in rest))
 
     # --- between calls: what stays outside the graph -----------------------------------------------
 
@@ -189,12 +206,24 @@ class CausalTransformerFunction(TensorFunction):
         filled = cache.filled.to(dtype or cache.keys[self.layers[0]].dtype).expand(rows, slots)
         return [*(t for layer in self.layers for t in (cache.keys[layer], cache.values[layer])), filled]
 
+    def text_inputs(self, text: torch.Tensor) -> list[torch.Tensor]:
+        """The prompt's inputs: every cross-attention layer's text keys and values of `text` (B, L, text_dim),
+        computed where `text` lives when it is a new tensor or was edited in place (`PromptKV.bind`), else
+        the same tensors as the call before."""
+        if text.shape[1] != self.text_tokens:
+            raise InputError(f"the causal transformer's graph takes {self.text_tokens} text tokens, got "
+                             f"{text.shape[1]}")
+        with torch.no_grad():
+            self.prompt.bind(text)
+        return self.prompt.tensors()
+
     def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
                    cache: RollingKVCache) -> tuple[torch.Tensor, ...]:
-        """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes)."""
+        """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes);
+        the text's keys/values are computed once per prompt (`text_inputs`)."""
         cos, sin = self.rotary_tables(cache.next_frame, latents.shape[0], tuple(latents.shape[-2:]), latents.dtype,
                                       latents.device)
-        return (latents, timestep, text, cos, sin, *self.cache_inputs(cache, latents.dtype))
+        return (latents, timestep, cos, sin, *self.text_inputs(text), *self.cache_inputs(cache, latents.dtype))
 
     def stage_outputs(self, cache: RollingKVCache, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage a call's new keys/values in `cache` (its owner commits them: the ring placement) and
@@ -209,20 +238,26 @@ class CausalTransformerFunction(TensorFunction):
 
     # --- the function ------------------------------------------------------------------------------
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                rotary_cos: torch.Tensor, rotary_sin: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if len(cache) != 2 * len(self.layers) + 1:
-            raise InputError(f"{self.name} takes {2 * len(self.layers)} cache keys/values and the fill mask, "
-                             f"got {len(cache)} cache tensors")
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, rotary_cos: torch.Tensor,
+                rotary_sin: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        texts = 2 * len(self.text_layers)
+        if len(rest) != texts + 2 * len(self.layers) + 1:
+            raise InputError(f"{self.name} takes {texts} text keys/values, {2 * len(self.layers)} cache keys/values "
+                             f"and the fill mask, got {len(rest)} tensors after the rotary tables")
+        text, cache = rest[:texts], rest[texts:]
         keys = {layer: cache[2 * i] for i, layer in enumerate(self.layers)}
         values = {layer: cache[2 * i + 1] for i, layer in enumerate(self.layers)}
         call = GraphCacheCall(keys, values, cache[-1] > 0.5)
         self._slot.cache = call
+        self._slot.text = {layer: (text[2 * i], text[2 * i + 1]) for i, layer in enumerate(self.text_layers)}
         self._rotary.tables = (rotary_cos, rotary_sin)
         try:
-            prediction = self.model(latents, timestep, encoder_hidden_states, return_dict=False)[0]
+            # the model's text argument only sets the time embedding's dtype here (the text projection is
+            # skipped, cross-attention reads the keys/values): the first text key stands in for it
+            prediction = self.model(latents, timestep, text[0], return_dict=False)[0]
         finally:
             self._slot.cache = None
+            self._slot.text = None
             self._rotary.tables = None
         new = [t for layer in self.layers for t in call.staged[layer]]
         return (prediction, *new)

@@ -35,9 +35,11 @@ Self-Forcing, StreamDiffusionV2) were trained with "predict x₀, re-noise with 
 that sampler is not offered yet.
 
 Text. The prompt is tokenised and encoded once per prompt (`prepare`, `update_prompt`), with the
-tokens past the prompt's end zeroed as diffusers' Wan pipelines do. Cross-attention K/V are *not yet*
-cached per prompt: every transformer call projects the text again (cheap next to self-attention at
-these text lengths, but it is work a later change can remove).
+tokens past the prompt's end zeroed as diffusers' Wan pipelines do, and then projected once too: the
+transformer's text projection and every cross-attention layer's keys/values (after `norm_k`) are
+computed right there (`bind_text`, `attention.PromptKV`) and every transformer call of the prompt
+reads them (on an accelerator they are the graph's text inputs, the same tensors every call). A call
+with another text tensor, or after an in-place edit of this one, computes them again.
 
 No classifier-free guidance: the causal models are distilled to run without it, so a negative prompt
 or a guidance_scale above 1 is refused (cfg_type none/self are accepted and do nothing).
@@ -255,6 +257,7 @@ class CausalVideoPipeline:
 
     def _set_prompt(self, prompt: str) -> None:
         self.text = self.encode_prompt(prompt)
+        self.causal.bind_text(self.text)  # projection and cross-attention K/V, once per prompt
         self.prompt = prompt
         self.cache.reset()  # re-anchor: the next chunk is the new sink, at frame 0
 

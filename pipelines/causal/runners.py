@@ -20,9 +20,10 @@ slot), the chunk count and the chunk's frame position (the rotary tables and the
 inputs, built by `CausalTransformerFunction.inputs_for`). So `GraphCausalTransformer` is a drop-in
 `CausalWanTransformer`: same calls, same cache, same `finish_chunk` policy.
 
-The graph's text input has the pipeline's real text length (its tokenizer's padded length, capped at
-Wan's 512), not the 512 default. Cross-attention keys/values are still projected at every call (not
-yet computed once per prompt).
+The graph takes the prompt as every cross-attention layer's text keys/values, computed once per prompt
+on the device by `CausalTransformerFunction.text_inputs` (at `prepare`/`update_prompt` through
+`bind_text`, and reused as the same tensors by every call), at the pipeline's real text length (its
+tokenizer's padded length, capped at Wan's 512), not the 512 default.
 """
 from __future__ import annotations
 
@@ -97,14 +98,16 @@ class GraphCausalTransformer(CausalWanTransformer):
                                                   vae_scale_factor=vae_scale_factor).eval()
         self.backend = backend
         self.runner = backend.runner(self.function)
+        self.prompt = self.function.prompt  # the graph's text keys/values, once per prompt
+
+    def bind_text(self, text):
+        self.function.text_inputs(text)
+        return self.prompt
 
     def __call__(self, latents, timestep, text, cache=None):
         if latents.ndim != 5 or latents.shape[2] != self.config.chunk_frames:
             raise InputError(f"a chunk is (batch, channels, {self.config.chunk_frames}, height, width) latents, got "
                              f"{tuple(latents.shape)}")
-        if text.shape[1] != self.function.text_tokens:
-            raise InputError(f"the causal transformer's graph takes {self.function.text_tokens} text tokens, got "
-                             f"{text.shape[1]}")
         if cache is None:  # the chunk alone at frame 0: an empty cache attends to nothing
             cache = self.new_cache(latents.shape[0], *latents.shape[-2:], dtype=latents.dtype, device=latents.device)
         t = timestep_rows(timestep, latents.shape[0], latents.device)

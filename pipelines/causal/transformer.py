@@ -8,13 +8,17 @@ cache when its owner finishes it with `finish_chunk`, by the configured policy:
 * cache_after="final": one more call on the chunk's clean output at `context_timestep` (0), whose
   keys/values are committed (StreamDiffusionV2 / Self-Forcing);
 * cache_after="last_step": the keys/values staged by the chunk's last denoising call are committed.
+
+The text is projected once per prompt: every call binds its text tensor to `prompt` (`PromptKV`: the
+model's text projection and every cross-attention layer's keys/values, recomputed only for another
+tensor or an in-place edit of the bound one) and cross-attention reads those keys/values.
 """
 from __future__ import annotations
 
 import torch
 
 from livediff.errors import ConfigError, InputError
-from livediff.pipelines.causal.attention import causal_copy, token_grid
+from livediff.pipelines.causal.attention import PromptKV, causal_copy, cross_attention_layers, token_grid
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 
@@ -39,6 +43,9 @@ class CausalWanTransformer:
                               f"temporal patch size {p_t}")
         self.config = config
         self.model, self.slot, self.layers = causal_copy(model)
+        #: the text cross-attention layers and their keys/values of the bound prompt
+        self.text_layers = cross_attention_layers(self.model)
+        self.prompt = PromptKV(self.model, self.text_layers)
         self.heads = model.config.num_attention_heads
         self.head_dim = model.config.attention_head_dim
 
@@ -53,6 +60,12 @@ class CausalWanTransformer:
         return RollingKVCache(self.config, self.layers, batch, self.chunk_tokens(height, width), self.heads,
                               self.head_dim, dtype or parameter.dtype, device or parameter.device)
 
+    def bind_text(self, text: torch.Tensor) -> PromptKV:
+        """Compute `text`'s projection and cross-attention keys/values now (once per prompt; a call with
+        the same unchanged tensor reuses them)."""
+        self.prompt.bind(text)
+        return self.prompt
+
     def __call__(self, latents: torch.Tensor, timestep, text: torch.Tensor,
                  cache: RollingKVCache | None = None) -> torch.Tensor:
         """The model's output for one chunk. With a cache: attends to it and stages this chunk's K/V in it.
@@ -62,11 +75,13 @@ class CausalWanTransformer:
                              f"{tuple(latents.shape)}")
         t = timestep_rows(timestep, latents.shape[0], latents.device)
         self.slot.frame_offset = cache.next_frame if cache is not None else 0
+        self.slot.text = self.prompt.bind(text)
         self.slot.cache = cache
         try:
             return self.model(latents, t, text, return_dict=False)[0]
         finally:
             self.slot.cache = None
+            self.slot.text = None
 
     def finish_chunk(self, cache: RollingKVCache, clean: torch.Tensor | None = None,
                      text: torch.Tensor | None = None) -> None:
