@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from livediff.pipelines.presets import random_weights
+
 TINY_WAN_CAUSAL: dict[str, Any] = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=2,
@@ -35,15 +37,6 @@ TINY_WAN_CAUSAL: dict[str, Any] = dict(
 )
 
 
-def _seeded(build, seed: int):
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
 def build_tiny_wan_causal(seed: int = 0, dtype: torch.dtype = torch.float32):
     """The `tiny-wan-causal` transformer with diffusers' own random initialisation, deterministic for a seed.
 
@@ -52,7 +45,7 @@ def build_tiny_wan_causal(seed: int = 0, dtype: torch.dtype = torch.float32):
     """
     from diffusers import WanTransformer3DModel
 
-    model = _seeded(lambda: WanTransformer3DModel(**TINY_WAN_CAUSAL), seed)
+    model = random_weights(seed, lambda: WanTransformer3DModel(**TINY_WAN_CAUSAL))
     if dtype == torch.float64:
         model = model.double()
     elif dtype != torch.float32:
@@ -77,7 +70,7 @@ def build_tiny_wan_vae(seed: int = 0, dtype: torch.dtype = torch.float32):
     """The tiny Wan VAE with diffusers' own random initialisation, deterministic for a seed."""
     from diffusers import AutoencoderKLWan
 
-    model = _seeded(lambda: AutoencoderKLWan(**TINY_WAN_VAE), seed)
+    model = random_weights(seed, lambda: AutoencoderKLWan(**TINY_WAN_VAE))
     return (model.double() if dtype == torch.float64 else model.to(dtype)).eval()
 
 
@@ -158,7 +151,7 @@ def build_text_encoder(preset: str, tokenizer, seed: int = 0, device: str | torc
     config = UMT5Config(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                         **CAUSAL_PRESETS[preset].text_encoder)
     with torch.device(device):
-        return _seeded(lambda: UMT5EncoderModel(config), seed).eval()
+        return random_weights(seed, lambda: UMT5EncoderModel(config)).eval()
 
 
 def build_wan_transformer(preset: str, seed: int = 0, device: str | torch.device = "cpu"):
@@ -166,7 +159,7 @@ def build_wan_transformer(preset: str, seed: int = 0, device: str | torch.device
     from diffusers import WanTransformer3DModel
 
     with torch.device(device):
-        return _seeded(lambda: WanTransformer3DModel(**CAUSAL_PRESETS[preset].transformer), seed).eval()
+        return random_weights(seed, lambda: WanTransformer3DModel(**CAUSAL_PRESETS[preset].transformer)).eval()
 
 
 def build_wan_vae(preset: str, seed: int = 0, device: str | torch.device = "cpu"):
@@ -174,4 +167,4 @@ def build_wan_vae(preset: str, seed: int = 0, device: str | torch.device = "cpu"
     from diffusers import AutoencoderKLWan
 
     with torch.device(device):
-        return _seeded(lambda: AutoencoderKLWan(**CAUSAL_PRESETS[preset].vae), seed).eval()
+        return random_weights(seed, lambda: AutoencoderKLWan(**CAUSAL_PRESETS[preset].vae)).eval()
