@@ -2,11 +2,23 @@
 accepted form, so a wrong type is a `ConfigError` sentence rather than a TypeError deep inside."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from livediff.errors import ConfigError
 
 MAX_SEED = 2 ** 63 - 1
+T = TypeVar("T")
+
+
+def from_options(what: str, cls: type[T], options: dict) -> T:
+    """`cls(**options)` for an options dataclass, with unknown keys named beside the allowed ones
+    ("unknown bank option(s) 'x'; allowed: ...") instead of a TypeError."""
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    return cls(**options)
 
 
 def number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:

@@ -89,11 +89,7 @@ class ControlNetSpec:
         if isinstance(value, str):
             return cls(model=value)
         if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(f"unknown controlnet option(s) {', '.join(map(repr, unknown))}; "
-                                  f"use {', '.join(cls.__dataclass_fields__)}")
-            return cls(**value)
+            return checks.from_options("controlnet", cls, value)
         raise ConfigError(f"controlnet entry {value!r} must be a model name or a dict of options")
 
 

@@ -53,11 +53,7 @@ class IPAdapterSpec:
         if value is None or isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(f"unknown ip_adapter option(s) {', '.join(map(repr, unknown))}; "
-                                  f"use {', '.join(cls.__dataclass_fields__)}")
-            return cls(**value)
+            return checks.from_options("ip_adapter", cls, value)
         raise ConfigError(f"ip_adapter {value!r} must be a dict with model, image_encoder and scale")
 
 

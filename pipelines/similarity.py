@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from livediff.errors import ConfigError
+from livediff.pipelines import checks
 
 
 def skip_probability(similarity: float, threshold: float) -> float:
@@ -32,11 +33,7 @@ class SimilarityFilterConfig:
         if setting is None or isinstance(setting, cls):
             return setting
         if isinstance(setting, dict):
-            unknown = sorted(set(setting) - {"threshold", "max_skip"})
-            if unknown:
-                raise ConfigError(f"unknown similarity filter option(s) {', '.join(map(repr, unknown))}; allowed: "
-                                  f"threshold, max_skip")
-            return cls(**setting)
+            return checks.from_options("similarity filter", cls, setting)
         raise ConfigError(f"similarity_filter {setting!r} must be None or a dict such as "
                           f"{{'threshold': 0.98, 'max_skip': 10}}")
 

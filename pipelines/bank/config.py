@@ -6,9 +6,10 @@ attention, dense (not sparse) bank, scene-cut reset on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from livediff.errors import ConfigError
+from livediff.pipelines import checks
 
 MAX_BANK_FRAMES = 16
 MAX_CACHE_INTERVAL = 1000
@@ -97,10 +98,6 @@ class BankConfig:
         if value is False or isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            allowed = [f.name for f in fields(cls)]
-            unknown = sorted(set(value) - set(allowed))
-            if unknown:
-                raise ConfigError(f"unknown bank option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-            return cls(**value)
+            return checks.from_options("bank", cls, value)
         raise ConfigError(f"bank {value!r} must be None (method defaults), False (off), True, a dict of options "
                           f"or a BankConfig")

@@ -50,9 +50,4 @@ class CausalVideoOptions:
         if not isinstance(value, dict):
             raise ConfigError(f"causal {value!r} must be a dict of causal-video options "
                               f"({', '.join(f.name for f in fields(cls))})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"unknown causal option(s) {', '.join(map(repr, unknown))}; allowed: "
-                              f"{', '.join(sorted(known))}")
-        return cls(**value)
+        return checks.from_options("causal", cls, value)
