@@ -89,6 +89,14 @@ def multi_head_attention(attn, query: torch.Tensor, key: torch.Tensor, value: to
     return out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
 
 
+def finish(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """What a diffusers attention layer does after its output projection: the residual connection
+    and the output rescale, where the layer has them."""
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 def with_image(attn, name: str, slot: ImagePromptSlot | None, query: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """The text attention `out` plus the image attention of layer `name` when the call has image K/V."""
     kv = slot.kv if slot is not None else None
@@ -112,10 +120,8 @@ class ImagePromptAttnProcessor:
         text = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
         query = attn.to_q(hidden_states)
         out = multi_head_attention(attn, query, attn.to_k(text), attn.to_v(text))
-        out = attn.to_out[1](attn.to_out[0](with_image(attn, self.name, self.slot, query, out)))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        return finish(attn, attn.to_out[1](attn.to_out[0](with_image(attn, self.name, self.slot, query, out))),
+                      hidden_states)
 
 
 def weight_sharing_copy(module: torch.nn.Module) -> torch.nn.Module:

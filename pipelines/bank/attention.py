@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from livediff.image_prompt import ImagePromptSlot, multi_head_attention, weight_sharing_copy, with_image
+from livediff.image_prompt import ImagePromptSlot, finish, multi_head_attention, weight_sharing_copy, with_image
 from livediff.pipelines import token_merge
 from livediff.pipelines.bank.fusion import fuse_features
 from livediff.pipelines.bank.layout import attention_layers, grid_at
@@ -143,12 +143,6 @@ def attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return attn.to_out[1](attn.to_out[0](multi_head_attention(attn, query, key, value, bias)))
 
 
-def _finish(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
-
-
 class BankSelfAttnProcessor:
     """Self-attention with token merging, the bank's extended K/V and feature fusion.
 
@@ -193,7 +187,7 @@ class BankSelfAttnProcessor:
         if fusion is not None:
             call.new_out[self.name] = out
             out = fuse_features(out, fusion[0], fusion[1], call.fusion_threshold, call.fusion_strength)
-        return _finish(attn, out, hidden_states)
+        return finish(attn, out, hidden_states)
 
 
 class CachedCrossAttnProcessor:
@@ -221,7 +215,7 @@ class CachedCrossAttnProcessor:
             keys, values = keys[call.row_text], values[call.row_text]
         query = attn.to_q(hidden_states)
         out = with_image(attn, self.name, self.slot.image, query, multi_head_attention(attn, query, keys, values))
-        return _finish(attn, attn.to_out[1](attn.to_out[0](out)), hidden_states)
+        return finish(attn, attn.to_out[1](attn.to_out[0](out)), hidden_states)
 
 
 _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
