@@ -197,14 +197,23 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
         (("style_scale",), lambda s: set_scale(pipe, s.style_scale)),
     )
     for names, setter in steps:
-        if all(getattr(applied, n) == getattr(wanted, n) for n in names):
-            continue
-        try:
-            setter(wanted)
-        except ConfigError as exc:
-            return applied, str(exc)
-        applied = replace(applied, **{n: getattr(wanted, n) for n in names})
+        applied, refused = _apply_step(names, setter, applied, wanted)
+        if refused:
+            return applied, refused
     return applied, None
+
+
+def _apply_step(names: tuple[str, ...], setter, applied: LiveSettings,
+                wanted: LiveSettings) -> tuple[LiveSettings, str | None]:
+    """One group of controls: nothing to do when they are unchanged; else `setter(wanted)` and the
+    group marked applied, or the pipeline's refusal and the group left as it was."""
+    if all(getattr(applied, n) == getattr(wanted, n) for n in names):
+        return applied, None
+    try:
+        setter(wanted)
+    except ConfigError as exc:
+        return applied, str(exc)
+    return replace(applied, **{n: getattr(wanted, n) for n in names}), None
 
 
 def _set_control_scales(pipe, applied: tuple[float, ...], wanted: tuple[float, ...]) -> None:
@@ -225,14 +234,9 @@ def _apply_causal(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[Li
              (("seed",), lambda s: pipe.set_seed(s.seed)))
     notices = []
     for names, setter in steps:
-        if all(getattr(applied, n) == getattr(wanted, n) for n in names):
-            continue
-        try:
-            setter(wanted)
-        except ConfigError as exc:
-            notices.append(str(exc))
-            continue
-        applied = replace(applied, **{n: getattr(wanted, n) for n in names})
+        applied, refused = _apply_step(names, setter, applied, wanted)
+        if refused:
+            notices.append(refused)
     notices += [sentence for names, sentence in CAUSAL_REFUSALS
                 if any(getattr(applied, n) != getattr(wanted, n) for n in names)]
     return applied, "; ".join(notices) or None
