@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionControlNetImg2ImgPipeline
+from diffusers import StableDiffusionControlNetImg2ImgPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from reference import scheduler_on_stream_timesteps
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines import StreamConfig, load_pipeline
 from livediff.pipelines.batching import run_together
@@ -46,11 +47,7 @@ def test_one_frame_matches_diffusers_controlnet_img2img(t_index_list, monkeypatc
     ours = pipe(image, control=control)
 
     m = pipe.models
-    scheduler = LCMScheduler.from_config(m.scheduler.config)
-    set_timesteps = scheduler.set_timesteps
-    ours_t = [int(t) for t in pipe.schedule.timesteps]
-    scheduler.set_timesteps = lambda num_inference_steps=None, device=None, **_: set_timesteps(device=device,
-                                                                                               timesteps=ours_t)
+    scheduler = scheduler_on_stream_timesteps(pipe)
     reference = StableDiffusionControlNetImg2ImgPipeline(
         vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, unet=m.unet, controlnet=m.controlnets[0],
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)(

@@ -9,11 +9,12 @@ import copy
 
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 from safetensors.torch import save_file
 
+from reference import scheduler_on_stream_timesteps
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.batching import run_together
@@ -58,11 +59,7 @@ def test_one_frame_matches_diffusers_img2img_with_the_same_ip_adapter_file(t_ind
     ours = pipe(image, output="tensor")
 
     m = pipe.models
-    scheduler = LCMScheduler.from_config(m.scheduler.config)
-    set_timesteps = scheduler.set_timesteps
-    ours_t = [int(t) for t in pipe.schedule.timesteps]
-    scheduler.set_timesteps = lambda num_inference_steps=None, device=None, **_: set_timesteps(device=device,
-                                                                                               timesteps=ours_t)
+    scheduler = scheduler_on_stream_timesteps(pipe)
     from transformers import CLIPImageProcessorPil
 
     encoder_size = m.ip_adapter.image_size
