@@ -30,8 +30,12 @@ def _reference(frames, chunk_frames: int) -> list[np.ndarray]:
 
 
 class _FakeSlot:
-    def __init__(self, frames):
+    """The camera's frame slot over a list; at its end: closed (the file ended), `end` raised (Ctrl-C),
+    or None without closing (the camera stalls)."""
+
+    def __init__(self, frames, end: str = "close"):
         self._frames = list(frames)
+        self._end = end
         self.dropped = 0
         self.closed = False
 
@@ -40,17 +44,19 @@ class _FakeSlot:
         from livediff.app.live_metrics import now
 
         if not self._frames:
-            self.closed = True
+            if self._end == "ctrl-c":
+                raise KeyboardInterrupt
+            self.closed = self._end == "close"
             return None
         return Grabbed(self._frames.pop(0), now())
 
 
-def _fake_camera(monkeypatch, frames):
+def _fake_camera(monkeypatch, frames, end: str = "close"):
     import livediff.app.camera as camera
 
     class FakeCamera:
         def __init__(self, source, loop=True):
-            self.slot = _FakeSlot(frames)
+            self.slot = _FakeSlot(frames, end)
 
         def start(self):
             return self
@@ -107,6 +113,27 @@ def test_webcam_shows_every_frame_in_order_with_the_chunk_delay(tmp_path, monkey
     latent = "latent frame = 4" if chunk_frames == 1 else "latent frames = 8"
     assert f"delay: {delay} frames (chunk of {chunk_frames} {latent} video frames)" in err
     assert f"{len(frames)} frames;" in err
+
+
+@pytest.mark.parametrize("end", ["ctrl-c", "stall"])
+def test_webcam_flushes_the_incomplete_chunk_on_ctrl_c_and_when_the_camera_stops(tmp_path, monkeypatch, capsys,
+                                                                                  end):
+    """6 frames, chunks of 1 + 4 + (1 held): the last frame and the 3 the pacer still holds are written too."""
+    from livediff.app.commands import webcam
+
+    monkeypatch.setattr(webcam, "CAMERA_TIMEOUT_S", 0.01)
+    frames = _frames(6)
+    _fake_camera(monkeypatch, frames, end)
+    written = _recorded(monkeypatch)
+    code = main(["webcam", "--camera", "0", "-o", str(tmp_path / "out.mp4"), *CAUSAL])
+    expected = _reference(frames, 1)
+    assert len(written) == len(frames) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(written, expected))
+    err = capsys.readouterr().err
+    if end == "ctrl-c":
+        assert code == 0 and "stopped by Ctrl-C after 6 frames" in err and "finishing the last" in err
+    else:  # a stalled camera is an error, said after its frames were written
+        assert code == 2 and "camera 0 delivered no frame for 0 s" in err
 
 
 def test_causal_options_are_refused_outside_causal_video(capsys):

@@ -8,8 +8,12 @@ before loading the model.
 
 With `--stream-mode causal-video` the pipeline returns frames a chunk at a time; they are shown in
 order at the camera's pace, one per captured frame, a chunk's worth of frames late
-(`app.ui.causal_live.ChunkPacer`), and the delay is printed and drawn with the meter. When a file
-camera played `--once` ends, the last, incomplete chunk is flushed and shown too.
+(`app.ui.causal_live.ChunkPacer`), and the delay is printed and drawn with the meter. When the stream
+ends because the camera does (a file played `--once` ends, a camera stops delivering) or on Ctrl-C, the
+last, incomplete chunk is flushed and its frames written and shown too: they were seen, and only the
+chunking held them back (a Ctrl-C that lands while a chunk is being computed loses that chunk: the
+pipeline had already taken its frames). `--max-frames`, `--seconds` and q/Esc stop where asked, without
+the flush.
 """
 from __future__ import annotations
 
@@ -152,31 +156,45 @@ def run(args: argparse.Namespace) -> int:
         return not ((args.max_frames and reading.frames >= args.max_frames) or
                     (args.seconds and delivered - started_at >= args.seconds))
 
-    try:
-        while True:
-            grabbed = camera.slot.take(timeout=CAMERA_TIMEOUT_S)
-            if grabbed is None:
-                if camera.slot.closed:
-                    if pacer:  # the source ended: its last, incomplete chunk too
-                        begun = now()
-                        for picture, arrived in pacer.drain(pipe.flush()):
-                            if not deliver(picture, arrived, begun):
-                                break
-                    break
-                raise InputError(f"camera {args.camera} delivered no frame for {CAMERA_TIMEOUT_S:.0f} s")
-            begun = now()
-            frame = fit_frame(grabbed.rgb, args.width, args.height)
-            if pacer:
-                shown = pacer.push(grabbed.at, pipe(frame))
-                if shown is None:  # the first chunk is still filling
-                    continue
-                picture, arrived = shown
-            else:
-                picture, arrived = pipe(frame), grabbed.at
+    def finish_chunk() -> None:
+        """The last, incomplete chunk: the frames the pipeline collected and those the pacer still holds."""
+        begun = now()
+        for picture, arrived in pacer.drain(pipe.flush()):
             if not deliver(picture, arrived, begun):
                 break
-    except KeyboardInterrupt:
-        interrupted = True  # Ctrl-C is how a live session ends: what was recorded is kept and reported
+
+    # the source ending (or stalling) and Ctrl-C end the stream with its last chunk; a frame or time limit
+    # and q/Esc stop it where asked
+    flush_at_end, stalled = pacer is not None, False
+    try:
+        try:
+            while True:
+                grabbed = camera.slot.take(timeout=CAMERA_TIMEOUT_S)
+                if grabbed is None:
+                    stalled = not camera.slot.closed
+                    break
+                begun = now()
+                frame = fit_frame(grabbed.rgb, args.width, args.height)
+                if pacer:
+                    shown = pacer.push(grabbed.at, pipe(frame))
+                    if shown is None:  # the first chunk is still filling
+                        continue
+                    picture, arrived = shown
+                else:
+                    picture, arrived = pipe(frame), grabbed.at
+                if not deliver(picture, arrived, begun):
+                    flush_at_end = False
+                    break
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C is how a live session ends: what was recorded is kept and reported
+            if flush_at_end:
+                print("\nlivediff webcam: Ctrl-C: finishing the last, incomplete chunk (Ctrl-C again to drop it)",
+                      file=sys.stderr)
+        if flush_at_end:
+            try:
+                finish_chunk()
+            except KeyboardInterrupt:  # a second Ctrl-C: the frames still in the pipeline are dropped
+                interrupted = True
     finally:
         camera.stop()
         if recorder is not None:
@@ -185,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
             import cv2
 
             cv2.destroyAllWindows()
+    if stalled:
+        raise InputError(f"camera {args.camera} delivered no frame for {CAMERA_TIMEOUT_S:.0f} s")
     reading = meter.reading()
     how = "stopped by Ctrl-C after " if interrupted else ""
     print(f"\rlivediff webcam: {how}{reading.frames} frames; last {meter.window_s:.0f} s: {reading.format()}{delay}",
