@@ -28,7 +28,8 @@ OPTIONS = dict(chunk_frames=2, sink_chunks=1, window_chunks=1)
 
 def build(**overrides):
     settings = dict(model="tiny-wan-causal", mode="causal-video", width=SIZE, height=SIZE, device="cpu",
-                    dtype="float64", t_index_list=T_INDEX, seed=7, causal=OPTIONS)
+                    dtype="float64", t_index_list=T_INDEX, seed=7,
+                    causal=dict(OPTIONS, sampler="euler"))  # `by_hand` is Euler; renoise: test_causal_sampler.py
     settings.update(overrides)
     return load_pipeline(**settings)
 

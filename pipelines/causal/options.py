@@ -5,7 +5,11 @@
 
 The transformer's options are `CausalConfig`'s (chunking, sinks, window, which keys/values become
 context); `flow_shift` is the shift of the flow-matching sigma table the stages are picked from
-(Wan 2.1 and its causal distillations use 5.0 at 480p; 3.0 is Wan's suggestion for smaller videos).
+(Wan 2.1 and its causal distillations use 5.0 at 480p; 3.0 is Wan's suggestion for smaller videos);
+`sampler` is how a chunk goes from one stage to the next (`sampler`: "renoise", the default, is what the
+distilled causal checkpoints were trained with; "euler" is the deterministic flow-matching ODE step).
+These two are the pipeline's, not the transformer's: they decide the inputs of its calls, not what a
+call does, so they are not part of `CausalConfig`.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass, fields
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.causal.config import CausalConfig
+from livediff.pipelines.causal.sampler import check_sampler
 
 MAX_FLOW_SHIFT = 20.0
 
@@ -21,7 +26,7 @@ MAX_FLOW_SHIFT = 20.0
 @dataclass(frozen=True)
 class CausalVideoOptions:
     """chunk_frames, sink_chunks, window_chunks, cache_after, context_timestep: see `CausalConfig`;
-    flow_shift: the sigma table's shift in (0, 20]."""
+    flow_shift: the sigma table's shift in (0, 20]; sampler: "renoise" or "euler" (`sampler`)."""
 
     chunk_frames: int = 1
     sink_chunks: int = 1
@@ -29,10 +34,12 @@ class CausalVideoOptions:
     cache_after: str = "final"
     context_timestep: float = 0.0
     flow_shift: float = 5.0
+    sampler: str = "renoise"
 
     def __post_init__(self):
         self.transformer_config  # validates the transformer's part
         checks.number("causal flow_shift", self.flow_shift, 0.0, MAX_FLOW_SHIFT, low_open=True)
+        check_sampler(self.sampler)
 
     @property
     def transformer_config(self) -> CausalConfig:

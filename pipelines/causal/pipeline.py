@@ -15,24 +15,24 @@ Frame path, one chunk of `chunk_frames` = k latent frames at a time:
    frames (the Wan VAE encodes the first frame alone), every later one 4k;
 2. encoded by `WanEncoderStream` (the causal VAE's own conv caches carry the earlier frames), taken as
    the latent mean and normalised with the VAE's `latents_mean`/`latents_std` as diffusers' Wan pipelines do;
-3. noised to the first stage: x = (1 − σ₀)·x₀ + σ₀·ε (flow matching; one noise draw per chunk from the
+3. noised to the first stage: x = (1 − σ₀)·x₀ + σ₀·ε (flow matching; the noise is drawn from the
    stream's seeded generator);
 4. denoised by `CausalWanTransformer` over the stages, each call reading the rolling K/V cache (sinks + a
-   window of earlier chunks) and never writing it; then `finish_chunk` writes the chunk into the cache
-   (`cache_after="final"`: one more pass over the clean result);
+   window of earlier chunks) and never writing it, the `sampler` taking x from one stage to the next; then
+   `finish_chunk` writes the chunk into the cache (`cache_after="final"`: one more pass over the clean result);
 5. decoded by `WanDecoderStream` (its own conv caches) and returned as frames, in order.
 
 Schedule. The stages are picked, as in the other pipelines, by `t_index_list` (indices 0..49; larger =
 less noise = a weaker edit; `set_strength` maps a strength to them) from a 50-entry table: the sigmas of
 diffusers' `FlowMatchEulerDiscreteScheduler(shift=flow_shift)`, Wan's flow-matching scheduler, with its
-timestep = 1000·σ. Between stages a plain flow-matching Euler step, x ← x + (σ_next − σ)·v, the exact
-update of `FlowMatchEulerDiscreteScheduler.step`, with σ_next = 0 after the last stage, so the last step
-lands on the clean estimate x₀ = x − σ·v. Why Euler and not UniPC or re-noising: it is deterministic
-(the output of a chunk is a pure function of its input, the cache and one noise draw, which is what makes
-the pipeline testable against a hand-run of its parts), it needs no multistep history across chunks, and
-with 1–4 stages UniPC's higher order brings nothing. The DMD-distilled causal models (CausVid,
-Self-Forcing, StreamDiffusionV2) were trained with "predict x₀, re-noise with fresh noise" between steps;
-that sampler is not offered yet.
+timestep = 1000·σ. Between stages the `sampler` option (module `sampler`): "renoise" (default), predict
+x₀ = x − σ·v and re-noise it to the next sigma with fresh noise from the stream's generator, the sampler the
+DMD-distilled causal models (CausVid, Self-Forcing, StreamDiffusionV2) were trained with; or "euler", the
+deterministic step x ← x + (σ_next − σ)·v of `FlowMatchEulerDiscreteScheduler.step`. After the last stage
+σ_next = 0 and both land on x₀ = x − σ·v. Either way a chunk's output is a pure function of its input, the
+cache and the stream's seeded generator, which is what makes the pipeline testable against a hand-run of
+its parts; neither needs a multistep history across chunks (with 1–4 stages UniPC's higher order brings
+nothing).
 
 Text. The prompt is tokenised and encoded once per prompt (`prepare`, `update_prompt`), with the
 tokens past the prompt's end zeroed as diffusers' Wan pipelines do, and then projected once too: the
@@ -58,6 +58,16 @@ the default k = 1, the first frame comes out at once and then four at a time, ev
 
 End of stream: `flush()` completes the last chunk by repeating its last frame, returns only the real
 frames, and ends the stream (the next frame starts a new one, as after `reset()`).
+
+What happens to the frames collected for an incomplete chunk (none is ever lost without saying so):
+- `update_prompt` / `prepare`: kept; the chunk is denoised with the new prompt (re-anchor, above).
+- `set_seed`: kept, and the stream goes on: the generator is reseeded, so the chunk being collected and
+  every later one draw their noise from the new seed; the caches stay (a seed is noise, not context, so
+  there is nothing to re-anchor). Reproducible: the same frames with `set_seed` at the same point give the
+  same output, and a stream started after `set_seed(s)` (or `reset()`) is the seed-s stream.
+- `reset`: dropped on purpose (the caller abandons the stream, e.g. a new input source whose frames must
+  not be denoised with the old ones); it returns how many were dropped. Call `flush()` first to have them
+  finished instead.
 """
 from __future__ import annotations
 
@@ -70,6 +80,7 @@ from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.causal.options import CausalVideoOptions
 from livediff.pipelines.causal.runners import causal_transformer
+from livediff.pipelines.causal.sampler import noised, step
 from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
@@ -271,13 +282,17 @@ class CausalVideoPipeline:
         self.schedule = FlowSchedule.build(self.settings.t_index_list, self.options.flow_shift)
 
     def set_seed(self, seed: int) -> None:
-        """The noise generator is seeded when the stream starts, so a new seed restarts it."""
-        self.settings = replace(self.settings, seed=seed)
-        self.reset()
+        """Reseed the noise from the chunk being collected on; the stream, its caches and the frames
+        collected so far are kept (module docstring: a seed is noise, not context)."""
+        self.settings = replace(self.settings, seed=seed)  # validates it
+        self._noise = torch.Generator("cpu").manual_seed(seed)
 
-    def reset(self) -> None:
-        """Back to a fresh stream with the same settings and prompt."""
+    def reset(self) -> int:
+        """Back to a fresh stream with the same settings and prompt. The frames collected for the
+        incomplete chunk are dropped on purpose (`flush()` first finishes them); returns how many."""
+        dropped = len(self._pending)
         self._build_stream()
+        return dropped
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """The networks whose weights decide the output (for a job's identity)."""
@@ -341,12 +356,13 @@ class CausalVideoPipeline:
 
     def denoise(self, clean: torch.Tensor) -> torch.Tensor:
         """One chunk's normalised latents → its restyled latents; the chunk is then written to the cache."""
-        noise = torch.randn(clean.shape, generator=self._noise, dtype=self.dtype).to(self.device)
-        sigma = self.schedule.sigmas[0]
-        x = (1.0 - sigma) * clean + sigma * noise
+        def draw() -> torch.Tensor:  # from the stream's seeded generator, so a run is reproducible
+            return torch.randn(clean.shape, generator=self._noise, dtype=self.dtype).to(self.device)
+
+        x = noised(clean, self.schedule.sigmas[0], draw())
         for stage, (sigma, t) in enumerate(zip(self.schedule.sigmas, self.schedule.timesteps)):
             velocity = self.causal(x, t, self.text, self.cache)
-            x = x + (self.schedule.next_sigma(stage) - sigma) * velocity
+            x = step(self.options.sampler, x, velocity, sigma, self.schedule.next_sigma(stage), draw)
         self.causal.finish_chunk(self.cache, clean=x, text=self.text)
         self.chunks += 1
         return x
