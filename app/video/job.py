@@ -126,10 +126,13 @@ def run_file(
 
         def deliver(outputs) -> None:
             nonlocal writer
-            for out in (outputs if delayed else [outputs]):
-                if not waiting:
-                    raise TypeError(f"processor {type(processor).__name__} returned more frames than it was given")
-                slot = waiting.popleft()
+            outputs = list(outputs) if delayed else [outputs]
+            if len(outputs) > len(waiting):
+                raise TypeError(f"processor {type(processor).__name__} returned more frames than it was given")
+            # every slot is claimed before any frame is written: when Ctrl-C stops the writing, the slots
+            # still waiting are exactly the frames the processor holds (`flush_held`)
+            slots = [waiting.popleft() for _ in outputs]
+            for out, slot in zip(outputs, slots):
                 out = check_output_frame(out, processor)
                 if slot is None:
                     continue
@@ -172,6 +175,8 @@ def run_file(
                 raise InputError(f"{input_path}: only {decoded} of its {reader.frame_count} frames could be decoded "
                                  f"(the file is truncated or damaged)")
         except BaseException as stopped:
+            if delayed and isinstance(stopped, KeyboardInterrupt) and any(waiting):
+                flush_held(flush, deliver, sum(slot is not None for slot in waiting), emit)
             # Make what is done playable: close the open segment, join everything into the partial output.
             state.resumable = not isinstance(stopped, InputError)
             if writer is not None:
@@ -207,6 +212,26 @@ def run_file(
         partial_path_for(output_path).unlink(missing_ok=True)
     return JobResult(input_path, output_path, "done", frames=frames, resumed_frames=done,
                      seconds=time.perf_counter() - t0, region=geom.region if cropped else None)
+
+
+def flush_held(flush: Callable[[], list], deliver: Callable[[list], None], held: int,
+               emit: Callable[[str], None]) -> None:
+    """On Ctrl-C (or a Ray stop), write the frames a chunked processor was fed but has not returned yet.
+
+    They were read and only the chunking held them back, so the partial output ends where the input
+    was stopped, as with a per-frame processor. A resume then continues after them; it cannot
+    continue a causal stream exactly in any case (its K/V cache holds the stream from its first
+    frame), and the flushed frames are what the file's end would give. A chunk being computed when
+    Ctrl-C landed is gone (the processor took its frames) and nothing is left to flush; one that
+    landed before the processor took the newest frame leaves the earlier ones, which `deliver` gives
+    the oldest waiting slots, theirs. A second Ctrl-C, or a processor left unusable by the
+    interruption, drops the held frames and keeps the rest.
+    """
+    emit(f"stopped: finishing the {held} frame(s) the processor still holds (Ctrl-C again to drop them)")
+    try:
+        deliver(flush())
+    except BaseException as exc:
+        log.warning("the %d held frame(s) were not written (%s)", held, type(exc).__name__)
 
 
 def process_file(
