@@ -190,7 +190,7 @@ def video_settings(args: argparse.Namespace) -> dict:
     return dict(bank=bank, token_merge_ratio=args.token_merge_ratio)
 
 
-CAUSAL_OPTIONS = ("chunk_frames", "sink_chunks", "window_chunks")
+CAUSAL_OPTIONS = ("chunk_frames", "sink_chunks", "window_chunks", "sampler")
 
 
 def add_causal_options(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +200,9 @@ def add_causal_options(parser: argparse.ArgumentParser) -> None:
                         help="latent frames per chunk, k (default 1): a chunk is 4k video frames of latency")
     causal.add_argument("--sink-chunks", type=int, default=None, help="first chunks kept in the cache (default 1)")
     causal.add_argument("--window-chunks", type=int, default=None, help="recent chunks kept in the cache (default 4)")
+    causal.add_argument("--sampler", default=None,
+                        help="between stages: renoise (default; predict x0, re-noise with fresh seeded noise, as the "
+                             "distilled causal models were trained) or euler (the deterministic flow-matching step)")
 
 
 def causal_settings(args: argparse.Namespace, mode: str, mode_option: str = "--mode") -> dict:
