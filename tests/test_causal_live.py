@@ -191,5 +191,33 @@ def test_ui_refuses_what_does_not_apply_with_a_sentence(causal_server, tmp_path)
     assert "the similarity filter does not apply in causal-video mode" in stats
     with pytest.raises(Exception, match="the Image tab restyles single pictures with an image model"):
         client.predict("img2img", handle_file(str(path)), api_name="/image")
-    with pytest.raises(Exception, match="the Video tab does not run causal video yet"):
-        client.predict(handle_file(str(path)), api_name="/video")
+
+
+def test_ui_video_tab_restyles_a_file_as_the_causal_video_job_does(causal_server, tmp_path):
+    """An upload through the Video tab = `process_video` with the causal pipeline at the server's size (128²
+    → 64²; the output is written at 128², where x264 is reproducible): every frame, in order."""
+    from gradio_client import Client, handle_file
+
+    from livediff.app.ui.settings import LiveSettings
+    from livediff.app.ui.video_tab import restyle_video
+    from livediff.app.video.job import process_video
+    from livediff.app.video.options import JobOptions
+    from livediff.app.video.processor import PipelineFactory
+    from media import make_clip, read_frames
+
+    clip = make_clip(tmp_path / "clip.mp4", n_frames=7, size=(128, 128), audio=False)  # chunks 1 + 4 + 2 flushed
+    video, _, table, summary = Client(causal_server.url, verbose=False).predict(
+        handle_file(str(clip)), prompt="claymation", api_name="/video")
+    engine = causal_server.registry.engine
+    factory = PipelineFactory(settings={**engine.settings, "mode": "causal-video", "width": SIZE, "height": SIZE},
+                              prompt={"prompt": "claymation"})
+    direct = process_video(clip, tmp_path / "direct.mp4", factory, JobOptions(progress=False, quiet=True))
+    got, want = read_frames(video), read_frames(direct.output_path)
+    assert len(got) == len(want) == 7 and got[0].shape == (128, 128, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert summary.startswith("7 frames") and "warp error (edited)" in table
+    # the job's progress, as the tab reports it: every frame, up to the clip's length
+    progress = []
+    restyle_video(causal_server.registry, "progress-session", clip, LiveSettings.for_pipeline(
+        engine.stream_template, prompt="claymation"), lambda done, total: progress.append((done, total)))
+    assert progress == [(i, 7) for i in range(1, 8)]

@@ -56,7 +56,7 @@ def _quality(text: str | None):
 def _working_size(args: argparse.Namespace) -> None:
     """Fill in a model size from the first input's aspect when the user gave none."""
     from livediff.app.video.batch import plan_outputs
-    from livediff.app.video.geometry import suggest_working_size
+    from livediff.app.video.geometry import size_multiple, suggest_working_size
     from livediff.app.video.reader import VideoReader
 
     if args.width and args.height:
@@ -64,11 +64,9 @@ def _working_size(args: argparse.Namespace) -> None:
     first, _ = plan_outputs(args.inputs, args.output)[0]
     try:
         reader = VideoReader(first)
-        suggested = suggest_working_size(reader.width, reader.height)
+        suggested = suggest_working_size(reader.width, reader.height, multiple=size_multiple(args.mode))
     except LivediffError:  # an unreadable first file is reported by the job itself
         suggested = (512, 512)
-    if args.mode == "causal-video":  # the Wan VAE's 8x and the transformer's 2x2 patches
-        suggested = tuple(max(64, side - side % 16) for side in suggested)
     args.width = args.width or suggested[0]
     args.height = args.height or suggested[1]
 

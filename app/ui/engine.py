@@ -24,7 +24,7 @@ from livediff.errors import ConfigError
 DEFAULT_STREAM_MODE = "video" if "video" in MODES else "img2img"
 STREAM_MODES = tuple(m for m in ("video", "img2img", "causal-video") if m in MODES)
 #: The causal video stream mode (`pipelines.causal`, `causal_live.py`): the server then holds only its
-#: causal pipeline; the Image and Video tabs refuse with a sentence (`image_tab.py`, `video_tab.py`).
+#: causal pipeline, for the Webcam and Video tabs; the Image tab refuses with a sentence (`image_tab.py`).
 CAUSAL_MODE = "causal-video"
 
 #: What a session uses a pipeline for; each purpose gets its own pipeline per session, so a
@@ -61,10 +61,10 @@ class Engine:
         self.stream_mode = stream_mode
         self.modes = {"webcam": stream_mode, "video": stream_mode, "img2img": "img2img", "txt2img": "txt2img"}
         if stream_mode == CAUSAL_MODE:
-            # a causal video model is no image model: the webcam stream only (each session runs its own
-            # chunks, never batched with other sessions: `webcam_tab.py`)
+            # a causal video model is no image model: streams of frames only, the webcam's and a video
+            # file's (each session runs its own chunks, never batched with other sessions: `webcam_tab.py`)
             self.settings["max_sessions"] = 1
-            self.modes = {"webcam": CAUSAL_MODE}
+            self.modes = {"webcam": CAUSAL_MODE, "video": CAUSAL_MODE}
         elif "causal" in settings:
             raise ConfigError(f"causal options are for stream mode causal-video, not {stream_mode!r}")
         # txt2img has no input frame for a ControlNet to read: its template runs without them
@@ -108,12 +108,13 @@ class Engine:
 
         `config_overrides` (bank, token merging) give a pipeline of another shape over the same
         networks: the same construction `new_session()` does, with a re-validated config. A causal
-        video pipeline is built by `load_pipeline` again with the server's settings: its networks come
-        from the process's model cache (and an accelerator's graphs from its engine cache), so only the
-        session's own state is new.
+        video pipeline is built by `load_pipeline` again with the server's settings (and a video file's
+        own width and height, the only overrides it takes): its networks come from the process's model
+        cache (and an accelerator's graphs from its engine cache), so only the session's own state is new.
         """
         if self.modes.get(purpose) == CAUSAL_MODE:
-            if config_overrides:
-                raise ConfigError(f"a causal video session takes no config overrides ({', '.join(config_overrides)})")
-            return load_pipeline(**{**self.settings, "mode": CAUSAL_MODE})
+            other = sorted(set(config_overrides) - {"width", "height"})
+            if other:
+                raise ConfigError(f"a causal video session takes no config overrides ({', '.join(other)})")
+            return load_pipeline(**{**self.settings, **config_overrides, "mode": CAUSAL_MODE})
         return self.template(purpose).new_session(**config_overrides)

@@ -34,7 +34,6 @@ from livediff.app.ui.rtc_stream import Controls  # noqa: E402
 from livediff.app.ui.sessions import SessionRegistry  # noqa: E402
 from livediff.app.ui.settings import LiveSettings  # noqa: E402
 from livediff.app.ui.style import style_controls  # noqa: E402
-from livediff.app.ui.video_tab import CAUSAL_REFUSAL as VIDEO_CAUSAL_REFUSAL  # noqa: E402
 from livediff.app.ui.video_tab import restyle_video  # noqa: E402
 from livediff.app.ui.webcam_tab import LiveFrame, WebcamStream  # noqa: E402
 from livediff.errors import LivediffError  # noqa: E402
@@ -276,7 +275,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                                                 elem_id="video-input")
                             video_out = gr.Video(label="Restyled video", interactive=False, elem_id="video-output")
                         video_run = gr.Button("Restyle video", variant="primary")
-                        video_info = gr.Markdown(f"⚠ {VIDEO_CAUSAL_REFUSAL}" if causal else "")
+                        video_info = gr.Markdown("")
                         video_metrics = gr.Code(label="Temporal consistency (livediff eval)", language=None,
                                                 interactive=False)
                         video_files = gr.File(label="Download", file_count="multiple", interactive=False)

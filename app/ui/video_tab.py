@@ -6,6 +6,10 @@ nothing is cropped and the metrics compare the whole picture with the whole pict
 go through the session's own stream pipeline, taking the engine lock once per *frame*, so live
 webcam tabs keep getting frames while a file is being processed. Settings are read when the job
 starts; changing a control during the job affects the next job, so one output never mixes styles.
+
+On a causal-video server the session's video pipeline is a causal one: the job drives it exactly as
+`livediff video --mode causal-video` does (`processor.pipeline_processor`: frames come back a chunk
+at a time and the file's end flushes the last one), so the progress moves a chunk at a time.
 """
 from __future__ import annotations
 
@@ -14,21 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
-from livediff.app.video.geometry import suggest_working_size
+from livediff.app.video.geometry import size_multiple, suggest_working_size
 from livediff.app.video.job import process_video
 from livediff.app.video.options import JobOptions
+from livediff.app.video.processor import pipeline_processor
 from livediff.app.video.reader import VideoReader
 from livediff.errors import ConfigError, InputError
 from livediff.app.eval.metrics import TemporalMetrics, evaluate_videos
 
 ProgressFn = Callable[[int, int | None], None]
-#: Why the tab does nothing on a causal-video server (also shown on the tab)
-CAUSAL_REFUSAL = ("the Video tab does not run causal video yet: restyle files with `livediff video IN -o OUT --mode "
-                  "causal-video`, and stream the camera through the Webcam tab")
 
 
 @dataclass(frozen=True)
@@ -44,38 +44,22 @@ class VideoResult:
         return f"{self.frames} frames in {self.seconds:.1f} s ({fps:.2f} fps)"
 
 
-class _LockedProcessor:
-    """The job's frame processor: the session pipeline, one locked call per frame."""
-
-    def __init__(self, pipe, lock, width: int, height: int):
-        self.pipe, self.lock, self.width, self.height = pipe, lock, width, height
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        with self.lock:
-            return self.pipe(rgb)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.pipe.reset()
-
-
 def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path | None, settings: LiveSettings,
                   on_progress: ProgressFn | None = None) -> VideoResult:
-    if registry.engine.stream_mode == "causal-video":
-        raise ConfigError(CAUSAL_REFUSAL)
     if not source:
         raise InputError("upload a video first")
     source = Path(source)
     session = registry.get(session_id)
     engine = registry.engine
     with VideoReader(source) as reader:  # an unreadable upload is named before any model work
-        size = suggest_working_size(reader.width, reader.height, longest=max(engine.width, engine.height))
+        size = suggest_working_size(reader.width, reader.height, longest=max(engine.width, engine.height),
+                                    multiple=size_multiple(engine.stream_mode))
     with engine.lock:
         pipe, refused = session.pipeline("video", settings, size)
     if refused:
         raise ConfigError(refused)
     output = session.work_dir / f"{source.stem}-livediff.mp4"
-    processor = _LockedProcessor(pipe, engine.lock, *size)
+    processor = pipeline_processor(pipe, {"prompt": settings.prompt}, lock=engine.lock)
 
     def on_frame(done: int, total: int | None) -> None:
         registry.touch(session_id)

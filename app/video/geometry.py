@@ -33,6 +33,12 @@ def working_size(processor: Any) -> tuple[int, int] | None:
     return None
 
 
+def size_multiple(mode: str) -> int:
+    """What a model size's sides must be multiples of: 8 (the VAE's downscale) for the image models, 16 in
+    mode causal-video (the Wan VAE's 8x and the transformer's 2x2 patches)."""
+    return 16 if mode == "causal-video" else 8
+
+
 def suggest_working_size(width: int, height: int, longest: int = 512, multiple: int = 8,
                          shortest: int = 64) -> tuple[int, int]:
     """A model size with the input's aspect ratio: longest side ``longest``, both sides multiples of

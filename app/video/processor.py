@@ -8,6 +8,7 @@ The factory, not a processor, is what callers pass, because a model must be buil
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,25 @@ ProcessorFactory = Callable[[], FrameProcessor]
 
 
 class PipelineProcessor:
-    """Adapts a livediff video pipeline (``pipe(frame)``, ``pipe.reset()``) to :class:`FrameProcessor`."""
+    """Adapts a livediff video pipeline (``pipe(frame)``, ``pipe.reset()``) to :class:`FrameProcessor`.
 
-    def __init__(self, pipe: Any, prompt: Mapping[str, Any], style: Mapping[str, Any] | None = None):
+    ``lock``: a pipeline whose networks other callers share (the UI's live tabs, `app.ui.engine`) is
+    called under their lock, once per frame, so they keep getting frames while a file is processed.
+    """
+
+    def __init__(self, pipe: Any, prompt: Mapping[str, Any], style: Mapping[str, Any] | None = None,
+                 lock: contextlib.AbstractContextManager | None = None):
         self.pipe, self.prompt, self.style = pipe, dict(prompt), dict(style or {})
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self.width, self.height = pipe.config.width, pipe.config.height
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return self.pipe(rgb)
+        with self.lock:
+            return self.pipe(rgb)
 
     def reset(self) -> None:
-        self.pipe.reset()
+        with self.lock:
+            self.pipe.reset()
 
     def identity(self) -> dict[str, Any]:
         """The pipeline as built (model, VAE, LoRAs, mode, steps, CFG, seed, size, bank, token merging,
@@ -83,10 +92,19 @@ class DelayedPipelineProcessor(PipelineProcessor):
     """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``)."""
 
     def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
-        return list(self.pipe(rgb))
+        with self.lock:
+            return list(self.pipe(rgb))
 
     def flush(self) -> list[np.ndarray]:
-        return list(self.pipe.flush())
+        with self.lock:
+            return list(self.pipe.flush())
+
+
+def pipeline_processor(pipe: Any, prompt: Mapping[str, Any], style: Mapping[str, Any] | None = None,
+                       lock: contextlib.AbstractContextManager | None = None) -> PipelineProcessor:
+    """The adapter for `pipe`: a pipeline with ``flush()`` returns its frames late (mode causal-video)."""
+    kind = DelayedPipelineProcessor if callable(getattr(pipe, "flush", None)) else PipelineProcessor
+    return kind(pipe, prompt, style, lock)
 
 
 @dataclass(frozen=True)
@@ -117,8 +135,7 @@ class PipelineFactory:
             pipe.set_style_image(read_picture(self.style_image))
             style = {"style_image": self.style_image,
                      "sha256": hashlib.sha256(Path(self.style_image).read_bytes()).hexdigest()}
-        kind = DelayedPipelineProcessor if callable(getattr(pipe, "flush", None)) else PipelineProcessor
-        return kind(pipe, self.prompt, style)
+        return pipeline_processor(pipe, self.prompt, style)
 
 
 class LazyProcessor:
