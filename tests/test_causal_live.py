@@ -146,12 +146,9 @@ def test_causal_options_are_refused_outside_causal_video(capsys):
 
 @pytest.fixture(scope="module")
 def causal_server():
-    from livediff.app.ui.engine import Engine
-    from ui_helpers import running_server
+    from ui_helpers import causal_engine, running_server
 
-    engine = Engine(dict(model="tiny-wan-causal", width=SIZE, height=SIZE, device="cpu", dtype="float32",
-                         causal=dict(chunk_frames=1)), stream_mode="causal-video")
-    with running_server(engine) as srv:
+    with running_server(causal_engine(SIZE)) as srv:
         yield srv
 
 

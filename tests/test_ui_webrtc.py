@@ -16,7 +16,7 @@ import pytest
 from livediff.app.ui.rtc_hub import SESSION_PREFIX
 from livediff.app.ui.settings import LiveSettings
 from media import clip_frame
-from ui_helpers import SIZE, running_server
+from ui_helpers import SIZE, causal_engine, running_server
 
 aiortc = pytest.importorskip("aiortc")
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
@@ -236,3 +236,41 @@ def test_the_server_receiver_uses_the_marker_aware_buffer(server, client):
 
     assert asyncio.run(scenario()), "aiortc's receiver kept its own buffer: frames wait one interval longer"
     asyncio.run(wait_for(lambda: not webrtc_sessions(server), "the closed connection's session to be removed"))
+
+
+def test_webrtc_in_causal_video_mode_returns_frames_after_the_chunk_delay(monkeypatch):
+    """The causal stream's path is the Gradio one (`WebcamStream._chunked` and its `ChunkPacer`): the
+    first 4k − 1 = 3 frames the session takes show nothing, then each one shows a frame, and the meter
+    over the data channel says the delay."""
+    from gradio_client import Client
+
+    from livediff.app.ui import causal_live
+
+    paced = []
+    push = causal_live.ChunkPacer.push
+
+    def spy(self, arrived, finished):
+        shown = push(self, arrived, finished)
+        paced.append(shown is not None)
+        return shown
+
+    monkeypatch.setattr(causal_live.ChunkPacer, "push", spy)
+    with running_server(causal_engine()) as server:
+        token = Client(server.url, verbose=False).predict(**controls(server, prompt="claymation"),
+                                                          api_name="/webrtc_start")
+
+        async def scenario():
+            peer = Peer(Camera([clip_frame(i, 64, 64) for i in range(8)]))
+            await peer.connect(server.url, token)
+            await wait_for(lambda: len(peer.pictures) >= 3, "3 restyled frames back over WebRTC")
+            await wait_for(lambda: any("latency" in m for m in peer.messages), "a shown frame's meter")
+            (session,) = webrtc_sessions(server).values()
+            assert session.applied("webcam").prompt == "claymation"
+            await peer.pc.close()
+            return peer
+
+        peer = asyncio.run(scenario())
+    assert len(paced) >= 6 and paced[:3] == [False] * 3 and all(paced[3:]), paced
+    assert peer.pictures[-1].shape == (64, 64, 3)
+    assert all("delay: 3 frames (chunk of 1 latent frame = 4 video frames)" in m for m in peer.messages)
+    assert any("waiting for frames" in m for m in peer.messages)

@@ -21,6 +21,14 @@ def tiny_engine(**overrides):
     return Engine(dict(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", **overrides))
 
 
+def causal_engine(size: int = 64):
+    """Stream mode causal-video: `tiny-wan-causal`, chunks of 1 latent frame (4 video frames, 3 frames late)."""
+    from livediff.app.ui.engine import Engine
+
+    return Engine(dict(model="tiny-wan-causal", width=size, height=size, device="cpu", dtype="float32",
+                       causal=dict(chunk_frames=1)), stream_mode="causal-video")
+
+
 @dataclass
 class RunningServer:
     url: str
