@@ -195,8 +195,10 @@ def test_two_ui_sessions_share_the_transformer_parameters():
         b, _ = registry.get("b").pipeline("webcam", LiveSettings(prompt="watercolour"))
     finally:
         registry.shutdown()
-    assert a is not b and a.cache is not b.cache and a.models.transformer is b.models.transformer
-    shared = list(a.models.transformer.parameters())
+    assert a is not b and a.cache is not b.cache and a.models is b.models  # one transformer, VAE, text encoder
+    transformer = a.models.transformer
+    shared = [*transformer.parameters(), *transformer.buffers()]
     for pipe in (a, b):  # the module each session actually runs: a copy of the structure, the same tensors
-        assert all(p is q for p, q in zip(pipe.causal.model.parameters(), shared, strict=True))
+        assert all(p is q for p, q in zip([*pipe.causal.model.parameters(), *pipe.causal.model.buffers()], shared,
+                                          strict=True))
     assert a.causal.model is not b.causal.model  # each has its own processors (its own cache slot)
