@@ -43,6 +43,10 @@ class EngineKey:
     opt_resolution: (height, width) the engine is tuned for (TensorRT profiles only).
     builder: the exporter/builder and its version ("torch 2.13.0 opset 18", "tensorrt 10.7.0").
     device: GPU compute capability ("sm_89") for engines; None for device-independent graphs.
+    inputs: TensorRT engines: (name, min, opt, max shape) of every input of the engine's profile, so the
+        key names the shapes an engine was built for (e.g. the causal transformer's chunk tokens, cache
+        slots and text tokens) instead of leaving them to be inferred from the other fields. Left out of
+        the JSON when None, so keys without it (ONNX graphs, OpenVINO models) keep their digests.
     """
 
     kind: str
@@ -57,13 +61,17 @@ class EngineKey:
     opt_resolution: tuple[int, int] | None = None
     bank: tuple[tuple[int, ...], ...] | None = None
     device: str | None = None
+    inputs: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {KINDS}")
 
     def as_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        data = asdict(self)
+        if self.inputs is None:
+            del data["inputs"]
+        return json.loads(json.dumps(data))
 
     def digest(self) -> str:
         canonical = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))

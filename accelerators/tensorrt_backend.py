@@ -73,12 +73,21 @@ def profile_shapes(function: TensorFunction, rows: RowRange, resolution: Resolut
 
 def engine_key(function: TensorFunction, target: BuildTarget, rows: RowRange, resolution: ResolutionRange,
                precision: str, trt_version: str, device: str) -> EngineKey:
+    """The engine's cache key: weights, sizes, rows, precision, TensorRT version, GPU and every input's
+    profile shapes (`profile_shapes`: an engine runs only the shapes it was built for; `key_profile`)."""
+    profile = profile_shapes(function, rows, resolution, target.height, target.width, target.dtype)
     return EngineKey(kind="tensorrt", network=function.name, model=target.model, loras=tuple(target.loras),
                      weights=weights_fingerprint(function), precision=precision,
                      builder=f"tensorrt {trt_version}", device=device,
+                     inputs=tuple((name, *shapes) for name, shapes in profile.items()),
                      resolution=(resolution.min_height, resolution.min_width, resolution.max_height,
                                  resolution.max_width),
                      opt_resolution=(target.height, target.width), rows=(rows.min, rows.opt, rows.max), bank=function.variant())
+
+
+def key_profile(key: EngineKey) -> Profile:
+    """The optimisation profile an engine key names (what its engine is built with)."""
+    return {name: (tuple(low), tuple(opt), tuple(high)) for name, low, opt, high in key.inputs}
 
 
 def _collecting_logger(trt):
@@ -258,9 +267,8 @@ class TensorRTBackend:
 
         def build(folder: Path) -> None:
             graph = self.graphs.artifact(function)
-            profile = profile_shapes(function, rows, self.resolution, self.target.height, self.target.width,
-                                     self.dtype)
-            build_engine(graph, folder / ENGINE_FILE, profile, self.timing_cache, self.options.workspace_gb, report)
+            build_engine(graph, folder / ENGINE_FILE, key_profile(key), self.timing_cache, self.options.workspace_gb,
+                         report)
 
         digest = key.digest()
         if digest not in self._verified:  # hash the engine once per process, not at every stream rebuild

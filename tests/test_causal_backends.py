@@ -9,7 +9,8 @@ the ring placement between calls left to `RollingKVCache` (`pipelines.causal.run
   key holds the function's variant: chunk, sink, window, text length);
 * compile is accepted and wired (its runner is a `CompiledRunner` of the function; the function traces
   with 0 graph breaks in test_causal_graph.py; compiling it on CPU takes minutes, so it is not run here);
-* tensorrt and bad accelerator options are refused with a sentence, before any weights load.
+* bad accelerator options are refused with a sentence, before any weights load (tensorrt is accepted:
+  test_causal_tensorrt.py).
 """
 from __future__ import annotations
 
@@ -106,8 +107,6 @@ def test_compile_is_wired_but_not_run():
 
 
 @pytest.mark.parametrize("accelerator, options, words", [
-    ("tensorrt", None, "does not support accelerator 'tensorrt' (TensorRT engines of the causal transformer are "
-                       "not built yet; mode 'causal-video' runs on eager, compile, onnxruntime, openvino)"),
     ("eager", dict(opset=18), "accelerator_options do not apply to accelerator 'eager'"),
     ("onnxruntime", dict(resolution=(64, 64, 128, 128)), "the causal transformer's graph has a static resolution"),
 ])
@@ -118,4 +117,4 @@ def test_what_cannot_run_is_refused_before_weights_load(accelerator, options, wo
     with pytest.raises(ConfigError) as caught:
         build(accelerator, accelerator_options=options)
     assert words in str(caught.value)
-    assert CAUSAL_ACCELERATORS == ("eager", "compile", "onnxruntime", "openvino")
+    assert CAUSAL_ACCELERATORS == ("eager", "compile", "onnxruntime", "tensorrt", "openvino")

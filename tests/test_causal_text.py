@@ -150,20 +150,22 @@ def test_another_prompt_gives_its_own_keys_and_values(model):
 
 def test_the_graph_takes_the_same_text_tensors_every_call(model):
     """The function's text inputs are computed once per prompt (hooks on its copy) and are the very same
-    tensors at every call; a new prompt gives new ones."""
+    tensors at every call; a new prompt is copied into them (fixed addresses, for CUDA graphs)."""
     function = CausalTransformerFunction(model, CausalConfig(chunk_frames=1, sink_chunks=1, window_chunks=2,
                                                              cache_after="last_step"), text_tokens=TEXT).eval()
     seen = count_text_projections(function)
     cache = CausalWanTransformer(model, function.config).new_cache(BATCH, LATENT, LATENT)
     one, two = texts(2, seed=15)
-    ids = []
+    ids, values = [], []
     with torch.no_grad():
         for text, chunk in zip([one, one, one, two], chunks(4)):
             inputs = function.inputs_for(chunk, torch.full((BATCH,), 500.0, dtype=F64), text, cache)
             ids.append([id(t) for t in inputs[4:function.cache_start]])
+            values.append([t.clone() for t in inputs[4:function.cache_start]])
             function.stage_outputs(cache, function(*inputs))
             cache.commit()
-    assert ids[0] == ids[1] == ids[2] != ids[3]
+    assert ids[0] == ids[1] == ids[2] == ids[3]
+    assert not any(torch.equal(a, b) for a, b in zip(values[2], values[3]))
     assert seen == Counter({"text_embedder": 2, **{name: 2 for name in function.text_layers}})
 
 

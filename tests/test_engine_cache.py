@@ -24,7 +24,8 @@ KEY = EngineKey(kind="tensorrt", network="unet", model="stabilityai/sd-turbo", l
 CHANGED = {"kind": "onnx", "network": "vae_decoder", "model": "stabilityai/sd-turbo-2", "loras": ("lcm:0.5",),
            "weights": "abd", "resolution": (512, 512, 768, 768), "precision": "float32",
            "builder": "tensorrt 10.8.0", "rows": (1, 4, 4), "opt_resolution": (512, 768),
-           "bank": (("kv0.k", (1, 8192, 320)),), "device": "sm_89"}
+           "bank": (("kv0.k", (1, 8192, 320)),), "device": "sm_89",
+           "inputs": (("sample", (1, 4, 64, 64), (2, 4, 64, 64), (2, 4, 64, 64)),)}
 
 
 class Builder:

@@ -191,6 +191,20 @@ def text_key_value(attn, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return key.unflatten(2, (attn.heads, -1)), value.unflatten(2, (attn.heads, -1))
 
 
+def fits(buffer: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `buffer` can take values of that shape, dtype and device in place."""
+    return (buffer is not None and tuple(buffer.shape) == tuple(shape) and buffer.dtype == dtype
+            and buffer.device == device)
+
+
+def refill(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """`value`'s values at `buffer`'s address when it fits them, else `value` itself (a new address)."""
+    if not fits(buffer, value.shape, value.dtype, value.device):
+        return value
+    with torch.no_grad():
+        return buffer.copy_(value)
+
+
 class PromptKV:
     """The text side of every cross-attention layer of a causal copy, computed once per prompt.
 
@@ -199,14 +213,18 @@ class PromptKV:
     (B, L, inner), then every layer's keys/values (`text_key_value`) give `kv`. They are recomputed
     only when `text` is not the bound tensor or was edited in place since (its version counter moved);
     a tensor made under `torch.inference_mode` has no version counter, so it is recomputed every bind.
+
+    keep_addresses: a new prompt's keys/values are copied into the previous prompt's tensors (same shapes)
+    instead of replacing them, so a graph captured reading them (a CUDA graph) sees the new prompt.
     """
 
-    def __init__(self, model, layers: Sequence[str]):
+    def __init__(self, model, layers: Sequence[str], keep_addresses: bool = False):
         modules = dict(model.named_modules())
         embedder = model.condition_embedder.text_embedder
         self.project = embedder.inner if isinstance(embedder, PromptTextSkip) else embedder
         self.layers = tuple(layers)
         self.attention = {name: modules[name] for name in self.layers}
+        self.keep_addresses = keep_addresses
         self.clear()
 
     def clear(self) -> None:
@@ -224,9 +242,12 @@ class PromptKV:
         version = self._version_of(text)
         if text is self._text and version is not None and version == self._version:
             return self.kv
+        previous = self.kv if self.keep_addresses else {}
         self.clear()
         projected = self.project(text)
-        self.kv = {name: text_key_value(attn, projected) for name, attn in self.attention.items()}
+        self.kv = {name: tuple(refill(old, new) for old, new in zip(previous.get(name, (None, None)),
+                                                                   text_key_value(attn, projected)))
+                   for name, attn in self.attention.items()}
         self._text, self._version, self.projected = text, version, projected
         return self.kv
 
@@ -344,6 +365,14 @@ def _install(model, processors: dict) -> None:
     modules = dict(model.named_modules())
     for name, processor in processors.items():
         modules[name].set_processor(processor)
+
+
+def check_chunk_frames(model, config) -> None:
+    """Refuse chunks that do not fill whole temporal patches (a chunk's tokens would straddle two calls)."""
+    p_t = model.config.patch_size[0]
+    if config.chunk_frames % p_t:
+        raise ConfigError(f"causal chunk_frames {config.chunk_frames} must be a multiple of the transformer's "
+                          f"temporal patch size {p_t}")
 
 
 def token_grid(model, latent_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -20,7 +20,9 @@ is a tensor input) and the chunk's frame position (the rotary tables are inputs;
 on the device, in float64 where the model is float64, else in float32, never in 16 bits). So one
 graph serves the whole stream: every shape is fixed by the resolution, the chunk size, the cache size
 and the text length (`variant`); only the rows axis (axis 0 of everything) may vary, and rows may
-even belong to different streams (each row has its own positions and fill mask).
+even belong to different streams (each row has its own positions and fill mask). `inputs_for` gives
+every input at the same address call after call (`FixedInputs`, `PromptKV(keep_addresses=True)`, the
+cache's own tensors), so a CUDA graph captured once replays the whole stream (`state_inputs`: all).
 
 The self-attention processors are the eager runner's own (`attention.CausalSelfAttnProcessor`), on
 another weight-sharing copy of the model: they read a `GraphCacheCall` where the eager runner gives
@@ -37,7 +39,8 @@ from torch import nn
 
 from livediff.errors import ConfigError, InputError
 from livediff.networks import TensorFunction
-from livediff.pipelines.causal.attention import PromptKV, causal_copy, chunk_rotary, cross_attention_layers, token_grid
+from livediff.pipelines.causal.attention import (PromptKV, causal_copy, check_chunk_frames, chunk_rotary,
+                                                 cross_attention_layers, fits, token_grid)
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 
@@ -61,6 +64,29 @@ class GraphCacheCall:
 
     def stage(self, layer: str, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.staged[layer] = (keys, values)
+
+
+class FixedInputs:
+    """The function's per-call inputs in buffers at fixed addresses, refilled in place every call.
+
+    A CUDA graph (`compile` with CUDA graphs) replays reading every input where it was at capture: the
+    latents, timestep, rotary tables and fill mask of each call are therefore copied into the same
+    tensors (a new buffer only when a shape, dtype or device changes), as the cache's keys/values and
+    the prompt's keys/values (`PromptKV(keep_addresses=True)`) already are. The copies are a few small
+    tensors per call; the cache is read where it lives.
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, value: torch.Tensor | float, shape: Sequence[int], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        """`name`'s buffer of (shape, dtype, device) holding `value` (a number, or a tensor broadcast to it)."""
+        buffer = self._buffers.get(name)
+        if not fits(buffer, shape, dtype, device):
+            buffer = self._buffers[name] = torch.empty(tuple(shape), dtype=dtype, device=device)
+        with torch.no_grad():
+            return buffer.copy_(value) if isinstance(value, torch.Tensor) else buffer.fill_(value)
 
 
 class RotaryInput:
@@ -97,18 +123,15 @@ class CausalTransformerFunction(TensorFunction):
     def __init__(self, model, config: CausalConfig, text_tokens: int = WAN_TEXT_TOKENS,
                  vae_scale_factor: int = WAN_VAE_SCALE_FACTOR):
         super().__init__()
-        p_t, p_h, p_w = model.config.patch_size
-        if config.chunk_frames % p_t:
-            raise ConfigError(f"causal chunk_frames {config.chunk_frames} must be a multiple of the transformer's "
-                              f"temporal patch size {p_t}")
+        check_chunk_frames(model, config)
+        _, p_h, p_w = model.config.patch_size
         if not isinstance(text_tokens, int) or text_tokens < 1:
             raise ConfigError(f"text_tokens {text_tokens!r} must be a positive integer")
         self.config = config
         self.text_tokens = text_tokens
         self.vae_scale_factor = vae_scale_factor
         self.spatial_multiple = vae_scale_factor * max(p_h, p_w)
-        self.model, slot, self.layers = causal_copy(model)
-        self._slot = slot
+        self.model, self.slot, self.layers = causal_copy(model)
         self._rotary = RotaryInput()
         self.model.rope = TableRotary(self.model.rope.rope, self._rotary)  # drop the slot's frame offset
         self.heads = model.config.num_attention_heads
@@ -117,7 +140,8 @@ class CausalTransformerFunction(TensorFunction):
         self.out_channels = model.config.out_channels
         #: the text cross-attention layers, and the prompt's keys/values computed once per prompt
         self.text_layers = cross_attention_layers(self.model)
-        self.prompt = PromptKV(self.model, self.text_layers)
+        self.prompt = PromptKV(self.model, self.text_layers, keep_addresses=True)
+        self.fixed = FixedInputs()
         modules = dict(self.model.named_modules())
         self.text_shapes = [(modules[name].heads, modules[name].to_v.out_features // modules[name].heads)
                             for name in self.text_layers]
@@ -152,7 +176,8 @@ class CausalTransformerFunction(TensorFunction):
         return len(BASE_INPUTS) + 2 * len(self.text_layers)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(self.cache_start, len(self.input_names)))
+        """Every input: `inputs_for` gives each at the same address call after call (`FixedInputs`)."""
+        return tuple(range(len(self.input_names)))
 
     def example_inputs(self, rows, height, width, dtype, device):
         h, w = self.latent_size(height, width)
@@ -164,7 +189,8 @@ class CausalTransformerFunction(TensorFunction):
                 for heads, dim in self.text_shapes for _ in range(2)]
         # a stream some chunks in: rotary at its frame, the cache partly filled
         chunks = max(1, self.config.cache_chunks - 1)
-        cos, sin = self.rotary_tables(chunks * self.config.chunk_frames, rows, (h, w), dtype, device)
+        cos, sin = (t.expand(rows, -1, -1, -1).contiguous()
+                    for t in self.rotary_tables(chunks * self.config.chunk_frames, (h, w), dtype, device))
         kv = [torch.randn(rows, slots, self.heads, self.head_dim, dtype=dtype, device=device)
               for _ in range(2 * len(self.layers))]
         filled = (torch.arange(slots, device=device) < chunks * tokens).to(dtype).expand(rows, slots).contiguous()
@@ -185,31 +211,32 @@ class CausalTransformerFunction(TensorFunction):
 
     # --- between calls: what stays outside the graph -----------------------------------------------
 
-    def rotary_tables(self, frame_offset: int, rows: int, latent_hw: tuple[int, int],
-                      dtype: torch.dtype | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin), each (rows, chunk_tokens, 1, head_dim), of a chunk starting at latent frame
-        `frame_offset` (`RollingKVCache.next_frame`), computed on the model's device."""
+    def rotary_tables(self, frame_offset: int, latent_hw: tuple[int, int], dtype: torch.dtype | None = None,
+                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (1, chunk_tokens, 1, head_dim) (one row: every row of a call has the position),
+        of a chunk starting at latent frame `frame_offset` (`RollingKVCache.next_frame`), computed on the
+        model's device."""
         rope = self.model.rope.rope
         p_t, p_h, p_w = rope.patch_size
         grid = (self.config.chunk_frames // p_t, latent_hw[0] // p_h, latent_hw[1] // p_w)
         cos, sin = chunk_rotary(rope, frame_offset // p_t, grid)
         target = rotary_dtype(dtype or cos.dtype)
-        return tuple(t.to(device=device or t.device, dtype=target).expand(rows, -1, -1, -1).contiguous()
-                     for t in (cos, sin))
+        return tuple(t.to(device=device or t.device, dtype=target) for t in (cos, sin))
 
     def cache_inputs(self, cache: RollingKVCache, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """The cache's tensors in input order: every layer's keys and values (the cache's own tensors,
-        read where they live) and the fill mask as 0/1 per row."""
+        read where they live) and the fill mask as 0/1 per row (copied into its fixed buffer)."""
         if tuple(cache.layers) != tuple(self.layers):
             raise ConfigError(f"this cache holds layers {list(cache.layers)}, the function has {list(self.layers)}")
-        rows, slots = cache.chunk_shape[0], cache.filled.shape[0]
-        filled = cache.filled.to(dtype or cache.keys[self.layers[0]].dtype).expand(rows, slots)
+        keys = cache.keys[self.layers[0]]
+        filled = self.fixed.put("cache_filled", cache.filled, (cache.chunk_shape[0], cache.filled.shape[0]),
+                                dtype or keys.dtype, keys.device)
         return [*(t for layer in self.layers for t in (cache.keys[layer], cache.values[layer])), filled]
 
     def text_inputs(self, text: torch.Tensor) -> list[torch.Tensor]:
         """The prompt's inputs: every cross-attention layer's text keys and values of `text` (B, L, text_dim),
-        computed where `text` lives when it is a new tensor or was edited in place (`PromptKV.bind`), else
-        the same tensors as the call before."""
+        computed where `text` lives when it is a new tensor or was edited in place (`PromptKV.bind`, which
+        copies a new prompt into the same tensors), else the same tensors as the call before."""
         if text.shape[1] != self.text_tokens:
             raise InputError(f"the causal transformer's graph takes {self.text_tokens} text tokens, got "
                              f"{text.shape[1]}")
@@ -217,13 +244,18 @@ class CausalTransformerFunction(TensorFunction):
             self.prompt.bind(text)
         return self.prompt.tensors()
 
-    def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+    def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: torch.Tensor,
                    cache: RollingKVCache) -> tuple[torch.Tensor, ...]:
-        """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes);
+        """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes:
+        `timestep` a number or one value per row), each at the same address as the call before (`FixedInputs`);
         the text's keys/values are computed once per prompt (`text_inputs`)."""
-        cos, sin = self.rotary_tables(cache.next_frame, latents.shape[0], tuple(latents.shape[-2:]), latents.dtype,
-                                      latents.device)
-        return (latents, timestep, cos, sin, *self.text_inputs(text), *self.cache_inputs(cache, latents.dtype))
+        rows, device = latents.shape[0], latents.device
+        cos, sin = (self.fixed.put(name, table, (rows, *table.shape[1:]), table.dtype, device)
+                    for name, table in zip(("rotary_cos", "rotary_sin"), self.rotary_tables(
+                        cache.next_frame, tuple(latents.shape[-2:]), latents.dtype, device)))
+        return (self.fixed.put("latents", latents, latents.shape, latents.dtype, device),
+                self.fixed.put("timestep", timestep, (rows,), torch.float32, device), cos, sin,
+                *self.text_inputs(text), *self.cache_inputs(cache, latents.dtype))
 
     def stage_outputs(self, cache: RollingKVCache, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage a call's new keys/values in `cache` (its owner commits them: the ring placement) and
@@ -248,16 +280,16 @@ class CausalTransformerFunction(TensorFunction):
         keys = {layer: cache[2 * i] for i, layer in enumerate(self.layers)}
         values = {layer: cache[2 * i + 1] for i, layer in enumerate(self.layers)}
         call = GraphCacheCall(keys, values, cache[-1] > 0.5)
-        self._slot.cache = call
-        self._slot.text = {layer: (text[2 * i], text[2 * i + 1]) for i, layer in enumerate(self.text_layers)}
+        self.slot.cache = call
+        self.slot.text = {layer: (text[2 * i], text[2 * i + 1]) for i, layer in enumerate(self.text_layers)}
         self._rotary.tables = (rotary_cos, rotary_sin)
         try:
             # the model's text argument only sets the time embedding's dtype here (the text projection is
             # skipped, cross-attention reads the keys/values): the first text key stands in for it
             prediction = self.model(latents, timestep, text[0], return_dict=False)[0]
         finally:
-            self._slot.cache = None
-            self._slot.text = None
+            self.slot.cache = None
+            self.slot.text = None
             self._rotary.tables = None
         new = [t for layer in self.layers for t in call.staged[layer]]
         return (prediction, *new)

@@ -11,8 +11,17 @@ Accelerators (`CAUSAL_ACCELERATORS`):
   text length (all in the graph's `EngineCache` key: the resolution, and the function's `variant()`),
   reused by every later pipeline with the same settings; openvino converts that same graph;
 * compile: the function under torch.compile(fullgraph=True, static shapes) — it traces with no graph
-  break; on CPU the first chunk compiles for minutes;
-* tensorrt: not built for this mode yet (refused by name before any weights load).
+  break; on CPU the first chunk compiles for minutes. With CUDA graphs every input is read where it
+  lives (`CausalTransformerFunction.state_inputs`): `inputs_for` gives the latents, timestep, rotary
+  tables, fill mask and prompt keys/values at the same addresses every call (`graph.FixedInputs`), the
+  cache's keys/values are the cache's own tensors, so one capture replays the whole stream, window
+  slides and prompt changes included (a new stream, e.g. after `reset`, has a new cache: a new capture);
+* tensorrt: the image pipelines' backend (`accelerators.tensorrt_backend`), unchanged: an engine built
+  from that same ONNX graph (TensorRT-native ops only; the cache as explicit inputs/outputs) with a
+  static profile (one row; chunk tokens, cache slots and text tokens fixed by the resolution and the
+  options) and cached under a key naming every input's shape, the precision, the TensorRT version and
+  the GPU. It needs CUDA and the `tensorrt` package; without them the pipeline is refused with one
+  sentence before any weights load (`accelerators.check_accelerator`).
 
 What stays outside the graph is what `RollingKVCache` does between calls, exactly as for the eager
 runner: the ring placement (`stage` the call's new keys/values, `commit` the finished chunk into its
@@ -27,24 +36,22 @@ tokenizer's padded length, capped at Wan's 512), not the 512 default.
 """
 from __future__ import annotations
 
+from livediff.accelerators import ACCELERATORS
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget, RowRange
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.graph import WAN_VAE_SCALE_FACTOR, CausalTransformerFunction
 from livediff.pipelines.causal.transformer import CausalWanTransformer, timestep_rows
 
-#: accelerators mode "causal-video" runs on
-CAUSAL_ACCELERATORS = ("eager", "compile", "onnxruntime", "openvino")
-#: the others, and why
-NOT_BUILT = {"tensorrt": "TensorRT engines of the causal transformer are not built yet"}
+#: accelerators mode "causal-video" runs on: all of them
+CAUSAL_ACCELERATORS = ACCELERATORS
 
 
 def unsupported_accelerator(name: str) -> str | None:
     """Why mode 'causal-video' refuses accelerator `name` (a sentence naming the supported ones), or None."""
     if name in CAUSAL_ACCELERATORS:
         return None
-    why = NOT_BUILT.get(name, "unknown accelerator")
-    return f"{why}; mode 'causal-video' runs on {', '.join(CAUSAL_ACCELERATORS)}"
+    return f"unknown accelerator; mode 'causal-video' runs on {', '.join(CAUSAL_ACCELERATORS)}"
 
 
 def causal_build_target(config) -> BuildTarget:
@@ -93,12 +100,14 @@ class GraphCausalTransformer(CausalWanTransformer):
 
     def __init__(self, model, config: CausalConfig, backend, text_tokens: int,
                  vae_scale_factor: int = WAN_VAE_SCALE_FACTOR):
-        super().__init__(model, config)
+        # no CausalWanTransformer.__init__: its causal copy would never run here; the function's copy
+        # (weights shared with `model`) serves the eager runner's bookkeeping (cache shapes, the prompt)
         self.function = CausalTransformerFunction(model, config, text_tokens=text_tokens,
                                                   vae_scale_factor=vae_scale_factor).eval()
+        function = self.function
+        self.use_copy(config, function.model, function.slot, function.layers, function.prompt)
         self.backend = backend
         self.runner = backend.runner(self.function)
-        self.prompt = self.function.prompt  # the graph's text keys/values, once per prompt
 
     def bind_text(self, text):
         self.function.text_inputs(text)
@@ -110,7 +119,9 @@ class GraphCausalTransformer(CausalWanTransformer):
                              f"{tuple(latents.shape)}")
         if cache is None:  # the chunk alone at frame 0: an empty cache attends to nothing
             cache = self.new_cache(latents.shape[0], *latents.shape[-2:], dtype=latents.dtype, device=latents.device)
-        t = timestep_rows(timestep, latents.shape[0], latents.device)
+        # a number is written into the timestep buffer as it is (no tensor made on the host)
+        t = timestep if isinstance(timestep, (int, float)) else timestep_rows(timestep, latents.shape[0],
+                                                                              latents.device)
         outputs = self.runner(*self.function.inputs_for(latents, t, text, cache))
         return self.function.stage_outputs(cache, outputs)
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from livediff.errors import ConfigError, InputError
-from livediff.pipelines.causal.attention import PromptKV, causal_copy, cross_attention_layers, token_grid
+from livediff.pipelines.causal.attention import (CausalSlot, PromptKV, causal_copy, check_chunk_frames,
+                                                 cross_attention_layers, token_grid)
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 
@@ -37,17 +38,20 @@ class CausalWanTransformer:
     """A block-causal view of `model` (the model itself is shared, never modified)."""
 
     def __init__(self, model, config: CausalConfig):
-        p_t = model.config.patch_size[0]
-        if config.chunk_frames % p_t:
-            raise ConfigError(f"causal chunk_frames {config.chunk_frames} must be a multiple of the transformer's "
-                              f"temporal patch size {p_t}")
+        check_chunk_frames(model, config)
+        copy, slot, layers = causal_copy(model)
+        self.use_copy(config, copy, slot, layers, PromptKV(copy, cross_attention_layers(copy)))
+
+    def use_copy(self, config: CausalConfig, copy, slot: CausalSlot, layers: list[str], prompt: PromptKV) -> None:
+        """Run on the causal copy `copy` (its `slot`, self-attention `layers` and `prompt`). A subclass that
+        already holds one (the graph runner's function) passes its own, so no second copy is built."""
         self.config = config
-        self.model, self.slot, self.layers = causal_copy(model)
+        self.model, self.slot, self.layers = copy, slot, layers
         #: the text cross-attention layers and their keys/values of the bound prompt
-        self.text_layers = cross_attention_layers(self.model)
-        self.prompt = PromptKV(self.model, self.text_layers)
-        self.heads = model.config.num_attention_heads
-        self.head_dim = model.config.attention_head_dim
+        self.text_layers = prompt.layers
+        self.prompt = prompt
+        self.heads = copy.config.num_attention_heads
+        self.head_dim = copy.config.attention_head_dim
 
     def chunk_tokens(self, height: int, width: int) -> int:
         frames, rows, cols = token_grid(self.model, (1, 1, self.config.chunk_frames, height, width))
