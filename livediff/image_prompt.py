@@ -130,11 +130,11 @@ def weight_sharing_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, shared)
 
 
-def image_prompt_copy(unet, layout: ImagePromptLayout) -> tuple[torch.nn.Module, ImagePromptSlot]:
-    """A weight-sharing copy of `unet` with `ImagePromptAttnProcessor` on the layout's layers."""
-    twin = weight_sharing_copy(unet)
+def image_prompt_processors(unet, layout: ImagePromptLayout) -> ImagePromptSlot:
+    """Put `ImagePromptAttnProcessor`s on the layout's layers of `unet`, a copy the caller owns
+    (`weight_sharing_copy`), and return the slot they read."""
     slot = ImagePromptSlot()
-    modules = dict(twin.named_modules())
+    modules = dict(unet.named_modules())
     for name in layout.layers:
         modules[name].set_processor(ImagePromptAttnProcessor(name, slot))
-    return twin, slot
+    return slot

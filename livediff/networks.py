@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError
-from livediff.image_prompt import ImagePromptLayout, image_prompt_call, image_prompt_copy
+from livediff.image_prompt import ImagePromptLayout, image_prompt_call, image_prompt_processors, weight_sharing_copy
+from livediff.subpixel import fold_upsamplers
 
 Shape = tuple[int, ...]
 
@@ -149,7 +150,9 @@ class UNetFunction(TensorFunction):
     def __init__(self, unet, vae_scale_factor: int = 8, controlnets: Sequence[nn.Module] = (),
                  image: ImagePromptLayout | None = None):
         super().__init__()
-        self.unet, self.image_slot = image_prompt_copy(unet, image) if image is not None else (unet, None)
+        # a weight-sharing copy: its upsamplers folded, with an IP-Adapter its own processors
+        self.unet = fold_upsamplers(weight_sharing_copy(unet))
+        self.image_slot = image_prompt_processors(self.unet, image) if image is not None else None
         self.image = image
         self.controlnets = nn.ModuleList(controlnets)
         self.vae_scale_factor = vae_scale_factor
@@ -243,7 +246,7 @@ class VaeDecoderFunction(TensorFunction):
 
     def __init__(self, vae, vae_scale_factor: int):
         super().__init__()
-        self.vae = vae
+        self.vae = fold_upsamplers(weight_sharing_copy(vae))  # the full VAE's upsamplers; TAESD has none
         self.scale = float(vae.config.scaling_factor)
         self.vae_scale_factor = vae_scale_factor
         self.latent_channels = vae.config.latent_channels

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import torch
 
 from livediff.image_prompt import ImagePromptSlot, finish, multi_head_attention, weight_sharing_copy, with_image
+from livediff.subpixel import fold_upsamplers
 from livediff.pipelines import token_merge
 from livediff.pipelines.bank.fusion import fuse_features
 from livediff.pipelines.bank.layout import attention_layers, grid_at
@@ -223,8 +224,9 @@ _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
 
 def banked_copy(unet) -> tuple[torch.nn.Module, CallState]:
     """A copy of `unet` sharing all its parameters and buffers, with the bank processors on every
-    attention layer, and the slot they read. The original UNet is not modified."""
-    twin = weight_sharing_copy(unet)
+    attention layer and its upsamplers folded (`livediff.subpixel`), and the slot they read. The
+    original UNet is not modified."""
+    twin = fold_upsamplers(weight_sharing_copy(unet))
     slot = CallState()
     modules = dict(twin.named_modules())
     layers = attention_layers(twin)
