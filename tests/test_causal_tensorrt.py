@@ -85,8 +85,7 @@ def built(tmp_path_factory):
         return pipe, builds, cache_dir
 
 
-# the fixture exports the causal graph for real: ~30 s of torch.onnx.export on this CPU for the tiny model
-@pytest.mark.slow
+# the fixture exports the causal graph for real (torch.onnx.export of the tiny model: ~17 s here, alone)
 def test_tensorrt_builds_from_the_causal_export_with_a_static_profile(built):
     pipe, builds, cache_dir = built
     assert isinstance(pipe.causal, GraphCausalTransformer) and isinstance(pipe.causal.backend,
@@ -108,7 +107,6 @@ def test_tensorrt_builds_from_the_causal_export_with_a_static_profile(built):
     assert (entry / "model.plan").is_file()
 
 
-@pytest.mark.slow
 def test_the_tensorrt_pipeline_streams_like_eager(built):
     pipe = built[0]
     eager = load_pipeline(**settings("eager"))
