@@ -247,8 +247,9 @@ class CausalTransformerFunction(TensorFunction):
     def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: torch.Tensor,
                    cache: RollingKVCache) -> tuple[torch.Tensor, ...]:
         """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes:
-        `timestep` a number or one value per row), each at the same address as the call before (`FixedInputs`);
-        the text's keys/values are computed once per prompt (`text_inputs`)."""
+        `timestep` a number or one value per row), each at the same address as the call before (`FixedInputs`:
+        the next call overwrites them, so use them before it); the text's keys/values are computed once per
+        prompt (`text_inputs`)."""
         rows, device = latents.shape[0], latents.device
         cos, sin = (self.fixed.put(name, table, (rows, *table.shape[1:]), table.dtype, device)
                     for name, table in zip(("rotary_cos", "rotary_sin"), self.rotary_tables(
