@@ -13,7 +13,8 @@
 Modules: `config` (validated options), `attention` (which chunks a chunk sees, rotary positions,
 the processors), `cache` (`RollingKVCache`), `transformer` (the runner), `reference` (the masked
 whole-sequence recompute the runner must equal), `vae` (the Wan video VAE encoded/decoded as a stream
-with its own causal conv caches), `presets` (random-weight tiny models).
+with its own causal conv caches), `presets` (random-weight tiny models), `sampler` (how a chunk goes from
+one stage's sigma to the next: "renoise" or "euler"), `rollback` (a chunk all or nothing in the pipeline).
 """
 from __future__ import annotations
 

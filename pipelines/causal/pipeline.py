@@ -19,8 +19,13 @@ Frame path, one chunk of `chunk_frames` = k latent frames at a time:
    stream's seeded generator);
 4. denoised by `CausalWanTransformer` over the stages, each call reading the rolling K/V cache (sinks + a
    window of earlier chunks) and never writing it, the `sampler` taking x from one stage to the next; then
-   `finish_chunk` writes the chunk into the cache (`cache_after="final"`: one more pass over the clean result);
+   `finish_chunk` writes the chunk into the cache (`cache_after="final"`: one more pass over the clean result)
+   after step 5, as the chunk's last step;
 5. decoded by `WanDecoderStream` (its own conv caches) and returned as frames, in order.
+
+A chunk is all or nothing (module `rollback`): when its computation raises (an error, or Ctrl-C while it
+computes), its frames stay collected and the VAE streams, the noise and the K/V cache are as before it, so
+the next call or `flush()` computes it again and the output is what an uninterrupted stream gives.
 
 Schedule. The stages are picked, as in the other pipelines, by `t_index_list` (indices 0..49; larger =
 less noise = a weaker edit; `set_strength` maps a strength to them) from a 50-entry table: the sigmas of
@@ -57,7 +62,8 @@ the default k = 1, the first frame comes out at once and then four at a time, ev
 `latency_frames` says how many frames the current chunk needs.
 
 End of stream: `flush()` completes the last chunk by repeating its last frame, returns only the real
-frames, and ends the stream (the next frame starts a new one, as after `reset()`).
+frames, and ends the stream (the next frame starts a new one, as after `reset()`); a flush that raises
+keeps the stream and its frames (all or nothing, above).
 
 What happens to the frames collected for an incomplete chunk (none is ever lost without saying so):
 - `update_prompt` / `prepare`: kept; the chunk is denoised with the new prompt (re-anchor, above).
@@ -79,6 +85,7 @@ import torch
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
 from livediff.pipelines.causal.options import CausalVideoOptions
+from livediff.pipelines.causal.rollback import rollback_on_error
 from livediff.pipelines.causal.runners import causal_transformer
 from livediff.pipelines.causal.sampler import noised, step
 from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
@@ -230,6 +237,8 @@ class CausalVideoPipeline:
         self.decoder.reset()
         self._pending: list[torch.Tensor] = []
         self._kinds: list[FrameKind] = []
+        #: frames finished, not returned yet: left by a call that raised after finishing an earlier chunk
+        self._ready: list = []
         self._noise = torch.Generator("cpu").manual_seed(self.settings.seed)
         #: chunks denoised since the stream started (across prompt changes)
         self.chunks = 0
@@ -290,7 +299,7 @@ class CausalVideoPipeline:
     def reset(self) -> int:
         """Back to a fresh stream with the same settings and prompt. The frames collected for the
         incomplete chunk are dropped on purpose (`flush()` first finishes them); returns how many."""
-        dropped = len(self._pending)
+        dropped = len(self._pending) + len(self._ready)
         self._build_stream()
         return dropped
 
@@ -323,39 +332,52 @@ class CausalVideoPipeline:
             kind = FrameKind("torch", batched=kind.batched)
         self._pending.append(images[0].to(self.device, self.vae_dtype))
         self._kinds.append(kind)
-        if len(self._pending) < self.chunk_video_frames:
-            return []
-        return self._run_pending(len(self._pending))
+        return self._run_held(end=False)
 
     def flush(self) -> list:
         """The frames still held (an incomplete last chunk, completed by repeating its last frame; only the
         real frames are returned); then the stream ends: the next frame starts a new one."""
-        try:
-            real = len(self._pending)
-            if not real:
-                return []
-            self._pending += [self._pending[-1]] * (self.chunk_video_frames - real)
-            return self._run_pending(real)
-        finally:
-            self.reset()
+        finished = self._run_held(end=True)
+        self.reset()
+        return finished
 
-    def _run_pending(self, real: int) -> list:
-        video = torch.stack(self._pending, dim=1)[None]  # (1, 3, T, H, W)
-        kinds = self._kinds
-        self._pending, self._kinds = [], []
-        decoded = self.run_chunk(video)
-        return [from_model_tensor(decoded[:, :, i], kinds[i]) for i in range(real)]
+    def _run_held(self, end: bool) -> list:
+        """Every whole chunk held (more than one only after a chunk raised) and at the `end` the incomplete
+        one, oldest first; returns the frames finished since the last return."""
+        while len(self._pending) >= self.chunk_video_frames or (end and self._pending):
+            self._run_oldest_chunk()
+        finished, self._ready = self._ready, []
+        return finished
+
+    def _run_oldest_chunk(self) -> None:
+        """The oldest held chunk (padded with its last frame when incomplete), all or nothing: its frames
+        leave `_pending` for `_ready` only once the K/V cache took it, the last step."""
+        real = min(len(self._pending), self.chunk_video_frames)
+        frames = self._pending[:real] + [self._pending[real - 1]] * (self.chunk_video_frames - real)
+        with rollback_on_error(self.encoder, self.decoder, self.cache, self._noise):
+            clean, decoded = self.restyle(torch.stack(frames, dim=1)[None])
+            finished = [from_model_tensor(decoded[:, :, i], self._kinds[i]) for i in range(real)]
+            self.finish_chunk(clean)
+            self._ready += finished
+            del self._pending[:real], self._kinds[:real]
 
     @torch.no_grad()
-    def run_chunk(self, video: torch.Tensor) -> torch.Tensor:
-        """(1, 3, T, H, W) frames in [-1, 1] (a whole chunk) → the restyled (1, 3, T, H, W) in [-1, 1]."""
+    def restyle(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 3, T, H, W) frames in [-1, 1] (a whole chunk) → its restyled latents (for `finish_chunk`)
+        and frames, (1, 3, T, H, W) in [-1, 1]. The K/V cache is only read (module `rollback`)."""
         mean = self.encoder(video.to(self.vae_dtype))
         latents = (mean.to(self.dtype) - self.latents_mean) * self.latents_inv_std
-        denoised = self.denoise(latents)
-        return self.decoder((denoised / self.latents_inv_std + self.latents_mean).to(self.vae_dtype))
+        clean = self.sample(latents)
+        return clean, self.decoder((clean / self.latents_inv_std + self.latents_mean).to(self.vae_dtype))
 
     def denoise(self, clean: torch.Tensor) -> torch.Tensor:
         """One chunk's normalised latents → its restyled latents; the chunk is then written to the cache."""
+        x = self.sample(clean)
+        self.finish_chunk(x)
+        return x
+
+    def sample(self, clean: torch.Tensor) -> torch.Tensor:
+        """One chunk's normalised latents → its restyled latents, the K/V cache only read (staged into)."""
         def draw() -> torch.Tensor:  # from the stream's seeded generator, so a run is reproducible
             return torch.randn(clean.shape, generator=self._noise, dtype=self.dtype).to(self.device)
 
@@ -363,6 +385,9 @@ class CausalVideoPipeline:
         for stage, (sigma, t) in enumerate(zip(self.schedule.sigmas, self.schedule.timesteps)):
             velocity = self.causal(x, t, self.text, self.cache)
             x = step(self.options.sampler, x, velocity, sigma, self.schedule.next_sigma(stage), draw)
-        self.causal.finish_chunk(self.cache, clean=x, text=self.text)
-        self.chunks += 1
         return x
+
+    def finish_chunk(self, restyled: torch.Tensor) -> None:
+        """Write the chunk (its restyled latents) into the K/V cache as context for the next chunks."""
+        self.causal.finish_chunk(self.cache, clean=restyled, text=self.text)
+        self.chunks += 1

@@ -13,6 +13,12 @@ one VAE (diffusers keeps its own cache on the VAE object, reset by every whole-c
 touched). Splitting a clip at piece boundaries therefore gives exactly the whole-clip result: frames
 1 + 4n in, latent frames 1 + n out; the first call of a stream must start with the lone first frame.
 Spatial tiling is not used.
+
+A call is all or nothing: diffusers replaces the entries of the cache list it is given (the tensors
+themselves are never written), so a call works on a new list and publishes it, with the new frame
+count, only when it has finished. A raising call (Ctrl-C included) leaves the stream as it was, and
+`snapshot()` is just references that `restore()` rebinds: the causal pipeline undoes a whole chunk
+(encoder and decoder) that way, without copying a tensor.
 """
 from __future__ import annotations
 
@@ -57,10 +63,19 @@ class WanEncoderStream:
         pieces = [frames[:, :, :1]] if lead else []
         if count > lead:
             pieces += list(frames[:, :, lead:].split(FRAMES_PER_LATENT, dim=2))
-        outs = [self.vae.encoder(piece, feat_cache=self.cache, feat_idx=[0]) for piece in pieces]
-        self.frames += count
+        cache = list(self.cache)  # published at the end (module docstring: all or nothing)
+        outs = [self.vae.encoder(piece, feat_cache=cache, feat_idx=[0]) for piece in pieces]
         moments = self.vae.quant_conv(torch.cat(outs, dim=2))
+        self.cache, self.frames = cache, self.frames + count
         return moments[:, :self.vae.config.z_dim]
+
+    def snapshot(self) -> tuple[list, int]:
+        """The stream's state, as references (a call never edits a published cache list)."""
+        return self.cache, self.frames
+
+    def restore(self, snapshot: tuple[list, int]) -> None:
+        """Back to a `snapshot()` of this stream, by rebinding."""
+        self.cache, self.frames = snapshot
 
     def reset(self) -> None:
         self.cache = [None] * len(self.cache)
@@ -82,12 +97,20 @@ class WanDecoderStream:
             raise InputError(f"latents of shape {tuple(latents.shape)} must be (batch, {self.vae.config.z_dim}, "
                              f"frames ≥ 1, height, width)")
         x = self.vae.post_quant_conv(latents)
-        outs = []
-        for i in range(x.shape[2]):
-            first = self.latent_frames == 0
-            outs.append(self.vae.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0], first_chunk=first))
-            self.latent_frames += 1
-        return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
+        cache = list(self.cache)  # published at the end (module docstring: all or nothing)
+        outs = [self.vae.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0],
+                                 first_chunk=self.latent_frames + i == 0) for i in range(x.shape[2])]
+        frames = torch.cat(outs, dim=2).clamp(-1.0, 1.0)
+        self.cache, self.latent_frames = cache, self.latent_frames + x.shape[2]
+        return frames
+
+    def snapshot(self) -> tuple[list, int]:
+        """The stream's state, as references (a call never edits a published cache list)."""
+        return self.cache, self.latent_frames
+
+    def restore(self, snapshot: tuple[list, int]) -> None:
+        """Back to a `snapshot()` of this stream, by rebinding."""
+        self.cache, self.latent_frames = snapshot
 
     def reset(self) -> None:
         self.cache = [None] * len(self.cache)
