@@ -3,14 +3,20 @@
 Building ahead of time matters for TensorRT (minutes per engine); a pipeline started later with
 the same settings finds the engines by their key and starts in seconds. Heavy modules are imported
 inside the handlers so `livediff --help` stays fast.
+
+Mode causal-video builds its one network, the causal transformer's one-chunk call, by building the
+pipeline itself: the engine key then cannot drift from the one `load_pipeline` looks up (text length,
+VAE scale and cache size all come from the loaded models and the `causal` options).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from datetime import datetime
+from pathlib import Path
+from typing import Callable
 
-from livediff.app.commands.options import add_pipeline_options
+from livediff.app.commands.options import add_causal_options, add_pipeline_options
 
 BUILD_ACCELERATORS = ("tensorrt", "onnxruntime", "openvino")
 
@@ -21,13 +27,16 @@ def register(subparsers) -> None:
         description="Export the pipeline's networks to ONNX and (with --accelerator tensorrt) build TensorRT "
                     "engines or (with --accelerator openvino) convert them to OpenVINO models for exactly these "
                     "settings: model and LoRAs, resolution (or --min/--max range), "
-                    "steps, CFG mode and frame buffer size (they fix the batch rows). Results are cached by a "
-                    "key of all of them; existing valid entries are reused.")
+                    "steps, CFG mode and frame buffer size (they fix the batch rows); with --mode causal-video, "
+                    "the causal transformer for the resolution and the chunk/sink/window options. Results are "
+                    "cached by a key of all of them; existing valid entries are reused.")
     add_pipeline_options(build)
+    add_causal_options(build)
     build.set_defaults(accelerator="tensorrt")
     group = build.add_argument_group("engines")
-    group.add_argument("--mode", choices=("img2img", "txt2img", "video"), default="img2img",
-                       help="video also builds the UNet with the feature bank (default bank settings) as a graph")
+    group.add_argument("--mode", choices=("img2img", "txt2img", "video", "causal-video"), default="img2img",
+                       help="video also builds the UNet with the feature bank (default bank settings) as a graph; "
+                            "causal-video builds the causal transformer only (static resolution, one stream)")
     for bound in ("min", "max"):
         for side in ("width", "height"):
             group.add_argument(f"--{bound}-{side}", type=int, default=None,
@@ -74,19 +83,37 @@ class _ProgressDisplay:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from livediff.accelerators import check_accelerator, make_backend
-    from livediff.app.commands.options import pipeline_settings
+    from livediff.app.commands.options import causal_settings, pipeline_settings
     from livediff.errors import ConfigError
-    from livediff.networks import stream_networks
-    from livediff.pipelines import StreamConfig, shared_models
-    from livediff.pipelines.runners import build_target
 
     if args.accelerator not in BUILD_ACCELERATORS:
         raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
                           f"{' or '.join(BUILD_ACCELERATORS)}")
     settings = pipeline_settings(args, args.mode)
+    settings.update(causal_settings(args, args.mode))  # refuses the causal options in the image modes
+    build = _build_causal if args.mode == "causal-video" else _build_image
+    for name, path in build(args, settings).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _with_progress(build: Callable[[_ProgressDisplay], dict[str, Path]]) -> dict[str, Path]:
+    """Run `build(progress)` under one rich progress line per network (both modes show builds alike)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        return build(_ProgressDisplay(progress))
+
+
+def _build_image(args: argparse.Namespace, settings: dict) -> dict[str, Path]:
+    """The image modes' networks (UNet or banked UNet, VAE parts), checked before any weights load."""
+    from livediff.accelerators import check_accelerator, make_backend
+    from livediff.networks import stream_networks
+    from livediff.pipelines import StreamConfig, shared_models
+    from livediff.pipelines.runners import build_target
+
     accelerator_options = settings.pop("accelerator_options", {})
     config = StreamConfig(**settings, max_sessions=args.max_sessions)
     target = build_target(config)
@@ -99,14 +126,34 @@ def run_build(args: argparse.Namespace) -> int:
     if config.mode == "video":  # video mode calls the banked UNet only
         del functions["unet"]
         functions["banked_unet"] = _banked_function(config)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
-        backend = make_backend(config.accelerator, target, options, _ProgressDisplay(progress))
-        paths = {name: backend.artifact(function) for name, function in functions.items()}
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0
+
+    def build(progress: _ProgressDisplay) -> dict[str, Path]:
+        backend = make_backend(config.accelerator, target, options, progress)
+        return {name: backend.artifact(function) for name, function in functions.items()}
+
+    return _with_progress(build)
+
+
+def _build_causal(args: argparse.Namespace, settings: dict) -> dict[str, Path]:
+    """The causal transformer, built by loading the causal pipeline (its options are checked before any
+    weights load), so the artifact is the very one a later `load_pipeline` with these settings finds."""
+    from livediff.errors import ConfigError
+    from livediff.pipelines import load_pipeline
+
+    if _resolution(args) is not None:
+        raise ConfigError("--min/--max-width/height do not apply to --mode causal-video: its transformer graph "
+                          "has the static --width x --height (the cache size follows from it)")
+    if args.max_sessions != 1:
+        raise ConfigError("--max-sessions does not apply to --mode causal-video: a causal stream runs alone, "
+                          "one row per call")
+    options = dict(cache_dir=args.cache_dir, opset=args.opset, workspace_gb=args.workspace_gb,
+                   **settings.pop("accelerator_options", {}))
+
+    def build(progress: _ProgressDisplay) -> dict[str, Path]:
+        causal = load_pipeline(**settings, accelerator_options=options, progress=progress).causal
+        return {causal.function.name: causal.backend.artifact(causal.function)}
+
+    return _with_progress(build)
 
 
 def _banked_function(config):
