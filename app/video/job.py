@@ -222,10 +222,10 @@ def flush_held(flush: Callable[[], list], deliver: Callable[[list], None], held:
     was stopped, as with a per-frame processor. A resume then continues after them; it cannot
     continue a causal stream exactly in any case (its K/V cache holds the stream from its first
     frame), and the flushed frames are what the file's end would give. A chunk being computed when
-    Ctrl-C landed is gone (the processor took its frames) and nothing is left to flush; one that
-    landed before the processor took the newest frame leaves the earlier ones, which `deliver` gives
-    the oldest waiting slots, theirs. A second Ctrl-C, or a processor left unusable by the
-    interruption, drops the held frames and keeps the rest.
+    Ctrl-C landed is still held (the causal pipeline computes a chunk all or nothing) and is flushed
+    with the rest; a Ctrl-C that landed before the processor took the newest frame leaves the
+    earlier ones, which `deliver` gives the oldest waiting slots, theirs. A second Ctrl-C, or a
+    processor left unusable by the interruption, drops the held frames and keeps the rest.
     """
     emit(f"stopped: finishing the {held} frame(s) the processor still holds (Ctrl-C again to drop them)")
     try:
