@@ -134,6 +134,7 @@ def test_flush_returns_the_incomplete_chunk_and_ends_the_stream():
     clip = frames(9)  # a whole first chunk (5) and 4 of the next 8
     outs = run(pipe, clip)
     assert len(outs) == 5 and pipe.latency_frames == 4
+    cache, addresses = pipe.cache, [t.data_ptr() for t in pipe.cache.tensors()]
     flushed = [f for f in pipe.flush()]
     assert len(flushed) == 4
     # the same as feeding the chunk completed with its last frame, and keeping its first 4 frames
@@ -141,6 +142,8 @@ def test_flush_returns_the_incomplete_chunk_and_ends_the_stream():
     assert close(outs + flushed, by_hand(pipe, [clip[:5], padded], ["claymation"] * 2)[:9])
     # the stream ended: the next frame starts a new one (a first chunk again, an empty cache, the seed's noise)
     assert pipe.cache.chunks == 0 and pipe.encoder.frames == 0 and pipe.latency_frames == 5
+    # ... in the same cache tensors (a captured CUDA graph stays valid), the last stream's K/V masked out
+    assert pipe.cache is cache and [t.data_ptr() for t in pipe.cache.tensors()] == addresses
     assert close(run(pipe, clip[:5]), outs[:5])
 
 

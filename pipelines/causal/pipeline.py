@@ -232,7 +232,10 @@ class CausalVideoPipeline:
     def _build_stream(self) -> None:
         """A new stream: empty caches (transformer and VAE), no collected frames, the seed's noise."""
         self.schedule = FlowSchedule.build(self.settings.t_index_list, self.options.flow_shift)
-        self.cache = self.causal.new_cache(1, *self.latent_hw, dtype=self.dtype, device=self.device)
+        if getattr(self, "cache", None) is None:
+            self.cache = self.causal.new_cache(1, *self.latent_hw, dtype=self.dtype, device=self.device)
+        else:
+            self.cache.reset()  # the same tensors, so a captured CUDA graph keeps reading them
         self.encoder.reset()
         self.decoder.reset()
         self._pending: list[torch.Tensor] = []
