@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError
-from livediff.image_prompt import ImagePromptLayout, image_prompt_call, image_prompt_processors, weight_sharing_copy
+from livediff.cross_attention import (CrossAttentionLayout, cross_attention_call, input_kv_processors,
+                                      weight_sharing_copy)
 from livediff.subpixel import fold_upsamplers
 
 Shape = tuple[int, ...]
@@ -67,7 +68,7 @@ def _parameter_dtype(module: nn.Module) -> torch.dtype:
 
 
 def added_conditions(unet_config) -> tuple[tuple[str, int], ...]:
-    """(name, width) of the UNet's added-conditioning inputs, after encoder_hidden_states: none for
+    """(name, width) of the UNet's added-conditioning inputs: none for
     SD 1.x/2.x; SDXL's pooled text embedding and its six size ids (`pipelines.prompts`)."""
     if unet_config.addition_embed_type != "text_time":
         return ()
@@ -75,11 +76,23 @@ def added_conditions(unet_config) -> tuple[tuple[str, int], ...]:
     return (("text_embeds", pooled), ("time_ids", 6))
 
 
-def unet_input_names(unet_config, controls: int = 0, image: ImagePromptLayout | None = None) -> tuple[str, ...]:
-    """The UNet's inputs in order: the three every UNet takes, SDXL's added conditioning, with an
-    IP-Adapter the image key and value of every cross-attention layer (`livediff.image_prompt`), then
-    with ControlNets one control image per ControlNet and their scales (one row of scales per UNet row)."""
-    names = ("sample", "timestep", "encoder_hidden_states", *(name for name, _ in added_conditions(unet_config)))
+#: CLIP's context length: the prompt length of every SD family
+TEXT_TOKENS = 77
+
+
+def text_layout(unet) -> CrossAttentionLayout:
+    """The UNet's cross-attention layers, which take the prompt's keys and values as inputs."""
+    return CrossAttentionLayout.of(unet, TEXT_TOKENS, kind="text")
+
+
+def unet_input_names(unet_config, text: CrossAttentionLayout, controls: int = 0,
+                     image: CrossAttentionLayout | None = None) -> tuple[str, ...]:
+    """The UNet's inputs in order: sample and timestep; with ControlNets the text embeddings (their
+    own cross-attention reads them); SDXL's added conditioning; the text key and value of every
+    cross-attention layer (`livediff.cross_attention`); with an IP-Adapter the image ones; then with
+    ControlNets one control image per ControlNet and their scales (one row of scales per UNet row)."""
+    names = ("sample", "timestep", *(("encoder_hidden_states",) if controls else ()),
+             *(name for name, _ in added_conditions(unet_config)), *text.input_names())
     if image is not None:
         names += image.input_names()
     if controls:
@@ -87,37 +100,43 @@ def unet_input_names(unet_config, controls: int = 0, image: ImagePromptLayout | 
     return names
 
 
-def split_conditioning(rest: Sequence[torch.Tensor], added: int, controls: int, image: int = 0):
-    """The inputs after encoder_hidden_states → (added conditioning, image K/V, control images,
-    control scales or None, what follows: the bank)."""
-    controls_at = added + image
-    scales_at = controls_at + controls
-    scales = rest[scales_at] if controls else None
-    return (tuple(rest[:added]), tuple(rest[added:controls_at]), tuple(rest[controls_at:scales_at]), scales,
-            tuple(rest[scales_at + (1 if controls else 0):]))
+def split_conditioning(rest: Sequence[torch.Tensor], added: int, text: int, controls: int, image: int = 0):
+    """The inputs after the timestep → (text embeddings or None (no ControlNets), added conditioning,
+    text K/V, image K/V, control images, control scales or None, what follows: the bank)."""
+    sizes = (1 if controls else 0, added, text, image, controls, 1 if controls else 0)
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(tuple(rest[start:start + size]))
+        start += size
+    embeddings, added_t, text_kv, image_kv, control, scales = parts
+    return (embeddings[0] if embeddings else None, added_t, text_kv, image_kv, control,
+            scales[0] if scales else None, tuple(rest[start:]))
 
 
-def unet_example_inputs(unet_config, rows: int, latent_hw: tuple[int, int], dtype: torch.dtype,
-                        device: torch.device | str, controls: int = 0, vae_scale_factor: int = 8,
-                        image: ImagePromptLayout | None = None) -> tuple[torch.Tensor, ...]:
+def unet_example_inputs(unet_config, text: CrossAttentionLayout, rows: int, latent_hw: tuple[int, int],
+                        dtype: torch.dtype, device: torch.device | str, controls: int = 0, vae_scale_factor: int = 8,
+                        image: CrossAttentionLayout | None = None) -> tuple[torch.Tensor, ...]:
     """Example values of every input of `unet_input_names` for `rows` rows."""
     base = (torch.randn(rows, unet_config.in_channels, *latent_hw, dtype=dtype, device=device),
-            torch.linspace(999, 1, rows, dtype=torch.float32, device=device),
-            torch.randn(rows, 77, unet_config.cross_attention_dim, dtype=dtype, device=device))
+            torch.linspace(999, 1, rows, dtype=torch.float32, device=device))
+    embeddings = ((torch.randn(rows, text.tokens, unet_config.cross_attention_dim, dtype=dtype, device=device),)
+                  if controls else ())
     added = tuple(torch.randn(rows, width, dtype=dtype, device=device) * (512 if name == "time_ids" else 1)
                   for name, width in added_conditions(unet_config))
     pixels = tuple(n * vae_scale_factor for n in latent_hw)
     control = tuple(torch.rand(rows, 3, *pixels, dtype=dtype, device=device) for _ in range(controls))
     scales = (torch.ones(rows, controls, dtype=dtype, device=device),) if controls else ()
     image_kv = image.example_inputs(rows, dtype, device) if image is not None else ()
-    return (*base, *added, *image_kv, *control, *scales)
+    return (*base, *embeddings, *added, *text.example_inputs(rows, dtype, device), *image_kv, *control, *scales)
 
 
-def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
              added: Sequence[torch.Tensor], controlnets: Sequence[nn.Module] = (),
              controls: Sequence[torch.Tensor] = (), scales: torch.Tensor | None = None) -> torch.Tensor:
     """The diffusers UNet's noise prediction, with the added conditioning as diffusers names it and
-    the ControlNets' residuals, each scaled per row (`scales[:, i]`), summed into the skip connections."""
+    the ControlNets' residuals, each scaled per row (`scales[:, i]`), summed into the skip connections.
+    The UNet's own cross-attention reads its K/V inputs (`cross_attention_call`), not the text
+    embeddings, which only ControlNets need."""
     names = [name for name, _ in added_conditions(unet.config)]
     if len(added) != len(names):
         raise ValueError(f"this UNet takes {len(names)} added conditioning inputs {names}, got {len(added)}")
@@ -134,47 +153,47 @@ def run_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
 
 
-def unet_variant(added: int, controlnets: int, image: ImagePromptLayout | None) -> tuple:
+def unet_variant(added: int, controlnets: int, image: CrossAttentionLayout | None) -> tuple:
     """What, besides the model, makes a UNet graph different (part of engine cache keys)."""
-    return ((("sdxl",) if added else ()) + ((("controlnets", controlnets),) if controlnets else ())
+    return ((("text_kv", TEXT_TOKENS),) + (("sdxl",) if added else ())
+            + ((("controlnets", controlnets),) if controlnets else ())
             + ((("ip_adapter", image.tokens),) if image is not None else ()))
 
 
 class UNetFunction(TensorFunction):
-    """(sample, timestep, encoder_hidden_states, *added conditions, *image K/V, *control images,
+    """(sample, timestep, [text embeddings], *added conditions, *text K/V, *image K/V, *control images,
     control scales) → noise prediction, one row per stream-batch row (`unet_input_names`)."""
 
     name = "unet"
     output_names = ("noise_pred",)
 
     def __init__(self, unet, vae_scale_factor: int = 8, controlnets: Sequence[nn.Module] = (),
-                 image: ImagePromptLayout | None = None):
+                 image: CrossAttentionLayout | None = None):
         super().__init__()
-        # a weight-sharing copy: its upsamplers folded, with an IP-Adapter its own processors
+        # a weight-sharing copy: its upsamplers folded, its cross-attention on K/V inputs
         self.unet = fold_upsamplers(weight_sharing_copy(unet))
-        self.image_slot = image_prompt_processors(self.unet, image) if image is not None else None
+        self.text = text_layout(unet)
+        self.slot = input_kv_processors(self.unet, self.text)
         self.image = image
         self.controlnets = nn.ModuleList(controlnets)
         self.vae_scale_factor = vae_scale_factor
         self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        self.input_names = unet_input_names(unet.config, len(controlnets), image)
+        self.input_names = unet_input_names(unet.config, self.text, len(controlnets), image)
         self.added = len(added_conditions(unet.config))
         self.image_inputs = len(image.input_names()) if image is not None else 0
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                *conditioning: torch.Tensor) -> torch.Tensor:
-        added, image_kv, controls, scales, _ = split_conditioning(conditioning, self.added, len(self.controlnets),
-                                                                  self.image_inputs)
-        with image_prompt_call(self.image_slot, self.image, image_kv):
-            return run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls,
-                            scales)
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
+        text, added, text_kv, image_kv, controls, scales, _ = split_conditioning(
+            conditioning, self.added, len(self.text.input_names()), len(self.controlnets), self.image_inputs)
+        with cross_attention_call(self.slot, self.text, text_kv, self.image, image_kv):
+            return run_unet(self.unet, sample, timestep, text, added, self.controlnets, controls, scales)
 
     def variant(self) -> tuple | None:
         return unet_variant(self.added, len(self.controlnets), self.image) or None
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        return unet_example_inputs(self.unet.config, rows, (height // f, width // f), dtype, device,
+        return unet_example_inputs(self.unet.config, self.text, rows, (height // f, width // f), dtype, device,
                                    len(self.controlnets), f, self.image)
 
     def output_shapes(self, inputs):
@@ -185,12 +204,11 @@ class UNetFunction(TensorFunction):
         return {"sample": (2, 3, self.vae_scale_factor),
                 **{f"control_{i}": (2, 3, 1) for i in range(len(self.controlnets))}}
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *conditioning):
-        return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
-                *(t.contiguous() for t in conditioning))
+    def adapt_inputs(self, sample, timestep, *conditioning):
+        return (sample.contiguous(), timestep.to(torch.float32).contiguous(), *(t.contiguous() for t in conditioning))
 
     def grouped_like_forward(self, per_input: list) -> tuple:
-        return (*per_input[:3], tuple(per_input[3:])) if len(per_input) > 3 else tuple(per_input)
+        return (*per_input[:2], tuple(per_input[2:]))
 
 
 class VaeEncoderFunction(TensorFunction):
@@ -303,12 +321,13 @@ class BankedUNetFunction(TensorFunction):
         self.image = banked.image
         self.spatial_multiple = vae_scale_factor * 2 ** (len(config.block_out_channels) - 1)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
                 *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.banked(sample, timestep, encoder_hidden_states, *conditioning_and_bank)
+        return self.banked(sample, timestep, *conditioning_and_bank)
 
     def state_inputs(self) -> tuple[int, ...]:
-        return tuple(range(len(unet_input_names(self.unet_config, self.controls, self.image)), len(self.input_names)))
+        unet_inputs = unet_input_names(self.unet_config, self.banked.text, self.controls, self.image)
+        return tuple(range(len(unet_inputs), len(self.input_names)))
 
     def variant(self) -> tuple:
         banked = self.banked
@@ -318,8 +337,8 @@ class BankedUNetFunction(TensorFunction):
 
     def example_inputs(self, rows, height, width, dtype, device):
         f = self.vae_scale_factor
-        base = unet_example_inputs(self.unet_config, rows, (height // f, width // f), dtype, device, self.controls, f,
-                                   self.image)
+        base = unet_example_inputs(self.unet_config, self.banked.text, rows, (height // f, width // f), dtype, device,
+                                   self.controls, f, self.image)
         bank = [torch.zeros(shape, dtype=dtype, device=device) if name.endswith(".bias")
                 else torch.randn(shape, dtype=dtype, device=device)
                 for name, shape in self.banked.layout.input_shapes(rows)]
@@ -336,10 +355,8 @@ class BankedUNetFunction(TensorFunction):
                           "build it without a resolution range")
 
     def grouped_like_forward(self, per_input: list) -> tuple:
-        if len(per_input) == 3:  # SD without a bank (token merging alone): nothing for *conditioning_and_bank
-            return tuple(per_input)
-        return (*per_input[:3], tuple(per_input[3:]))  # forward takes the rest as *args
+        return (*per_input[:2], tuple(per_input[2:]))  # forward takes the rest as *args
 
-    def adapt_inputs(self, sample, timestep, encoder_hidden_states, *conditioning_and_bank):
-        return (sample.contiguous(), timestep.to(torch.float32).contiguous(), encoder_hidden_states.contiguous(),
+    def adapt_inputs(self, sample, timestep, *conditioning_and_bank):
+        return (sample.contiguous(), timestep.to(torch.float32).contiguous(),
                 *(t.contiguous() for t in conditioning_and_bank))

@@ -10,7 +10,7 @@ rounding (the summed weights round once), in every backend, since exported graph
 convolutions. In SD 2.1 at 256² these convolutions are 10% of the UNet's FLOPs.
 
 `phase_kernels` and `upsample_conv` are the maths; `fold_upsamplers` swaps the `Upsample2D` modules
-of a model you own (a weight-sharing copy: `livediff.image_prompt.weight_sharing_copy`).
+of a model you own (a weight-sharing copy: `livediff.cross_attention.weight_sharing_copy`).
 """
 from __future__ import annotations
 

@@ -21,27 +21,15 @@ needs no network (the similarity filter skipped it) simply finishes in the first
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Generator, Hashable, Protocol, Sequence
+from typing import Any, Callable, Generator, Hashable, Sequence
 
 import torch
 
 ENCODE, DENOISE, DECODE = 0, 1, 2
 
 FramePath = Generator["NetworkCall", Any, Any]
-
-
-class RunContext(Protocol):
-    """Something a run of a network needs around it (the eager per-prompt cross-attention cache)."""
-
-    def alone(self) -> AbstractContextManager:
-        """The context of a run with this call's rows only."""
-
-    def shared(self, members: Sequence["RunContext"], padding: int) -> AbstractContextManager:
-        """The context of a run with the rows of every member, in order (this one is the first),
-        followed by `padding` rows of zeros."""
 
 
 @dataclass(frozen=True)
@@ -51,15 +39,13 @@ class NetworkCall:
     stage: where it sits in the frame path (ENCODE, DENOISE, DECODE): calls of an earlier stage run
     first, so sessions wait for each other there instead of drifting apart. group: equal for calls
     that may share one run (same networks, same backend, same constants baked into the function);
-    `runner` of any member of a group computes every member's rows. context: what the run needs
-    around it (`RunContext`); calls of one group have one kind of context or none.
+    `runner` of any member of a group computes every member's rows.
     """
 
     stage: int
     group: Hashable
     runner: Callable[..., Any]
     inputs: tuple[torch.Tensor, ...]
-    context: RunContext | None = None
     row_unit: int = 0  # > 0: the runner compiles per row count; shared runs are padded (`padded_rows`)
 
     @property
@@ -72,8 +58,7 @@ class NetworkCall:
 
     @torch.no_grad()
     def run(self):
-        with self.context.alone() if self.context is not None else nullcontext():
-            return self.runner(*self.inputs)
+        return self.runner(*self.inputs)
 
 
 def padded_rows(rows: int, unit: int) -> int:
@@ -101,9 +86,7 @@ def run_shared(calls: Sequence[NetworkCall]) -> list:
     pad = padded_rows(rows, max(call.row_unit for call in calls)) - rows
     inputs = tuple(torch.cat([*parts, parts[0].new_zeros((pad, *parts[0].shape[1:]))] if pad else parts)
                    for parts in zip(*(call.inputs for call in calls)))
-    contexts = [call.context for call in calls]
-    with contexts[0].shared(contexts, pad) if contexts[0] is not None else nullcontext():
-        outputs = calls[0].runner(*inputs)
+    outputs = calls[0].runner(*inputs)
     if isinstance(outputs, torch.Tensor):
         return list(outputs[:rows].split(sizes))
     pieces = [output[:rows].split(sizes) for output in outputs]

@@ -3,7 +3,7 @@
 A reference image is encoded once per change (CLIP vision encoder → the adapter's image
 projection → a few image tokens); the keys and values of those tokens in every cross-attention
 layer are computed then too, with the scale folded into the values, and reach the UNet as inputs
-(`livediff.image_prompt`). So a frame costs one extra small attention per cross-attention layer and
+(`livediff.cross_attention`). So a frame costs one extra small attention per cross-attention layer and
 nothing else; `set_style_image` and `set_ip_adapter_scale` act on the next frame without a rebuild.
 Like diffusers, the unconditional CFG rows see the projection of a zero image embedding (basic
 IP-Adapter) or of a black image's encoder states (IP-Adapter Plus).
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError, InputError, ModelNotAvailableError
-from livediff.image_prompt import ImagePromptLayout
+from livediff.cross_attention import CrossAttentionLayout
 from livediff.pipelines import checks
 
 #: the random image encoder: a small CLIP vision tower, for tests and speed
@@ -62,7 +62,7 @@ class IPAdapter(nn.Module):
     layer, the image key/value projections (`to_k_ip`, `to_v_ip`)."""
 
     def __init__(self, encoder, projection: nn.Module, to_k: list[nn.Linear], to_v: list[nn.Linear],
-                 layout: ImagePromptLayout, plus: bool):
+                 layout: CrossAttentionLayout, plus: bool):
         super().__init__()
         self.encoder = encoder
         self.projection = projection
@@ -126,7 +126,7 @@ def random_state_dict(unet, embed_dim: int, seed: int = 0) -> dict[str, dict[str
     generator = torch.Generator().manual_seed(seed)
     cross = unet.config.cross_attention_dim
     tokens = 4
-    layout = ImagePromptLayout.of(unet, tokens)
+    layout = CrossAttentionLayout.of(unet, tokens)
 
     def draw(*shape: int, std: float = 0.2) -> torch.Tensor:
         return torch.randn(*shape, generator=generator) * std
@@ -205,7 +205,7 @@ def load_ip_adapter(model: str, image_encoder: str, unet, seed: int = 0) -> IPAd
                           f"or Plus IP-Adapter")
     projection = unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
     tokens = image_proj["latents"].shape[1] if plus else projection.num_image_text_embeds
-    layout = ImagePromptLayout.of(unet, tokens)
+    layout = CrossAttentionLayout.of(unet, tokens)
     to_k, to_v = [], []
     for i, width in enumerate(layout.widths):
         for kind, out in (("to_k_ip", to_k), ("to_v_ip", to_v)):

@@ -51,7 +51,7 @@ class ModelBundle:
 
     @property
     def image_prompt_layout(self):
-        """The IP-Adapter's cross-attention layout (`livediff.image_prompt`), None without one."""
+        """The IP-Adapter's cross-attention layout (`livediff.cross_attention`), None without one."""
         return self.ip_adapter.layout if self.ip_adapter is not None else None
 
     @property

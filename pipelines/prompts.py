@@ -1,15 +1,20 @@
 """Text conditioning, computed once per prompt (never per frame).
 
-A prompt conditions the UNet through a `Conditioning`: the token embeddings its cross-attention
-reads and, for SDXL, the *added conditioning* summed into the time embedding (the pooled embedding
-of the second text encoder and six size ids). The stream lays every tensor of it out per UNet row
-the same way (`rcfg.conditioning_rows`), so CFG modes and live prompt changes need no SDXL case.
+A prompt conditions the UNet through a `Conditioning`: the keys and values its cross-attention
+layers read, projected here once per prompt (`livediff.cross_attention`), the token embeddings
+where ControlNets read them and, for SDXL, the *added conditioning* summed into the time embedding
+(the pooled embedding of the second text encoder and six size ids). The stream lays every tensor
+of it out per UNet row the same way (`rcfg.conditioning_rows`), so CFG modes and live prompt
+changes need no SDXL case.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from livediff.cross_attention import cross_attention_kv
+from livediff.networks import text_layout
 
 #: names of SDXL's added-conditioning inputs, in the order `Conditioning.added` holds them
 SDXL_ADDED = ("text_embeds", "time_ids")
@@ -19,18 +24,23 @@ SDXL_ADDED = ("text_embeds", "time_ids")
 class Conditioning:
     """One prompt's UNet conditioning; every tensor has a leading axis of 1.
 
-    text: (1, tokens, dim) token embeddings; added: () for SD 1.x/2.x, for SDXL
-    (text_embeds (1, pooled_dim), time_ids (1, 6)); image: with an IP-Adapter, the style image's key
-    and value (1, n, width) of every cross-attention layer (`pipelines.ip_adapter`), else ().
+    text: (1, tokens, dim) token embeddings, a UNet input only with ControlNets (`text_input`);
+    added: () for SD 1.x/2.x, for SDXL (text_embeds (1, pooled_dim), time_ids (1, 6)); text_kv: the
+    key and value (1, tokens, width) of every cross-attention layer; image: with an IP-Adapter, the
+    style image's key and value (1, n, width) of every cross-attention layer (`pipelines.ip_adapter`),
+    else ().
     """
 
     text: torch.Tensor
     added: tuple[torch.Tensor, ...] = ()
+    text_kv: tuple[torch.Tensor, ...] = ()
     image: tuple[torch.Tensor, ...] = ()
+    text_input: bool = False
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.text, *self.added, *self.image)
+        """The UNet's conditioning inputs, in `livediff.networks.unet_input_names` order."""
+        return (*((self.text,) if self.text_input else ()), *self.added, *self.text_kv, *self.image)
 
 
 def _token_ids(tokenizer, prompt: str, device) -> torch.Tensor:
@@ -74,14 +84,19 @@ class PromptEncoder:
         self.models = models
         self.dtype = dtype
         self.sdxl = models.family == "sdxl"
+        self.text_layout = text_layout(models.unet)
         device = models.text_encoder.device
         self.time_ids = torch.tensor([size_ids(height, width)], dtype=dtype, device=device) if self.sdxl else None
 
     def __call__(self, prompt: str, negative: bool = False) -> Conditioning:
         models = self.models
+        added = ()
         if not self.sdxl:
-            return Conditioning(encode_prompt(models.tokenizer, models.text_encoder, prompt).to(self.dtype))
-        text, pooled = encode_prompt_sdxl(models, prompt)
-        if negative and not prompt and models.zero_empty_negative:
-            text, pooled = torch.zeros_like(text), torch.zeros_like(pooled)
-        return Conditioning(text.to(self.dtype), (pooled.to(self.dtype), self.time_ids))
+            text = encode_prompt(models.tokenizer, models.text_encoder, prompt).to(self.dtype)
+        else:
+            text, pooled = encode_prompt_sdxl(models, prompt)
+            if negative and not prompt and models.zero_empty_negative:
+                text, pooled = torch.zeros_like(text), torch.zeros_like(pooled)
+            text, added = text.to(self.dtype), (pooled.to(self.dtype), self.time_ids)
+        return Conditioning(text, added, cross_attention_kv(models.unet, self.text_layout, text),
+                            text_input=bool(models.controlnets))

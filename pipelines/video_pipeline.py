@@ -1,5 +1,4 @@
-"""Streaming video-to-video: the stream pipeline plus the feature bank, token merging and the
-per-prompt cross-attention cache.
+"""Streaming video-to-video: the stream pipeline plus the feature bank and token merging.
 
     pipe = load_pipeline(model="tiny", mode="video", t_index_list=[30, 35, 40, 45], width=512, height=512,
                          bank=dict(cache_interval=4, max_frames=1, merge=True), token_merge_ratio=0.0, device="cpu")
@@ -25,11 +24,9 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 import torch
 
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
-from livediff.pipelines.bank.attention import CrossAttentionCache, StackedCrossAttention
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
 from livediff.pipelines.bank.layout import AttentionLayer, BankLayout, attention_layers, resolve_fusion_blocks
@@ -45,55 +42,22 @@ from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
 
-@dataclass(frozen=True)
-class CachedText:
-    """The eager banked UNet's cross-attention K/V from the session's prompt cache (a `RunContext`):
-    alone, the session's own cache; shared with other sessions, every session's cached K/V stacked,
-    so no session's text is projected again because it runs in company."""
-
-    banked_unet: BankedUNet
-    cache: CrossAttentionCache
-    texts: tuple[torch.Tensor, ...]
-    row_text: torch.Tensor
-
-    def alone(self):
-        return self.banked_unet.cached_cross_attention(self.cache, self.texts, self.row_text)
-
-    def shared(self, members, padding: int):
-        caches, rows, offset = [], [], 0
-        for member in members:
-            member.cache.bind(member.texts)
-            caches.append(member.cache)
-            rows.append(member.row_text + offset)
-            offset += len(member.texts)
-        rows.append(self.row_text.new_zeros(padding))  # padding rows read any text: their outputs are dropped
-        return self.banked_unet.cached_cross_attention(StackedCrossAttention(caches), (), torch.cat(rows))
-
-
 class BankedUNetCall:
     """The UNet function handed to the stream batch for one frame: maps rows to stages, gives each
     row its stage's bank, serves cross-attention K/V from the prompt cache, keeps the new entries."""
 
-    def __init__(self, pipe: "VideoPipeline", guidance: Guidance):
+    def __init__(self, pipe: "VideoPipeline"):
         self.pipe = pipe
-        self.guidance = guidance
         self.rows: RowLayout | None = None
         self.new: list[torch.Tensor] = []
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                 *conditioning: torch.Tensor) -> FramePath:
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *conditioning: torch.Tensor) -> FramePath:
         pipe = self.pipe
         rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
         bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
-        row_text = pipe.row_text(rows.extra, sample.shape[0])
-        texts = (self.guidance.uncond.text, self.guidance.cond.text)
         constants = tuple(c.expand(sample.shape[0], *c.shape[1:]) for c in pipe.call_constants())
-        # compiled/exported graphs project the text themselves; the eager module reads the prompt cache
-        cached = (CachedText(pipe.banked_unet, pipe.cross_cache, texts, row_text)
-                  if pipe.runners.name == "eager" else None)
-        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner, (sample, timestep, text, *conditioning, *constants, *bank),
-                           context=cached,
-                           row_unit=pipe.row_unit(stream=True))
+        call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner,
+                           (sample, timestep, *conditioning, *constants, *bank), row_unit=pipe.row_unit(stream=True))
         noise_pred, *new = yield call
         self.rows, self.new = rows, new
         return noise_pred
@@ -110,7 +74,7 @@ class VideoPipeline(StreamPipeline):
 
     Attributes worth reading: `bank` (None when off), `banked_unet` (the pure-function UNet) and
     `banked_unet_runner` (it, run by the pipeline's backend),
-    `scene_cuts` (how many cuts reset the bank), `cross_cache`.
+    `scene_cuts` (how many cuts reset the bank).
     """
 
     def __init__(self, config: StreamConfig, models: ModelBundle, runners: StreamRunners):
@@ -128,10 +92,8 @@ class VideoPipeline(StreamPipeline):
         self.banked_unet_runner = runners.runner_for(function)
         #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)
         self.banked_group = ("banked_unet", id(runners.backend), id(models.unet), function.variant())
-        self.cross_cache = CrossAttentionCache()
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None
         self.scene_cut = SceneCutDetector(threshold) if threshold is not None else None
-        self._indices: dict[tuple, torch.Tensor] = {}
         super().__init__(config, models, runners)
 
     def _layout(self, layers: list[AttentionLayer], latent_hw: tuple[int, int], ratio: float) -> BankLayout:
@@ -167,21 +129,12 @@ class VideoPipeline(StreamPipeline):
     def prepare(self, prompt: str, negative_prompt: str = "", guidance_scale: float = 1.2,
                 delta: float = 1.0) -> None:
         super().prepare(prompt, negative_prompt, guidance_scale, delta)
-        self.cross_cache.clear()
         self._forget_bank()
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
-        """New prompt: new text embeddings (the cross-attention cache follows) and an empty bank."""
+        """New prompt: new text embeddings and their cross-attention K/V, and an empty bank."""
         super().update_prompt(prompt, negative_prompt)
-        self.cross_cache.clear()
         self._forget_bank()
-
-    def row_text(self, extra: int, rows: int) -> torch.Tensor:
-        """(rows,) 0 for the unconditional rows, 1 for the rest; made once per layout, on the device."""
-        key = ("text", extra, rows)
-        if key not in self._indices:
-            self._indices[key] = (torch.arange(rows, device=self.device) >= extra).long()
-        return self._indices[key]
 
     def encode(self, images: torch.Tensor) -> FramePath:
         """A scene cut empties the bank on the device, before the new scene is denoised: no host
@@ -196,7 +149,7 @@ class VideoPipeline(StreamPipeline):
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False,
                 carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
         motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
-        call = BankedUNetCall(self, guidance)
+        call = BankedUNetCall(self)
         finished = yield from self.stream.calls(latents, call, guidance, noised=noised, carried=carried)
         if self.bank is not None and self._frames_since_bank_reset % self.bank_config.cache_interval == 0:
             call.write_bank(self.bank, motion)

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from livediff.accelerators import AcceleratorOptions, check_accelerator
 from livediff.accelerators.compiled import GraphReplay, signature
+from livediff.cross_attention import cross_attention_kv
 from livediff.networks import stream_networks
 from livediff.pipelines.runners import build_runners, build_target
 from livediff.pipelines.stream import stream_rows
@@ -47,7 +48,7 @@ def test_row_plan_covers_every_unet_call_of_a_real_stream(cfg_type, guidance_sca
     pipe.prepare(prompt="a", guidance_scale=guidance_scale)
     seen = []
     unet = pipe.runners.unet
-    pipe.runners.unet = lambda sample, t, text: seen.append(sample.shape[0]) or unet(sample, t, text)
+    pipe.runners.unet = lambda sample, t, *conditioning: seen.append(sample.shape[0]) or unet(sample, t, *conditioning)
     for seed in range(3):
         pipe([image(seed)[0], image(seed + 10)[0]])
     plan = build_target(cfg).stream_rows
@@ -119,10 +120,12 @@ def test_eager_runners_match_the_diffusers_modules_and_wrap_extra_networks():
     cfg = config()
     models = shared_models(cfg.model, cfg.vae, cfg.loras, cfg.device, cfg.dtype)
     runners = build_runners(cfg, models)
-    sample, t, text = stream_networks(models)["unet"].example_inputs(2, SIZE, SIZE, torch.float32, "cpu")
+    unet = stream_networks(models)["unet"]
+    sample, t, *_ = unet.example_inputs(2, SIZE, SIZE, torch.float32, "cpu")
+    text = torch.randn(2, 77, models.unet.config.cross_attention_dim)
     with torch.no_grad():
         expected = models.unet(sample, t, encoder_hidden_states=text).sample
-    torch.testing.assert_close(runners.unet(sample, t, text), expected)
+    torch.testing.assert_close(runners.unet(sample, t, *cross_attention_kv(models.unet, unet.text, text)), expected)
     decoder = runners.runner_for(stream_networks(models)["vae_decoder"])
     latents = runners.encode(image() * 2 - 1)
     torch.testing.assert_close(decoder(latents), runners.decode(latents))
@@ -253,7 +256,7 @@ def test_state_inputs_are_read_in_place_and_other_sessions_get_a_copying_graph()
 
 def test_a_video_stream_through_graph_replay_equals_eager_and_never_copies_its_bank():
     """The banked UNet captured with the bank read in place: same frames as eager, and the only
-    bytes copied per replay are the sample, timestep and text (not the bank)."""
+    bytes copied per replay are the sample, timestep and text K/V (not the bank)."""
     def pipeline():
         pipe = load_pipeline(model="tiny", mode="video", t_index_list=[20, 30, 40], cfg_type="self", width=SIZE,
                              height=SIZE, device="cpu", dtype="float32", bank=dict(cache_interval=1))
@@ -262,12 +265,14 @@ def test_a_video_stream_through_graph_replay_equals_eager_and_never_copies_its_b
 
     eager, graphed, capture = pipeline(), pipeline(), EmulatedGraph()
     function = graphed.banked_unet_runner
+    bank_at = len(graphed.banked_unet.input_names) - len(graphed.bank.tensors())
+    bank = tuple(range(bank_at, len(graphed.banked_unet.input_names)))
     graphed.banked_unet_runner = GraphReplay(function, "banked_unet", capture=capture, steady_rows=3,
-                                             state_inputs=tuple(range(3, 3 + len(graphed.bank.tensors()))))
+                                             state_inputs=bank)
     for seed in range(6):
         torch.testing.assert_close(graphed(image(seed)), eager(image(seed)), atol=0, rtol=0)
-    assert capture.in_place == [frozenset(range(3, 3 + len(graphed.bank.tensors())))]
-    assert capture.replays >= 3 and capture.copied == {0, 1, 2}
+    assert capture.in_place == [frozenset(bank)]
+    assert capture.replays >= 3 and capture.copied == set(range(bank_at))
 
 
 def test_warm_up_row_counts_are_never_captured():

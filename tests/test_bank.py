@@ -1,5 +1,5 @@
 """The feature bank's parts on random tensors: extended attention, fusion, FIFO/merged memory,
-sparse selection, scene cuts, the cross-attention cache, the row → stage map and the static layout."""
+sparse selection, scene cuts, cross-attention on K/V inputs, the row → stage map and the static layout."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,9 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from livediff.pipelines import rcfg
-from livediff.pipelines.bank.attention import (BankCall, BankSelfAttnProcessor, CachedCrossAttnProcessor, CallState,
-                                      CrossAttentionCache, bank_call, cross_attention_cache)
+from livediff.cross_attention import (CrossAttentionLayout, CrossAttentionSlot, InputKVAttnProcessor,
+                                      cross_attention_call, cross_attention_kv)
+from livediff.pipelines.bank.attention import BankCall, BankSelfAttnProcessor, CallState, bank_call
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
 from livediff.pipelines.bank.fusion import fuse_features
@@ -270,34 +271,29 @@ def test_scene_cut_detector_ignores_motion_and_brightness_but_sees_a_new_scene()
 
 
 @torch.no_grad()
-def test_cross_attention_cache_equals_uncached_and_projects_once_per_prompt():
+def test_cross_attention_on_kv_inputs_equals_projecting_the_text():
     torch.manual_seed(13)
     attn = Attention(query_dim=DIM, cross_attention_dim=16, heads=HEADS, dim_head=DIM // HEADS).eval()
-    calls = []
-    attn.to_k.register_forward_hook(lambda *_: calls.append(1))
+    holder = torch.nn.Module()
+    holder.attn2 = attn
+    attn.is_cross_attention = True
+    layout = CrossAttentionLayout.of(holder, 7, kind="text")
+    assert layout.layers == ("attn2",) and layout.input_names() == ("text_key_0", "text_value_0")
     cond, uncond = torch.randn(1, 7, 16), torch.randn(1, 7, 16)
     x = torch.randn(3, TOKENS, DIM)
     text = torch.cat([uncond, cond, cond])
     plain = AttnProcessor2_0()(attn, x, text)
-    slot = CallState()
-    attn.set_processor(CachedCrossAttnProcessor("layer", slot))
-    torch.testing.assert_close(attn(x, text), plain, rtol=1e-5, atol=1e-6)  # no cache: projects the rows
-    cache, rows = CrossAttentionCache(), torch.tensor([0, 1, 1])
-    calls.clear()
-    for _ in range(3):
-        with cross_attention_cache(slot, cache, (uncond, cond), rows):
-            torch.testing.assert_close(attn(x, text), plain, rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1
-    new_cond = torch.randn(1, 7, 16)  # a new prompt is a new tensor
-    with cross_attention_cache(slot, cache, (uncond, new_cond), rows):
-        attn(x, torch.cat([uncond, new_cond, new_cond]))
-    assert len(calls) == 2
-    new_cond.mul_(2)  # an in-place edit also invalidates
-    expected = AttnProcessor2_0()(attn, x, torch.cat([uncond, new_cond, new_cond]))
-    calls.clear()
-    with cross_attention_cache(slot, cache, (uncond, new_cond), rows):
-        torch.testing.assert_close(attn(x, torch.cat([uncond, new_cond, new_cond])), expected, rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1
+    kv = [torch.cat(rows) for rows in zip(cross_attention_kv(holder, layout, uncond),
+                                           *[cross_attention_kv(holder, layout, cond)] * 2)]
+    slot = CrossAttentionSlot()
+    attn.set_processor(InputKVAttnProcessor("attn2", slot))
+    with cross_attention_call(slot, layout, kv, None, ()):
+        torch.testing.assert_close(attn(x, None), plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="inside cross_attention_call"):
+        attn(x, text)
+    with pytest.raises(ValueError, match="takes 2 text K/V inputs, got 1"):
+        with cross_attention_call(slot, layout, kv[:1], None, ()):
+            pass
 
 
 @pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
@@ -343,12 +339,12 @@ def test_layout_matches_the_unet_at_an_odd_latent_size(tiny_unet):
     banked = BankedUNet(tiny_unet, layout, fusion_threshold=0.5, fusion_strength=0.5)
     rows = 3
     bank = [torch.zeros(shape) for _, shape in layout.input_shapes(rows)]
+    text_kv = cross_attention_kv(tiny_unet, banked.text, torch.randn(rows, 77, 32))
     with torch.no_grad():
-        outputs = banked(torch.randn(rows, 4, *latent_hw), torch.tensor([999, 500, 10]), torch.randn(rows, 77, 32),
-                         *bank)
+        outputs = banked(torch.randn(rows, 4, *latent_hw), torch.tensor([999, 500, 10]), *text_kv, *bank)
     assert [tuple(o.shape) for o in outputs[1:]] == [shape for _, shape in layout.output_shapes(rows)]
     assert outputs[0].shape == (rows, 4, *latent_hw)
-    assert len(banked.input_names) == 3 + len(bank) and len(banked.output_names) == len(outputs)
+    assert len(banked.input_names) == 2 + len(text_kv) + len(bank) and len(banked.output_names) == len(outputs)
     assert grid_at(latent_hw, 1) == (5, 4)
 
 
@@ -358,7 +354,7 @@ def test_banked_unet_shares_the_weights_and_leaves_the_original_untouched(tiny_u
     with torch.no_grad():
         before = tiny_unet(sample, t, encoder_hidden_states=text).sample
         banked = BankedUNet(tiny_unet, BankLayout.empty())
-        (through_copy,) = banked(sample, t, text)
+        (through_copy,) = banked(sample, t, *cross_attention_kv(tiny_unet, banked.text, text))
         after = tiny_unet(sample, t, encoder_hidden_states=text).sample
     assert torch.equal(before, after) and dict(tiny_unet.attn_processors) == processors
     torch.testing.assert_close(through_copy, before, rtol=1e-5, atol=1e-6)
@@ -380,8 +376,8 @@ def test_banked_unet_exports_to_onnx_and_runs_the_same(tiny_unet, tmp_path):
     g = generator(14)
     bank = [torch.randn(shape, generator=g) for _, shape in layout.input_shapes(3)]
     bank[2][:, :5] = float("-inf")  # some empty slots in the first layer
-    inputs = (torch.randn(3, 4, 8, 8, generator=g), torch.tensor([999.0, 500.0, 10.0]),
-              torch.randn(3, 77, 32, generator=g), *bank)
+    text_kv = cross_attention_kv(tiny_unet, banked.text, torch.randn(3, 77, 32, generator=g))
+    inputs = (torch.randn(3, 4, 8, 8, generator=g), torch.tensor([999.0, 500.0, 10.0]), *text_kv, *bank)
     path = tmp_path / "banked.onnx"
     with torch.no_grad():
         expected = banked(*inputs)

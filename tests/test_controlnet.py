@@ -210,4 +210,5 @@ def test_engine_keys_name_the_controlnet_set_and_a_scale_is_not_part_of_them():
 
     assert key(one) == key(other_scale)  # scales are inputs: the same graph and engine serve both
     assert key(one) != key(plain)
-    assert key(one)[0] == (("controlnets", 1),) and key(one)[2][-2:] == ("control_0", "control_scales")
+    assert key(one)[0] == (("text_kv", 77), ("controlnets", 1)) and key(one)[2][-2:] == ("control_0", "control_scales")
+    assert "encoder_hidden_states" in key(one)[2] and "encoder_hidden_states" not in key(plain)[2]

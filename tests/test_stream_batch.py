@@ -96,7 +96,8 @@ def make_guidance(cfg_type, scale=2.0, delta=0.7, added=False):
 
     def conditioning():
         text = torch.randn(1, TOKENS, DIM, generator=g, dtype=torch.float64)
-        return Conditioning(text, (torch.randn(1, POOLED, generator=g, dtype=torch.float64),) if added else ())
+        return Conditioning(text, (torch.randn(1, POOLED, generator=g, dtype=torch.float64),) if added else (),
+                            text_input=True)  # the fake denoiser reads the embeddings
 
     return Guidance(cond=conditioning(), uncond=conditioning(), cfg_type=cfg_type, guidance_scale=scale, delta=delta)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 from torch.utils.flop_counter import FlopCounterMode
 
-from livediff.image_prompt import weight_sharing_copy
+from livediff.cross_attention import weight_sharing_copy
 from livediff.pipelines.models import load_models
 from livediff.subpixel import FoldedUpsample2D, fold_upsamplers, phase_kernels, upsample_conv
 

@@ -31,7 +31,9 @@ def test_unet_profile_spans_warm_up_to_steady_rows_and_the_resolution_range():
     profile = profile_shapes(unet, rows, ResolutionRange(64, 64, 128, 256), 96, 128, torch.float16)
     assert profile["sample"] == ((2, 4, 8, 8), (8, 4, 12, 16), (8, 4, 16, 32))
     assert profile["timestep"] == ((2,), (8,), (8,))
-    assert profile["encoder_hidden_states"][2] == (8, 77, 32)
+    assert "encoder_hidden_states" not in profile  # only ControlNets read the embeddings
+    width = unet.text.widths[0]
+    assert profile["text_key_0"] == ((2, 77, width), (8, 77, width), (8, 77, width))
 
 
 def test_sdxl_unet_profile_covers_the_added_conditioning_and_its_key_names_the_family():
@@ -40,7 +42,7 @@ def test_sdxl_unet_profile_covers_the_added_conditioning_and_its_key_names_the_f
                              SIZE, SIZE, torch.float16)
     assert profile["text_embeds"] == ((1, 32), (4, 32), (4, 32))
     assert profile["time_ids"] == ((1, 6), (4, 6), (4, 6))
-    assert unet.variant() == ("sdxl",) and tiny_networks()["unet"].variant() is None
+    assert unet.variant() == (("text_kv", 77), "sdxl") and tiny_networks()["unet"].variant() == (("text_kv", 77),)
 
 
 def test_vae_profile_has_one_row_per_frame():

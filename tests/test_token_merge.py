@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from livediff.cross_attention import cross_attention_kv
 from livediff.pipelines import token_merge
 from livediff.pipelines.bank.layout import BankLayout, attention_layers, grid_at
 from livediff.pipelines.bank.unet import BankedUNet
@@ -33,10 +34,15 @@ def merging(unet, ratio: float) -> BankedUNet:
     return BankedUNet(unet, BankLayout.empty(), token_merge_ratio=ratio).eval()
 
 
+def call(banked: BankedUNet, sample, t, text):
+    """`banked` on the text's cross-attention K/V, as the prompt encoder computes them."""
+    return banked(sample, t, *cross_attention_kv(banked.unet, banked.text, text))
+
+
 def test_ratio_zero_is_exactly_the_unmerged_computation(unet):
     sample, t, text = inputs()
     with torch.no_grad():
-        merged = merging(unet, 0.0)(sample, t, text)[0]
+        merged = call(merging(unet, 0.0), sample, t, text)[0]
     torch.testing.assert_close(merged, predict(unet, sample, t, text), rtol=0, atol=1e-6)
 
 
@@ -45,7 +51,7 @@ def test_merging_changes_the_output_but_not_its_shape_and_leaves_the_unet_alone(
     sample, t, text = inputs((8, 12))
     plain = predict(unet, sample, t, text)
     with torch.no_grad():
-        merged = merging(unet, ratio)(sample, t, text)[0]
+        merged = call(merging(unet, ratio), sample, t, text)[0]
     assert merged.shape == plain.shape and torch.isfinite(merged).all()
     assert not torch.allclose(merged, plain, atol=1e-4)
     assert torch.equal(predict(unet, sample, t, text), plain)
@@ -62,7 +68,7 @@ def test_only_the_highest_resolution_attention_sees_merged_tokens(unet):
         lambda _m, args, _out, name=layer.name: seen[name].append(args[0].shape[1])) for layer in layers]
     try:
         with torch.no_grad():
-            banked(*inputs((16, 16)))
+            call(banked, *inputs((16, 16)))
     finally:
         for hook in hooks:
             hook.remove()

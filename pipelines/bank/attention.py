@@ -1,5 +1,5 @@
 """Attention processors of the video pipeline: extended self-attention with the bank, feature
-fusion, token merging, and cached cross-attention K/V.
+fusion, token merging; cross-attention on K/V inputs (`livediff.cross_attention`).
 
 They are installed on a *structural copy* of the UNet (`banked_copy`): new module objects that
 share every parameter and buffer with the original, so no weight memory is spent, while the
@@ -10,18 +10,18 @@ follow plain attribute reads; a context variable made them break the graph at ev
 
 * `slot.bank` (a `BankCall`, set by `BankedUNet.forward`): the bank slices of every row, the
   token-merge ratio, the fusion settings; the processors write this call's keys/values/outputs back.
-* `slot.cross` (a `CrossCall`, set by `cross_attention_cache`): the per-prompt K/V cache of the
-  cross-attention layers; without it they project the text rows as usual.
+* `slot.cross` (a `CrossAttentionSlot`, set by `BankedUNet.forward`): the call's text K/V (computed
+  once per prompt by the prompt encoder) and IP-Adapter image K/V of every cross-attention layer.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 
-from livediff.image_prompt import ImagePromptSlot, finish, multi_head_attention, weight_sharing_copy, with_image
+from livediff.cross_attention import CrossAttentionSlot, InputKVAttnProcessor, finish, multi_head_attention, weight_sharing_copy
 from livediff.subpixel import fold_upsamplers
 from livediff.pipelines import token_merge
 from livediff.pipelines.bank.fusion import fuse_features
@@ -49,71 +49,12 @@ class BankCall:
     new_out: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class CrossAttentionCache:
-    """Cross-attention keys/values of the current prompt embeddings, computed once per prompt.
-
-    Bound to the distinct embedding tensors of a stream (negative, positive); a tensor that is not
-    the same object at the same in-place version as the bound one invalidates every entry, so a
-    new prompt (a new tensor) or an in-place edit is never served stale K/V.
-    """
-
-    def __init__(self):
-        self._texts: tuple[torch.Tensor, ...] = ()
-        self._versions: tuple[int, ...] = ()
-        self._stacked: torch.Tensor | None = None
-        self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def clear(self) -> None:
-        self._texts, self._versions, self._stacked = (), (), None
-        self._kv.clear()
-
-    def bind(self, texts: Sequence[torch.Tensor]) -> None:
-        texts = tuple(texts)
-        same = len(texts) == len(self._texts) and all(
-            a is b and a._version == v for a, b, v in zip(texts, self._texts, self._versions))
-        if not same:
-            self._texts, self._versions = texts, tuple(t._version for t in texts)
-            self._stacked = torch.cat(texts)
-            self._kv.clear()
-
-    def kv(self, name: str, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U, tokens, C) keys and values of layer `name` for the U bound embeddings."""
-        if name not in self._kv:
-            text = self._stacked
-            if attn.norm_cross:
-                text = attn.norm_encoder_hidden_states(text)
-            self._kv[name] = (attn.to_k(text), attn.to_v(text))
-        return self._kv[name]
-
-
-class StackedCrossAttention:
-    """Several sessions' prompt caches seen as one: their embeddings in order, so row maps offset by
-    the embeddings before them index it (a run shared by sessions, `pipelines.batching`)."""
-
-    def __init__(self, caches: Sequence[CrossAttentionCache]):
-        self.caches = tuple(caches)
-
-    def bind(self, texts: Sequence[torch.Tensor]) -> None:
-        """Each member is bound to its own session's embeddings already."""
-
-    def kv(self, name: str, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [cache.kv(name, attn) for cache in self.caches]
-        return torch.cat([k for k, _ in pairs]), torch.cat([v for _, v in pairs])
-
-
-@dataclass
-class CrossCall:
-    cache: CrossAttentionCache | StackedCrossAttention
-    row_text: torch.Tensor  # (B,) index of each row's embedding among the bound ones
-
-
 @dataclass
 class CallState:
     """Where the owner of a banked UNet copy puts the state of the call in progress."""
 
     bank: BankCall | None = None
-    cross: CrossCall | None = None
-    image: ImagePromptSlot = field(default_factory=ImagePromptSlot)  # IP-Adapter K/V of the call
+    cross: CrossAttentionSlot = field(default_factory=CrossAttentionSlot)  # text and image K/V of the call
 
 
 @contextmanager
@@ -123,18 +64,6 @@ def bank_call(slot: CallState, call: BankCall) -> Iterator[BankCall]:
         yield call
     finally:
         slot.bank = None
-
-
-@contextmanager
-def cross_attention_cache(slot: CallState, cache: CrossAttentionCache, texts: Sequence[torch.Tensor],
-                          row_text: torch.Tensor) -> Iterator[None]:
-    """Within the block, cross-attention layers take row b's K/V from `texts[row_text[b]]`'s cache."""
-    cache.bind(texts)
-    slot.cross = CrossCall(cache, row_text)
-    try:
-        yield
-    finally:
-        slot.cross = None
 
 
 def attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -191,34 +120,6 @@ class BankSelfAttnProcessor:
         return finish(attn, out, hidden_states)
 
 
-class CachedCrossAttnProcessor:
-    """Cross-attention whose K/V come from the per-prompt cache when the slot has one (eager
-    streaming), and from projecting the text rows otherwise (e.g. when exported)."""
-
-    def __init__(self, name: str, slot: CallState):
-        self.name = name
-        self.slot = slot
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if attention_mask is not None or hidden_states.ndim != 3 or encoder_hidden_states is None:
-            raise ConfigError(f"layer {self.name}: the banked UNet supports unmasked cross-attention on (B, N, C) "
-                              f"tokens only")
-        call = self.slot.cross
-        if call is None:
-            text = encoder_hidden_states
-            if attn.norm_cross:
-                text = attn.norm_encoder_hidden_states(text)
-            keys, values = attn.to_k(text), attn.to_v(text)
-        else:
-            if encoder_hidden_states.shape[0] != call.row_text.shape[0]:
-                raise ConfigError(f"layer {self.name}: text rows do not match the cross-attention cache's row map")
-            keys, values = call.cache.kv(self.name, attn)
-            keys, values = keys[call.row_text], values[call.row_text]
-        query = attn.to_q(hidden_states)
-        out = with_image(attn, self.name, self.slot.image, query, multi_head_attention(attn, query, keys, values))
-        return finish(attn, attn.to_out[1](attn.to_out[0](out)), hidden_states)
-
-
 _UNSUPPORTED = ("group_norm", "spatial_norm", "norm_q", "norm_k", "add_k_proj")
 
 
@@ -237,6 +138,6 @@ def banked_copy(unet) -> tuple[torch.nn.Module, CallState]:
         if present:
             raise ConfigError(f"attention layer {layer.name} uses {', '.join(present)}, which the bank processors "
                               f"do not support")
-        module.set_processor(CachedCrossAttnProcessor(layer.name, slot) if layer.cross
+        module.set_processor(InputKVAttnProcessor(layer.name, slot.cross) if layer.cross
                              else BankSelfAttnProcessor(layer.name, layer.level, layer.level == level, slot))
     return twin, slot

@@ -1,7 +1,8 @@
 """The UNet with the bank as a pure function of tensors, and the row → stage layout of a stream call.
 
-`BankedUNet.forward(sample, timestep, encoder_hidden_states, *conditioning, *bank) -> (noise_pred, *new_entries)`
-(`conditioning`: SDXL's added conditioning and the ControlNets' inputs, `livediff.networks.unet_input_names`)
+`BankedUNet.forward(sample, timestep, *conditioning, *bank) -> (noise_pred, *new_entries)`
+(`conditioning`: the text K/V, SDXL's added conditioning, IP-Adapter and ControlNet inputs,
+`livediff.networks.unet_input_names`)
 with the tensor layout documented in `pipelines.bank.layout`: every shape is fixed by the
 resolution and the settings, so the same module runs eagerly and can be exported (ONNX/TensorRT)
 or captured (CUDA graphs) with the bank on. The `FeatureBank` object stays outside: it gives each
@@ -9,16 +10,15 @@ call its per-row bank slices and applies FIFO/merged updates between calls.
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from livediff.image_prompt import ImagePromptLayout, image_prompt_call
-from livediff.networks import added_conditions, run_unet, split_conditioning, unet_input_names
-from livediff.pipelines.bank.attention import BankCall, CrossAttentionCache, bank_call, banked_copy, cross_attention_cache
+from livediff.cross_attention import CrossAttentionLayout, cross_attention_call
+from livediff.networks import added_conditions, run_unet, split_conditioning, text_layout, unet_input_names
+from livediff.pipelines.bank.attention import BankCall, bank_call, banked_copy
 from livediff.pipelines.bank.layout import BankLayout
 
 
@@ -34,9 +34,10 @@ class BankedUNet(nn.Module):
 
     def __init__(self, unet, layout: BankLayout, token_merge_ratio: float = 0.0, fusion_threshold: float = 2.0,
                  fusion_strength: float = 0.0, controlnets: Sequence[nn.Module] = (),
-                 image: ImagePromptLayout | None = None):
+                 image: CrossAttentionLayout | None = None):
         super().__init__()
         self.unet, self._slot = banked_copy(unet)
+        self.text = text_layout(unet)
         self.controlnets = nn.ModuleList(controlnets)  # their own attention: no bank, no prompt cache
         self.layout = layout
         self.token_merge_ratio = token_merge_ratio
@@ -48,16 +49,17 @@ class BankedUNet(nn.Module):
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return (*unet_input_names(self.unet.config, len(self.controlnets), self.image), *(n for n, _ in self.layout.input_shapes(1)))
+        return (*unet_input_names(self.unet.config, self.text, len(self.controlnets), self.image),
+                *(n for n, _ in self.layout.input_shapes(1)))
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return ("noise_pred", *(n for n, _ in self.layout.output_shapes(1)))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
                 *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        added, image_kv, controls, scales, bank = split_conditioning(conditioning_and_bank, self.added,
-                                                                     len(self.controlnets), self.image_inputs)
+        text, added, text_kv, image_kv, controls, scales, bank = split_conditioning(
+            conditioning_and_bank, self.added, len(self.text.input_names()), len(self.controlnets), self.image_inputs)
         expected = len(self.layout.input_shapes(1))
         if len(bank) != expected:
             raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
@@ -66,18 +68,13 @@ class BankedUNet(nn.Module):
         out = {e.layer: tuple(bank[start + 2 * j:start + 2 * j + 2]) for j, e in enumerate(self.layout.out)}
         call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
                         kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
-        with bank_call(self._slot, call), image_prompt_call(self._slot.image, self.image, image_kv):
-            noise_pred = run_unet(self.unet, sample, timestep, encoder_hidden_states, added, self.controlnets, controls,
-                                  scales)
+        with bank_call(self._slot, call), cross_attention_call(self._slot.cross, self.text, text_kv, self.image,
+                                                               image_kv):
+            noise_pred = run_unet(self.unet, sample, timestep, text, added, self.controlnets, controls, scales)
         new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]
         new += [call.new_out[e.layer] for e in self.layout.out]
         return (noise_pred, *new)
 
-    def cached_cross_attention(self, cache: CrossAttentionCache, texts: Sequence[torch.Tensor],
-                               row_text: torch.Tensor) -> AbstractContextManager:
-        """Eager streaming only: within the block, cross-attention K/V of row b come from `cache`
-        for the embedding `texts[row_text[b]]` instead of being projected every call."""
-        return cross_attention_cache(self._slot, cache, texts, row_text)
 
 @dataclass(frozen=True)
 class RowLayout:

@@ -10,8 +10,8 @@ read the call in progress from a `CausalSlot`, a plain object (tracers follow pl
 Text, once per prompt. The text reaches cross-attention only through the model's text projection
 (`condition_embedder.text_embedder`, text_dim → inner dim) and each layer's `to_k`/`norm_k` and
 `to_v`; none depends on the chunk, the timestep or the cache. `PromptKV` computes them once per
-distinct text tensor (a new tensor or an in-place edit of the bound one recomputes, like the image
-pipelines' `CrossAttentionCache.bind`); in the causal copy the text projection is skipped
+distinct text tensor (a new tensor or an in-place edit of the bound one recomputes; the image
+pipelines' prompt encoder does the same per prompt, `livediff.cross_attention`); in the causal copy the text projection is skipped
 (`PromptTextSkip`) and `CachedTextCrossAttnProcessor` reads each layer's keys/values from the slot.
 Queries (`to_q`, `norm_q`) are per call, as in diffusers' `WanAttnProcessor`. Wan's image-to-video
 layout (an image branch, `add_k_proj`, in every cross-attention layer) is refused.
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from livediff.errors import ConfigError
-from livediff.image_prompt import weight_sharing_copy
+from livediff.cross_attention import weight_sharing_copy
 
 ROPE_THETA = 10000.0  # WanTransformer3DModel builds its rotary table with the default theta
 
