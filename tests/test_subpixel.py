@@ -8,30 +8,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from livediff.cross_attention import weight_sharing_copy
 from livediff.pipelines.models import load_models
-from livediff.subpixel import FoldedUpsample2D, fold_upsamplers, phase_kernels, upsample_conv
+from livediff.subpixel import FoldedUpsample2D, fold_upsamplers, transposed_kernel, upsample_conv
 
 
-def test_four_phase_convolutions_equal_upsample_then_conv():
+def test_the_transposed_convolution_equals_upsample_then_conv():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(5, 4, 3, padding=1).double()
     for shape in ((2, 5, 7, 6), (1, 5, 1, 1), (3, 5, 4, 9)):
         x = torch.randn(*shape, dtype=torch.float64)
         expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        folded = upsample_conv(x, phase_kernels(conv.weight.detach()), conv.bias)
+        folded = upsample_conv(x, transposed_kernel(conv.weight.detach()), conv.bias)
         assert folded.shape == expected.shape
         assert (folded - expected).abs().max() < 1e-12
-    # control: the phases are not interchangeable
-    swapped = phase_kernels(conv.weight.detach()).flip(0)
-    assert (upsample_conv(x, swapped, conv.bias) - expected).abs().max() > 1e-2
+    # control: the kernel's taps are not interchangeable
+    flipped = transposed_kernel(conv.weight.detach()).flip(-1)
+    assert (upsample_conv(x, flipped, conv.bias) - expected).abs().max() > 1e-2
 
 
 def test_folding_spends_four_ninths_of_the_multiply_adds():
     conv = torch.nn.Conv2d(32, 32, 3, padding=1)
     x = torch.randn(1, 32, 8, 8)
-    kernels = phase_kernels(conv.weight.detach())  # once per model, not per call
+    kernel = transposed_kernel(conv.weight.detach())  # once per model, not per call
     counts = []
     for run in (lambda: conv(F.interpolate(x, scale_factor=2.0, mode="nearest")),
-                lambda: upsample_conv(x, kernels, conv.bias)):
+                lambda: upsample_conv(x, kernel, conv.bias)):
         with FlopCounterMode(display=False) as counter:
             run()
         counts.append(counter.get_total_flops())
