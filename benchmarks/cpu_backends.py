@@ -75,7 +75,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cache = tempfile.mkdtemp(prefix="livediff-cpu-bench-")
+    with tempfile.TemporaryDirectory(prefix="livediff-cpu-bench-") as cache:  # full-size graphs: ~14 GB
+        compare(args, cache)
+
+
+def compare(args, cache: str) -> None:
     guidance = 1.2
 
     contenders = {}
