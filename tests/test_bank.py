@@ -1,5 +1,5 @@
 """The feature bank's parts on random tensors: extended attention, fusion, FIFO/merged memory,
-sparse selection, scene cuts, cross-attention on K/V inputs, the row → stage map and the static layout."""
+sparse selection, scene cuts, the row → stage map and the static layout."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from livediff.pipelines import rcfg
-from livediff.cross_attention import (CrossAttentionLayout, CrossAttentionSlot, InputKVAttnProcessor,
-                                      cross_attention_call, cross_attention_kv)
+from livediff.cross_attention import cross_attention_kv
 from livediff.pipelines.bank.attention import BankCall, BankSelfAttnProcessor, CallState, bank_call
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
@@ -268,32 +267,6 @@ def test_scene_cut_detector_ignores_motion_and_brightness_but_sees_a_new_scene()
     assert detector(torch.zeros(1, 3, 64, 64))  # a flat frame after a structured one (cut to black)
     detector.reset()
     assert not detector(torch.zeros(1, 3, 64, 64)) and not detector(torch.full((1, 3, 64, 64), 0.5))
-
-
-@torch.no_grad()
-def test_cross_attention_on_kv_inputs_equals_projecting_the_text():
-    torch.manual_seed(13)
-    attn = Attention(query_dim=DIM, cross_attention_dim=16, heads=HEADS, dim_head=DIM // HEADS).eval()
-    holder = torch.nn.Module()
-    holder.attn2 = attn
-    attn.is_cross_attention = True
-    layout = CrossAttentionLayout.of(holder, 7, kind="text")
-    assert layout.layers == ("attn2",) and layout.input_names() == ("text_key_0", "text_value_0")
-    cond, uncond = torch.randn(1, 7, 16), torch.randn(1, 7, 16)
-    x = torch.randn(3, TOKENS, DIM)
-    text = torch.cat([uncond, cond, cond])
-    plain = AttnProcessor2_0()(attn, x, text)
-    kv = [torch.cat(rows) for rows in zip(cross_attention_kv(holder, layout, uncond),
-                                           *[cross_attention_kv(holder, layout, cond)] * 2)]
-    slot = CrossAttentionSlot()
-    attn.set_processor(InputKVAttnProcessor("attn2", slot))
-    with cross_attention_call(slot, layout, kv, None, ()):
-        torch.testing.assert_close(attn(x, None), plain, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="inside cross_attention_call"):
-        attn(x, text)
-    with pytest.raises(ValueError, match="takes 2 text K/V inputs, got 1"):
-        with cross_attention_call(slot, layout, kv[:1], None, ()):
-            pass
 
 
 @pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from livediff import load_pipeline
+from livediff.cross_attention import (CrossAttentionLayout, CrossAttentionSlot, InputKVAttnProcessor,
+                                      cross_attention_call, cross_attention_kv)
 from livediff.networks import text_layout
+
+DIM, HEADS, TOKENS = 32, 4, 24
 
 
 def projections_counted(unet):
@@ -44,3 +49,29 @@ def test_a_stream_projects_the_text_once_per_prompt(mode):
     pipe.reset()
     again = [pipe(f, output="tensor") for f in frames[:3]]
     assert (again[-1] - first[-1]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_cross_attention_on_kv_inputs_equals_projecting_the_text():
+    torch.manual_seed(13)
+    attn = Attention(query_dim=DIM, cross_attention_dim=16, heads=HEADS, dim_head=DIM // HEADS).eval()
+    holder = torch.nn.Module()
+    holder.attn2 = attn
+    attn.is_cross_attention = True
+    layout = CrossAttentionLayout.of(holder, 7, kind="text")
+    assert layout.layers == ("attn2",) and layout.input_names() == ("text_key_0", "text_value_0")
+    cond, uncond = torch.randn(1, 7, 16), torch.randn(1, 7, 16)
+    x = torch.randn(3, TOKENS, DIM)
+    text = torch.cat([uncond, cond, cond])
+    plain = AttnProcessor2_0()(attn, x, text)
+    kv = [torch.cat(rows) for rows in zip(cross_attention_kv(holder, layout, uncond),
+                                           *[cross_attention_kv(holder, layout, cond)] * 2)]
+    slot = CrossAttentionSlot()
+    attn.set_processor(InputKVAttnProcessor("attn2", slot))
+    with cross_attention_call(slot, layout, kv, None, ()):
+        torch.testing.assert_close(attn(x, None), plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="inside cross_attention_call"):
+        attn(x, text)
+    with pytest.raises(ValueError, match="takes 2 text K/V inputs, got 1"):
+        with cross_attention_call(slot, layout, kv[:1], None, ()):
+            pass
