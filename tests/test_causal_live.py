@@ -88,20 +88,12 @@ def _recorded(monkeypatch) -> list:
 
 @pytest.mark.parametrize("chunk_frames, delay", [(1, 3), (2, 7)])
 def test_webcam_shows_every_frame_in_order_with_the_chunk_delay(tmp_path, monkeypatch, capsys, chunk_frames, delay):
-    from livediff.app.ui import causal_live
+    from ui_helpers import record_pacing
 
     frames = _frames(11)  # k=1: chunks of 1, 4, 4 and an incomplete last one of 2 (flushed at the end)
     _fake_camera(monkeypatch, frames)
     written = _recorded(monkeypatch)
-    paced = []
-    push = causal_live.ChunkPacer.push
-
-    def spy(self, arrived, finished):
-        shown = push(self, arrived, finished)
-        paced.append(shown is not None)
-        return shown
-
-    monkeypatch.setattr(causal_live.ChunkPacer, "push", spy)
+    paced = record_pacing(monkeypatch)
     assert main(["webcam", "--camera", "0", "-o", str(tmp_path / "out.mp4"), "--once", "--chunk-frames",
                  str(chunk_frames), *CAUSAL]) == 0
     expected = _reference(frames, chunk_frames)

@@ -16,7 +16,7 @@ import pytest
 from livediff.app.ui.rtc_hub import SESSION_PREFIX
 from livediff.app.ui.settings import LiveSettings
 from media import clip_frame
-from ui_helpers import SIZE, causal_engine, running_server
+from ui_helpers import SIZE, causal_engine, record_pacing, running_server
 
 aiortc = pytest.importorskip("aiortc")
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
@@ -244,17 +244,7 @@ def test_webrtc_in_causal_video_mode_returns_frames_after_the_chunk_delay(monkey
     over the data channel says the delay."""
     from gradio_client import Client
 
-    from livediff.app.ui import causal_live
-
-    paced = []
-    push = causal_live.ChunkPacer.push
-
-    def spy(self, arrived, finished):
-        shown = push(self, arrived, finished)
-        paced.append(shown is not None)
-        return shown
-
-    monkeypatch.setattr(causal_live.ChunkPacer, "push", spy)
+    paced = record_pacing(monkeypatch)
     with running_server(causal_engine()) as server:
         token = Client(server.url, verbose=False).predict(**controls(server, prompt="claymation"),
                                                           api_name="/webrtc_start")

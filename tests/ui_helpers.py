@@ -21,6 +21,22 @@ def tiny_engine(**overrides):
     return Engine(dict(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", **overrides))
 
 
+def record_pacing(monkeypatch) -> list[bool]:
+    """Whether each frame a causal stream's `ChunkPacer` took showed a finished frame, in order."""
+    from livediff.app.ui import causal_live
+
+    paced = []
+    push = causal_live.ChunkPacer.push
+
+    def spy(self, arrived, finished):
+        shown = push(self, arrived, finished)
+        paced.append(shown is not None)
+        return shown
+
+    monkeypatch.setattr(causal_live.ChunkPacer, "push", spy)
+    return paced
+
+
 def causal_engine(size: int = 64):
     """Stream mode causal-video: `tiny-wan-causal`, chunks of 1 latent frame (4 video frames, 3 frames late)."""
     from livediff.app.ui.engine import Engine
