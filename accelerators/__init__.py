@@ -5,19 +5,44 @@
 function (`livediff.networks`). An accelerator that cannot do what was asked raises
 `AcceleratorError` or `ConfigError`: there is never a silent fallback to another backend. Nothing
 here imports `livediff.pipelines`: the pipeline describes what it needs in a `BuildTarget`.
+
+The backends come from a registry (`accelerators.registry`): each is declared by one module of
+`accelerators/backends/` (its name, options, devices and precisions, refusals and factory), so this
+file names none of them. `ACCELERATORS` is the registry's names, in order. Importing this package
+loads no torch (the CLI lists the backends in `--help`); `AcceleratorOptions`, `BuildTarget` and the
+other types of `accelerators.base` load it when first used.
 """
 from __future__ import annotations
 
-from livediff.accelerators.base import AcceleratorOptions, Backend, BuildTarget, ResolutionRange, RowRange
+from typing import TYPE_CHECKING
+
+from livediff.accelerators import registry
 from livediff.errors import ConfigError
 
-ACCELERATORS = ("eager", "compile", "onnxruntime", "tensorrt", "openvino")
+if TYPE_CHECKING:
+    from livediff.accelerators.base import AcceleratorOptions, Backend, BuildTarget, ResolutionRange, RowRange
+
+    ACCELERATORS: tuple[str, ...]
 
 __all__ = ["ACCELERATORS", "AcceleratorOptions", "Backend", "BuildTarget", "ResolutionRange", "RowRange",
            "check_accelerator", "make_backend"]
 
+_BASE_NAMES = ("AcceleratorOptions", "Backend", "BuildTarget", "ResolutionRange", "RowRange")
+
+
+def __getattr__(name: str):
+    if name == "ACCELERATORS":
+        return registry.names()
+    if name in _BASE_NAMES:
+        from livediff.accelerators import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'livediff.accelerators' has no attribute {name!r}")
+
 
 def _options(options: AcceleratorOptions | dict | None) -> AcceleratorOptions:
+    from livediff.accelerators.base import AcceleratorOptions
+
     if options is None:
         return AcceleratorOptions()
     if isinstance(options, AcceleratorOptions):
@@ -33,36 +58,23 @@ def _options(options: AcceleratorOptions | dict | None) -> AcceleratorOptions:
 
 def check_accelerator(name: str, target: BuildTarget,
                       options: AcceleratorOptions | dict | None = None) -> AcceleratorOptions:
-    """Reject impossible combinations before any weights are loaded; returns the validated options."""
-    if name not in ACCELERATORS:
-        raise ConfigError(f"accelerator {name!r} is not one of {', '.join(ACCELERATORS)}")
+    """Reject impossible combinations before any weights are loaded; returns the validated options.
+
+    In this order: the name (`registry.get`), the options themselves, the pipeline size against a
+    resolution range (backends that take one), options only another backend takes (that backend's
+    `refuse_elsewhere`), then the backend's own `check` (device, precision, packages, option values).
+    """
+    spec = registry.get(name)
     options = _options(options)
-    if name != "eager":
+    if "resolution" in spec.options:
         options.resolution_for(target.height, target.width)
-    if name == "compile":
-        from livediff.accelerators.compiled import check_compile_supported
-
-        check_compile_supported(target.device, options.cuda_graphs)
-    elif options.cuda_graphs:
-        raise ConfigError(f"cuda_graphs=True is an option of accelerator 'compile', not {name!r}")
-    if name == "onnxruntime":
-        from livediff.accelerators.onnxruntime_backend import check_precision, providers_for
-
-        check_precision(target.dtype, target.device)
-        providers_for(target.device)
-    if name != "openvino" and (options.weights is not None or options.openvino_device != "CPU"):
-        raise ConfigError(f"weights and openvino_device are options of accelerator 'openvino', not {name!r}")
-    if name == "openvino":
-        from livediff.accelerators.openvino_backend import check_openvino_supported
-
-        check_openvino_supported(target.device, target.dtype, options)
-    if name == "tensorrt":
-        from livediff.accelerators.tensorrt_backend import check_tensorrt_supported
-        from livediff.accelerators.tensorrt_ops import MAX_OPSET
-
-        if options.opset > MAX_OPSET:
-            raise ConfigError(f"opset {options.opset} is above {MAX_OPSET}, the newest TensorRT 10.0 parses")
-        check_tensorrt_supported(target.device, target.dtype)
+    for other in registry.specs():
+        if other.name != spec.name and other.refuse_elsewhere is not None:
+            refusal = other.refuse_elsewhere(options, spec.name)
+            if refusal:
+                raise ConfigError(refusal)
+    if spec.check is not None:
+        spec.check(target, options)
     return options
 
 
@@ -70,23 +82,4 @@ def make_backend(name: str, target: BuildTarget, options: AcceleratorOptions | d
                  progress=None) -> Backend:
     """The backend behind `name` (checked first); `progress(network, message, done, total)` hears about builds."""
     options = check_accelerator(name, target, options)
-    if name == "eager":
-        from livediff.accelerators.eager import EagerBackend
-
-        return EagerBackend()
-    if name == "compile":
-        from livediff.accelerators.compiled import CompileBackend, check_compile_supported
-
-        return CompileBackend(options.compile_mode, check_compile_supported(target.device, options.cuda_graphs),
-                              target)
-    if name == "onnxruntime":
-        from livediff.accelerators.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(target, options, progress)
-    if name == "openvino":
-        from livediff.accelerators.openvino_backend import OpenVINOBackend
-
-        return OpenVINOBackend(target, options, progress)
-    from livediff.accelerators.tensorrt_backend import TensorRTBackend
-
-    return TensorRTBackend(target, options, progress)
+    return registry.get(name).factory(target, options, progress)

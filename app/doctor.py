@@ -101,10 +101,14 @@ def _driver_version() -> str | None:
 
 
 def default_backends(cuda: bool) -> list[str]:
-    """What a user of this machine would pick from: OpenVINO (when installed) is the CPU's runtime."""
-    if cuda:
-        return ["eager", "compile", "onnxruntime", "tensorrt"]
-    return ["eager", "onnxruntime"] + (["openvino"] if _version("openvino") else [])
+    """What a user of this machine would pick from: the backends each registry entry
+    (`accelerators.registry`) says to measure on this kind of device (`BackendSpec.doctor`), those that
+    need a package only when it is installed (OpenVINO is the CPU's runtime when it is there)."""
+    from livediff.accelerators import registry
+
+    device = "cuda" if cuda else "cpu"
+    return [spec.name for spec in registry.specs() if device in spec.doctor
+            and (spec.doctor_if_installed is None or _version(spec.doctor_if_installed))]
 
 
 #: family → (preset on CUDA, preset on the CPU)

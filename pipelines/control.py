@@ -9,32 +9,41 @@ s calls ago), so each frame's control images travel with it through the stages
 frame's edges. Scales are per-session values read at every call (graph inputs on exported backends),
 so changing one, or setting it to 0 to switch a ControlNet off, never rebuilds anything.
 
-Preprocessors: `canny` (OpenCV edges, thresholds adjustable; a host step by design: it reads the
-frame back), `tile` / `identity` (the frame itself), `none` (the caller passes the control image
-with the frame: `pipe(frame, control=image)`), and `depth`, a depth estimator given as
-`preprocessor_model` (hub id, folder or `random`) that runs on the pipeline's device, on all the
-frames of a call at once, and `pose`, a human pose estimator (ViTPose) the same way, drawn as an
-OpenPose skeleton (`pipelines.pose`).
+Preprocessors come from a registry (`pipelines.control_registry`): each is declared by one module of
+`pipelines/preprocessors/` (its name, options, where it runs, the network it needs and its refusals);
+the validation and `ControlImages` below read it and name none of them (the fields of `ControlNetSpec`
+are the preprocessors' options). Among them (`livediff webcam --help` lists all): `canny` (OpenCV edges, thresholds adjustable; a host step by
+design: it reads the frame back), `tile` / `identity` (the frame itself), `none` (the caller passes
+the control image with the frame: `pipe(frame, control=image)`), and `depth`, a depth estimator
+given as `preprocessor_model` (hub id, folder or `random`) that runs on the pipeline's device, on all
+the frames of a call at once, and `pose`, a human pose estimator (ViTPose) the same way, drawn as an
+OpenPose skeleton (`pipelines.pose`). Importing this module loads no torch: the preprocessors load
+what they use when they run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
-import numpy as np
-import torch
-import torch.nn.functional as F
+from livediff.errors import ConfigError
+from livediff.pipelines import checks, control_registry
+from livediff.pipelines.preprocessors.pose import DEFAULT_THRESHOLD
 
-from livediff.errors import ConfigError, InputError
-from livediff.pipelines import checks
-from livediff.pipelines.pose import DEFAULT_THRESHOLD, pose_map
-
-PREPROCESSORS = ("canny", "tile", "identity", "none", "depth", "pose")
-#: preprocessors that run a network, given as `preprocessor_model`, and what that network is
-MODEL_PREPROCESSORS = {"depth": "a depth model, e.g. 'Intel/dpt-hybrid-midas'",
-                       "pose": "a ViTPose model, e.g. 'usyd-community/vitpose-base-simple'"}
 MAX_CONTROLNETS = 4
+
+
+def __getattr__(name: str):
+    """`PREPROCESSORS` (every name) and `MODEL_PREPROCESSORS` (name → what its preprocessor_model is),
+    read from the registry when asked; `canny` and `depth_map` from their preprocessors' modules."""
+    if name in ("canny", "depth_map"):
+        from livediff.pipelines.preprocessors import canny, depth
+
+        return getattr(canny if name == "canny" else depth, name)
+    if name == "PREPROCESSORS":
+        return control_registry.names()
+    if name == "MODEL_PREPROCESSORS":
+        return {spec.name: spec.wanted for spec in control_registry.specs() if spec.network is not None}
+    raise AttributeError(f"module 'livediff.pipelines.control' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -43,38 +52,33 @@ class ControlNetSpec:
     pipeline's UNet, for tests and speed), its preprocessor and initial scale."""
 
     model: str
-    preprocessor: str = "canny"
+    preprocessor: str = control_registry.DEFAULT
     scale: float = 1.0
-    low_threshold: int = 100
-    high_threshold: int = 200
-    preprocessor_model: str | None = None  # `depth` / `pose`: its network (see MODEL_PREPROCESSORS)
+    low_threshold: int = 100  # `canny`
+    high_threshold: int = 200  # `canny`
+    preprocessor_model: str | None = None  # `depth` / `pose`: its network (`PreprocessorSpec.network`)
     keypoint_threshold: float = DEFAULT_THRESHOLD  # `pose`: joints scored lower are not drawn
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"controlnet model {self.model!r} must be a hub id, a folder or 'random'")
-        if self.preprocessor not in PREPROCESSORS:
-            raise ConfigError(f"control preprocessor {self.preprocessor!r} is not one of {', '.join(PREPROCESSORS)}")
+        preprocessor = control_registry.get(self.preprocessor)
         checks.number("controlnet scale", self.scale, 0.0, 2.0)
-        for name in ("low_threshold", "high_threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
-                raise ConfigError(f"canny {name} {value!r} must be an integer in 0..255")
-        checks.number("pose keypoint_threshold", self.keypoint_threshold, 0.0, 1.0)
-        self._check_preprocessor_model()
-        if self.low_threshold > self.high_threshold:
-            raise ConfigError(f"canny low_threshold {self.low_threshold} is above high_threshold {self.high_threshold}")
+        for spec in control_registry.specs():  # each validates the fields it owns, whichever is chosen
+            if spec.check is not None:
+                spec.check(self)
+        self._check_preprocessor_model(preprocessor)
 
-    def _check_preprocessor_model(self) -> None:
+    def _check_preprocessor_model(self, preprocessor: control_registry.PreprocessorSpec) -> None:
         """A preprocessor that runs a network needs it named, and no other takes one."""
-        wanted = MODEL_PREPROCESSORS.get(self.preprocessor)
-        if not wanted:
+        if preprocessor.network is None:
             if self.preprocessor_model is not None:
                 raise ConfigError(f"preprocessor_model is for preprocessors "
-                                  f"{' and '.join(map(repr, MODEL_PREPROCESSORS))}, not {self.preprocessor!r}")
+                                  f"{' and '.join(map(repr, control_registry.names(with_network=True)))}, "
+                                  f"not {self.preprocessor!r}")
         elif not isinstance(self.preprocessor_model, str) or not self.preprocessor_model:
-            raise ConfigError(f"preprocessor {self.preprocessor!r} needs preprocessor_model ({wanted}; a hub id, "
-                              f"a folder or 'random'), not {self.preprocessor_model!r}")
+            raise ConfigError(f"preprocessor {self.preprocessor!r} needs preprocessor_model ({preprocessor.wanted}; "
+                              f"a hub id, a folder or 'random'), not {self.preprocessor_model!r}")
 
     @property
     def preprocessor_network(self) -> tuple[str, str] | None:
@@ -104,29 +108,6 @@ def parse_controlnets(value: Any) -> tuple[ControlNetSpec, ...]:
     return specs
 
 
-def canny(images: torch.Tensor, low: int, high: int) -> torch.Tensor:
-    """(B,3,H,W) images in [-1,1] → their Canny edges as (B,3,H,W) in [0,1], on the images' device."""
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    edges = [cv2.Canny(np.ascontiguousarray(p.permute(1, 2, 0).numpy()), low, high) for p in pixels]
-    stacked = torch.from_numpy(np.stack(edges)).unsqueeze(1).expand(-1, 3, -1, -1)
-    return (stacked.to(torch.float32) / 255).to(images.device, images.dtype)
-
-
-def depth_map(model, images: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) images in [-1,1] → the depth model's estimate, min–max scaled per image to [0,1] and
-    repeated on 3 channels, at the images' size. The model sees a square of its own size (DPT's
-    position embeddings are for `image_size`²), as its image processors resize to; [-1,1] is already
-    DPT's input normalisation (mean 0.5, std 0.5)."""
-    size = getattr(model.config, "image_size", 384)
-    square = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    depth = model(pixel_values=square.to(model.dtype)).predicted_depth.unsqueeze(1)
-    depth = F.interpolate(depth, size=images.shape[-2:], mode="bicubic", align_corners=False)
-    low = depth.amin(dim=(2, 3), keepdim=True)
-    high = depth.amax(dim=(2, 3), keepdim=True)
-    scaled = (depth - low) / (high - low).clamp_min(torch.finfo(depth.dtype).tiny)
-    return scaled.expand(-1, 3, -1, -1).to(images.dtype)
-
-
 class ControlImages:
     """Makes the control images of a frame batch for every ControlNet of a pipeline (`networks`:
     each ControlNet's preprocessor network or None, from `ModelBundle.control_preprocessors`)."""
@@ -134,25 +115,10 @@ class ControlImages:
     def __init__(self, specs: tuple[ControlNetSpec, ...], networks: tuple = ()):
         self.specs = specs
         self.networks = networks or (None,) * len(specs)
+        self.runs = tuple(control_registry.get(spec.preprocessor).run for spec in specs)
 
-    def __call__(self, images: torch.Tensor, given: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def __call__(self, images, given) -> tuple:
         """images: (F,3,H,W) in [-1,1]; given: the caller's control images (F,3,H,W) in [0,1] for
         `none` preprocessors. Returns one (F,3,H,W) tensor in [0,1] per ControlNet."""
-        out = []
-        for i, spec in enumerate(self.specs):
-            if spec.preprocessor == "canny":
-                out.append(canny(images, spec.low_threshold, spec.high_threshold))
-            elif spec.preprocessor in ("tile", "identity"):
-                out.append((images + 1) / 2)
-            elif spec.preprocessor == "depth":
-                with torch.no_grad():
-                    out.append(depth_map(self.networks[i], images))
-            elif spec.preprocessor == "pose":
-                with torch.no_grad():
-                    out.append(pose_map(self.networks[i], images, spec.keypoint_threshold))
-            else:
-                if given is None:
-                    raise InputError(f"ControlNet {i} ({spec.model}) has preprocessor 'none': pass its control "
-                                     f"image with the frame, pipe(frame, control=image)")
-                out.append(given)
-        return tuple(out)
+        return tuple(run(images, spec=spec, network=network, given=given, index=i)
+                     for i, (run, spec, network) in enumerate(zip(self.runs, self.specs, self.networks)))

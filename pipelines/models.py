@@ -339,7 +339,7 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
             continue
         net.to(device=device).eval().requires_grad_(False)
         wanted = torch.float32 if net is bundle.vae and vae_needs_float32(bundle, torch_dtype) else torch_dtype
-        if net.dtype != wanted:
+        if getattr(net, "dtype", None) != wanted:  # a preprocessor's network may be a plain torch module
             net.to(dtype=wanted)
     return bundle
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from livediff.pipelines.preprocessors.pose import DEFAULT_THRESHOLD
+
 #: COCO keypoints a body model must predict first (nose, eyes, ears, shoulders … ankles)
 COCO_KEYPOINTS = 17
 #: OpenPose body point → COCO keypoint (None: the neck, the midpoint of the shoulders 5 and 6)
@@ -43,7 +45,6 @@ JOINT_RADIUS = 4
 #: ViTPose's input normalisation (its image processor's ImageNet mean and std)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-DEFAULT_THRESHOLD = 0.3
 
 Region = tuple[float, float, float, float]  # left, top, width, height in frame pixels
 

@@ -5,17 +5,22 @@ import argparse
 import json
 import sys
 
+from livediff.accelerators import registry
 from livediff.app.threads import add_threads_option
-
-BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
 
 
 def _backends(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BACKENDS]
+    unknown = [name for name in names if name not in registry.names()]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--backends {text!r}: choose from {', '.join(BACKENDS)}")
+        raise argparse.ArgumentTypeError(f"--backends {text!r}: choose from {', '.join(registry.names())}")
     return names
+
+
+def _defaults(device: str) -> str:
+    """The backends `livediff doctor` measures on this kind of device when none are named (`BackendSpec.doctor`)."""
+    return ", ".join(spec.name + (f" (when {spec.doctor_if_installed} is installed)" if spec.doctor_if_installed
+                                  else "") for spec in registry.specs() if device in spec.doctor)
 
 
 def register(subparsers) -> None:
@@ -26,8 +31,8 @@ def register(subparsers) -> None:
                     "tiny-sdxl on CPU), compare each "
                     "with eager and print fps, latency, error and a verdict per backend.")
     parser.add_argument("--backends", type=_backends, default=None, metavar="A,B",
-                        help="backends to try (default: eager, compile, onnxruntime, tensorrt on CUDA; "
-                             "eager, onnxruntime on CPU, where compiling takes minutes)")
+                        help=f"backends to try, of {', '.join(registry.names())} (default: {_defaults('cuda')} "
+                             f"on CUDA; {_defaults('cpu')} on CPU, where compiling takes minutes)")
     parser.add_argument("--family", choices=("sd", "sdxl"), default="sd",
                         help="model layout to measure: sd (SD-Turbo) or sdxl (SDXL-Turbo); default %(default)s")
     parser.add_argument("--controlnets", type=int, default=0, metavar="N",

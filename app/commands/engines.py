@@ -16,9 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from livediff.accelerators import registry
 from livediff.app.commands.options import add_causal_options, add_pipeline_options
 
-BUILD_ACCELERATORS = ("tensorrt", "onnxruntime", "openvino")
+#: the --accelerator of build-engines when none is given
+DEFAULT_BUILD_ACCELERATOR = "tensorrt"
+
+
+def build_accelerators() -> list[str]:
+    """The backends whose graphs or engines can be built ahead of time (`BackendSpec.builds_ahead`),
+    the default first."""
+    builders = [spec.name for spec in registry.specs() if spec.builds_ahead]
+    return sorted(builders, key=lambda name: name != DEFAULT_BUILD_ACCELERATOR)
 
 
 def register(subparsers) -> None:
@@ -29,10 +38,11 @@ def register(subparsers) -> None:
                     "settings: model and LoRAs, resolution (or --min/--max range), "
                     "steps, CFG mode and frame buffer size (they fix the batch rows); with --mode causal-video, "
                     "the causal transformer for the resolution and the chunk/sink/window options. Results are "
-                    "cached by a key of all of them; existing valid entries are reused.")
+                    "cached by a key of all of them; existing valid entries are reused. --accelerator: "
+                    f"{' or '.join(build_accelerators())} (default {DEFAULT_BUILD_ACCELERATOR}).")
     add_pipeline_options(build)
     add_causal_options(build)
-    build.set_defaults(accelerator="tensorrt")
+    build.set_defaults(accelerator=DEFAULT_BUILD_ACCELERATOR)
     group = build.add_argument_group("engines")
     group.add_argument("--mode", choices=("img2img", "txt2img", "video", "causal-video"), default="img2img",
                        help="video also builds the UNet with the feature bank (default bank settings) as a graph; "
@@ -86,9 +96,10 @@ def run_build(args: argparse.Namespace) -> int:
     from livediff.app.commands.options import causal_settings, pipeline_settings
     from livediff.errors import ConfigError
 
-    if args.accelerator not in BUILD_ACCELERATORS:
+    builders = build_accelerators()
+    if args.accelerator not in builders:
         raise ConfigError(f"build-engines --accelerator {args.accelerator!r} builds nothing; use "
-                          f"{' or '.join(BUILD_ACCELERATORS)}")
+                          f"{' or '.join(builders)}")
     settings = pipeline_settings(args, args.mode)
     settings.update(causal_settings(args, args.mode))  # refuses the causal options in the image modes
     build = _build_causal if args.mode == "causal-video" else _build_image

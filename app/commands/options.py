@@ -3,11 +3,44 @@ from __future__ import annotations
 
 import argparse
 
+from livediff.accelerators import registry as backends
 from livediff.app.pictures import read_picture
 from livediff.app.threads import add_threads_option
+from livediff.pipelines import control_registry as preprocessors
 from livediff.pipelines.choices import CFG_TYPES
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
+
+
+def one_of(words, last: str = "or") -> str:
+    """'a, b, c or d': how the help texts list names."""
+    words = list(words)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
+DEFAULT_ACCELERATOR = "eager"
+#: how the help texts say where a preprocessor's control image is made (`PreprocessorSpec.runs_on`)
+WHERE = {"device": "on the device", "host": "on the host", "caller": "by the caller"}
+
+
+def _accelerator_help() -> str:
+    """Every registered backend (`accelerators.registry`), with its summary."""
+    return "how the networks run: " + one_of(
+        f"{spec.name} ({'default: ' if spec.name == DEFAULT_ACCELERATOR else ''}{spec.summary})"
+        for spec in backends.specs())
+
+
+def _preprocessor_help() -> str:
+    """Every registered ControlNet preprocessor (`pipelines.control_registry`), with its summary and
+    where it runs."""
+    default = preprocessors.DEFAULT
+    return "per --controlnet, in order: " + one_of(
+        f"{spec.name} ({'default: ' if spec.name == default else ''}{spec.summary}, {WHERE[spec.runs_on]})"
+        for spec in preprocessors.specs())
+
+
+def _network_preprocessors(last: str = "or") -> str:
+    return one_of(preprocessors.names(with_network=True), last)
 
 
 def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str = "32,45") -> None:
@@ -22,10 +55,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--controlnet", action="append", default=[], metavar="ID",
                        help="ControlNet (hub id, folder, or 'random'; repeatable), e.g. lllyasviel/sd-controlnet-canny")
     group.add_argument("--control-preprocessor", action="append", default=[], metavar="NAME",
-                       help="per --controlnet, in order: canny (default), tile, identity, none, depth or pose")
+                       help=_preprocessor_help())
     group.add_argument("--preprocessor-model", action="append", default=[], metavar="ID",
-                       help="per depth or pose preprocessor, in order: its network (hub id, folder or 'random'), "
-                            "e.g. Intel/dpt-hybrid-midas, usyd-community/vitpose-base-simple")
+                       help=f"per {_network_preprocessors()} preprocessor, in order: its network (hub id, folder or "
+                            f"'random'), e.g. "
+                            f"{', '.join(s.network_example for s in preprocessors.specs() if s.network_example)}")
     group.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
                        help="per --controlnet, in order: residual scale in [0, 2] (default 1)")
     group.add_argument("--ip-adapter", default=None, metavar="FILE",
@@ -54,7 +88,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
                        help="auto (default: cuda when available, else cpu), cuda, cuda:N, cpu or mps")
     group.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                        help="auto (default): float16 on CUDA, float32 on CPU")
-    group.add_argument("--accelerator", default="eager", help="eager, compile, onnxruntime, tensorrt or openvino")
+    group.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help=_accelerator_help())
     group.add_argument("--openvino-device", default=None,
                        help="accelerator openvino: CPU (default), GPU, NPU or AUTO (Intel GPUs and NPUs)")
     add_threads_option(group)
@@ -71,7 +105,7 @@ def parse_t_index_list(text: str) -> list[int]:
 
 def controlnet_settings(args: argparse.Namespace) -> list[dict]:
     """--controlnet / --control-preprocessor / --control-scale, matched by position; the n-th
-    --preprocessor-model goes to the n-th preprocessor that runs a network (depth, pose)."""
+    --preprocessor-model goes to the n-th preprocessor that runs a network (depth, pose, ...)."""
     from livediff.errors import ConfigError
 
     models = args.controlnet
@@ -84,22 +118,22 @@ def controlnet_settings(args: argparse.Namespace) -> list[dict]:
     wanted = sum("preprocessor_model" in spec for spec in specs)
     if len(args.preprocessor_model) > wanted:
         raise ConfigError(f"--preprocessor-model given {len(args.preprocessor_model)} time(s) for {wanted} "
-                          f"depth or pose --control-preprocessor")
+                          f"{_network_preprocessors()} --control-preprocessor")
     return specs
 
 
 def _controlnet_spec(args: argparse.Namespace, i: int, model: str, networks) -> dict:
     from livediff.errors import ConfigError
-    from livediff.pipelines.control import MODEL_PREPROCESSORS
 
     spec = {"model": model}
     if i < len(args.control_preprocessor):
         spec["preprocessor"] = name = args.control_preprocessor[i]
-        if name in MODEL_PREPROCESSORS:
+        preprocessor = preprocessors.find(name)  # an unknown name is refused with the others' names when built
+        if preprocessor is not None and preprocessor.network is not None:
             spec["preprocessor_model"] = next(networks, None)
             if spec["preprocessor_model"] is None:
                 raise ConfigError(f"--control-preprocessor {name} needs its network: add a --preprocessor-model "
-                                  f"({MODEL_PREPROCESSORS[name]})")
+                                  f"({preprocessor.wanted})")
     if i < len(args.control_scale):
         spec["scale"] = args.control_scale[i]
     return spec

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 
+from livediff.accelerators import registry
 from livediff.app.commands.options import (add_causal_options, add_pipeline_options, causal_settings,
                                            pipeline_settings, style_image)
 
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
                         help="how long a live frame may wait for the other live tabs' frames to join its batch "
                              "(default %(default)g; 0 never waits)")
     parser.add_argument("--max-batch", type=int, default=None, metavar="N",
-                        help="most live frames computed together in one batch (default 8; 1 with tensorrt, "
+                        help="most live frames computed together in one batch (default 8; 1 with "
+                             f"{' or '.join(s.name for s in registry.specs() if s.fixed_rows)}, "
                              "whose engines are built for this many sessions' rows; 1: one frame per network "
                              "call, first come first served)")
     parser.add_argument("--stats", action="store_true",

@@ -19,6 +19,7 @@ import numpy as np
 
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
+from livediff.pipelines import control_registry
 
 #: Seconds between preview polls of a tab (a few Hz: enough to see the edges follow the camera).
 PREVIEW_EVERY_S = 0.3
@@ -27,7 +28,8 @@ PREVIEW_HEIGHT = 160
 
 def scale_sliders(template_config, defaults: LiveSettings) -> list[gr.Slider]:
     """One 0..2 slider per ControlNet of the server's pipelines (none without ControlNets), in
-    `LiveSettings.names(n)` order; elem ids `ctl-control_scale_<i>`."""
+    `LiveSettings.names(n)` order; elem ids `ctl-control_scale_<i>`. Each says what its preprocessor
+    makes (`PreprocessorSpec.summary`, from the registry)."""
     specs = template_config.controlnet
     if not specs:
         return []
@@ -36,7 +38,9 @@ def scale_sliders(template_config, defaults: LiveSettings) -> list[gr.Slider]:
         for i, spec in enumerate(specs):
             sliders.append(gr.Slider(0.0, 2.0, value=defaults.control_scales[i], step=0.05,
                                      label=f"ControlNet {i + 1} scale · {spec.preprocessor} · {spec.model}",
-                                     info="0 = off; the preprocessor is fixed at server start",
+                                     info=f"0 = off; control image: "
+                                          f"{control_registry.get(spec.preprocessor).summary}; the "
+                                          f"preprocessor is fixed at server start",
                                      elem_id=f"ctl-control_scale_{i}"))
     return sliders
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from livediff.accelerators import registry
 from livediff.app.build_progress import BuildReporter
 from livediff.app.ui.batcher import DEFAULT_MAX_BATCH, DEFAULT_WAIT_S, LiveBatcher
 from livediff.pipelines import load_pipeline
@@ -32,16 +33,17 @@ CAUSAL_MODE = "causal-video"
 PURPOSES = ("webcam", "video", "img2img", "txt2img")
 
 
-#: Backends whose engines are built for a fixed range of rows: wider ranges cost build time and speed,
-#: so they batch sessions only when asked to.
-FIXED_ROW_BACKENDS = ("tensorrt",)
+def fixed_row_backends() -> tuple[str, ...]:
+    """Backends whose engines are built for a fixed range of rows (`BackendSpec.fixed_rows`): wider
+    ranges cost build time and speed, so they batch sessions only when asked to."""
+    return tuple(spec.name for spec in registry.specs() if spec.fixed_rows)
 
 
 def session_batch_limit(accelerator: str, max_batch: int | None) -> int:
-    """How many live sessions may share a network run: `max_batch`, or by default 8 (1 with TensorRT,
-    whose engines are then built for one session's rows)."""
+    """How many live sessions may share a network run: `max_batch`, or by default 8 (1 with a
+    fixed-row backend such as TensorRT, whose engines are then built for one session's rows)."""
     if max_batch is None:
-        return 1 if accelerator in FIXED_ROW_BACKENDS else DEFAULT_MAX_BATCH
+        return 1 if accelerator in fixed_row_backends() else DEFAULT_MAX_BATCH
     return max_batch
 
 

@@ -4,7 +4,8 @@ cache as explicit inputs, the chunk's new keys/values as outputs) by the acceler
 
     load_pipeline(model="tiny-wan-causal", mode="causal-video", accelerator="onnxruntime", ...)
 
-Accelerators (`CAUSAL_ACCELERATORS`):
+Accelerators (`CAUSAL_ACCELERATORS`: the registry's backends that run mode "causal-video",
+`accelerators.registry`):
 
 * eager: `CausalWanTransformer` itself (no function, no graph);
 * onnxruntime, openvino: the function exported to ONNX once per resolution, chunk size, cache size and
@@ -36,22 +37,24 @@ tokenizer's padded length, capped at Wan's 512), not the 512 default.
 """
 from __future__ import annotations
 
-from livediff.accelerators import ACCELERATORS
+from livediff.accelerators import registry
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget, RowRange
 from livediff.errors import ConfigError, InputError
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.graph import WAN_VAE_SCALE_FACTOR, CausalTransformerFunction
 from livediff.pipelines.causal.transformer import CausalWanTransformer, timestep_rows
 
-#: accelerators mode "causal-video" runs on: all of them
-CAUSAL_ACCELERATORS = ACCELERATORS
+#: accelerators mode "causal-video" runs on (today all of them), as registered when this module loaded
+CAUSAL_ACCELERATORS = registry.names(mode="causal-video")
 
 
 def unsupported_accelerator(name: str) -> str | None:
     """Why mode 'causal-video' refuses accelerator `name` (a sentence naming the supported ones), or None."""
-    if name in CAUSAL_ACCELERATORS:
+    supported = registry.names(mode="causal-video")
+    if name in supported:
         return None
-    return f"unknown accelerator; mode 'causal-video' runs on {', '.join(CAUSAL_ACCELERATORS)}"
+    why = "it does not run the causal transformer" if name in registry.names() else "unknown accelerator"
+    return f"{why}; mode 'causal-video' runs on {', '.join(supported)}"
 
 
 def causal_build_target(config) -> BuildTarget:

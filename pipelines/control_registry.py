@@ -1,0 +1,133 @@
+"""The ControlNet preprocessors, by name: each one is declared by one module of
+`livediff.pipelines.preprocessors` (a `PreprocessorSpec` passed to `register`), found there on first
+use. Nothing else lists preprocessors: `ControlNetSpec` validation, `ControlImages`, the loading of
+their networks (`control_models`), the CLI's help and the UI read this registry, so adding a
+preprocessor is one new module plus its test (docs/extending.md).
+
+Importing this module, and finding the preprocessors, loads no torch, OpenCV or model library: a
+spec's functions import what they use when they run, so `livediff --help` lists them at once.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from livediff.errors import ConfigError
+
+#: the package whose modules declare the preprocessors
+PREPROCESSORS_PACKAGE = "livediff.pipelines.preprocessors"
+#: the preprocessor of a ControlNet given without one
+DEFAULT = "canny"
+#: where a control image is made: on the pipeline's device (no host read), on the host (the frames
+#: are read back: a sync per call, by design), or by the caller (passed with the frame)
+RUNS_ON = ("device", "host", "caller")
+
+
+@dataclass(frozen=True)
+class PreprocessorSpec:
+    """What one preprocessor is, what it takes and what it needs.
+
+    name: what users pass as `preprocessor=` / `--control-preprocessor`.
+    summary: a few words for the CLI's help, the UI and the docs (what the control image is).
+    runs_on: "device", "host" or "caller" (`RUNS_ON`).
+    run: `run(images, *, spec, network, given, index) -> control images`: images are the frames of
+        a call, (F,3,H,W) in [-1,1] on the pipeline's device; spec is the ControlNet's
+        `ControlNetSpec` (its options), network the loaded `load_network(...)` (None without one),
+        given the caller's control images ((F,3,H,W) in [0,1], or None) and index the ControlNet's
+        position (for messages). Returns (F,3,H,W) in [0,1] on the images' device and dtype.
+    order: its place in every list shown to users (`names()`).
+    options: the `ControlNetSpec` fields it reads (besides model and scale).
+    check: `check(spec) -> None`, raising `ConfigError` with one sentence for a bad value of a field it
+        owns. It runs for every ControlNet whatever its preprocessor (the fields exist on every spec,
+        so a bad value is never silently carried).
+    network: what `preprocessor_model` names for it, e.g. "a depth model" (None: it runs no network,
+        and `preprocessor_model` is refused).
+    network_example: a hub id of such a network (the help texts' example, the loaders' suggestion).
+    load_network: `load_network(model, seed) -> module`: the network from a hub id, a folder or
+        `random` (random weights for tests and speed); the pipeline moves it to its device and dtype.
+    """
+
+    name: str
+    summary: str
+    runs_on: str
+    run: Callable[..., Any]
+    order: int = 100
+    options: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
+    network: str | None = None
+    network_example: str | None = None
+    load_network: Callable[[str, int], Any] | None = None
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"preprocessor name {self.name!r} must be a word (letters, digits, - or _)")
+        if self.runs_on not in RUNS_ON:
+            raise ValueError(f"preprocessor {self.name!r}: runs_on {self.runs_on!r} is not one of {', '.join(RUNS_ON)}")
+        if (self.network is None) != (self.load_network is None):
+            raise ValueError(f"preprocessor {self.name!r}: network and load_network go together")
+
+    @property
+    def wanted(self) -> str | None:
+        """What its `preprocessor_model` is, with an example: "a depth model, e.g. 'Intel/dpt-hybrid-midas'"."""
+        if self.network is None:
+            return None
+        return f"{self.network}, e.g. {self.network_example!r}" if self.network_example else self.network
+
+
+_specs: dict[str, PreprocessorSpec] = {}
+_lock = threading.RLock()
+_discovered = False
+
+
+def register(spec: PreprocessorSpec) -> PreprocessorSpec:
+    """Add a preprocessor (its module calls this when imported); a second, different spec of the same
+    name is refused (the same module registering again, e.g. reloaded, replaces its own). Returns the spec."""
+    with _lock:
+        known = _specs.get(spec.name)
+        if known is not None and known != spec and known.run.__module__ != spec.run.__module__:
+            raise ValueError(f"preprocessor {spec.name!r} is registered twice, by {known.run.__module__} and "
+                             f"{spec.run.__module__}")
+        _specs[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    """Import every module of `PREPROCESSORS_PACKAGE` once (each registers its preprocessor)."""
+    global _discovered
+    if _discovered:
+        return
+    with _lock:
+        if _discovered:
+            return
+        package = importlib.import_module(PREPROCESSORS_PACKAGE)
+        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{PREPROCESSORS_PACKAGE}.{module.name}")
+        _discovered = True
+
+
+def specs() -> tuple[PreprocessorSpec, ...]:
+    """Every preprocessor, in `order` (then by name)."""
+    _discover()
+    return tuple(sorted(_specs.values(), key=lambda s: (s.order, s.name)))
+
+
+def names(*, with_network: bool | None = None) -> tuple[str, ...]:
+    """The preprocessors' names in order; `with_network` True/False: only those that run a network / not."""
+    return tuple(s.name for s in specs() if with_network is None or (s.network is not None) == with_network)
+
+
+def find(name: str) -> PreprocessorSpec | None:
+    _discover()
+    return _specs.get(name) if isinstance(name, str) else None
+
+
+def get(name: str) -> PreprocessorSpec:
+    """The preprocessor called `name`; an unknown name is a `ConfigError` naming every preprocessor."""
+    spec = find(name)
+    if spec is None:
+        raise ConfigError(f"control preprocessor {name!r} is not one of {', '.join(names())}")
+    return spec
