@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 
 Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
 
@@ -144,8 +144,8 @@ class CompiledRunner:
         return result
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor):
-        return self._call(*self.function.adapt_inputs(*inputs))
+    def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
+        return NetworkOutputs.of(self.function, self._call(*self.function.adapt_inputs(*inputs)))
 
 
 def check_compile_supported(device: torch.device, cuda_graphs: bool | None) -> bool:

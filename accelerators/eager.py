@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 
 
 class EagerRunner:
@@ -13,8 +13,8 @@ class EagerRunner:
         self.function = function
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor):
-        return self.function(*inputs)
+    def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
+        return NetworkOutputs.of(self.function, self.function(*inputs))
 
 
 class EagerBackend:

@@ -37,6 +37,19 @@ PRECISIONS = {torch.float32: "float32", torch.float16: "float16"}
 ProgressFn = Callable[[str, str, int, int | None], None]
 
 
+def check_graph_names(function: TensorFunction, graph, inputs: list[str], outputs: list[str],
+                      ordered: bool = True) -> None:
+    """A graph must have its function's inputs and outputs, by name (and in order where the runner binds
+    by position): runners name what they return by these names, so a stale or foreign graph is an
+    error, never a reshuffle."""
+    for kind, have, want in (("inputs", inputs, function.input_names), ("outputs", outputs, function.output_names)):
+        if (tuple(have) != tuple(want)) if ordered else (sorted(have) != sorted(want)):
+            missing = [n for n in want if n not in have][:3]
+            raise AcceleratorError(f"the graph {graph} of {function.name} has {len(have)} {kind} that are not the "
+                                   f"function's {len(want)} (first missing: {', '.join(missing) or 'none'}, order "
+                                   f"differs otherwise); remove it with `livediff engines clear` and rebuild")
+
+
 def exporter_version(opset: int) -> str:
     return f"torch {torch.__version__.split('+')[0]} dynamo opset {opset}"
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget
-from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
+from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
@@ -66,6 +66,8 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(str(graph), options, providers=providers_for(device, stream))
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise AcceleratorError(f"ONNX Runtime cannot load {graph} for {function.name}: {exc}") from exc
+        check_graph_names(function, graph, [i.name for i in self.session.get_inputs()],
+                          [o.name for o in self.session.get_outputs()])
         self.input_types = [_ORT_TYPES.get(i.type) for i in self.session.get_inputs()]
         self.output_types = [_ORT_TYPES.get(o.type) for o in self.session.get_outputs()]
 
@@ -79,18 +81,19 @@ class OnnxRuntimeRunner:
                                        f"exported for {expected}")
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
         inputs = self.function.adapt_inputs(*inputs)
         self._check(inputs)
-        outputs = self._run_cuda(inputs) if self.device.type == "cuda" else self._run_cpu(inputs)
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        outputs = self._run_cpu(inputs) if self.device.type == "cpu" else self._run_on_device(inputs)
+        return NetworkOutputs.of(self.function, outputs)
 
     def _run_cpu(self, inputs):
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.function.input_names, inputs)}
-        return [torch.from_numpy(array) for array in self.session.run(None, feeds)]
+        return [torch.from_numpy(array) for array in self.session.run(list(self.function.output_names), feeds)]
 
-    def _run_cuda(self, inputs):
-        """IO binding on torch-owned device memory, on torch's stream: no host round trip, no synchronise."""
+    def _run_on_device(self, inputs):
+        """IO binding on torch-owned device memory, on torch's stream: no host round trip, no synchronise.
+        The outputs are allocated from `function.output_shapes` (the meta dry run checks them)."""
         binding = self.session.io_binding()
         index = self.device.index or 0
         for name, tensor in zip(self.function.input_names, inputs):

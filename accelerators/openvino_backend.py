@@ -24,9 +24,9 @@ import torch
 
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget
 from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
-from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
+from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 
 IR_FILE = "model.xml"
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -98,6 +98,8 @@ class OpenVINORunner:
         self.core = core
         self.device = device
         self.model = core.read_model(str(ir_path))
+        check_graph_names(function, ir_path, [port.get_any_name() for port in self.model.inputs],
+                          [port.get_any_name() for port in self.model.outputs])
         self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
         if device.split(".")[0] == "CPU":
             # the same CPU budget as the torch backends, full float32 precision (parity with eager)
@@ -118,14 +120,17 @@ class OpenVINORunner:
         return self._requests[shapes]
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor):
-        import openvino as ov
-
+    def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
         inputs = self.function.adapt_inputs(*inputs)
         if len(inputs) != len(self.function.input_names):
             raise AcceleratorError(f"{self.function.name} graph takes {len(self.function.input_names)} inputs, "
                                    f"got {len(inputs)}")
-        request = self._request(inputs)
+        return NetworkOutputs.of(self.function, self._exchange(self._request(inputs), inputs))
+
+    def _exchange(self, request, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Run the request on torch CPU tensors shared with OpenVINO (no copies either way)."""
+        import openvino as ov
+
         for i, tensor in enumerate(inputs):
             request.set_input_tensor(i, ov.Tensor(tensor.detach().numpy(), shared_memory=True))
         outputs = []
@@ -135,7 +140,7 @@ class OpenVINORunner:
             request.set_output_tensor(i, ov.Tensor(out.numpy(), shared_memory=True))
             outputs.append(out)
         request.infer()
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return outputs
 
 
 class OpenVINOBackend:

@@ -24,9 +24,9 @@ import torch
 
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget, ResolutionRange, RowRange
 from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
-from livediff.accelerators.onnx_export import GraphExporter, ProgressFn
+from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,9 @@ class TensorRTRunner:
             raise AcceleratorError(f"TensorRT cannot load the engine {engine_path} ({detail or 'no message'}); "
                                    f"remove it with `livediff engines clear` and rebuild")
         self.context = self.engine.create_execution_context()
+        io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in io if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        check_graph_names(function, engine_path, inputs, [n for n in io if n not in inputs], ordered=False)
         types = {trt.DataType.HALF: torch.float16, trt.DataType.FLOAT: torch.float32,
                  trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64}
         names = list(function.input_names) + list(function.output_names)
@@ -217,7 +220,7 @@ class TensorRTRunner:
         self.context.set_tensor_address(name, tensor.data_ptr())
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
         inputs = self.function.adapt_inputs(*inputs)
         for name, tensor in zip(self.function.input_names, inputs):
             self._bind_input(name, tensor)
@@ -229,7 +232,7 @@ class TensorRTRunner:
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise AcceleratorError(f"TensorRT execution of {self.function.name} failed: "
                                    f"{'; '.join(self.logger.errors[-3:]) or 'no message'}")
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        return NetworkOutputs.of(self.function, outputs)
 
 
 class TensorRTBackend:

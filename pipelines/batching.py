@@ -27,6 +27,8 @@ from typing import Any, Callable, Generator, Hashable, Sequence
 
 import torch
 
+from livediff.networks import NetworkOutputs
+
 ENCODE, DENOISE, DECODE = 0, 1, 2
 
 FramePath = Generator["NetworkCall", Any, Any]
@@ -39,7 +41,7 @@ class NetworkCall:
     stage: where it sits in the frame path (ENCODE, DENOISE, DECODE): calls of an earlier stage run
     first, so sessions wait for each other there instead of drifting apart. group: equal for calls
     that may share one run (same networks, same backend, same constants baked into the function);
-    `runner` of any member of a group computes every member's rows.
+    `runner` of any member of a group computes every member's rows, and returns `NetworkOutputs`.
     """
 
     stage: int
@@ -87,10 +89,8 @@ def run_shared(calls: Sequence[NetworkCall]) -> list:
     inputs = tuple(torch.cat([*parts, parts[0].new_zeros((pad, *parts[0].shape[1:]))] if pad else parts)
                    for parts in zip(*(call.inputs for call in calls)))
     outputs = calls[0].runner(*inputs)
-    if isinstance(outputs, torch.Tensor):
-        return list(outputs[:rows].split(sizes))
-    pieces = [output[:rows].split(sizes) for output in outputs]
-    return [tuple(piece[i] for piece in pieces) for i in range(len(calls))]
+    pieces = {name: output[:rows].split(sizes) for name, output in outputs.items()}
+    return [NetworkOutputs({name: piece[i] for name, piece in pieces.items()}) for i in range(len(calls))]
 
 
 def run_alone(path: FramePath) -> Any:

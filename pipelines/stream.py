@@ -19,7 +19,7 @@ import torch
 from livediff.accelerators.base import RowRange
 from livediff.errors import ConfigError
 from livediff.pipelines import rcfg
-from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall, run_alone
+from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
 from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
@@ -37,8 +37,9 @@ def unet_calls(unet: UNetFn, row_unit: int = 0, constants: tuple[torch.Tensor, .
 
     def calls(latents: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor):
         rows = tuple(c.expand(latents.shape[0], *c.shape[1:]) for c in constants)
-        return (yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning, *rows),
-                                  row_unit=row_unit))
+        outputs = yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning, *rows),
+                                    row_unit=row_unit)
+        return outputs["noise_pred"]
 
     return calls
 
@@ -126,17 +127,13 @@ class StreamBatch:
         noise = self.noise[: self.frames]
         return add_noise(x0, noise, self.schedule.alpha[: self.frames], self.schedule.beta[: self.frames]), noise
 
-    def step(self, x0: torch.Tensor, unet: UNetFn, guidance: Guidance, noised: bool = False,
-             carried: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
-        """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); get F finished ones.
+    def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False,
+              carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+        """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); the frame path
+        yields its UNet calls (see `pipelines.batching`) and returns the F finished latents.
 
         `carried`: tensors of F rows that belong to the new frames (ControlNet control images): they
         travel with their frames through the stages, so each UNet row gets its own frame's."""
-        return run_alone(self.calls(x0, unet_calls(unet), guidance, noised, carried))
-
-    def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False,
-              carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
-        """`step` as a frame path: yields its UNet calls (see `pipelines.batching`), returns the F finished latents."""
         x_t, stock = self.enter(x0, noised)
         if not self.warmed:
             yield from self._warm(x_t, stock, unet, guidance, carried)

@@ -247,14 +247,15 @@ class StreamPipeline:
         self.last_control = carried
         latents = yield from self.encode(images)
         finished = yield from self.denoise(latents, guidance, carried=carried)
-        self._last_output = from_model_tensor((yield self._decode_call(finished)), kind)
+        self._last_output = from_model_tensor((yield self._decode_call(finished))["images"], kind)
         return self._last_output
 
     def encode(self, images: torch.Tensor) -> FramePath:
         """Input images in [-1,1] → latents; the hook for parts that look at the input frames (scene cuts)."""
         encode = self.runners.encode
-        return (yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,),
-                                  row_unit=self.row_unit(stream=False)))
+        outputs = yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,),
+                                    row_unit=self.row_unit(stream=False))
+        return outputs["latents"]
 
     def _control_images(self, images: torch.Tensor, control) -> tuple[torch.Tensor, ...]:
         if self.control is None:
@@ -295,4 +296,4 @@ class StreamPipeline:
                             device=self.device)  # drawn where it is used: no per-frame host copy
         finished = yield from self.denoise(noise.to(self.dtype), guidance, noised=True)
         kind = FrameKind("torch" if output == "tensor" else "pil", batched=self.config.frame_buffer_size > 1)
-        return from_model_tensor((yield self._decode_call(finished)), kind)
+        return from_model_tensor((yield self._decode_call(finished))["images"], kind)

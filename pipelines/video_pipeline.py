@@ -58,9 +58,9 @@ class BankedUNetCall:
         constants = tuple(c.expand(sample.shape[0], *c.shape[1:]) for c in pipe.call_constants())
         call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner,
                            (sample, timestep, *conditioning, *constants, *bank), row_unit=pipe.row_unit(stream=True))
-        noise_pred, *new = yield call
-        self.rows, self.new = rows, new
-        return noise_pred
+        outputs = yield call
+        self.rows, self.new = rows, outputs.select(pipe.bank_output_names)
+        return outputs["noise_pred"]
 
     def write_bank(self, bank: FeatureBank, motion: torch.Tensor | None) -> None:
         """Bank the stream rows of the last call (its unconditional CFG rows are not banked)."""
@@ -90,6 +90,8 @@ class VideoPipeline(StreamPipeline):
                                       models.image_prompt_layout)
         function = BankedUNetFunction(self.banked_unet, scale).eval()
         self.banked_unet_runner = runners.runner_for(function)
+        #: the new bank entries among the banked UNet's outputs, in the layout's order
+        self.bank_output_names = tuple(name for name, _ in layout.output_shapes(1))
         #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)
         self.banked_group = ("banked_unet", id(runners.backend), id(models.unet), function.variant())
         threshold = self.bank_config.scene_cut_threshold if self.bank_config else None

@@ -125,10 +125,11 @@ def test_eager_runners_match_the_diffusers_modules_and_wrap_extra_networks():
     text = torch.randn(2, 77, models.unet.config.cross_attention_dim)
     with torch.no_grad():
         expected = models.unet(sample, t, encoder_hidden_states=text).sample
-    torch.testing.assert_close(runners.unet(sample, t, *cross_attention_kv(models.unet, unet.text, text)), expected)
+    predicted = runners.unet(sample, t, *cross_attention_kv(models.unet, unet.text, text))
+    torch.testing.assert_close(predicted["noise_pred"], expected)
     decoder = runners.runner_for(stream_networks(models)["vae_decoder"])
-    latents = runners.encode(image() * 2 - 1)
-    torch.testing.assert_close(decoder(latents), runners.decode(latents))
+    latents = runners.encode(image() * 2 - 1)["latents"]
+    torch.testing.assert_close(decoder(latents)["images"], runners.decode(latents)["images"])
 
 
 # --- CUDA-graph bookkeeping (capture is injected, so this runs without a GPU) ------------------------
@@ -235,7 +236,7 @@ def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
         inputs = function.example_inputs(3, SIZE, SIZE, torch.float16, "cuda")
         with torch.no_grad():
             expected = function(*inputs)
-        for got, want in zip(runner(*inputs), expected):
+        for got, want in zip(runner(*inputs).values(), expected):
             assert (got.float() - want.float()).abs().max() < 2e-2 * want.float().abs().max()
     assert len(runner._call.graphs) == 1
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from livediff.app.ui.batcher import LiveBatcher, Superseded
+from livediff.networks import NetworkOutputs
 from livediff.pipelines.batching import DENOISE, NetworkCall
 
 
@@ -27,9 +28,9 @@ class Doubler:
     def __init__(self):
         self.runs: list[int] = []
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> NetworkOutputs:
         self.runs.append(x.shape[0])
-        return 2 * x
+        return NetworkOutputs({"doubled": 2 * x})
 
 
 class FakePipe:
@@ -42,8 +43,8 @@ class FakePipe:
     def frame_calls(self, frame):
         if frame is None:
             raise ValueError("no frame")
-        doubled = yield NetworkCall(DENOISE, "doubler", self.network, (torch.full((1, 2), float(frame)),))
-        return doubled + self.offset
+        outputs = yield NetworkCall(DENOISE, "doubler", self.network, (torch.full((1, 2), float(frame)),))
+        return outputs["doubled"] + self.offset
 
 
 def test_frames_waiting_together_share_one_run_and_each_gets_its_own_result():

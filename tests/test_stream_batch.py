@@ -13,7 +13,9 @@ from diffusers import LCMScheduler
 
 from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, lcm_timestep_table
-from livediff.pipelines.stream import Guidance, StreamBatch
+from livediff.networks import NetworkOutputs
+from livediff.pipelines.batching import run_alone
+from livediff.pipelines.stream import Guidance, StreamBatch, unet_calls
 
 LATENT = (4, 6, 5)
 TOKENS, DIM, POOLED = 3, 8, 5
@@ -36,6 +38,14 @@ class FakeDenoiser:
         for pooled in added:
             bias = bias + torch.sin(3 * pooled).sum(dim=1).view(-1, 1, 1, 1)
         return torch.tanh(mixed * (1 + t) + bias) + 0.1 * sample
+
+
+def step(stream: StreamBatch, x0: torch.Tensor, unet, guidance: Guidance) -> torch.Tensor:
+    """One call of the stream with `unet` (a plain function) as its runner: F latents in, F finished out."""
+    def runner(*inputs):
+        return NetworkOutputs({"noise_pred": unet(*inputs)})
+
+    return run_alone(stream.calls(x0, unet_calls(runner), guidance))
 
 
 def coefficients(t_index_list):
@@ -108,7 +118,7 @@ T_INDEX = {1: [30], 2: [20, 40], 3: [10, 25, 45], 4: [18, 26, 35, 45]}
 def run_stream_and_reference(n, f, cfg_type, calls=6, added=False):
     stream, unet, guidance = make_stream(T_INDEX[n], f), FakeDenoiser(), make_guidance(cfg_type, added=added)
     batches = torch.randn(calls, f, *LATENT, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    outputs = [stream.step(batch, unet, guidance) for batch in batches]
+    outputs = [step(stream, batch, unet, guidance) for batch in batches]
     for k, out in enumerate(outputs):
         # call k finishes the frames that entered n-1 calls earlier; the first calls repeat the warmed-up batch
         source = batches[max(0, k - (n - 1))]
@@ -142,14 +152,14 @@ def test_added_conditioning_is_laid_out_per_row_like_the_text(cfg_type, n, f):
 def test_added_conditioning_changes_the_prediction():
     """Guard for the test above: the fake denoiser really reads the pooled rows."""
     x = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    outputs = [make_stream(T_INDEX[2], 1).step(x, FakeDenoiser(), make_guidance("full", added=added))
+    outputs = [step(make_stream(T_INDEX[2], 1), x, FakeDenoiser(), make_guidance("full", added=added))
                for added in (False, True)]
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3
 
 
 def test_warm_up_uses_single_stage_calls():
     stream, unet = make_stream(T_INDEX[3], 2), FakeDenoiser()
-    stream.step(torch.zeros(2, *LATENT, dtype=torch.float64), unet, make_guidance("initialize"))
+    step(stream, torch.zeros(2, *LATENT, dtype=torch.float64), unet, make_guidance("initialize"))
     # two warm-up stages (the first with the real negative rows) then the full stream call
     assert unet.calls == [4, 2, 2 * 3 + 2]
 
@@ -164,14 +174,14 @@ def test_guidance_scale_at_most_one_disables_guidance():
 def run_outputs(cfg_type, scale):
     stream, unet = make_stream(T_INDEX[2], 1), FakeDenoiser()
     x = torch.randn(3, 1, *LATENT, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return torch.stack([stream.step(b, unet, make_guidance(cfg_type, scale=scale)) for b in x])
+    return torch.stack([step(stream, b, unet, make_guidance(cfg_type, scale=scale)) for b in x])
 
 
 def test_reset_restarts_from_a_fresh_state():
     stream, unet, g = make_stream(T_INDEX[3], 1), FakeDenoiser(), make_guidance("self")
     frames = torch.randn(4, 1, *LATENT, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    first = [stream.step(b, unet, g) for b in frames]
+    first = [step(stream, b, unet, g) for b in frames]
     stream.reset()
-    again = [stream.step(b, unet, g) for b in frames]
+    again = [step(stream, b, unet, g) for b in frames]
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b)

@@ -112,7 +112,8 @@ def test_only_conditional_stream_rows_write_and_every_row_reads_its_stage(cfg_ty
                                                                         merge=False))
     recorder = Recorder(pipe)
     pipe([scene(i) for i in range(frames)] if frames > 1 else scene(0))
-    (sample, timestep, *_), (_, k_new, *_) = recorder.calls[-1]
+    (sample, timestep, *_), outputs = recorder.calls[-1]
+    k_new = outputs[pipe.bank_output_names[0]]
     stages, extra = 3, sample.shape[0] - 3 * frames
     banked_k = pipe.bank.tensors()[0].clone()
     tokens = k_new.shape[1]

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError, InputError
-from livediff.networks import TensorFunction
+from livediff.networks import NetworkOutputs, TensorFunction
 from livediff.pipelines.causal.attention import (PromptKV, causal_copy, check_chunk_frames, chunk_rotary,
                                                  cross_attention_layers, fits, token_grid)
 from livediff.pipelines.causal.cache import RollingKVCache
@@ -258,16 +258,13 @@ class CausalTransformerFunction(TensorFunction):
                 self.fixed.put("timestep", timestep, (rows,), torch.float32, device), cos, sin,
                 *self.text_inputs(text), *self.cache_inputs(cache, latents.dtype))
 
-    def stage_outputs(self, cache: RollingKVCache, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def stage_outputs(self, cache: RollingKVCache, outputs: NetworkOutputs | Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage a call's new keys/values in `cache` (its owner commits them: the ring placement) and
-        return the prediction."""
-        prediction, *new = outputs
-        if len(new) != 2 * len(self.layers):
-            raise InputError(f"{self.name} returns the prediction and {2 * len(self.layers)} keys/values, "
-                             f"got {len(outputs)} outputs")
-        for i, layer in enumerate(self.layers):
-            cache.stage(layer, new[2 * i], new[2 * i + 1])
-        return prediction
+        return the prediction; `outputs` from a runner, or what this function itself returned."""
+        outputs = NetworkOutputs.of(self, outputs)
+        for layer in self.layers:
+            cache.stage(layer, outputs[f"new_key.{layer}"], outputs[f"new_value.{layer}"])
+        return outputs["noise_pred"]
 
     # --- the function ------------------------------------------------------------------------------
 
