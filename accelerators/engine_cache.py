@@ -216,13 +216,31 @@ class EngineCache:
             meta = dict(format=ENTRY_FORMAT, key=key.as_json(), files=files, created=time.time())
             (staging / ENTRY_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             target = self.path(key)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
+            built_elsewhere = self._take_or_replace(key, target, staging)
+            if built_elsewhere is not None:
+                return built_elsewhere
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return CacheEntry(target, meta["key"], files, meta["created"])
+
+    def _take_or_replace(self, key: EngineKey, target: Path, staging: Path) -> CacheEntry | None:
+        """Move `staging` into place, unless another process (a second worker, a Ray replica) finished
+        the same entry meanwhile: then its entry is returned and `staging` is dropped, so concurrent
+        builders of one key never remove each other's files."""
+        for _ in range(2):
+            entry, _ = self.inspect(key)
+            if entry is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return entry
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                staging.rename(target)
+                return None
+            except OSError:  # another builder's rename landed between our check and ours
+                continue
+        raise AcceleratorError(f"could not move the {key.kind} artifact for {key.network} into {target}")
 
     def remove(self, entry: CacheEntry) -> None:
         shutil.rmtree(entry.path)

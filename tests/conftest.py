@@ -20,3 +20,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_graph_cache(tmp_path_factory):
+    """One engine cache for the whole test run (both xdist workers): a graph several tests need (same
+    function, weights, size) is exported once. Tests about the cache itself use their own folders."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "shared-graph-cache"
+    path.mkdir(exist_ok=True)
+    return path

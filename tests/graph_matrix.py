@@ -1,17 +1,22 @@
-"""The graph matrix's check, shared by its test files (split so test workers take them in parallel):
-the function each backend receives traces as one graph (`torch._dynamo.explain`: 0 breaks, what
-`compile(fullgraph=True)` needs) and exports to ONNX with only ops TensorRT 10.0 parses natively
-(`accelerators.tensorrt_ops`); variants with new inputs also run in ONNX Runtime against eager.
+"""The graph matrix: what TensorRT and `compile` users get, checked without a GPU, one variant per
+distinct code path of the exported functions.
 
-What varies the traced function: the plain UNet serves img2img and txt2img with every CFG type and
-frame-buffer size (those change the rows axis only, which export keeps dynamic); the banked UNet's
-graph changes with the bank layout (off, dense, sparse) and with token merging — FIFO and merged
-memories have the same layout (merging happens between calls, outside the graph), so one stands for
-both; sparse banks with token merging are refused by the config. SDXL's UNets take the added
-conditioning (pooled text, size ids) as two more inputs; ControlNets add a control image each and their scales;
-an IP-Adapter the image key and value of every cross-attention layer.
+* `compile(fullgraph=True)` needs one graph: `torch._dynamo.explain` finds 0 breaks;
+* TensorRT users build from a float16 export: each variant is exported in float16 (on the CPU, the
+  function's weights cast to half) and must have only ops TensorRT 10.0 parses natively
+  (`accelerators.tensorrt_ops`) and no precision surprise (`precision_problems`).
+
+The float32 graphs every backend runs are exported, run and compared with eager frame for frame by
+the parity matrix (`parity_matrix`), which also checks their ops. The variants: the plain UNet serves
+img2img and txt2img with every CFG type and frame-buffer size (those change the rows axis only); the
+banked UNet's graph changes with the bank layout (off, dense, sparse), token merging and fusion — FIFO
+and merged memories have the same layout (merging happens between calls, outside the graph); SDXL's
+UNets take the added conditioning, ControlNets a control image each and their scales, an IP-Adapter
+the image key and value of every cross-attention layer; the causal transformer has its own graph.
 """
 from __future__ import annotations
+
+import copy
 
 import onnx
 import torch
@@ -24,29 +29,49 @@ from livediff.networks import BankedUNetFunction, stream_networks
 
 SIZE = 64
 IP_ADAPTER = dict(model="random", image_encoder="random")
+CONTROLNET = [dict(model="random", preprocessor="tile", scale=0.5)]
 VARIANTS = {
     "unet": None,
     "vae_encoder": None,
     "vae_decoder": None,
     "bank off, token merging": dict(bank=False, token_merge_ratio=0.5),
-    "dense bank, token merging": dict(bank=dict(merge=False), token_merge_ratio=0.5),
-    "sparse bank": dict(bank=dict(sparse_keep_ratio=0.5)),
-    "bank without fusion": dict(bank=dict(fusion_strength=0.0)),
-    "sdxl unet with IP-Adapter": dict(model="tiny-sdxl", network="unet", ip_adapter=IP_ADAPTER),
-    # SDXL's added conditioning, the IP-Adapter's image K/V, two ControlNets and the dense bank with
-    # fusion, all graph inputs (the plain UNet composes ControlNets the same way, `networks.run_unet`)
-    "sdxl dense bank with fusion, IP-Adapter and two ControlNets": dict(
-        model="tiny-sdxl", bank=dict(merge=True, max_frames=2), ip_adapter=IP_ADAPTER,
-        controlnet=[dict(model="random", preprocessor="tile"), dict(model="random", preprocessor="tile", scale=0.5)]),
+    "sparse bank without fusion": dict(bank=dict(sparse_keep_ratio=0.5, fusion_strength=0.0)),
+    # SDXL's added conditioning, the IP-Adapter's image K/V and a ControlNet's image and scale: every
+    # input of the plain UNet (a second ControlNet repeats the same ops; the parity matrix runs two)
+    "sdxl unet with IP-Adapter and a ControlNet": dict(model="tiny-sdxl", network="unet", ip_adapter=IP_ADAPTER,
+                                                       controlnet=CONTROLNET),
+    # the dense bank with fusion and token merging, with the IP-Adapter's image K/V read by the bank's
+    # own attention processors (ControlNets compose outside them, in `networks.run_unet`, as above)
+    "sdxl dense bank with fusion, token merging and IP-Adapter": dict(
+        model="tiny-sdxl", bank=dict(merge=True, max_frames=2), token_merge_ratio=0.5, ip_adapter=IP_ADAPTER),
+    "causal transformer": dict(model="tiny-wan-causal"),
 }
-#: variants whose exported graph is also run by ONNX Runtime against eager (new inputs: added
-#: conditioning, image K/V, control images and scales)
-RUN_BY_ORT = ("sdxl unet with IP-Adapter", "sdxl dense bank with fusion, IP-Adapter and two ControlNets")
+#: float32 by design in a float16 graph: the UNet's timestep (its sinusoidal embedding is float32)
+FLOAT32_INPUTS = frozenset({"timestep"})
+#: inputs whose sinusoidal embeddings are computed in float32 (diffusers' `Timesteps`): a cast up whose
+#: value comes from these alone is by design
+EMBEDDED_INPUTS = frozenset({"timestep", "time_ids"})
+#: the causal Wan transformer keeps more in float32 by design, as diffusers does for Wan (rotary
+#: tables, its float32 layer norms and RMS norms): only float64 and undeclared inputs are refused there
+CAUSAL_FLOAT32_INPUTS = frozenset({"timestep", "rotary_cos", "rotary_sin"})
+#: ops a float32 value may feed after a cast up from float16: comparisons and tests, whose result is
+#: a boolean (fusion's similarity threshold, the bank's empty-slot test), never float32 arithmetic
+COMPARISONS = frozenset({"IsInf", "IsNaN", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal"})
+#: float32 constants allowed in a float16 graph: the few numbers of the timestep embedding
+SMALL_CONSTANT = 64
 
 
 def function_for(variant: str):
     settings = dict(VARIANTS[variant] or {"network": variant})
     model = settings.pop("model", "tiny")
+    if model == "tiny-wan-causal":
+        from livediff.pipelines.causal.graph import CausalTransformerFunction
+
+        pipe = load_pipeline(model=model, mode="causal-video", width=SIZE, height=SIZE, device="cpu",
+                             dtype="float32", t_index_list=[20, 40],
+                             causal=dict(chunk_frames=1, sink_chunks=1, window_chunks=1))
+        return CausalTransformerFunction(pipe.models.transformer, pipe.options.transformer_config,
+                                         text_tokens=pipe.text_tokens).eval()
     if "network" in settings:
         network = settings.pop("network")
         pipe = load_pipeline(model=model, width=SIZE, height=SIZE, device="cpu", dtype="float32", **settings)
@@ -56,33 +81,75 @@ def function_for(variant: str):
     return BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
 
 
+def precision_problems(model, float32_inputs: frozenset[str] = FLOAT32_INPUTS, upcasts: bool = False) -> list[str]:
+    """What in a float16 ONNX graph is not float16 and not float32 by design (see the constants above);
+    `upcasts`: float32 computation inside the graph is by design (the causal transformer)."""
+    from onnx import TensorProto
+
+    half, single, double = TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE
+    floating = {half, single, double, TensorProto.BFLOAT16}
+    problems = []
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            elem = value.type.tensor_type.elem_type
+            if elem in floating and elem != half and not (kind == "input" and value.name in float32_inputs):
+                problems.append(f"{kind} {value.name} is {TensorProto.DataType.Name(elem)}")
+    for init in model.graph.initializer:
+        size = 1
+        for d in init.dims:
+            size *= d
+        if init.data_type == double or (init.data_type == single and size > SMALL_CONSTANT and not upcasts):
+            problems.append(f"initializer {init.name} {list(init.dims)} is {TensorProto.DataType.Name(init.data_type)}")
+    consumers: dict[str, list] = {}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inputs = {value.name for value in model.graph.input}
+
+    def origins(name: str, seen: set) -> set[str]:
+        """The graph inputs a value is computed from (constants and initializers count for none)."""
+        if name in inputs:
+            return {name}
+        node = producers.get(name)
+        if node is None or name in seen:
+            return set()
+        seen.add(name)
+        return set().union(*(origins(i, seen) for i in node.input if i))
+    for node in model.graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+        if to == double:
+            problems.append(f"Cast {node.name} to DOUBLE")
+        if to == single:
+            uses = {c.op_type for c in consumers.get(node.output[0], [])}
+            if not (upcasts or uses <= COMPARISONS or origins(node.input[0], set()) <= EMBEDDED_INPUTS):
+                problems.append(f"Cast {node.name} to FLOAT feeds {sorted(uses - COMPARISONS)}")
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.t.data_type == double:
+                    problems.append(f"Constant {node.name} is DOUBLE")
+    return problems
+
+
 def check_variant(variant: str, tmp_path) -> None:
     function = function_for(variant)
     rows = 4 if function.stream_rows else 2  # e.g. 2 stages x 2 frames, or full CFG's doubled rows
+    if variant == "causal transformer":
+        rows = 1  # one stream: the causal graph's rows are static
     inputs = function.example_inputs(rows, SIZE, SIZE, torch.float32, "cpu")
     torch._dynamo.reset()
     explained = torch._dynamo.explain(function)(*inputs)
     assert explained.graph_break_count == 0, [str(reason.reason) for reason in explained.break_reasons]
-    path = export_onnx(function, tmp_path, height=SIZE, width=SIZE, resolution=ResolutionRange.static(SIZE, SIZE),
-                       dtype=torch.float32, device="cpu", opset=18, rows=rows)
-    assert unsupported_ops(onnx.load(str(path), load_external_data=False)) == []
-    if variant in RUN_BY_ORT:
-        from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
-
-        def outputs(out) -> list:
-            return list(out) if isinstance(out, (tuple, list)) else [out]
-
-        bank = len(function.banked.layout.input_shapes(1)) if isinstance(function, BankedUNetFunction) else 0
-        new = slice(3, len(inputs) - bank)  # added conditioning, image K/V, control images and scales
-        with torch.no_grad():
-            expected = outputs(function(*inputs))
-            moved = outputs(function(*inputs[:3], *(t + 1 for t in inputs[new]), *inputs[new.stop:]))
-        for got, want in zip(outputs(OnnxRuntimeRunner(function, path, torch.device("cpu"))(*inputs)), expected):
-            assert float((got - want).abs().max() / want.abs().max()) < 1e-4
-        assert float((moved[0] - expected[0]).abs().max()) > 1e-3  # the new inputs reach the prediction
+    half = copy.deepcopy(function).half()
+    path = export_onnx(half, tmp_path, height=SIZE, width=SIZE, resolution=ResolutionRange.static(SIZE, SIZE),
+                       dtype=torch.float16, device="cpu", opset=18, rows=rows)
+    model = onnx.load(str(path), load_external_data=False)
+    assert unsupported_ops(model) == []
+    causal = variant == "causal transformer"
+    assert precision_problems(model, CAUSAL_FLOAT32_INPUTS if causal else FLOAT32_INPUTS, upcasts=causal) == []
 
 
-PLAIN = ("unet", "vae_encoder", "vae_decoder")
-BANKED = ("bank off, token merging", "dense bank, token merging", "sparse bank", "bank without fusion")
-SDXL = ("sdxl unet with IP-Adapter", "sdxl dense bank with fusion, IP-Adapter and two ControlNets")
+PLAIN = ("unet", "vae_encoder", "vae_decoder", "causal transformer")
+BANKED = ("bank off, token merging", "sparse bank without fusion")
+SDXL = ("sdxl unet with IP-Adapter and a ControlNet", "sdxl dense bank with fusion, token merging and IP-Adapter")
 assert set(PLAIN + BANKED + SDXL) == set(VARIANTS)

@@ -2,9 +2,8 @@
 accelerator=...)` runs its transformer calls as `CausalTransformerFunction` through the backend's runner,
 the ring placement between calls left to `RollingKVCache` (`pipelines.causal.runners`).
 
-* onnxruntime and openvino: a 3-chunk clip (1 sink, a window of 1: the window slides at the third chunk)
-  equals the eager pipeline frame for frame within 1e-4 relative (float32), and so do the caches left
-  behind; the graph's text input has the pipeline's real text length, not Wan's 512;
+* onnxruntime and openvino give the eager pipeline's frames over a sliding window, with a prompt change:
+  the parity matrix's causal cases (`parity_matrix`);
 * a second pipeline with the same settings exports nothing: the graph comes from the `EngineCache` (its
   key holds the function's variant: chunk, sink, window, text length);
 * compile is accepted and wired (its runner is a `CompiledRunner` of the function; the function traces
@@ -50,28 +49,6 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("causal_engines")
-
-
-@pytest.fixture(scope="module")
-def eager():
-    pipe = build()
-    return pipe, run(pipe)
-
-
-@pytest.mark.parametrize("accelerator", ["onnxruntime", "openvino"])
-def test_accelerated_pipeline_equals_eager_with_a_sliding_window(accelerator, eager, cache_dir):
-    reference, expected = eager
-    pipe = build(accelerator, accelerator_options=dict(cache_dir=cache_dir))
-    assert isinstance(pipe.causal, GraphCausalTransformer)
-    assert pipe.causal.function.text_tokens == pipe.text_tokens == reference.text.shape[1] < 512
-    outs = run(pipe)
-    assert len(outs) == len(expected) == CLIP
-    assert max(relative_error(a, b) for a, b in zip(outs, expected)) < REL_TOLERANCE
-    # the ring: 3 chunks through 2 slots (the window slid once), the same keys/values as eager
-    assert pipe.cache.chunks == reference.cache.chunks == 3 > pipe.cache.config.cache_chunks
-    assert bool(pipe.cache.filled.all())
-    for ours, theirs in zip(pipe.cache.tensors()[:-1], reference.cache.tensors()[:-1]):
-        assert relative_error(ours, theirs) < REL_TOLERANCE
 
 
 def test_a_second_pipeline_reuses_the_exported_graph(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The graph matrix (`graph_matrix.py`), part 3: SDXL with the IP-Adapter, ControlNets and the bank, run by ONNX Runtime too."""
+"""The graph matrix (`graph_matrix.py`), part 3: SDXL with the IP-Adapter, ControlNets and the bank."""
 from __future__ import annotations
 
 import pytest

@@ -166,3 +166,110 @@ def test_causal_video_dry_run(monkeypatch):
     assert len(finished) == 17
     assert {(f.device.type, tuple(f.shape[-2:])) for f in finished} == {("meta", (SIZE, SIZE))}
     assert pipe.models.transformer.dtype == torch.float16  # the video VAE runs in float32, as diffusers' Wan
+
+
+# --- the graph runners' own code paths on the meta device ------------------------------------------
+class RecordingBinding:
+    """ONNX Runtime's IO binding as `OnnxRuntimeRunner._run_on_device` uses it: records what is bound."""
+
+    def __init__(self):
+        self.inputs, self.outputs = {}, {}
+
+    def bind_input(self, name, device, index, element, shape, pointer):
+        self.inputs[name] = (tuple(shape), element)
+
+    def bind_output(self, name, device, index, element, shape, pointer):
+        self.outputs[name] = (tuple(shape), element)
+
+
+class ShapeCheckingSession:
+    """Stands in for an InferenceSession on the GPU: the function itself, run on meta tensors of the
+    bound inputs' shapes and types, must give exactly the output shapes and types the runner bound
+    (which it allocated from `function.output_shapes`, as on a GPU)."""
+
+    def __init__(self, function, runs: list):
+        self.function, self.runs = function, runs
+
+    def io_binding(self):
+        return RecordingBinding()
+
+    def run_with_iobinding(self, binding, options):
+        import numpy as np
+
+        inputs = [torch.empty(shape, dtype=torch.from_numpy(np.empty(0, element)).dtype, device="meta")
+                  for shape, element in (binding.inputs[name] for name in self.function.input_names)]
+        with torch.no_grad():
+            expected = self.function(*inputs)
+        expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+        bound = [binding.outputs[name] for name in self.function.output_names]
+        for name, tensor, (shape, element) in zip(self.function.output_names, expected, bound):
+            assert tuple(tensor.shape) == shape, (self.function.name, name, tensor.shape, shape)
+            assert np.dtype(element) == torch.empty(0, dtype=tensor.dtype).numpy().dtype, (name, element)
+        self.runs.append(self.function.name)
+
+
+def onnxruntime_on_meta(runner, runs: list):
+    """The ONNX Runtime runner's device path (input adaptation, IO binding, output allocation and
+    naming) over `runner`'s function, with `ShapeCheckingSession` in place of the GPU session."""
+    from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
+
+    stand_in = object.__new__(OnnxRuntimeRunner)
+    function = runner.function
+    stand_in.function, stand_in.device, stand_in.run_options = function, torch.device("meta"), None
+    stand_in.session = ShapeCheckingSession(function, runs)
+    stand_in.input_types = None
+    stand_in.output_types = [torch.float16] * len(function.output_names)  # a float16 graph (test_graph_matrix)
+
+    def call(*inputs):
+        inputs = function.adapt_inputs(*inputs)
+        stand_in.input_types = [t.dtype for t in inputs]
+        stand_in._check(inputs)
+        from livediff.networks import NetworkOutputs
+
+        return NetworkOutputs.of(function, stand_in._run_on_device(inputs))
+
+    return call
+
+
+@pytest.mark.parametrize("runner", ["onnxruntime device path", "CUDA-graph replay"])
+@pytest.mark.parametrize("settings", [
+    dict(mode="img2img", t_index_list=(20, 40), cfg_type="initialize", frame_buffer_size=2, frames=2),
+    dict(mode="txt2img", t_index_list=(0, 30), cfg_type="full"),
+    dict(mode="video", t_index_list=(20, 30, 40), cfg_type="full",
+         bank=dict(merge=True, max_frames=2, cache_interval=1, sparse_keep_ratio=0.5)),
+    dict(mode="video", t_index_list=(20, 40), cfg_type="self", bank=False, token_merge_ratio=0.5),
+    dict(model="tiny-sdxl", mode="video", t_index_list=(20, 40), cfg_type="initialize",
+         controlnet=[dict(model="random", preprocessor="tile")], ip_adapter=dict(model="random", image_encoder="random")),
+], ids=["img2img", "txt2img", "video sparse bank", "video token merging alone", "sdxl video conditioning"])
+def test_graph_runner_code_paths_dry_run(settings, runner, monkeypatch):
+    """Every network call of a stream through a graph runner's own code on meta in float16: ONNX
+    Runtime's device path (its output shapes checked against the function) or the `compile` runner's
+    CUDA-graph replay with the CPU stand-in for capture (`test_sync_audit.StandInReplay`)."""
+    from test_sync_audit import StandInReplay
+
+    runs: list = []
+    replays: list = []
+    original = load_pipeline
+
+    def load(**kwargs):
+        pipe = original(**kwargs)
+        for name in ("unet", "encode", "decode", "banked_unet_runner"):
+            owner = pipe if name == "banked_unet_runner" else pipe.runners
+            inner = getattr(owner, name, None)
+            if inner is None:
+                continue
+            if runner == "CUDA-graph replay":
+                inner = StandInReplay(inner, None, inner.function.state_inputs())
+                replays.append(inner)
+            else:
+                inner = onnxruntime_on_meta(inner, runs)
+            setattr(owner, name, inner)
+        return pipe
+
+    monkeypatch.setitem(globals(), "load_pipeline", load)
+    settings = dict(settings)
+    dry_run(steps=4, frames=settings.pop("frames", 1), **settings)
+    if runner == "CUDA-graph replay":
+        assert sum(r.replays for r in replays) >= 4
+    else:
+        assert {"vae_decoder"} <= set(runs) and len(runs) >= 8

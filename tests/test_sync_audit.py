@@ -1,18 +1,28 @@
 """No host reads on the hot path: a GPU must never wait for the CPU to look at a tensor mid-frame.
 
-Counted on real CPU runs over steady frames, around the three parts of a frame (encode, the stream
-batch with its bank, decode), with the input and output conversions (which cross the host
-boundary by definition) left out:
+Counted on real CPU runs over steady frames, over the whole frame (every step of the frame path and
+every network call, through `run_alone` or `run_together`), with what crosses the host boundary by
+definition left out: the input frame's conversion (`frames.to_model_tensor` checks a CPU frame's
+values on the host before it is uploaded) and, for the graph runners, the CPU execution provider's
+own exchange with ONNX Runtime / OpenVINO (`OnnxRuntimeRunner._run_cpu`, `OpenVINORunner._exchange`:
+on a GPU, ONNX Runtime binds device memory instead). What is counted:
 * device→host reads: `.item()`, `bool/float/int(t)`, `.tolist()`, `.cpu()`, `.numpy()`,
   `torch.equal`, and at the operator level `_local_scalar_dense`, `nonzero`, `is_nonzero`,
   `masked_select` (boolean-mask indexing);
 * host→device copies: tensors made from Python or NumPy data (`torch.tensor`, `as_tensor`,
   `from_numpy`).
-Budget: 0 per steady frame in every mode; the similarity filter (one read per frame, by design) is off.
+Budget: 0 per steady frame (causal video: per steady chunk) in every mode and on every runner (eager,
+onnxruntime, openvino, and CUDA-graph replay with the CPU stand-in for capture); the similarity
+filter (one read per frame, by design) is off.
+
+The audit once wrapped `encode` and `denoise`, which became generators (frame paths): it counted only
+their creation, not their work, and passed a stream step that read a value back. It now counts the
+whole path, and `test_the_audit_sees_a_host_read_inside_the_denoise_step` keeps it honest.
 """
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import ExitStack, contextmanager
 
 import pytest
 import torch
@@ -20,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from livediff import load_pipeline
+from parity_matrix import CASES, frame as moving_frame
 
 SIZE = 64
 READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
@@ -32,68 +43,149 @@ class HostTraffic(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.seen: Counter = Counter()
+        self.paused = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in READS or func in COPIES:
+        if not self.paused and (func in READS or func in COPIES):
             self.seen[getattr(func, "__name__", str(func))] += 1
         return func(*args, **(kwargs or {}))
 
 
 class SyncOps(TorchDispatchMode):
-    def __init__(self, seen: Counter):
+    def __init__(self, traffic: HostTraffic):
         super().__init__()
-        self.seen = seen
+        self.traffic = traffic
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
-        if name in SYNC_OPS:
-            self.seen[f"aten.{name}"] += 1
+        if not self.traffic.paused and name in SYNC_OPS:
+            self.traffic.seen[f"aten.{name}"] += 1
         return func(*args, **(kwargs or {}))
 
 
-class Audit:
-    """Counts host traffic inside the pipeline's encode, denoise and decode while `active`."""
+def _paused(traffic: HostTraffic, inner):
+    def run(*args, **kwargs):
+        traffic.paused += 1
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            traffic.paused -= 1
 
-    def __init__(self, pipe):
-        self.active = False
-        self.traffic = HostTraffic()
-        for owner, name in ((pipe, "encode"), (pipe, "denoise"), (pipe.runners, "decode")):
-            setattr(owner, name, self._counted(getattr(owner, name)))
+    return run
 
-    def _counted(self, inner):
-        def run(*args, **kwargs):
-            if not self.active:
-                return inner(*args, **kwargs)
-            with self.traffic, SyncOps(self.traffic.seen):
-                return inner(*args, **kwargs)
 
-        return run
+@contextmanager
+def counting(traffic: HostTraffic, monkeypatch):
+    """Count host traffic inside the block, except at the host boundaries named in the module docstring."""
+    from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
+    from livediff.accelerators.openvino_backend import OpenVINORunner
+    from livediff.pipelines import frames, stream_pipeline
+    from livediff.pipelines.causal import pipeline as causal_pipeline
+
+    with monkeypatch.context() as patch:
+        for module in (stream_pipeline, causal_pipeline):
+            patch.setattr(module, "to_model_tensor", _paused(traffic, frames.to_model_tensor))
+        patch.setattr(OnnxRuntimeRunner, "_run_cpu", _paused(traffic, OnnxRuntimeRunner._run_cpu))
+        patch.setattr(OpenVINORunner, "_exchange", _paused(traffic, OpenVINORunner._exchange))
+        with ExitStack() as stack:
+            stack.enter_context(traffic)
+            stack.enter_context(SyncOps(traffic))
+            yield traffic
 
 
 def frame(i: int) -> torch.Tensor:
     return torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))
 
 
-def audited(settings: dict, frames: int = 6, warm: int = 3) -> Counter:
-    pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32", **settings)
-    pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
-    audit = Audit(pipe)
+class StandInReplay:
+    """The `compile` runner's CUDA-graph replay (`GraphReplay`) around the eager runner, with a CPU
+    stand-in for capture: a replay copies the inputs into static buffers and reruns the function on
+    them, as a graph reads its buffers. The replay's bookkeeping is on the audited path."""
+
+    def __init__(self, inner, steady_rows: int | None, state_inputs: tuple[int, ...] = ()):
+        from livediff.accelerators.compiled import GraphReplay
+
+        self.replays = 0
+        self.replay = GraphReplay(inner, getattr(inner.function, "name", "net"), capture=self._capture,
+                                  steady_rows=steady_rows, state_inputs=state_inputs)
+        self.function = inner.function
+
+    def _capture(self, fn, inputs, in_place):
+        static = [t if i in in_place else t.clone() for i, t in enumerate(inputs)]
+
+        def replay(*xs):
+            self.replays += 1
+            for i, (buffer, x) in enumerate(zip(static, xs)):
+                if i not in in_place:
+                    buffer.copy_(x)
+            return fn(*static)
+
+        return replay
+
+    def __call__(self, *inputs):
+        return self.replay(*self.function.adapt_inputs(*inputs))
+
+
+def with_graph_replay(pipe) -> list[StandInReplay]:
+    from livediff.pipelines.stream import stream_rows
+
+    settings = pipe.settings
+    rows = stream_rows(len(settings.t_index_list), pipe.config.frame_buffer_size, settings.cfg_type).opt
+    replays = []
+    for name in ("unet", "encode", "decode"):
+        inner = getattr(pipe.runners, name)
+        if inner is not None:
+            replay = StandInReplay(inner, rows if name == "unet" else None)
+            setattr(pipe.runners, name, replay)
+            replays.append(replay)
+    if hasattr(pipe, "banked_unet_runner"):
+        inner = pipe.banked_unet_runner
+        replay = StandInReplay(inner, rows, inner.function.state_inputs())
+        pipe.banked_unet_runner = replay
+        replays.append(replay)
+    return replays
+
+
+def audited(settings: dict, monkeypatch, frames: int = 5, warm: int = 3, sessions: int = 1,
+            replay: bool = False, style: bool = False) -> Counter:
+    """Host traffic of `frames` steady frames (after `warm`), of one session or several sharing runs."""
+    from livediff.pipelines.batching import run_together
+
+    settings = dict(dict(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32"), **settings)
+    base = load_pipeline(**settings)
+    pipes = [base] + [base.new_session(seed=9 + k) for k in range(1, sessions)]
+    replays = []
+    for pipe in pipes:
+        pipe.prepare(prompt="oil painting", negative_prompt="blurry", guidance_scale=1.6)
+        if style:
+            pipe.set_style_image(torch.rand(3, 40, 48))
+        if replay:
+            replays += with_graph_replay(pipe)
     count = settings.get("frame_buffer_size", 1)
     txt2img = settings.get("mode") == "txt2img"
+    traffic = HostTraffic()
     for i in range(warm + frames):
-        audit.active = i >= warm
-        pipe() if txt2img else pipe([frame(i + k)[0] for k in range(count)] if count > 1 else frame(i))
-    return audit.traffic.seen
+        inputs = [None if txt2img else torch.cat([frame(i + k + 7 * s) for k in range(count)])
+                  for s in range(len(pipes))]
+        with counting(traffic, monkeypatch) if i >= warm else ExitStack():
+            if sessions == 1:
+                pipes[0](inputs[0], output="tensor") if not txt2img else pipes[0](output="tensor")
+            else:
+                for outcome in run_together([p.frame_calls(x, output="tensor") for p, x in zip(pipes, inputs)]):
+                    outcome.get()
+    if replay:
+        assert sum(r.replays for r in replays) >= frames  # steady calls really went through replays
+    return traffic.seen
 
 
 @pytest.mark.parametrize("cfg_type", ["none", "self", "full", "initialize"])
 @pytest.mark.parametrize("frames", [1, 2])
-def test_image_stream_reads_nothing_back(cfg_type, frames):
-    assert audited(dict(t_index_list=(20, 40), cfg_type=cfg_type, frame_buffer_size=frames)) == Counter()
+def test_image_stream_reads_nothing_back(cfg_type, frames, monkeypatch):
+    assert audited(dict(t_index_list=(20, 40), cfg_type=cfg_type, frame_buffer_size=frames), monkeypatch) == Counter()
 
 
-def test_txt2img_reads_nothing_back():
-    assert audited(dict(mode="txt2img", t_index_list=(0, 30), cfg_type="self")) == Counter()
+def test_txt2img_reads_nothing_back(monkeypatch):
+    assert audited(dict(mode="txt2img", t_index_list=(0, 30), cfg_type="self"), monkeypatch) == Counter()
 
 
 @pytest.mark.parametrize("bank", [
@@ -103,22 +195,90 @@ def test_txt2img_reads_nothing_back():
     dict(merge=False, cache_interval=1, scene_cut_threshold=0.01),  # scene cuts firing on every frame
 ])
 @pytest.mark.parametrize("cfg_type", ["self", "full"])
-def test_video_stream_reads_nothing_back(bank, cfg_type):
-    assert audited(dict(mode="video", t_index_list=(20, 30, 40), cfg_type=cfg_type, bank=bank)) == Counter()
+def test_video_stream_reads_nothing_back(bank, cfg_type, monkeypatch):
+    assert audited(dict(mode="video", t_index_list=(20, 30, 40), cfg_type=cfg_type, bank=bank),
+                   monkeypatch) == Counter()
 
 
-def test_video_with_token_merging_reads_nothing_back():
-    assert audited(dict(mode="video", t_index_list=(20, 40), token_merge_ratio=0.5)) == Counter()
+def test_video_with_token_merging_reads_nothing_back(monkeypatch):
+    assert audited(dict(mode="video", t_index_list=(20, 40), token_merge_ratio=0.5), monkeypatch) == Counter()
 
 
-def test_the_audit_sees_a_host_read():
-    """The counter itself works: a pipeline that reads a value back is caught."""
+CONTROL = [dict(model="random", preprocessor="tile", scale=0.7)]
+IP_ADAPTER = dict(model="random", image_encoder="random")
+
+
+@pytest.mark.parametrize("mode", ["img2img", "video"])
+def test_sdxl_controlnet_and_ip_adapter_read_nothing_back(mode, monkeypatch):
+    """SDXL's added conditioning, a ControlNet's control images and scales, the IP-Adapter's image K/V:
+    all laid out per row on the device."""
+    settings = dict(model="tiny-sdxl", mode=mode, t_index_list=(20, 30, 40), cfg_type="initialize",
+                    controlnet=CONTROL, ip_adapter=IP_ADAPTER)
+    assert audited(settings, monkeypatch, style=True) == Counter()
+
+
+def test_txt2img_with_ip_adapter_reads_nothing_back(monkeypatch):
+    settings = dict(mode="txt2img", t_index_list=(0, 30), cfg_type="full", ip_adapter=IP_ADAPTER)
+    assert audited(settings, monkeypatch, style=True) == Counter()
+
+
+@pytest.mark.parametrize("mode", ["img2img", "video"])
+def test_sessions_sharing_runs_read_nothing_back(mode, monkeypatch):
+    """`run_together`: stacking rows, splitting the outputs and each session's bank, on the host never."""
+    settings = dict(mode=mode, t_index_list=(20, 30, 40), cfg_type="full", max_sessions=2, controlnet=CONTROL)
+    assert audited(settings, monkeypatch, sessions=2) == Counter()
+
+
+def test_causal_video_steady_chunks_read_nothing_back(monkeypatch):
+    settings = CASES_BY_NAME["causal-video none"].settings()
+    pipe = load_pipeline(**settings)
+    pipe.prepare(prompt="claymation")
+    traffic = HostTraffic()
+    for i in range(13):  # chunks finish at frames 0, 4, 8, 12: the last two are steady
+        with counting(traffic, monkeypatch) if i >= 5 else ExitStack():
+            pipe(moving_frame(i), output="tensor")
+    assert traffic.seen == Counter()
+
+
+CASES_BY_NAME = {case.name: case for case in CASES}
+#: one image case and one video case of the parity matrix: their graphs are in the shared cache already
+GRAPH_CASES = ("img2img self F2 2 sessions", "video initialize, sparse, IP-Adapter")
+
+
+@pytest.mark.parametrize("accelerator", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("name", GRAPH_CASES)
+def test_graph_runners_read_nothing_back_beyond_their_execution_provider(name, accelerator, monkeypatch,
+                                                                           shared_graph_cache):
+    """The graph runners' own steps (input adaptation, checks, named outputs) on the audited path."""
+    pytest.importorskip("openvino")
+    settings = dict(CASES_BY_NAME[name].settings(), accelerator=accelerator,
+                    accelerator_options=dict(cache_dir=shared_graph_cache))
+    assert audited(settings, monkeypatch) == Counter()
+
+
+@pytest.mark.parametrize("name", GRAPH_CASES)
+def test_cuda_graph_replay_reads_nothing_back(name, monkeypatch):
+    """(The causal transformer's graph runner, fixed addresses and capture: test_causal_graph_runner.py.)"""
+    assert audited(CASES_BY_NAME[name].settings(), monkeypatch, replay=True) == Counter()
+
+
+def test_the_audit_sees_a_host_read_inside_the_denoise_step(monkeypatch):
+    """The counter itself works, and it looks inside the frame path: a stream step that reads a value
+    back is caught (it once was not: the audit wrapped generators)."""
+    from livediff.pipelines import stream
+
+    finite = stream.finite
+    monkeypatch.setattr(stream, "finite", lambda x: finite(x) if float(x.abs().max()) >= 0 else None)
+    seen = audited(dict(t_index_list=(20, 40), cfg_type="self"), monkeypatch, frames=1)
+    assert seen["__float__"] >= 1 and seen["aten._local_scalar_dense"] >= 1
+
+
+def test_the_audit_sees_a_host_read_inside_a_runner(monkeypatch):
     pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
     pipe.prepare(prompt="a")
-    audit = Audit(pipe)
     inner = pipe.runners.decode
     pipe.runners.decode = lambda latents: inner(latents) if float(latents.abs().max()) >= 0 else None
-    audit = Audit(pipe)
-    audit.active = True
-    pipe(frame(0))
-    assert audit.traffic.seen["__float__"] >= 1 and audit.traffic.seen["aten._local_scalar_dense"] >= 1
+    traffic = HostTraffic()
+    with counting(traffic, monkeypatch):
+        pipe(frame(0), output="tensor")
+    assert traffic.seen["__float__"] >= 1 and traffic.seen["aten._local_scalar_dense"] >= 1

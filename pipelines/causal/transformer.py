@@ -25,8 +25,11 @@ from livediff.pipelines.causal.config import CausalConfig
 
 
 def timestep_rows(timestep, batch: int, device) -> torch.Tensor:
-    """A timestep (number, or tensor of 1 or `batch` values) as a (batch,) tensor."""
-    t = torch.as_tensor(timestep, device=device)
+    """A timestep (number, or tensor of 1 or `batch` values) as a (batch,) tensor; a number is filled in
+    on the device (no tensor made on the host and copied over per call)."""
+    if isinstance(timestep, (int, float)):
+        return torch.full((batch,), float(timestep), device=device)
+    t = timestep.to(device)
     if t.ndim == 0:
         t = t.expand(batch)
     if t.shape != (batch,):

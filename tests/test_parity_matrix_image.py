@@ -1,0 +1,31 @@
+"""The parity matrix's image-mode and causal-video cases (`parity_matrix`: cases, coverage argument);
+its video cases are in test_parity_matrix_video.py, so the two test workers share the work."""
+from __future__ import annotations
+
+import pytest
+
+from parity_matrix import CASES, FACTORS, GROUPS, check_case, pairs_of, required_pairs, uncovered_pairs
+
+pytest.importorskip("openvino")
+
+IMAGE_CASES = [case for case in CASES if case.mode != "video"]
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES, ids=lambda case: case.name)
+def test_every_backend_gives_eagers_frames(case, shared_graph_cache):
+    check_case(case, shared_graph_cache)
+
+
+def test_the_cases_cover_every_pair_of_options_that_share_code():
+    assert uncovered_pairs() == set()
+    assert set().union(*GROUPS.values()) <= set(FACTORS) | {"banked", "controlled"}
+    assert len(required_pairs()) > 150  # the pairs are really enumerated, not an empty set
+
+
+def test_the_coverage_check_sees_a_missing_pair():
+    """Without its one sparse-bank case with initialize CFG, the matrix misses that pair."""
+    from parity_matrix import Case
+
+    sparse = Case("x", mode="video", cfg="initialize", bank="sparse")
+    assert ("banked", True, "cfg", "initialize") in pairs_of(sparse.levels())
+    assert ("bank", "sparse", "token_merge", True) not in required_pairs()  # refused by the config
