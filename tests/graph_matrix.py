@@ -34,16 +34,15 @@ VARIANTS = {
     "unet": None,
     "vae_encoder": None,
     "vae_decoder": None,
-    "bank off, token merging": dict(bank=False, token_merge_ratio=0.5),
     "sparse bank without fusion": dict(bank=dict(sparse_keep_ratio=0.5, fusion_strength=0.0)),
-    # SDXL's added conditioning, the IP-Adapter's image K/V and a ControlNet's image and scale: every
-    # input of the plain UNet (a second ControlNet repeats the same ops; the parity matrix runs two)
-    "sdxl unet with IP-Adapter and a ControlNet": dict(model="tiny-sdxl", network="unet", ip_adapter=IP_ADAPTER,
-                                                       controlnet=CONTROLNET),
-    # the dense bank with fusion and token merging, with the IP-Adapter's image K/V read by the bank's
-    # own attention processors (ControlNets compose outside them, in `networks.run_unet`, as above)
-    "sdxl dense bank with fusion, token merging and IP-Adapter": dict(
-        model="tiny-sdxl", bank=dict(merge=True, max_frames=2), token_merge_ratio=0.5, ip_adapter=IP_ADAPTER),
+    # SDXL's added conditioning, the IP-Adapter's image K/V (read by the bank's own attention
+    # processors), a ControlNet's image and scale (composed in `networks.run_unet`, as in the plain
+    # UNet), the dense bank with fusion and token merging: every input and every banked op in one graph.
+    # The plain UNet's graph is the same code without the bank ("unet"); the bank off is this graph
+    # without the bank's inputs; a second ControlNet repeats the same ops (the parity matrix runs two).
+    "sdxl dense bank with fusion, token merging, IP-Adapter and a ControlNet": dict(
+        model="tiny-sdxl", bank=dict(merge=True, max_frames=2), token_merge_ratio=0.5, ip_adapter=IP_ADAPTER,
+        controlnet=CONTROLNET),
     "causal transformer": dict(model="tiny-wan-causal"),
 }
 #: float32 by design in a float16 graph: the UNet's timestep (its sinusoidal embedding is float32)
@@ -150,6 +149,6 @@ def check_variant(variant: str, tmp_path) -> None:
 
 
 PLAIN = ("unet", "vae_encoder", "vae_decoder", "causal transformer")
-BANKED = ("bank off, token merging", "sparse bank without fusion")
-SDXL = ("sdxl unet with IP-Adapter and a ControlNet", "sdxl dense bank with fusion, token merging and IP-Adapter")
+BANKED = ("sparse bank without fusion",)
+SDXL = ("sdxl dense bank with fusion, token merging, IP-Adapter and a ControlNet",)
 assert set(PLAIN + BANKED + SDXL) == set(VARIANTS)

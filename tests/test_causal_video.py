@@ -15,7 +15,7 @@ from livediff.pipelines.causal.attention import block_causal_mask, chunk_rotary,
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.presets import TINY_WAN_CAUSAL, build_tiny_wan_causal
-from livediff.pipelines.causal.reference import BlockCausalReference
+from causal_reference import BlockCausalReference
 from livediff.pipelines.causal.transformer import CausalWanTransformer
 
 TOL = 1e-9

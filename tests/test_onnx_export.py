@@ -147,43 +147,6 @@ def test_missing_graph_with_building_disabled_is_an_error(tmp_path):
                       **settings())
 
 
-# --- the UNet with the feature bank as explicit graph inputs/outputs ---------------------------------
-def video_settings(**overrides) -> dict:
-    return settings(mode="video", t_index_list=[20, 30, 40], cfg_type="self", **overrides)
-
-
-@pytest.fixture(scope="module")
-def banked(cache_dir):
-    """(backend, banked function) for a tiny video pipeline with the default bank (extended attention + fusion)."""
-    from livediff.networks import BankedUNetFunction
-
-    pipe = load_pipeline(**video_settings())
-    config = pipe.config
-    backend = OnnxRuntimeBackend(build_target(config), AcceleratorOptions(cache_dir=cache_dir))
-    return backend, BankedUNetFunction(pipe.banked_unet, pipe.models.vae_scale_factor).eval()
-
-
-@pytest.mark.parametrize("rows,empty_fraction", [(1, 1.0), (4, 0.3)])
-def test_banked_unet_graph_matches_eager(banked, rows, empty_fraction):
-    """Bank tensors are graph inputs and the new entries graph outputs; an empty slot has bias −inf."""
-    backend, function = banked
-    inputs = list(fresh_inputs(function, rows, seed=rows))
-    generator = torch.Generator().manual_seed(rows)
-    for i, name in enumerate(function.input_names):
-        if name.endswith(".bias"):
-            empty = torch.rand(inputs[i].shape, generator=generator) < empty_fraction
-            inputs[i] = torch.where(empty, float("-inf"), torch.randn(inputs[i].shape, generator=generator))
-    with torch.no_grad():
-        expected = function(*inputs)
-    actual = backend.runner(function)(*inputs)
-    assert actual.names() == function.output_names and len(expected) == len(function.output_names) > 1
-    for got, want in zip(actual.values(), expected):
-        assert got.shape == want.shape and relative_error(got, want) < REL_TOLERANCE
-    model = onnx.load(str(backend.artifact(function)))
-    assert [i.name for i in model.graph.input] == list(function.input_names)
-    assert [o.name for o in model.graph.output] == list(function.output_names)
-
-
 def test_build_engines_command_finds_the_pipeline_graphs_in_the_cache(cache_dir, exported, monkeypatch, capsys):
     from livediff.app.cli import main as cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parity_matrix import CASES, FACTORS, GROUPS, check_case, pairs_of, required_pairs, uncovered_pairs
+from parity_matrix import BACKENDS, CASES, FACTORS, GROUPS, check_case, pairs_of, required_pairs, uncovered_pairs
 
 pytest.importorskip("openvino")
 
@@ -26,6 +26,17 @@ def test_the_coverage_check_sees_a_missing_pair():
     """Without its one sparse-bank case with initialize CFG, the matrix misses that pair."""
     from parity_matrix import Case
 
-    sparse = Case("x", mode="video", cfg="initialize", bank="sparse")
+    sparse = Case(mode="video", cfg="initialize", bank="sparse")
     assert ("banked", True, "cfg", "initialize") in pairs_of(sparse.levels())
     assert ("bank", "sparse", "token_merge", True) not in required_pairs()  # refused by the config
+
+
+@pytest.mark.parametrize("accelerator", BACKENDS)
+def test_graph_runners_read_nothing_back_beyond_their_execution_provider(accelerator, monkeypatch, shared_graph_cache):
+    """test_sync_audit's budget (0 host reads per steady frame) on the graph runners, for a case whose
+    graphs this file has just exported (tests run in file order)."""
+    from collections import Counter
+
+    from test_sync_audit import audit_graph_runner
+
+    assert audit_graph_runner("txt2img, none", accelerator, monkeypatch, shared_graph_cache) == Counter()

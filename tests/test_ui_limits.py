@@ -75,12 +75,12 @@ def test_closed_sessions_leave_no_pipelines_or_folders_behind():
 def test_sessions_opened_and_closed_through_gradio_leave_nothing_behind():
     """Real browser-like sessions: each client connects, runs a request (its session gets a
     pipeline), disconnects; Gradio's unload closes it. Nothing of them may stay referenced.
-    (12 sessions: a reference kept per session shows as 12 alive ones; more only cost minutes.)"""
+    (6 sessions: a reference kept per session shows as 6 alive ones; more only cost minutes.)"""
     from gradio_client import Client
 
     sessions = []
     with running_server() as server:
-        for _ in range(12):
+        for _ in range(6):
             client = Client(server.url, verbose=False)
             client.predict("txt2img", None, prompt="a", api_name="/image")
             sessions += [weakref.ref(s) for s in server.registry.snapshot().values()]

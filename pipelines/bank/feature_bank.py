@@ -208,7 +208,3 @@ class FeatureBank:
                 else:
                     group.store(frame, mass, self.stored_frames, self.config)
             self.stored_frames += 1
-
-    def frames_in_memory(self) -> int:
-        """Frames currently represented: min(written, max_frames)."""
-        return min(self.stored_frames, self.config.max_frames)

@@ -11,14 +11,15 @@
         causal.finish_chunk(cache, clean=denoised, text=text)
 
 Modules: `config` (validated options), `attention` (which chunks a chunk sees, rotary positions,
-the processors), `cache` (`RollingKVCache`), `transformer` (the runner), `reference` (the masked
-whole-sequence recompute the runner must equal), `vae` (the Wan video VAE encoded/decoded as a stream
-with its own causal conv caches), `presets` (random-weight tiny models), `sampler` (how a chunk goes from
-one stage's sigma to the next: "renoise" or "euler"), `rollback` (a chunk all or nothing in the pipeline).
+the processors), `cache` (`RollingKVCache`), `transformer` (the runner; the masked whole-sequence
+recompute it must equal is a test oracle, tests/causal_reference.py), `vae` (the Wan video VAE
+encoded/decoded as a stream with its own causal conv caches), `presets` (random-weight tiny models),
+`sampler` (how a chunk goes from one stage's sigma to the next: "renoise" or "euler"), `rollback` (a
+chunk all or nothing in the pipeline).
 """
 from __future__ import annotations
 
-__all__ = ["CausalConfig", "CausalWanTransformer", "RollingKVCache", "BlockCausalReference"]
+__all__ = ["CausalConfig", "CausalWanTransformer", "RollingKVCache"]
 
 
 def __getattr__(name: str):
@@ -34,10 +35,6 @@ def __getattr__(name: str):
         from livediff.pipelines.causal.cache import RollingKVCache
 
         return RollingKVCache
-    if name == "BlockCausalReference":
-        from livediff.pipelines.causal.reference import BlockCausalReference
-
-        return BlockCausalReference
     if name == "CausalVideoPipeline":
         from livediff.pipelines.causal.pipeline import CausalVideoPipeline
 

@@ -1,4 +1,4 @@
-"""The recompute reference: a whole sequence of chunks in one call of diffusers' own Wan attention
+"""A test oracle, the recompute reference: a whole sequence of chunks in one call of diffusers' own Wan attention
 with a block-causal (sink + window) mask, positions from frame 0 — what the cached chunk-by-chunk
 run must equal. Each chunk's tokens carry that chunk's timestep (diffusers' per-token timestep path),
 so a sequence whose chunks were denoised to different levels is one call too.
