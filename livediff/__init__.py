@@ -14,7 +14,12 @@ imports torch and diffusers on first use.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from livediff.errors import AcceleratorError, ConfigError, InputError, LivediffError, ModelNotAvailableError
+
+if TYPE_CHECKING:  # the lazy name below, for type checkers and editors (nothing imported at run time)
+    from livediff.pipelines.loader import load_pipeline
 
 __all__ = ["load_pipeline", "LivediffError", "ConfigError", "InputError", "ModelNotAvailableError",
            "AcceleratorError"]

@@ -12,7 +12,13 @@ bring in torch and diffusers when first used.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from livediff.errors import ConfigError, InputError, LivediffError, ModelNotAvailableError
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors (nothing imported at run time)
+    from livediff.pipelines.config import StreamConfig
+    from livediff.pipelines.loader import load_pipeline, shared_models
 
 __all__ = ["load_pipeline", "shared_models", "StreamConfig", "LivediffError", "ConfigError", "InputError",
            "ModelNotAvailableError"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from livediff.pipelines.config import StreamConfig
 from livediff.pipelines.models import ModelBundle, load_models
@@ -22,8 +23,11 @@ def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: s
         return _MODEL_CACHE[key]
 
 
-def load_pipeline(accelerator_options=None, progress=None, **settings):
+def load_pipeline(accelerator_options=None, progress=None, **settings) -> Any:
     """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
+
+    Returns a `StreamPipeline` (img2img, txt2img), a `VideoPipeline` (video) or a `CausalVideoPipeline`
+    (causal-video), by `mode` (typed `Any`: which one depends on a runtime value).
 
     `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
     e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.

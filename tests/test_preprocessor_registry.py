@@ -172,7 +172,7 @@ def test_a_preprocessor_registered_in_one_place_is_usable_everywhere(scratch_reg
     config = StreamConfig(**settings, controlnet=[dict(model="random", preprocessor="flip")])
     with gr.Blocks():
         slider, = scale_sliders(config, LiveSettings(control_scales=(1.0,)))
-    assert "the frame mirrored" in slider.info
+    assert "the frame mirrored" in str(slider.info)
 
 
 def test_a_name_is_registered_once(scratch_registry):
