@@ -10,13 +10,11 @@ list the backends at once.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from livediff.errors import ConfigError
+from livediff.registry import Registry
 
 if TYPE_CHECKING:
     from livediff.accelerators.base import AcceleratorOptions, Backend, BuildTarget
@@ -86,42 +84,11 @@ class BackendSpec:
         return self.modes is None or mode in self.modes
 
 
-_specs: dict[str, BackendSpec] = {}
-_lock = threading.RLock()
-_discovered = False
-
-
-def register(spec: BackendSpec) -> BackendSpec:
-    """Add a backend (its module calls this when imported); a second, different spec of the same name
-    is refused (the same module registering again, e.g. reloaded, replaces its own). Returns the spec."""
-    with _lock:
-        known = _specs.get(spec.name)
-        if known is not None and known != spec and known.factory.__module__ != spec.factory.__module__:
-            raise ValueError(f"backend {spec.name!r} is registered twice, by {known.factory.__module__} and "
-                             f"{spec.factory.__module__}")
-        _specs[spec.name] = spec
-    return spec
-
-
-def _discover() -> None:
-    """Import every module of `BACKENDS_PACKAGE` once (each registers its backend)."""
-    global _discovered
-    if _discovered:
-        return
-    with _lock:
-        if _discovered:
-            return
-        package = importlib.import_module(BACKENDS_PACKAGE)
-        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{BACKENDS_PACKAGE}.{module.name}")
-        _discovered = True
-
-
-def specs() -> tuple[BackendSpec, ...]:
-    """Every backend, in `order` (then by name)."""
-    _discover()
-    return tuple(sorted(_specs.values(), key=lambda s: (s.order, s.name)))
+_registry: Registry[BackendSpec] = Registry("backend", BACKENDS_PACKAGE, lambda spec: spec.factory.__module__)
+#: add a backend (its module calls this when imported); returns the spec
+register = _registry.register
+#: every backend, in `order` (then by name)
+specs = _registry.specs
 
 
 def names(mode: str | None = None) -> tuple[str, ...]:
@@ -131,8 +98,7 @@ def names(mode: str | None = None) -> tuple[str, ...]:
 
 def get(name: str) -> BackendSpec:
     """The backend called `name`; an unknown name is a `ConfigError` naming every backend."""
-    _discover()
-    spec = _specs.get(name) if isinstance(name, str) else None
+    spec = _registry.find(name)
     if spec is None:
         raise ConfigError(f"accelerator {name!r} is not one of {', '.join(names())}")
     return spec

@@ -9,13 +9,11 @@ spec's functions import what they use when they run, so `livediff --help` lists 
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from livediff.errors import ConfigError
+from livediff.registry import Registry
 
 #: the package whose modules declare the preprocessors
 PREPROCESSORS_PACKAGE = "livediff.pipelines.preprocessors"
@@ -77,52 +75,18 @@ class PreprocessorSpec:
         return f"{self.network}, e.g. {self.network_example!r}" if self.network_example else self.network
 
 
-_specs: dict[str, PreprocessorSpec] = {}
-_lock = threading.RLock()
-_discovered = False
-
-
-def register(spec: PreprocessorSpec) -> PreprocessorSpec:
-    """Add a preprocessor (its module calls this when imported); a second, different spec of the same
-    name is refused (the same module registering again, e.g. reloaded, replaces its own). Returns the spec."""
-    with _lock:
-        known = _specs.get(spec.name)
-        if known is not None and known != spec and known.run.__module__ != spec.run.__module__:
-            raise ValueError(f"preprocessor {spec.name!r} is registered twice, by {known.run.__module__} and "
-                             f"{spec.run.__module__}")
-        _specs[spec.name] = spec
-    return spec
-
-
-def _discover() -> None:
-    """Import every module of `PREPROCESSORS_PACKAGE` once (each registers its preprocessor)."""
-    global _discovered
-    if _discovered:
-        return
-    with _lock:
-        if _discovered:
-            return
-        package = importlib.import_module(PREPROCESSORS_PACKAGE)
-        for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{PREPROCESSORS_PACKAGE}.{module.name}")
-        _discovered = True
-
-
-def specs() -> tuple[PreprocessorSpec, ...]:
-    """Every preprocessor, in `order` (then by name)."""
-    _discover()
-    return tuple(sorted(_specs.values(), key=lambda s: (s.order, s.name)))
+_registry: Registry[PreprocessorSpec] = Registry("preprocessor", PREPROCESSORS_PACKAGE,
+                                                 lambda spec: spec.run.__module__)
+#: add a preprocessor (its module calls this when imported); returns the spec
+register = _registry.register
+#: every preprocessor, in `order` (then by name)
+specs = _registry.specs
+find = _registry.find
 
 
 def names(*, with_network: bool | None = None) -> tuple[str, ...]:
     """The preprocessors' names in order; `with_network` True/False: only those that run a network / not."""
     return tuple(s.name for s in specs() if with_network is None or (s.network is not None) == with_network)
-
-
-def find(name: str) -> PreprocessorSpec | None:
-    _discover()
-    return _specs.get(name) if isinstance(name, str) else None
 
 
 def get(name: str) -> PreprocessorSpec:

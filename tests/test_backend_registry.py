@@ -30,7 +30,7 @@ def target(device: str = "cpu", dtype: torch.dtype = torch.float32) -> BuildTarg
 def scratch_registry(monkeypatch):
     """The registry as it is, in a copy this test may add to."""
     registry.specs()
-    monkeypatch.setattr(registry, "_specs", dict(registry._specs))
+    monkeypatch.setattr(registry._registry, "by_name", dict(registry._registry.by_name))
     return registry
 
 

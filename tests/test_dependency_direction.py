@@ -19,6 +19,8 @@ LAYERS = {
                                                   "livediff.app")),
     "files": (ROOT / "livediff" / "files.py", ("livediff.networks", "livediff.accelerators", "livediff.pipelines",
                                                 "livediff.app")),
+    "registry": (ROOT / "livediff" / "registry.py", ("livediff.networks", "livediff.accelerators",
+                                                      "livediff.pipelines", "livediff.app")),
     "networks": (ROOT / "livediff" / "networks.py", ("livediff.accelerators", "livediff.pipelines", "livediff.app")),
     "accelerators": (ROOT / "accelerators", ("livediff.pipelines", "livediff.app")),
     "pipelines": (ROOT / "pipelines", ("livediff.app",)),
