@@ -209,26 +209,18 @@ class ShapeCheckingSession:
 
 
 def onnxruntime_on_meta(runner, runs: list):
-    """The ONNX Runtime runner's device path (input adaptation, IO binding, output allocation and
-    naming) over `runner`'s function, with `ShapeCheckingSession` in place of the GPU session."""
+    """The ONNX Runtime runner itself (input adaptation and checks, IO binding, output allocation and
+    naming) over `runner`'s function, on meta, with `ShapeCheckingSession` in place of the GPU session
+    and the input and output types of the function's float16 graph (test_graph_matrix checks those)."""
     from livediff.accelerators.onnxruntime_backend import OnnxRuntimeRunner
 
     stand_in = object.__new__(OnnxRuntimeRunner)
     function = runner.function
     stand_in.function, stand_in.device, stand_in.run_options = function, torch.device("meta"), None
     stand_in.session = ShapeCheckingSession(function, runs)
-    stand_in.input_types = None
-    stand_in.output_types = [torch.float16] * len(function.output_names)  # a float16 graph (test_graph_matrix)
-
-    def call(*inputs):
-        inputs = function.adapt_inputs(*inputs)
-        stand_in.input_types = [t.dtype for t in inputs]
-        stand_in._check(inputs)
-        from livediff.networks import NetworkOutputs
-
-        return NetworkOutputs.of(function, stand_in._run_on_device(inputs))
-
-    return call
+    stand_in.input_types = [torch.float32 if name == "timestep" else torch.float16 for name in function.input_names]
+    stand_in.output_types = [torch.float16] * len(function.output_names)
+    return stand_in
 
 
 @pytest.mark.parametrize("runner", ["onnxruntime device path", "CUDA-graph replay"])
@@ -239,7 +231,8 @@ def onnxruntime_on_meta(runner, runs: list):
          bank=dict(merge=True, max_frames=2, cache_interval=1, sparse_keep_ratio=0.5)),
     dict(mode="video", t_index_list=(20, 40), cfg_type="self", bank=False, token_merge_ratio=0.5),
     dict(model="tiny-sdxl", mode="video", t_index_list=(20, 40), cfg_type="initialize",
-         controlnet=[dict(model="random", preprocessor="tile")], ip_adapter=dict(model="random", image_encoder="random")),
+         controlnet=[dict(model="random", preprocessor="tile")],
+         ip_adapter=dict(model="random", image_encoder="random")),
 ], ids=["img2img", "txt2img", "video sparse bank", "video token merging alone", "sdxl video conditioning"])
 def test_graph_runner_code_paths_dry_run(settings, runner, monkeypatch):
     """Every network call of a stream through a graph runner's own code on meta in float16: ONNX

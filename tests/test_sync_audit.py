@@ -22,7 +22,7 @@ whole path, and `test_the_audit_sees_a_host_read_inside_the_denoise_step` keeps 
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -87,9 +87,7 @@ def counting(traffic: HostTraffic, monkeypatch):
             patch.setattr(module, "to_model_tensor", _paused(traffic, frames.to_model_tensor))
         patch.setattr(OnnxRuntimeRunner, "_run_cpu", _paused(traffic, OnnxRuntimeRunner._run_cpu))
         patch.setattr(OpenVINORunner, "_exchange", _paused(traffic, OpenVINORunner._exchange))
-        with ExitStack() as stack:
-            stack.enter_context(traffic)
-            stack.enter_context(SyncOps(traffic))
+        with traffic, SyncOps(traffic):
             yield traffic
 
 
@@ -98,29 +96,23 @@ def frame(i: int) -> torch.Tensor:
 
 
 class StandInReplay:
-    """The `compile` runner's CUDA-graph replay (`GraphReplay`) around the eager runner, with a CPU
-    stand-in for capture: a replay copies the inputs into static buffers and reruns the function on
-    them, as a graph reads its buffers. The replay's bookkeeping is on the audited path."""
+    """The `compile` runner's CUDA-graph replay (`GraphReplay`) around the eager runner, with the CPU
+    stand-in for capture (`test_accelerators.EmulatedGraph`: a replay copies the inputs into static
+    buffers and reruns the function on them, as a graph reads its buffers). The replay's bookkeeping is
+    on the audited path."""
 
     def __init__(self, inner, steady_rows: int | None, state_inputs: tuple[int, ...] = ()):
         from livediff.accelerators.compiled import GraphReplay
+        from test_accelerators import EmulatedGraph
 
-        self.replays = 0
-        self.replay = GraphReplay(inner, getattr(inner.function, "name", "net"), capture=self._capture,
+        self.capture = EmulatedGraph()
+        self.replay = GraphReplay(inner, getattr(inner.function, "name", "net"), capture=self.capture,
                                   steady_rows=steady_rows, state_inputs=state_inputs)
         self.function = inner.function
 
-    def _capture(self, fn, inputs, in_place):
-        static = [t if i in in_place else t.clone() for i, t in enumerate(inputs)]
-
-        def replay(*xs):
-            self.replays += 1
-            for i, (buffer, x) in enumerate(zip(static, xs)):
-                if i not in in_place:
-                    buffer.copy_(x)
-            return fn(*static)
-
-        return replay
+    @property
+    def replays(self) -> int:
+        return self.capture.replays
 
     def __call__(self, *inputs):
         return self.replay(*self.function.adapt_inputs(*inputs))
@@ -167,7 +159,7 @@ def audited(settings: dict, monkeypatch, frames: int = 5, warm: int = 3, session
     for i in range(warm + frames):
         inputs = [None if txt2img else torch.cat([frame(i + k + 7 * s) for k in range(count)])
                   for s in range(len(pipes))]
-        with counting(traffic, monkeypatch) if i >= warm else ExitStack():
+        with counting(traffic, monkeypatch) if i >= warm else nullcontext():
             if sessions == 1:
                 pipes[0](inputs[0], output="tensor") if not txt2img else pipes[0](output="tensor")
             else:
@@ -235,7 +227,7 @@ def test_causal_video_steady_chunks_read_nothing_back(monkeypatch):
     pipe.prepare(prompt="claymation")
     traffic = HostTraffic()
     for i in range(13):  # chunks finish at frames 0, 4, 8, 12: the last two are steady
-        with counting(traffic, monkeypatch) if i >= 5 else ExitStack():
+        with counting(traffic, monkeypatch) if i >= 5 else nullcontext():
             pipe(moving_frame(i), output="tensor")
     assert traffic.seen == Counter()
 
