@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import torch
 
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 
 Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
 

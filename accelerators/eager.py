@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 
 
 class EagerRunner:

@@ -228,8 +228,8 @@ class EngineCache:
         """Move `staging` into place, unless another process (a second worker, a Ray replica) finished
         the same entry meanwhile: then its entry is returned and `staging` is dropped, so concurrent
         builders of one key never remove each other's files."""
-        for _ in range(2):
-            entry, _ = self.inspect(key)
+        for _attempt in range(2):
+            entry, _problem = self.inspect(key)
             if entry is not None:
                 shutil.rmtree(staging, ignore_errors=True)
                 return entry

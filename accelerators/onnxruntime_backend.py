@@ -15,7 +15,8 @@ import torch
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64}
 _NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}

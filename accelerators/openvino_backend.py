@@ -26,7 +26,8 @@ from livediff.accelerators.base import AcceleratorOptions, BuildTarget
 from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 
 IR_FILE = "model.xml"
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")

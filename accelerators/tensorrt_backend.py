@@ -26,7 +26,8 @@ from livediff.accelerators.base import AcceleratorOptions, BuildTarget, Resoluti
 from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,11 @@ from typing import Callable, Generic, Protocol, TypeVar
 
 
 class Spec(Protocol):
-    name: str
-    order: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def order(self) -> int: ...
 
 
 S = TypeVar("S", bound=Spec)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Generator, Hashable, Sequence
 
 import torch
 
-from livediff.networks import NetworkOutputs
+from livediff.network_outputs import NetworkOutputs
 
 ENCODE, DENOISE, DECODE = 0, 1, 2
 

@@ -21,6 +21,8 @@ LAYERS = {
                                                 "livediff.app")),
     "registry": (ROOT / "livediff" / "registry.py", ("livediff.networks", "livediff.accelerators",
                                                       "livediff.pipelines", "livediff.app")),
+    "network outputs": (ROOT / "livediff" / "network_outputs.py", ("livediff.accelerators", "livediff.pipelines",
+                                                                    "livediff.app")),
     "networks": (ROOT / "livediff" / "networks.py", ("livediff.accelerators", "livediff.pipelines", "livediff.app")),
     "accelerators": (ROOT / "accelerators", ("livediff.pipelines", "livediff.app")),
     "pipelines": (ROOT / "pipelines", ("livediff.app",)),

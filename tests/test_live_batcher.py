@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from livediff.app.ui.batcher import LiveBatcher, Superseded
-from livediff.networks import NetworkOutputs
+from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines.batching import DENOISE, NetworkCall
 
 

@@ -13,7 +13,7 @@ from diffusers import LCMScheduler
 
 from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, lcm_timestep_table
-from livediff.networks import NetworkOutputs
+from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines.batching import run_alone
 from livediff.pipelines.stream import Guidance, StreamBatch, unet_calls
 

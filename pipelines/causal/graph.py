@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError, InputError
-from livediff.networks import NetworkOutputs, TensorFunction
+from livediff.network_outputs import NetworkOutputs
+from livediff.networks import TensorFunction
 from livediff.pipelines.causal.attention import (PromptKV, causal_copy, check_chunk_frames, chunk_rotary,
                                                  cross_attention_layers, fits, token_grid)
 from livediff.pipelines.causal.cache import RollingKVCache
