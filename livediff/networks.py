@@ -10,6 +10,7 @@ anyway, and float inputs avoid int64 tensors in engines.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -100,17 +101,39 @@ def unet_input_names(unet_config, text: CrossAttentionLayout, controls: int = 0,
     return names
 
 
-def split_conditioning(rest: Sequence[torch.Tensor], added: int, text: int, controls: int, image: int = 0):
-    """The inputs after the timestep → (text embeddings or None (no ControlNets), added conditioning,
-    text K/V, image K/V, control images, control scales or None, what follows: the bank)."""
-    sizes = (1 if controls else 0, added, text, image, controls, 1 if controls else 0)
-    parts, start = [], 0
-    for size in sizes:
-        parts.append(tuple(rest[start:start + size]))
-        start += size
-    embeddings, added_t, text_kv, image_kv, control, scales = parts
-    return (embeddings[0] if embeddings else None, added_t, text_kv, image_kv, control,
-            scales[0] if scales else None, tuple(rest[start:]))
+@dataclass(frozen=True)
+class UNetConditioning:
+    """The UNet's inputs after sample and timestep, read by name (`unet_conditioning`).
+
+    text: the text embeddings (with ControlNets only), added: SDXL's added conditioning, text_kv and
+    image_kv: the cross-attention keys and values, controls: one control image per ControlNet,
+    scales: their (rows, ControlNets) scales."""
+
+    text: torch.Tensor | None
+    added: tuple[torch.Tensor, ...]
+    text_kv: tuple[torch.Tensor, ...]
+    image_kv: tuple[torch.Tensor, ...]
+    controls: tuple[torch.Tensor, ...]
+    scales: torch.Tensor | None
+
+
+def by_name(names: Sequence[str], values: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A function's positional inputs (as a graph passes them) named by its `input_names`."""
+    if len(values) != len(names):
+        raise ValueError(f"the function takes {len(names)} inputs ({', '.join(names)}), got {len(values)}")
+    return dict(zip(names, values))
+
+
+def unet_conditioning(named: dict[str, torch.Tensor], unet_config, text: CrossAttentionLayout, controls: int = 0,
+                      image: CrossAttentionLayout | None = None) -> UNetConditioning:
+    """The conditioning inputs of `unet_input_names` picked out of `named` by their names."""
+    return UNetConditioning(
+        text=named["encoder_hidden_states"] if controls else None,
+        added=tuple(named[name] for name, _ in added_conditions(unet_config)),
+        text_kv=tuple(named[name] for name in text.input_names()),
+        image_kv=tuple(named[name] for name in image.input_names()) if image is not None else (),
+        controls=tuple(named[f"control_{i}"] for i in range(controls)),
+        scales=named["control_scales"] if controls else None)
 
 
 def unet_example_inputs(unet_config, text: CrossAttentionLayout, rows: int, latent_hw: tuple[int, int],
@@ -180,13 +203,12 @@ class UNetFunction(TensorFunction):
         self.spatial_multiple = vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         self.input_names = unet_input_names(unet.config, self.text, len(controlnets), image)
         self.added = len(added_conditions(unet.config))
-        self.image_inputs = len(image.input_names()) if image is not None else 0
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
-        text, added, text_kv, image_kv, controls, scales, _ = split_conditioning(
-            conditioning, self.added, len(self.text.input_names()), len(self.controlnets), self.image_inputs)
-        with cross_attention_call(self.slot, self.text, text_kv, self.image, image_kv):
-            return run_unet(self.unet, sample, timestep, text, added, self.controlnets, controls, scales)
+        c = unet_conditioning(by_name(self.input_names, (sample, timestep, *conditioning)), self.unet.config,
+                              self.text, len(self.controlnets), self.image)
+        with cross_attention_call(self.slot, self.text, c.text_kv, self.image, c.image_kv):
+            return run_unet(self.unet, sample, timestep, c.text, c.added, self.controlnets, c.controls, c.scales)
 
     def variant(self) -> tuple | None:
         return unet_variant(self.added, len(self.controlnets), self.image) or None

@@ -27,6 +27,7 @@ from typing import Any, Callable, Generator, Hashable, Sequence
 
 import torch
 
+from livediff.network_inputs import NetworkInputs
 from livediff.network_outputs import NetworkOutputs
 
 ENCODE, DENOISE, DECODE = 0, 1, 2
@@ -46,21 +47,22 @@ class NetworkCall:
 
     stage: int
     group: Hashable
-    runner: Callable[..., Any]
-    inputs: tuple[torch.Tensor, ...]
+    runner: Callable[[NetworkInputs], NetworkOutputs]
+    inputs: NetworkInputs
     row_unit: int = 0  # > 0: the runner compiles per row count; shared runs are padded (`padded_rows`)
 
     @property
     def rows(self) -> int:
-        return self.inputs[0].shape[0]
+        return self.inputs.rows
 
     def share_key(self) -> tuple:
-        """Calls with equal keys are stacked into one run: same group and same per-row shapes."""
-        return (self.stage, self.group, tuple((tuple(t.shape[1:]), t.dtype, t.device) for t in self.inputs))
+        """Calls with equal keys are stacked into one run: same group, inputs and per-row shapes."""
+        return (self.stage, self.group,
+                tuple((name, tuple(t.shape[1:]), t.dtype, t.device) for name, t in sorted(self.inputs.items())))
 
     @torch.no_grad()
-    def run(self):
-        return self.runner(*self.inputs)
+    def run(self) -> NetworkOutputs:
+        return self.runner(self.inputs)
 
 
 def padded_rows(rows: int, unit: int) -> int:
@@ -86,9 +88,12 @@ def run_shared(calls: Sequence[NetworkCall]) -> list:
     sizes = [call.rows for call in calls]
     rows = sum(sizes)
     pad = padded_rows(rows, max(call.row_unit for call in calls)) - rows
-    inputs = tuple(torch.cat([*parts, parts[0].new_zeros((pad, *parts[0].shape[1:]))] if pad else parts)
-                   for parts in zip(*(call.inputs for call in calls)))
-    outputs = calls[0].runner(*inputs)
+
+    def stacked(name: str) -> torch.Tensor:
+        parts = [call.inputs[name] for call in calls]
+        return torch.cat([*parts, parts[0].new_zeros((pad, *parts[0].shape[1:]))] if pad else parts)
+
+    outputs = calls[0].runner(NetworkInputs({name: stacked(name) for name in calls[0].inputs}))
     pieces = {name: output[:rows].split(sizes) for name, output in outputs.items()}
     return [NetworkOutputs({name: piece[i] for name, piece in pieces.items()}) for i in range(len(calls))]
 

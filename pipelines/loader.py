@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from livediff.pipelines.config import StreamConfig
 from livediff.pipelines.models import ModelBundle, load_models
+
+if TYPE_CHECKING:
+    from livediff.pipelines.causal.pipeline import CausalVideoPipeline
+    from livediff.pipelines.stream_pipeline import StreamPipeline
+    from livediff.pipelines.video_pipeline import VideoPipeline
 
 _MODEL_CACHE: dict[tuple, ModelBundle] = {}
 _MODEL_LOCK = threading.Lock()
@@ -23,11 +28,30 @@ def shared_models(model: str, vae: str | None, loras: tuple[str, ...], device: s
         return _MODEL_CACHE[key]
 
 
-def load_pipeline(accelerator_options=None, progress=None, **settings) -> Any:
+@overload
+def load_pipeline(accelerator_options: Any = None, progress: Any = None, *, mode: Literal["video"],
+                  **settings: Any) -> "VideoPipeline": ...
+
+
+@overload
+def load_pipeline(accelerator_options: Any = None, progress: Any = None, *, mode: Literal["causal-video"],
+                  **settings: Any) -> "CausalVideoPipeline": ...
+
+
+@overload
+def load_pipeline(accelerator_options: Any = None, progress: Any = None, *, mode: Literal["img2img", "txt2img"],
+                  **settings: Any) -> "StreamPipeline": ...
+
+
+@overload
+def load_pipeline(accelerator_options: Any = None, progress: Any = None, **settings: Any) -> Any: ...
+
+
+def load_pipeline(accelerator_options=None, progress=None, **settings):
     """Build a streaming pipeline; every keyword is a `StreamConfig` field (validated before loading).
 
     Returns a `StreamPipeline` (img2img, txt2img), a `VideoPipeline` (video) or a `CausalVideoPipeline`
-    (causal-video), by `mode` (typed `Any`: which one depends on a runtime value).
+    (causal-video), by `mode` (type checkers see which when `mode` is written as a literal).
 
     `accelerator_options` (dict or `accelerators.AcceleratorOptions`) tunes the chosen accelerator,
     e.g. `{"cuda_graphs": False}` for `compile` or `{"cache_dir": ...}` for onnxruntime/tensorrt.

@@ -9,7 +9,8 @@ changes need no SDXL case.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
@@ -26,21 +27,23 @@ class Conditioning:
 
     text: (1, tokens, dim) token embeddings, a UNet input only with ControlNets (`text_input`);
     added: () for SD 1.x/2.x, for SDXL (text_embeds (1, pooled_dim), time_ids (1, 6)); text_kv: the
-    key and value (1, tokens, width) of every cross-attention layer; image: with an IP-Adapter, the
-    style image's key and value (1, n, width) of every cross-attention layer (`pipelines.ip_adapter`),
-    else ().
+    key and value (1, tokens, width) of every cross-attention layer by input name
+    (`CrossAttentionLayout.input_names`); image: with an IP-Adapter, the style image's key and value
+    (1, n, width) of every cross-attention layer by input name (`pipelines.ip_adapter`), else empty.
     """
 
     text: torch.Tensor
     added: tuple[torch.Tensor, ...] = ()
-    text_kv: tuple[torch.Tensor, ...] = ()
-    image: tuple[torch.Tensor, ...] = ()
+    text_kv: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    image: Mapping[str, torch.Tensor] = field(default_factory=dict)
     text_input: bool = False
 
     @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The UNet's conditioning inputs, in `livediff.networks.unet_input_names` order."""
-        return (*((self.text,) if self.text_input else ()), *self.added, *self.text_kv, *self.image)
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The UNet's conditioning inputs by name (`livediff.networks.unet_input_names`)."""
+        return {**({"encoder_hidden_states": self.text} if self.text_input else {}),
+                **dict(zip(SDXL_ADDED, self.added, strict=True) if self.added else ()),
+                **self.text_kv, **self.image}
 
 
 def _token_ids(tokenizer, prompt: str, device) -> torch.Tensor:
@@ -98,5 +101,6 @@ class PromptEncoder:
             if negative and not prompt and models.zero_empty_negative:
                 text, pooled = torch.zeros_like(text), torch.zeros_like(pooled)
             text, added = text.to(self.dtype), (pooled.to(self.dtype), self.time_ids)
-        return Conditioning(text, added, cross_attention_kv(models.unet, self.text_layout, text),
-                            text_input=bool(models.controlnets))
+        text_kv = dict(zip(self.text_layout.input_names(), cross_attention_kv(models.unet, self.text_layout, text),
+                           strict=True))
+        return Conditioning(text, added, text_kv, text_input=bool(models.controlnets))

@@ -37,11 +37,15 @@ def unet_rows(x_t: torch.Tensor, cfg_type: str, guidance_scale: float, frames: i
 
 
 def conditioning_rows(cond: Conditioning, uncond: Conditioning, rows: int, cfg_type: str, guidance_scale: float,
-                      frames: int) -> tuple[torch.Tensor, ...]:
-    """The prompt conditioning matching `unet_rows` row by row, one tensor per `Conditioning` tensor
-    (text embeddings and, SDXL, the added conditioning), each laid out the same way."""
-    return tuple(_condition_rows(c, u, rows, cfg_type, guidance_scale, frames)
-                 for c, u in zip(cond.tensors, uncond.tensors))
+                      frames: int) -> dict[str, torch.Tensor]:
+    """The prompt conditioning matching `unet_rows` row by row, by input name (`Conditioning.inputs`),
+    every tensor laid out the same way."""
+    cond_inputs, uncond_inputs = cond.inputs, uncond.inputs
+    if cond_inputs.keys() != uncond_inputs.keys():
+        raise ValueError(f"the prompt and the negative prompt condition different inputs: "
+                         f"{sorted(cond_inputs.keys() ^ uncond_inputs.keys())}")
+    return {name: _condition_rows(c, uncond_inputs[name], rows, cfg_type, guidance_scale, frames)
+            for name, c in cond_inputs.items()}
 
 
 def _condition_rows(cond: torch.Tensor, uncond: torch.Tensor, rows: int, cfg_type: str, guidance_scale: float,

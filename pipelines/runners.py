@@ -1,10 +1,11 @@
 """How a pipeline gets its networks run: it describes what it needs (`build_target`), asks
 `accelerators` for a backend, and wraps its three base networks (`livediff.networks`) in runners.
 
-A pipeline only ever calls `runners.unet(sample, timesteps, text)`, `runners.encode(images)` and
-`runners.decode(latents)`, so the streaming maths is written once and runs the same on every
-backend. A part with a network of its own (the UNet with the feature bank as explicit inputs and
-outputs) gets it compiled, exported or built on the same backend with `runners.runner_for(function)`.
+A pipeline only ever calls `runners.unet(inputs)`, `runners.encode({"images": ...})` and
+`runners.decode({"latents": ...})` with inputs by name, so the streaming maths is written once and
+runs the same on every backend. A part with a network of its own (the UNet with the feature bank as
+explicit inputs and outputs) gets it compiled, exported or built on the same backend with
+`runners.runner_for(function)`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from livediff.accelerators import AcceleratorOptions, Backend, BuildTarget, make_backend
+from livediff.network_inputs import NamedRunner
 from livediff.networks import TensorFunction, stream_networks
 from livediff.pipelines.config import StreamConfig
 from livediff.pipelines.models import ModelBundle, resolve_dtype
@@ -26,18 +28,18 @@ TensorFn = Callable[..., Any]
 class StreamRunners:
     """unet: noise prediction; encode: images in [-1,1] → scaled latents; decode: the inverse."""
 
-    unet: TensorFn | None  # None in video mode: it runs the banked UNet (`runner_for`) instead
-    encode: TensorFn
-    decode: TensorFn
+    unet: NamedRunner | None  # None in video mode: it runs the banked UNet (`runner_for`) instead
+    encode: NamedRunner
+    decode: NamedRunner
     backend: Backend
 
     @property
     def name(self) -> str:
         return self.backend.name
 
-    def runner_for(self, function: TensorFunction) -> TensorFn:
+    def runner_for(self, function: TensorFunction) -> NamedRunner:
         """A further pure tensor function run by the same backend as the base networks."""
-        return self.backend.runner(function)
+        return NamedRunner(function, self.backend.runner(function))
 
 
 def build_target(config: StreamConfig) -> BuildTarget:
@@ -55,6 +57,10 @@ def build_runners(config: StreamConfig, models: ModelBundle, options: Accelerato
     calls (video mode never calls the plain UNet, so no graph or engine is built for it)."""
     backend = make_backend(config.accelerator, build_target(config), options, progress)
     networks = stream_networks(models)
-    unet = None if config.mode == "video" else backend.runner(networks["unet"])
-    return StreamRunners(unet=unet, encode=backend.runner(networks["vae_encoder"]),
-                         decode=backend.runner(networks["vae_decoder"]), backend=backend)
+
+    def named(function: TensorFunction) -> NamedRunner:
+        return NamedRunner(function, backend.runner(function))
+
+    unet = None if config.mode == "video" else named(networks["unet"])
+    return StreamRunners(unet=unet, encode=named(networks["vae_encoder"]), decode=named(networks["vae_decoder"]),
+                         backend=backend)

@@ -12,32 +12,36 @@ are those frames fully denoised rather than half-denoised garbage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Any, Callable, Generator, Mapping
 
 import torch
 
 from livediff.accelerators.base import RowRange
 from livediff.errors import ConfigError
+from livediff.network_inputs import NetworkInputs
 from livediff.pipelines import rcfg
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
 from livediff.pipelines.choices import CFG_TYPES
 from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
-UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: (latents, timesteps, *conditioning) → a frame path that yields the UNet call(s) and returns the noise
-#: prediction; conditioning, per row: the text embeddings, SDXL's added conditioning, then what
-#: travels with the frames (`StreamBatch.calls(carried=...)`: ControlNet control images)
-UNetCalls = Callable[..., Generator[NetworkCall, object, torch.Tensor]]
+#: (latents, timesteps, inputs) → a frame path that yields the UNet call(s) and returns the noise
+#: prediction; inputs: the UNet's other inputs by name, per row: the prompt's conditioning
+#: (`rcfg.conditioning_rows`), then what travels with the frames (`StreamBatch.calls(carried=...)`:
+#: ControlNet control images)
+UNetCalls = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor]],
+                     Generator[NetworkCall, object, torch.Tensor]]
 
 
-def unet_calls(unet: UNetFn, row_unit: int = 0, constants: tuple[torch.Tensor, ...] = ()) -> UNetCalls:
-    """A plain UNet function as the stream batch's UNet step (`row_unit`: see `NetworkCall`);
-    `constants` are (1, ...) inputs every row of the call takes (ControlNet scales), appended last."""
+def unet_calls(unet: Callable[..., Any], row_unit: int = 0, constants: Mapping[str, torch.Tensor] | None = None
+               ) -> UNetCalls:
+    """A plain UNet runner (`runners.NamedRunner`) as the stream batch's UNet step (`row_unit`: see
+    `NetworkCall`); `constants` are (1, ...) inputs every row of the call takes (ControlNet scales)."""
 
-    def calls(latents: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor):
-        rows = tuple(c.expand(latents.shape[0], *c.shape[1:]) for c in constants)
-        outputs = yield NetworkCall(DENOISE, ("unet", id(unet)), unet, (latents, t, *conditioning, *rows),
+    def calls(latents: torch.Tensor, t: torch.Tensor, inputs: Mapping[str, torch.Tensor]):
+        rows = {name: c.expand(latents.shape[0], *c.shape[1:]) for name, c in (constants or {}).items()}
+        outputs = yield NetworkCall(DENOISE, ("unet", id(unet)), unet,
+                                    NetworkInputs.join({"sample": latents, "timestep": t}, inputs, rows),
                                     row_unit=row_unit)
         return outputs["noise_pred"]
 
@@ -107,7 +111,7 @@ class StreamBatch:
                                  dtype=torch.float32).to(device=device, dtype=dtype)
         self.buffer: torch.Tensor | None = None
         self.stock: torch.Tensor | None = None
-        self.carried: tuple[torch.Tensor, ...] = ()  # what travels with the in-flight frames, stage order
+        self.carried: dict[str, torch.Tensor] = {}  # what travels with the in-flight frames, stage order
         self.call_stages: tuple[int, int] = (0, schedule.steps)
 
     @property
@@ -118,7 +122,7 @@ class StreamBatch:
         """Forget the in-flight frames (keeps the session noise)."""
         self.buffer = None
         self.stock = None
-        self.carried = ()
+        self.carried = {}
 
     def enter(self, x0: torch.Tensor, noised: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise new frames to stage 0; returns the latent and the noise it holds (its stock)."""
@@ -128,12 +132,14 @@ class StreamBatch:
         return add_noise(x0, noise, self.schedule.alpha[: self.frames], self.schedule.beta[: self.frames]), noise
 
     def calls(self, x0: torch.Tensor, unet: UNetCalls, guidance: Guidance, noised: bool = False,
-              carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+              carried: Mapping[str, torch.Tensor] | None = None) -> FramePath:
         """Feed F new frames' latents (or, txt2img, F noise latents with `noised`); the frame path
         yields its UNet calls (see `pipelines.batching`) and returns the F finished latents.
 
-        `carried`: tensors of F rows that belong to the new frames (ControlNet control images): they
-        travel with their frames through the stages, so each UNet row gets its own frame's."""
+        `carried`: UNet inputs by name of F rows that belong to the new frames (ControlNet control
+        images): they travel with their frames through the stages, so each UNet row gets its own
+        frame's."""
+        carried = dict(carried or {})
         x_t, stock = self.enter(x0, noised)
         if not self.warmed:
             yield from self._warm(x_t, stock, unet, guidance, carried)
@@ -141,17 +147,17 @@ class StreamBatch:
         if n > 1:
             x_t = torch.cat([x_t, self.buffer])
             stock = torch.cat([stock, self.stock if self.stock is not None else self.noise[f:]])
-            carried = tuple(torch.cat([new, old]) for new, old in zip(carried, self.carried))
+            carried = {name: torch.cat([new, self.carried[name]]) for name, new in carried.items()}
         denoised, guided, stock_used = yield from self._advance(x_t, stock, 0, n, unet, guidance, carried)
         if n > 1:
             moving, following = slice(0, (n - 1) * f), slice(f, n * f)
             self.buffer = self._renoise(denoised[:-f], following)
             self.stock = self._carry(guided[:-f], stock_used, moving, following)
-            self.carried = tuple(c[:-f] for c in carried)
+            self.carried = {name: c[:-f] for name, c in carried.items()}
         return denoised[-f:]
 
     def _warm(self, x_t: torch.Tensor, stock: torch.Tensor, unet: UNetCalls, guidance: Guidance,
-              carried: tuple[torch.Tensor, ...]) -> FramePath:
+              carried: dict[str, torch.Tensor]) -> FramePath:
         """Denoise the first frames stage by stage, keeping each stage's latent as if they had entered earlier."""
         f = self.frames
         buffers, stocks = [], []
@@ -166,13 +172,13 @@ class StreamBatch:
             stocks.append(stock)
         self.buffer = torch.cat(buffers)
         self.stock = torch.cat(stocks) if guidance.residual else None
-        self.carried = tuple(torch.cat([c] * (self.schedule.steps - 1)) for c in carried)
+        self.carried = {name: torch.cat([c] * (self.schedule.steps - 1)) for name, c in carried.items()}
 
     def _renoise(self, denoised: torch.Tensor, rows: slice) -> torch.Tensor:
         return add_noise(denoised, self.noise[rows], self.schedule.alpha[rows], self.schedule.beta[rows])
 
     def _advance(self, x_t: torch.Tensor, stock: torch.Tensor, first: int, last: int, unet: UNetCalls,
-                 guidance: Guidance, carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+                 guidance: Guidance, carried: Mapping[str, torch.Tensor]) -> FramePath:
         """One UNet call on the rows of stages first..last−1; returns (denoised, guided ε, stock used)."""
         s, f = self.schedule, self.frames
         rows = slice(first * f, last * f)
@@ -184,8 +190,8 @@ class StreamBatch:
                                               guidance.guidance_scale, f)
         t = rcfg.unet_rows(s.row_timesteps[rows], cfg_type, guidance.guidance_scale, f)
         self.call_stages = (first, last)  # parts that need each row's stage read it here, as Python ints
-        carried = tuple(rcfg.unet_rows(c, cfg_type, guidance.guidance_scale, f) for c in carried)
-        pred = yield from unet(latents, t, *conditioning, *carried)
+        carried = {name: rcfg.unet_rows(c, cfg_type, guidance.guidance_scale, f) for name, c in carried.items()}
+        pred = yield from unet(latents, t, NetworkInputs.join(conditioning, carried))
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)

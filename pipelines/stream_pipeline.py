@@ -6,10 +6,14 @@ batch (one UNet call for all in-flight frames) → VAE decode of the finished fr
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Mapping
+
+from typing_extensions import Self  # typing.Self needs Python 3.11
 
 import torch
 
 from livediff.errors import ConfigError
+from livediff.network_inputs import NetworkInputs
 from livediff.pipelines import checks
 from livediff.pipelines.batching import DECODE, ENCODE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.config import StreamConfig, StreamSettings
@@ -71,20 +75,21 @@ class StreamPipeline:
     def _embed(self, text: str, negative: bool = False) -> Conditioning:
         return replace(self.prompt_encoder(text, negative), image=self._style_kv[0 if negative else 1])
 
-    def _style_keys_values(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """(unconditional, conditional) image K/V of every IP-Adapter layer; before any style image,
-        zero values: the image term is exactly 0 and the stream runs as without the adapter."""
+    def _style_keys_values(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(unconditional, conditional) image K/V of every IP-Adapter layer by input name; before any
+        style image, zero values: the image term is exactly 0 and the stream runs as without the adapter."""
         adapter = self.models.ip_adapter
         if adapter is None:
-            return (), ()
+            return {}, {}
+        names = adapter.layout.input_names()
         if self._style_tokens is None:
             layout = adapter.layout
-            zeros = tuple(torch.zeros(1, layout.tokens, width, device=self.device, dtype=self.dtype)
-                          for width in layout.widths for _ in range(2))
+            zeros = dict(zip(names, (torch.zeros(1, layout.tokens, width, device=self.device, dtype=self.dtype)
+                                     for width in layout.widths for _ in range(2)), strict=True))
             return zeros, zeros
         uncond, cond = self._style_tokens
-        return (adapter.keys_values(uncond, self.ip_scale, self.dtype),
-                adapter.keys_values(cond, self.ip_scale, self.dtype))
+        return (dict(zip(names, adapter.keys_values(uncond, self.ip_scale, self.dtype), strict=True)),
+                dict(zip(names, adapter.keys_values(cond, self.ip_scale, self.dtype), strict=True)))
 
     def _restyle(self) -> None:
         self._style_kv = self._style_keys_values()
@@ -184,7 +189,7 @@ class StreamPipeline:
         if self.similarity_filter is not None:
             self.similarity_filter.reset()
 
-    def new_session(self, **overrides) -> "StreamPipeline":
+    def new_session(self, **overrides) -> Self:
         """An independent stream (own buffers, noise, prompt) sharing these networks.
 
         `overrides` are `StreamConfig` fields (e.g. bank, token_merge_ratio), validated again; the
@@ -244,7 +249,7 @@ class StreamPipeline:
                 and self._last_output is not None:
             return self._last_output
         carried = self._control_images(images, control)
-        self.last_control = carried
+        self.last_control = tuple(carried.values())
         latents = yield from self.encode(images)
         finished = yield from self.denoise(latents, guidance, carried=carried)
         self._last_output = from_model_tensor((yield self._decode_call(finished))["images"], kind)
@@ -253,27 +258,28 @@ class StreamPipeline:
     def encode(self, images: torch.Tensor) -> FramePath:
         """Input images in [-1,1] → latents; the hook for parts that look at the input frames (scene cuts)."""
         encode = self.runners.encode
-        outputs = yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, (images,),
+        outputs = yield NetworkCall(ENCODE, ("vae_encoder", id(encode)), encode, NetworkInputs({"images": images}),
                                     row_unit=self.row_unit(stream=False))
         return outputs["latents"]
 
-    def _control_images(self, images: torch.Tensor, control) -> tuple[torch.Tensor, ...]:
+    def _control_images(self, images: torch.Tensor, control) -> dict[str, torch.Tensor]:
+        """The frames' control images by UNet input name (`control_0`, … one per ControlNet)."""
         if self.control is None:
             if control is not None:
                 raise ConfigError("a control image was given but this pipeline has no ControlNet")
-            return ()
+            return {}
         given = None
         if control is not None:
             given, _ = to_model_tensor(control, self.config.height, self.config.width, self.config.frame_buffer_size)
             given = (given.to(self.device, self.dtype) + 1) / 2
-        return self.control(images, given)
+        return {f"control_{i}": image for i, image in enumerate(self.control(images, given))}
 
-    def call_constants(self) -> tuple[torch.Tensor, ...]:
-        """(1, ...) inputs every UNet row takes besides its own: the ControlNet scales."""
-        return (self.control_scales,) if self.control_scales is not None else ()
+    def call_constants(self) -> dict[str, torch.Tensor]:
+        """(1, ...) inputs by name every UNet row takes besides its own: the ControlNet scales."""
+        return {"control_scales": self.control_scales} if self.control_scales is not None else {}
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False,
-                carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+                carried: Mapping[str, torch.Tensor] | None = None) -> FramePath:
         """Latents in, finished latents out; the hook later parts (feature bank) wrap. `carried`:
         the frames' control images (see `StreamBatch.calls`)."""
         calls = unet_calls(self.runners.unet, self.row_unit(stream=True), self.call_constants())
@@ -289,7 +295,8 @@ class StreamPipeline:
 
     def _decode_call(self, latents: torch.Tensor) -> NetworkCall:
         decode = self.runners.decode
-        return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, (latents,), row_unit=self.row_unit(stream=False))
+        return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, NetworkInputs({"latents": latents}),
+                           row_unit=self.row_unit(stream=False))
 
     def _txt2img(self, guidance: Guidance, output: str) -> FramePath:
         noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,

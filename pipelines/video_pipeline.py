@@ -24,8 +24,11 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
+from typing import Mapping
+
 import torch
 
+from livediff.network_inputs import NetworkInputs
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.feature_bank import FeatureBank
@@ -51,13 +54,15 @@ class BankedUNetCall:
         self.rows: RowLayout | None = None
         self.new: list[torch.Tensor] = []
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *conditioning: torch.Tensor) -> FramePath:
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> FramePath:
         pipe = self.pipe
         rows = call_rows(*pipe.stream.call_stages, pipe.schedule.frames, sample.shape[0])
-        bank = pipe.bank.rows(rows.stages) if pipe.bank is not None else []
-        constants = tuple(c.expand(sample.shape[0], *c.shape[1:]) for c in pipe.call_constants())
+        bank = (dict(zip(pipe.bank_input_names, pipe.bank.rows(rows.stages), strict=True))
+                if pipe.bank is not None else {})
+        constants = {name: c.expand(sample.shape[0], *c.shape[1:]) for name, c in pipe.call_constants().items()}
         call = NetworkCall(DENOISE, pipe.banked_group, pipe.banked_unet_runner,
-                           (sample, timestep, *conditioning, *constants, *bank), row_unit=pipe.row_unit(stream=True))
+                           NetworkInputs.join({"sample": sample, "timestep": timestep}, inputs, constants, bank),
+                           row_unit=pipe.row_unit(stream=True))
         outputs = yield call
         self.rows, self.new = rows, outputs.select(pipe.bank_output_names)
         return outputs["noise_pred"]
@@ -90,7 +95,8 @@ class VideoPipeline(StreamPipeline):
                                       models.image_prompt_layout)
         function = BankedUNetFunction(self.banked_unet, scale).eval()
         self.banked_unet_runner = runners.runner_for(function)
-        #: the new bank entries among the banked UNet's outputs, in the layout's order
+        #: the bank's inputs and its new entries among the banked UNet's outputs, in the layout's order
+        self.bank_input_names = tuple(name for name, _ in layout.input_shapes(1))
         self.bank_output_names = tuple(name for name, _ in layout.output_shapes(1))
         #: sessions whose banked UNets compute the same function share UNet runs (`pipelines.batching`)
         self.banked_group = ("banked_unet", id(runners.backend), id(models.unet), function.variant())
@@ -149,7 +155,7 @@ class VideoPipeline(StreamPipeline):
         return (yield from super().encode(images))
 
     def denoise(self, latents: torch.Tensor, guidance: Guidance, noised: bool = False,
-                carried: tuple[torch.Tensor, ...] = ()) -> FramePath:
+                carried: Mapping[str, torch.Tensor] | None = None) -> FramePath:
         motion = self._track_motion(latents) if self.bank_config is not None and self.bank_config.sparse else None
         call = BankedUNetCall(self)
         finished = yield from self.stream.calls(latents, call, guidance, noised=noised, carried=carried)

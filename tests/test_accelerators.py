@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from dataclasses import replace
 from livediff.accelerators import AcceleratorOptions, check_accelerator
 from livediff.accelerators.compiled import GraphReplay, signature
 from livediff.cross_attention import cross_attention_kv
-from livediff.networks import stream_networks
+from livediff.networks import stream_networks, text_layout
 from livediff.pipelines.runners import build_runners, build_target
 from livediff.pipelines.stream import stream_rows
 from livediff.pipelines import StreamConfig, load_pipeline, shared_models
@@ -48,7 +49,7 @@ def test_row_plan_covers_every_unet_call_of_a_real_stream(cfg_type, guidance_sca
     pipe.prepare(prompt="a", guidance_scale=guidance_scale)
     seen = []
     unet = pipe.runners.unet
-    pipe.runners.unet = lambda sample, t, *conditioning: seen.append(sample.shape[0]) or unet(sample, t, *conditioning)
+    pipe.runners.unet = lambda inputs: seen.append(inputs.rows) or unet(inputs)
     for seed in range(3):
         pipe([image(seed)[0], image(seed + 10)[0]])
     plan = build_target(cfg).stream_rows
@@ -125,11 +126,13 @@ def test_eager_runners_match_the_diffusers_modules_and_wrap_extra_networks():
     text = torch.randn(2, 77, models.unet.config.cross_attention_dim)
     with torch.no_grad():
         expected = models.unet(sample, t, encoder_hidden_states=text).sample
-    predicted = runners.unet(sample, t, *cross_attention_kv(models.unet, unet.text, text))
+    layout = text_layout(models.unet)
+    text_kv = dict(zip(layout.input_names(), cross_attention_kv(models.unet, layout, text)))
+    predicted = runners.unet({"sample": sample, "timestep": t, **text_kv})
     torch.testing.assert_close(predicted["noise_pred"], expected)
     decoder = runners.runner_for(stream_networks(models)["vae_decoder"])
-    latents = runners.encode(image() * 2 - 1)["latents"]
-    torch.testing.assert_close(decoder(latents)["images"], runners.decode(latents)["images"])
+    latents = runners.encode({"images": image() * 2 - 1})["latents"]
+    torch.testing.assert_close(decoder({"latents": latents})["images"], runners.decode({"latents": latents})["images"])
 
 
 # --- CUDA-graph bookkeeping (capture is injected, so this runs without a GPU) ------------------------
@@ -236,9 +239,9 @@ def test_banked_unet_through_compile_and_cuda_graphs_matches_eager():
         inputs = function.example_inputs(3, SIZE, SIZE, torch.float16, "cuda")
         with torch.no_grad():
             expected = function(*inputs)
-        for got, want in zip(runner(*inputs).values(), expected):
+        for got, want in zip(runner(dict(zip(function.input_names, inputs))).values(), expected):
             assert (got.float() - want.float()).abs().max() < 2e-2 * want.float().abs().max()
-    assert len(runner._call.graphs) == 1
+    assert len(runner.run._call.graphs) == 1
 
 
 def test_state_inputs_are_read_in_place_and_other_sessions_get_a_copying_graph():
@@ -265,11 +268,11 @@ def test_a_video_stream_through_graph_replay_equals_eager_and_never_copies_its_b
         return pipe
 
     eager, graphed, capture = pipeline(), pipeline(), EmulatedGraph()
-    function = graphed.banked_unet_runner
-    bank_at = len(graphed.banked_unet.input_names) - len(graphed.bank.tensors())
+    named = graphed.banked_unet_runner
+    bank_at = graphed.banked_unet.input_names.index(graphed.bank_input_names[0])
     bank = tuple(range(bank_at, len(graphed.banked_unet.input_names)))
-    graphed.banked_unet_runner = GraphReplay(function, "banked_unet", capture=capture, steady_rows=3,
-                                             state_inputs=bank)
+    graphed.banked_unet_runner = replace(named, run=GraphReplay(named.run, "banked_unet", capture=capture,
+                                                                steady_rows=3, state_inputs=bank))
     for seed in range(6):
         torch.testing.assert_close(graphed(image(seed)), eager(image(seed)), atol=0, rtol=0)
     assert capture.in_place == [frozenset(bank)]

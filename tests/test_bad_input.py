@@ -3,6 +3,8 @@ change leaves the pipeline exactly as it was, device/dtype are checked before lo
 non-finite frame or prediction does not poison a stream."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,7 @@ REJECTED = {
 def state(pipe) -> tuple:
     g = pipe.guidance
     return (pipe.settings, pipe.prompt, pipe.negative_prompt, g.cfg_type, g.guidance_scale, g.delta,
-            [t.clone() for t in g.cond.tensors], [t.clone() for t in g.uncond.tensors])
+            [t.clone() for t in g.cond.inputs.values()], [t.clone() for t in g.uncond.inputs.values()])
 
 
 @pytest.mark.parametrize("name", REJECTED)
@@ -122,7 +124,7 @@ def test_a_rejected_change_leaves_the_stream_exactly_as_it_was(name):
 
 # --- item 7: non-finite values do not persist -------------------------------------------------
 class NaNOnce:
-    """Wraps a runner: the `at`-th call returns NaN everywhere (as an fp16 overflow would)."""
+    """Wraps a backend's runner (`NamedRunner.run`): the `at`-th call returns NaN everywhere (as an fp16 overflow would)."""
 
     def __init__(self, inner, at: int):
         self.inner, self.at, self.calls = inner, at, 0
@@ -141,7 +143,7 @@ class NaNOnce:
 @pytest.mark.parametrize("cfg_type", ["self", "initialize", "full"])
 def test_a_nan_prediction_leaves_an_image_stream_after_n_frames(cfg_type):
     poisoned, reference = tiny(cfg_type=cfg_type), tiny(cfg_type=cfg_type)
-    poisoned.runners.unet = NaNOnce(poisoned.runners.unet, at=4)
+    poisoned.runners.unet = replace(poisoned.runners.unet, run=NaNOnce(poisoned.runners.unet.run, at=4))
     outputs = [(poisoned(frame(i)), reference(frame(i))) for i in range(8)]
     assert all(torch.isfinite(got).all() for got, _ in outputs)
     steps = len(poisoned.settings.t_index_list)
@@ -155,7 +157,7 @@ def test_a_nan_prediction_leaves_an_image_stream_after_n_frames(cfg_type):
 @pytest.mark.parametrize("bank", [dict(merge=False, max_frames=1, cache_interval=1), dict(merge=True)])
 def test_a_nan_prediction_does_not_poison_the_feature_bank(bank):
     pipe = tiny(mode="video", bank=bank)
-    pipe.banked_unet_runner = NaNOnce(pipe.banked_unet_runner, at=3)
+    pipe.banked_unet_runner = replace(pipe.banked_unet_runner, run=NaNOnce(pipe.banked_unet_runner.run, at=3))
     outputs = [pipe(frame(i)) for i in range(8)]
     assert all(torch.isfinite(out).all() for out in outputs)
     for tensor in pipe.bank.tensors():

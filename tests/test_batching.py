@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from livediff.errors import ConfigError
+from livediff.network_inputs import NetworkInputs
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.batching import DECODE, DENOISE, ENCODE, padded_rows, run_together
 from livediff.pipelines.models import resolve_dtype
@@ -158,9 +159,9 @@ def test_on_a_backend_that_compiles_per_row_count_shared_runs_are_padded_and_sti
     seen: list[int] = []
     runner = base.banked_unet_runner
 
-    def recording(*inputs):
-        seen.append(inputs[0].shape[0])
-        return runner(*inputs)
+    def recording(inputs):
+        seen.append(inputs.rows)
+        return runner(inputs)
 
     specs = {k: VIDEO_SPECS[k] for k in ("fifo", "merged-full", "initialize", "two-steps")}
     lifetimes = {k: VIDEO_LIFETIMES[k] for k in specs}
@@ -210,14 +211,14 @@ def test_shared_runs_of_video_sessions_project_no_text():
 def test_a_failing_network_run_ends_every_path_in_it_and_only_those():
     from livediff.pipelines.batching import NetworkCall
 
-    def broken(x):
+    def broken(inputs):
         raise RuntimeError("device lost")
 
     def path(runner, group, value):
-        out = yield NetworkCall(DENOISE, group, runner, (torch.full((1, 2), value),))
+        out = yield NetworkCall(DENOISE, group, runner, NetworkInputs({"x": torch.full((1, 2), value)}))
         return out
 
     outcomes = run_together([path(broken, "broken", 1.0), path(broken, "broken", 2.0),
-                             path(lambda x: 3 * x, "fine", 1.0)])
+                             path(lambda inputs: 3 * inputs["x"], "fine", 1.0)])
     assert [type(o.error) for o in outcomes[:2]] == [RuntimeError, RuntimeError]
     assert outcomes[2].error is None and torch.equal(outcomes[2].value, torch.full((1, 2), 3.0))

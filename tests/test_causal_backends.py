@@ -79,8 +79,8 @@ def test_compile_is_wired_but_not_run():
     from livediff.accelerators.compiled import CompiledRunner
 
     pipe = build("compile")
-    assert isinstance(pipe.causal, GraphCausalTransformer) and isinstance(pipe.causal.runner, CompiledRunner)
-    assert pipe.causal.runner.function is pipe.causal.function
+    assert isinstance(pipe.causal, GraphCausalTransformer) and isinstance(pipe.causal.runner.run, CompiledRunner)
+    assert pipe.causal.runner.run.function is pipe.causal.function
 
 
 @pytest.mark.parametrize("accelerator, options, words", [

@@ -23,6 +23,7 @@ import torch
 from livediff.accelerators.base import ResolutionRange
 from livediff.accelerators.onnx_export import export_onnx
 from livediff.accelerators.tensorrt_ops import unsupported_ops
+from livediff.network_inputs import NetworkInputs
 from livediff.errors import ConfigError
 from livediff.pipelines.causal.attention import check_rotary_table
 from livediff.pipelines.causal.config import CausalConfig
@@ -77,7 +78,7 @@ def test_function_equals_the_causal_transformer(model64, config):
         for chunk, t in zip(latents, timesteps):
             fills.append(int(graph_cache.filled.sum()))
             expected = causal(chunk, t, text, eager_cache)
-            outputs = function(*function.inputs_for(chunk, t, text, graph_cache))
+            outputs = function(*function.inputs_for(chunk, t, text, graph_cache).ordered(function.input_names))
             assert [tuple(o.shape) for o in outputs] == function.output_shapes([chunk])
             assert (function.stage_outputs(graph_cache, outputs) - expected).abs().max() < TOL
             assert all((a - b).abs().max() < TOL for a, b in zip(staged(graph_cache), staged(eager_cache)))
@@ -91,7 +92,7 @@ def test_shapes_names_and_state_are_declared(model32):
     function = CausalTransformerFunction(model32, CONFIG, text_tokens=TEXT)
     inputs = function.example_inputs(3, PIXELS, PIXELS, torch.float32, "cpu")
     layers, texts = len(function.layers), len(function.text_layers)
-    start = function.cache_start
+    start = function.input_names.index(f"cache_key.{function.layers[0]}")
     assert start == 4 + 2 * texts and texts == layers
     assert len(inputs) == len(function.input_names) == start + 2 * layers + 1
     assert all(t.shape[0] == 3 for t in inputs)  # rows first everywhere (the exporter's dynamic axis)
@@ -156,7 +157,7 @@ def test_onnx_runtime_drives_a_stream_like_eager(model32, exported):
     with torch.no_grad():
         for chunk, t in zip(latents, timesteps):
             expected = causal(chunk, t, text, eager_cache)
-            outputs = runner(*function.inputs_for(chunk, t, text, graph_cache))
+            outputs = runner(*function.inputs_for(chunk, t, text, graph_cache).ordered(function.input_names))
             assert relative_error(function.stage_outputs(graph_cache, outputs), expected) < REL_TOLERANCE
             assert all(relative_error(a, b) < REL_TOLERANCE for a, b in zip(staged(graph_cache), staged(eager_cache)))
             eager_cache.commit(), graph_cache.commit()
@@ -178,16 +179,15 @@ def test_the_graph_reads_filled_slots_and_ignores_empty_ones(model32, exported):
         for chunk, t in zip(latents[:2], timesteps[:2]):
             causal(chunk, t, text, cache)
             cache.commit()
-        inputs = list(function.inputs_for(latents[2], timesteps[2], text, cache))
-        filled = inputs[-1][0] > 0.5
+        inputs = dict(function.inputs_for(latents[2], timesteps[2], text, cache))
+        filled = inputs["cache_filled"][0] > 0.5
         assert 0 < int(filled.sum()) < filled.numel()  # partly filled
-        base = runner(*inputs)["noise_pred"]
-        assert relative_error(base, function(*inputs)[0]) < REL_TOLERANCE
+        base = runner(*NetworkInputs(inputs).ordered(function.input_names))["noise_pred"]
+        assert relative_error(base, function(*NetworkInputs(inputs).ordered(function.input_names))[0]) < REL_TOLERANCE
 
-        def run_with(index: int, change) -> torch.Tensor:
-            moved = list(inputs)
-            moved[index] = change(moved[index].clone())
-            return runner(*moved)["noise_pred"]
+        def run_with(name: str, change) -> torch.Tensor:
+            moved = {**inputs, name: change(inputs[name].clone())}
+            return runner(*NetworkInputs(moved).ordered(function.input_names))["noise_pred"]
 
         def in_filled(t, value):
             t[:, filled] = value
@@ -197,13 +197,13 @@ def test_the_graph_reads_filled_slots_and_ignores_empty_ones(model32, exported):
             t[:, ~filled] = value
             return t
 
-        for index in range(4, function.cache_start):  # every cross-attention layer's text keys and values
+        for name in (n for n in inputs if n.startswith("text_")):  # every cross-attention layer's text K/V
             # (scaled: a constant added to every key leaves the softmax unchanged)
-            assert float((run_with(index, lambda t: t * 2) - base).abs().max()) > 1e-3
-        for index in range(function.cache_start, len(inputs) - 1):  # every layer's keys and values
-            assert float((run_with(index, lambda t: in_filled(t, t[:, filled] + 1)) - base).abs().max()) > 1e-3
-            assert float((run_with(index, lambda t: in_empty(t, 1e3)) - base).abs().max()) == 0.0
-        assert float((run_with(len(inputs) - 1, torch.zeros_like) - base).abs().max()) > 1e-3
+            assert float((run_with(name, lambda t: t * 2) - base).abs().max()) > 1e-3
+        for name in (n for n in inputs if n.startswith(("cache_key.", "cache_value."))):  # every layer's K/V
+            assert float((run_with(name, lambda t: in_filled(t, t[:, filled] + 1)) - base).abs().max()) > 1e-3
+            assert float((run_with(name, lambda t: in_empty(t, 1e3)) - base).abs().max()) == 0.0
+        assert float((run_with("cache_filled", torch.zeros_like) - base).abs().max()) > 1e-3
 
 
 # --- 4. no host reads: meta float16, and the CPU audit ------------------------------------------
@@ -226,8 +226,10 @@ def test_meta_float16_dry_run():
     latents, timesteps, text = stream(3, 1, torch.float16, device="meta")
     with torch.no_grad():
         for chunk, t in zip(latents, timesteps):
-            inputs = checked(function.adapt_inputs(*function.inputs_for(chunk, t, text, graph_cache)))
-            assert {inputs[0].dtype, inputs[4].dtype, inputs[function.cache_start].dtype} == {torch.float16}
+            named = function.inputs_for(chunk, t, text, graph_cache)
+            inputs = checked(function.adapt_inputs(*named.ordered(function.input_names)))
+            first_text, first_cache = f"text_key.{function.text_layers[0]}", f"cache_key.{function.layers[0]}"
+            assert {named["latents"].dtype, named[first_text].dtype, named[first_cache].dtype} == {torch.float16}
             prediction = function.stage_outputs(graph_cache, function(*inputs))
             graph_cache.commit()
             eager = causal(chunk, t, text, eager_cache)
@@ -260,10 +262,10 @@ def test_steady_chunks_read_nothing_back(model32):
     with torch.no_grad():
         for k, (chunk, t) in enumerate(zip(latents, timesteps)):
             if k < 2:
-                function.stage_outputs(cache, function(*function.inputs_for(chunk, t, text, cache)))
+                function.stage_outputs(cache, function(*function.inputs_for(chunk, t, text, cache).ordered(function.input_names)))
                 cache.commit()
                 continue
             with traffic, SyncOps(traffic):
-                function.stage_outputs(cache, function(*function.inputs_for(chunk, t, text, cache)))
+                function.stage_outputs(cache, function(*function.inputs_for(chunk, t, text, cache).ordered(function.input_names)))
                 cache.commit()
     assert traffic.seen == Counter()

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from livediff.errors import ConfigError, InputError
-from livediff.pipelines.causal.attention import block_causal_mask, chunk_rotary, slot_of, visible_chunks
+from livediff.pipelines.causal.attention import chunk_rotary, slot_of, visible_chunks
 from livediff.pipelines.causal.cache import RollingKVCache
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.presets import TINY_WAN_CAUSAL, build_tiny_wan_causal
-from causal_reference import BlockCausalReference
+from causal_reference import BlockCausalReference, block_causal_mask
 from livediff.pipelines.causal.transformer import CausalWanTransformer
 
 TOL = 1e-9

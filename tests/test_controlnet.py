@@ -78,9 +78,10 @@ def test_each_in_flight_row_gets_its_own_frames_control_image(monkeypatch):
     latest = build(spec, dtype="float64", cfg_type="initialize")
     original = latest.stream.calls
 
-    def latest_for_all(x0, unet, guidance, noised=False, carried=()):
-        if latest.stream.carried:
-            latest.stream.carried = tuple(c[-1:].expand_as(old) for c, old in zip(carried, latest.stream.carried))
+    def latest_for_all(x0, unet, guidance, noised=False, carried=None):
+        if carried and latest.stream.carried:
+            latest.stream.carried = {name: carried[name][-1:].expand_as(old)
+                                     for name, old in latest.stream.carried.items()}
         return original(x0, unet, guidance, noised, carried)
 
     monkeypatch.setattr(latest.stream, "calls", latest_for_all)

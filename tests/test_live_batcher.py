@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from livediff.app.ui.batcher import LiveBatcher, Superseded
+from livediff.network_inputs import NetworkInputs
 from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines.batching import DENOISE, NetworkCall
 
@@ -28,9 +29,9 @@ class Doubler:
     def __init__(self):
         self.runs: list[int] = []
 
-    def __call__(self, x: torch.Tensor) -> NetworkOutputs:
-        self.runs.append(x.shape[0])
-        return NetworkOutputs({"doubled": 2 * x})
+    def __call__(self, inputs: NetworkInputs) -> NetworkOutputs:
+        self.runs.append(inputs.rows)
+        return NetworkOutputs({"doubled": 2 * inputs["x"]})
 
 
 class FakePipe:
@@ -43,7 +44,7 @@ class FakePipe:
     def frame_calls(self, frame):
         if frame is None:
             raise ValueError("no frame")
-        outputs = yield NetworkCall(DENOISE, "doubler", self.network, (torch.full((1, 2), float(frame)),))
+        outputs = yield NetworkCall(DENOISE, "doubler", self.network, NetworkInputs({"x": torch.full((1, 2), float(frame))}))
         return outputs["doubled"] + self.offset
 
 

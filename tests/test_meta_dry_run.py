@@ -5,6 +5,8 @@ checked to get meta float16 inputs. The similarity filter (one read per frame, b
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,12 +21,12 @@ class Checked:
     def __init__(self, inner, calls: list):
         self.inner, self.calls = inner, calls
 
-    def __call__(self, *inputs):
-        for tensor in inputs:
+    def __call__(self, inputs):
+        for tensor in inputs.values():
             assert tensor.device.type == "meta", tensor.device
             assert not tensor.is_floating_point() or tensor.dtype in (torch.float16, torch.float32), tensor.dtype
-        self.calls.append(tuple(t.dtype for t in inputs))
-        return self.inner(*inputs)
+        self.calls.append(tuple(t.dtype for t in inputs.values()))
+        return self.inner(inputs)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -248,15 +250,15 @@ def test_graph_runner_code_paths_dry_run(settings, runner, monkeypatch):
         pipe = original(**kwargs)
         for name in ("unet", "encode", "decode", "banked_unet_runner"):
             owner = pipe if name == "banked_unet_runner" else pipe.runners
-            inner = getattr(owner, name, None)
-            if inner is None:
+            named = getattr(owner, name, None)
+            if named is None:
                 continue
             if runner == "CUDA-graph replay":
-                inner = StandInReplay(inner, None, inner.function.state_inputs())
+                inner = StandInReplay(named.run, None, named.function.state_inputs())
                 replays.append(inner)
             else:
-                inner = onnxruntime_on_meta(inner, runs)
-            setattr(owner, name, inner)
+                inner = onnxruntime_on_meta(named, runs)
+            setattr(owner, name, replace(named, run=inner))
         return pipe
 
     monkeypatch.setitem(globals(), "load_pipeline", load)

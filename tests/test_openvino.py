@@ -131,5 +131,5 @@ def test_sessions_sharing_runs_on_openvino_get_padded_rows_and_what_they_get_alo
         for b, a in zip(frame_b, frame_a):
             assert (b - a).abs().max() < 1e-3
     unet_runner = base.runners.unet
-    compiled_rows = sorted(shape[0][0] for shape in unet_runner._requests)
+    compiled_rows = sorted(shape[0][0] for shape in unet_runner.run._requests)
     assert set(compiled_rows) <= {1, 2, 4, 8, 16}, compiled_rows  # units 2 (self) and 4 (full) × 2^k

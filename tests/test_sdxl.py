@@ -152,9 +152,9 @@ def test_sdxl_vae_runs_in_float32_under_a_float16_stream():
     assert load_models("tiny", device="meta", dtype="float16").vae.dtype == torch.float16
     assert load_models("tiny-sdxl", vae="tiny-taesd", device="meta", dtype="float16").vae.dtype == torch.float16
     pipe = load_pipeline(model="tiny-sdxl", width=SIZE, height=SIZE, device="meta", dtype="float16")
-    latents = pipe.runners.encode(torch.rand(1, 3, SIZE, SIZE, device="meta", dtype=torch.float16))["latents"]
+    latents = pipe.runners.encode({"images": torch.rand(1, 3, SIZE, SIZE, device="meta", dtype=torch.float16)})["latents"]
     assert latents.dtype == torch.float16  # the stream keeps its own precision
-    assert pipe.runners.decode(latents)["images"].dtype == torch.float16
+    assert pipe.runners.decode({"latents": latents})["images"].dtype == torch.float16
 
 
 @pytest.mark.parametrize("model,vae,expected", [("tiny-sdxl", "madebyollin/taesd", "madebyollin/taesdxl"),

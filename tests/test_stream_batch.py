@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import LCMScheduler
 
-from livediff.pipelines.prompts import Conditioning
+from livediff.pipelines.prompts import SDXL_ADDED, Conditioning
 from livediff.pipelines.schedule import StageSchedule, lcm_timestep_table
 from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines.batching import run_alone
@@ -23,7 +23,7 @@ TOKENS, DIM, POOLED = 3, 8, 5
 
 class FakeDenoiser:
     """A deterministic, nonlinear stand-in for the UNet that depends on latent, timestep, text and (when
-    given) the pooled added conditioning per row."""
+    given) the pooled added conditioning (and size ids) per row."""
 
     def __init__(self):
         g = torch.Generator().manual_seed(0)
@@ -42,8 +42,10 @@ class FakeDenoiser:
 
 def step(stream: StreamBatch, x0: torch.Tensor, unet, guidance: Guidance) -> torch.Tensor:
     """One call of the stream with `unet` (a plain function) as its runner: F latents in, F finished out."""
-    def runner(*inputs):
-        return NetworkOutputs({"noise_pred": unet(*inputs)})
+    def runner(inputs):
+        added = [inputs[name] for name in SDXL_ADDED if name in inputs]
+        return NetworkOutputs({"noise_pred": unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"],
+                                                  *added)})
 
     return run_alone(stream.calls(x0, unet_calls(runner), guidance))
 
@@ -69,8 +71,8 @@ def reference_frames(x0, noise, t_index_list, unet, g: Guidance):
     """Sequential denoising of F frames (x0: F rows); noise: (n*F) rows ordered by stage."""
     coeffs = coefficients(t_index_list)
     f = x0.shape[0]
-    cond = [c.expand(f, *c.shape[1:]) for c in g.cond.tensors]
-    uncond = [u.expand(f, *u.shape[1:]) for u in g.uncond.tensors]
+    cond = [c.expand(f, *c.shape[1:]) for c in g.cond.inputs.values()]  # the text first, then SDXL's added
+    uncond = [u.expand(f, *u.shape[1:]) for u in g.uncond.inputs.values()]
     x = coeffs[0]["alpha"] * x0 + coeffs[0]["beta"] * noise[:f]
     stock = noise[:f].clone()
     guided_on = g.guidance_scale > 1 and g.cfg_type != "none"
@@ -106,7 +108,8 @@ def make_guidance(cfg_type, scale=2.0, delta=0.7, added=False):
 
     def conditioning():
         text = torch.randn(1, TOKENS, DIM, generator=g, dtype=torch.float64)
-        return Conditioning(text, (torch.randn(1, POOLED, generator=g, dtype=torch.float64),) if added else (),
+        sdxl = (torch.randn(1, POOLED, generator=g, dtype=torch.float64), torch.randn(1, 6, generator=g, dtype=torch.float64))
+        return Conditioning(text, sdxl if added else (),
                             text_input=True)  # the fake denoiser reads the embeddings
 
     return Guidance(cond=conditioning(), uncond=conditioning(), cfg_type=cfg_type, guidance_scale=scale, delta=delta)

@@ -22,6 +22,7 @@ whole path, and `test_the_audit_sees_a_host_read_inside_the_denoise_step` keeps 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from contextlib import contextmanager, nullcontext
 
 import pytest
@@ -125,15 +126,15 @@ def with_graph_replay(pipe) -> list[StandInReplay]:
     rows = stream_rows(len(settings.t_index_list), pipe.config.frame_buffer_size, settings.cfg_type).opt
     replays = []
     for name in ("unet", "encode", "decode"):
-        inner = getattr(pipe.runners, name)
-        if inner is not None:
-            replay = StandInReplay(inner, rows if name == "unet" else None)
-            setattr(pipe.runners, name, replay)
+        named = getattr(pipe.runners, name)
+        if named is not None:
+            replay = StandInReplay(named.run, rows if name == "unet" else None)
+            setattr(pipe.runners, name, replace(named, run=replay))
             replays.append(replay)
     if hasattr(pipe, "banked_unet_runner"):
-        inner = pipe.banked_unet_runner
-        replay = StandInReplay(inner, rows, inner.function.state_inputs())
-        pipe.banked_unet_runner = replay
+        named = pipe.banked_unet_runner
+        replay = StandInReplay(named.run, rows, named.function.state_inputs())
+        pipe.banked_unet_runner = replace(named, run=replay)
         replays.append(replay)
     return replays
 
@@ -266,7 +267,7 @@ def test_the_audit_sees_a_host_read_inside_a_runner(monkeypatch):
     pipe = load_pipeline(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
     pipe.prepare(prompt="a")
     inner = pipe.runners.decode
-    pipe.runners.decode = lambda latents: inner(latents) if float(latents.abs().max()) >= 0 else None
+    pipe.runners.decode = lambda inputs: inner(inputs) if float(inputs["latents"].abs().max()) >= 0 else None
     traffic = HostTraffic()
     with counting(traffic, monkeypatch):
         pipe(frame(0), output="tensor")

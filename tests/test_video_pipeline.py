@@ -98,8 +98,8 @@ class Recorder:
         self.inner, self.calls = pipe.banked_unet_runner, []
         pipe.banked_unet_runner = self
 
-    def __call__(self, *inputs):
-        outputs = self.inner(*inputs)
+    def __call__(self, inputs):
+        outputs = self.inner(inputs)
         self.calls.append((inputs, outputs))
         return outputs
 
@@ -113,7 +113,8 @@ def test_only_conditional_stream_rows_write_and_every_row_reads_its_stage(cfg_ty
                                                                         merge=False))
     recorder = Recorder(pipe)
     pipe([scene(i) for i in range(frames)] if frames > 1 else scene(0))
-    (sample, timestep, *_), outputs = recorder.calls[-1]
+    inputs, outputs = recorder.calls[-1]
+    sample = inputs["sample"]
     k_new = outputs[pipe.bank_output_names[0]]
     stages, extra = 3, sample.shape[0] - 3 * frames
     banked_k = pipe.bank.tensors()[0].clone()
@@ -123,8 +124,8 @@ def test_only_conditional_stream_rows_write_and_every_row_reads_its_stage(cfg_ty
             assert torch.equal(banked_k[s, f * tokens:(f + 1) * tokens], k_new[extra + s * frames + f])
     pipe([scene(i + 1) for i in range(frames)] if frames > 1 else scene(1))
     inputs, _ = recorder.calls[-1]
-    sample, timestep = inputs[:2]
-    k_in = inputs[len(pipe.banked_unet.input_names) - len(pipe.bank.tensors())]  # the first bank input
+    sample, timestep = inputs["sample"], inputs["timestep"]
+    k_in = inputs["kv0.k"]  # the first self-attention layer's banked keys
     stage_of = {int(t): s for s, t in enumerate(pipe.schedule.timesteps)}
     for row in range(sample.shape[0]):
         assert torch.equal(k_in[row], banked_k[stage_of[int(timestep[row])]])

@@ -24,6 +24,9 @@ frame or on how full the bank is, so a compiled graph keeps them fixed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+import torch
 
 from livediff.pipelines.bank.sparse import budget
 from livediff.errors import ConfigError
@@ -152,6 +155,14 @@ class BankLayout:
         for j, e in enumerate(self.out):
             shapes += [(f"out{j}.o", (rows, e.capacity, e.channels)), (f"out{j}.bias", (rows, e.capacity))]
         return shapes
+
+    def read_inputs(self, named: Mapping[str, torch.Tensor]) -> tuple[
+            dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The bank inputs of a call by layer, from the call's inputs by name (`input_shapes`' names):
+        (self-attention layer → (k, v, bias), fusion layer → (o, bias))."""
+        kv = {e.layer: (named[f"kv{i}.k"], named[f"kv{i}.v"], named[f"kv{i}.bias"]) for i, e in enumerate(self.kv)}
+        out = {e.layer: (named[f"out{j}.o"], named[f"out{j}.bias"]) for j, e in enumerate(self.out)}
+        return kv, out
 
     def output_shapes(self, rows: int) -> list[tuple[str, tuple[int, ...]]]:
         shapes = []

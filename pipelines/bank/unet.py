@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from livediff.cross_attention import CrossAttentionLayout, cross_attention_call
-from livediff.networks import added_conditions, run_unet, split_conditioning, text_layout, unet_input_names
+from livediff.networks import by_name, run_unet, text_layout, unet_conditioning, unet_input_names
 from livediff.pipelines.bank.attention import BankCall, bank_call, banked_copy
 from livediff.pipelines.bank.layout import BankLayout
 
@@ -43,9 +43,7 @@ class BankedUNet(nn.Module):
         self.token_merge_ratio = token_merge_ratio
         self.fusion_threshold = fusion_threshold
         self.fusion_strength = fusion_strength
-        self.added = len(added_conditions(unet.config))
         self.image = image  # IP-Adapter: its cross-attention layers take image K/V inputs
-        self.image_inputs = len(image.input_names()) if image is not None else 0
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -58,19 +56,15 @@ class BankedUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
                 *conditioning_and_bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        text, added, text_kv, image_kv, controls, scales, bank = split_conditioning(
-            conditioning_and_bank, self.added, len(self.text.input_names()), len(self.controlnets), self.image_inputs)
-        expected = len(self.layout.input_shapes(1))
-        if len(bank) != expected:
-            raise ValueError(f"BankedUNet takes {expected} bank tensors for this layout, got {len(bank)}")
-        kv = {e.layer: tuple(bank[3 * i:3 * i + 3]) for i, e in enumerate(self.layout.kv)}
-        start = 3 * len(self.layout.kv)
-        out = {e.layer: tuple(bank[start + 2 * j:start + 2 * j + 2]) for j, e in enumerate(self.layout.out)}
+        named = by_name(self.input_names, (sample, timestep, *conditioning_and_bank))
+        c = unet_conditioning(named, self.unet.config, self.text, len(self.controlnets), self.image)
+        kv, out = self.layout.read_inputs(named)
         call = BankCall(latent_hw=(sample.shape[-2], sample.shape[-1]), token_merge_ratio=self.token_merge_ratio,
                         kv=kv, out=out, fusion_threshold=self.fusion_threshold, fusion_strength=self.fusion_strength)
-        with bank_call(self._slot, call), cross_attention_call(self._slot.cross, self.text, text_kv, self.image,
-                                                               image_kv):
-            noise_pred = run_unet(self.unet, sample, timestep, text, added, self.controlnets, controls, scales)
+        with bank_call(self._slot, call), cross_attention_call(self._slot.cross, self.text, c.text_kv, self.image,
+                                                               c.image_kv):
+            noise_pred = run_unet(self.unet, sample, timestep, c.text, c.added, self.controlnets, c.controls,
+                                  c.scales)
         new = [t for e in self.layout.kv for t in call.new_kv[e.layer]]
         new += [call.new_out[e.layer] for e in self.layout.out]
         return (noise_pred, *new)

@@ -2,7 +2,7 @@
 positions from a chunk's absolute frame index, and the processors that apply both.
 
 Everything is installed on a weight-sharing copy of the diffusers `WanTransformer3DModel`
-(`causal_copy`, `masked_copy`), so the model shared by the process keeps its own processors and no
+(`causal_copy`), so the model shared by the process keeps its own processors and no
 model code is duplicated: only the self-attention processors (`attn1`), the rotary module and, in
 the causal copy, the text side of cross-attention change. The processors hold no stream state: they
 read the call in progress from a `CausalSlot`, a plain object (tracers follow plain attribute reads).
@@ -49,15 +49,6 @@ def slot_of(chunk: int, sink_chunks: int, window_chunks: int) -> int:
 def visible_chunks(chunk: int, sink_chunks: int, window_chunks: int) -> list[int]:
     """Chunks whose tokens chunk `chunk` attends to: the sinks, the last `window_chunks` before it, itself."""
     return [c for c in range(chunk + 1) if c < sink_chunks or c >= chunk - window_chunks]
-
-
-def block_causal_mask(chunks: int, chunk_tokens: int, sink_chunks: int, window_chunks: int,
-                      device=None) -> torch.Tensor:
-    """(N, N) boolean mask over a whole sequence of `chunks` chunks, True where a query may attend."""
-    seen = torch.zeros(chunks, chunks, dtype=torch.bool, device=device)
-    for chunk in range(chunks):
-        seen[chunk, visible_chunks(chunk, sink_chunks, window_chunks)] = True
-    return seen.repeat_interleave(chunk_tokens, 0).repeat_interleave(chunk_tokens, 1)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -111,7 +102,6 @@ class CausalSlot:
     frame_offset: absolute latent frame index of the call's first frame (read by `ChunkRotary`).
     cache: the `RollingKVCache` the self-attention layers read and stage into, or None (the chunk
         attends to itself only).
-    mask: for a masked copy (the recompute reference), the (N, N) boolean mask of the whole sequence.
     text: for a causal copy, cross-attention layer → its text (keys, values), each (B, L, heads, D),
         after `norm_k` (`PromptKV.kv`, or the graph's inputs).
     """
@@ -119,7 +109,6 @@ class CausalSlot:
     def __init__(self):
         self.frame_offset: int = 0
         self.cache = None
-        self.mask: torch.Tensor | None = None
         self.text: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
@@ -251,10 +240,6 @@ class PromptKV:
         self._text, self._version, self.projected = text, version, projected
         return self.kv
 
-    def tensors(self) -> list[torch.Tensor]:
-        """Every layer's keys and values, in layer order (what the graph takes as inputs)."""
-        return [t for name in self.layers for t in self.kv[name]]
-
 
 class PromptTextSkip(torch.nn.Module):
     """Replaces the causal copy's `condition_embedder.text_embedder`: the text is projected once per
@@ -290,20 +275,6 @@ class CachedTextCrossAttnProcessor:
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
-
-
-class MaskedSelfAttnProcessor:
-    """diffusers' own Wan self-attention with the slot's (N, N) mask: the recompute reference."""
-
-    def __init__(self, slot: CausalSlot):
-        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
-        self.inner = WanAttnProcessor()
-        self.slot = slot
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
-                 **kwargs):
-        return self.inner(attn, hidden_states, encoder_hidden_states, self.slot.mask, rotary_emb)
 
 
 def self_attention_layers(model) -> list[str]:
@@ -350,15 +321,6 @@ def causal_copy(model) -> tuple[torch.nn.Module, CausalSlot, list[str]]:
     twin.condition_embedder.text_embedder = PromptTextSkip(twin.condition_embedder.text_embedder)
     twin.rope = ChunkRotary(twin.rope, slot)
     return twin, slot, layers
-
-
-def masked_copy(model) -> tuple[torch.nn.Module, CausalSlot]:
-    """A weight-sharing copy of `model` whose self-attention layers apply the slot's mask (positions from 0)."""
-    twin = weight_sharing_copy(model)
-    slot = CausalSlot()
-    processor = MaskedSelfAttnProcessor(slot)
-    _install(twin, {name: processor for name in self_attention_layers(twin)})
-    return twin, slot
 
 
 def _install(model, processors: dict) -> None:

@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from livediff.errors import ConfigError, InputError
+from livediff.network_inputs import NetworkInputs
 from livediff.network_outputs import NetworkOutputs
-from livediff.networks import TensorFunction
+from livediff.networks import TensorFunction, by_name
 from livediff.pipelines.causal.attention import (PromptKV, causal_copy, check_chunk_frames, chunk_rotary,
                                                  cross_attention_layers, fits, token_grid)
 from livediff.pipelines.causal.cache import RollingKVCache
@@ -171,11 +172,6 @@ class CausalTransformerFunction(TensorFunction):
         return (("causal", ("chunk_frames", c.chunk_frames), ("sink_chunks", c.sink_chunks),
                  ("window_chunks", c.window_chunks)), ("text_kv_tokens", self.text_tokens), ("layers", len(self.layers)))
 
-    @property
-    def cache_start(self) -> int:
-        """Position of the first cache input (after the base inputs and the text keys/values)."""
-        return len(BASE_INPUTS) + 2 * len(self.text_layers)
-
     def state_inputs(self) -> tuple[int, ...]:
         """Every input: `inputs_for` gives each at the same address call after call (`FixedInputs`)."""
         return tuple(range(len(self.input_names)))
@@ -224,17 +220,18 @@ class CausalTransformerFunction(TensorFunction):
         target = rotary_dtype(dtype or cos.dtype)
         return tuple(t.to(device=device or t.device, dtype=target) for t in (cos, sin))
 
-    def cache_inputs(self, cache: RollingKVCache, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-        """The cache's tensors in input order: every layer's keys and values (the cache's own tensors,
-        read where they live) and the fill mask as 0/1 per row (copied into its fixed buffer)."""
+    def cache_inputs(self, cache: RollingKVCache, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The cache's inputs by name: every layer's keys and values (the cache's own tensors, read where
+        they live) and the fill mask as 0/1 per row (copied into its fixed buffer)."""
         if tuple(cache.layers) != tuple(self.layers):
             raise ConfigError(f"this cache holds layers {list(cache.layers)}, the function has {list(self.layers)}")
         keys = cache.keys[self.layers[0]]
         filled = self.fixed.put("cache_filled", cache.filled, (cache.chunk_shape[0], cache.filled.shape[0]),
                                 dtype or keys.dtype, keys.device)
-        return [*(t for layer in self.layers for t in (cache.keys[layer], cache.values[layer])), filled]
+        return {**{f"cache_key.{layer}": cache.keys[layer] for layer in self.layers},
+                **{f"cache_value.{layer}": cache.values[layer] for layer in self.layers}, "cache_filled": filled}
 
-    def text_inputs(self, text: torch.Tensor) -> list[torch.Tensor]:
+    def text_inputs(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prompt's inputs: every cross-attention layer's text keys and values of `text` (B, L, text_dim),
         computed where `text` lives when it is a new tensor or was edited in place (`PromptKV.bind`, which
         copies a new prompt into the same tensors), else the same tensors as the call before."""
@@ -243,10 +240,11 @@ class CausalTransformerFunction(TensorFunction):
                              f"{text.shape[1]}")
         with torch.no_grad():
             self.prompt.bind(text)
-        return self.prompt.tensors()
+        return {f"text_{kind}.{layer}": t for layer in self.text_layers
+                for kind, t in zip(("key", "value"), self.prompt.kv[layer])}
 
     def inputs_for(self, latents: torch.Tensor, timestep: torch.Tensor | float, text: torch.Tensor,
-                   cache: RollingKVCache) -> tuple[torch.Tensor, ...]:
+                   cache: RollingKVCache) -> NetworkInputs:
         """Every input of one call on `cache`'s next chunk (what the eager `CausalWanTransformer` call takes:
         `timestep` a number or one value per row), each at the same address as the call before (`FixedInputs`:
         the next call overwrites them, so use them before it); the text's keys/values are computed once per
@@ -255,9 +253,10 @@ class CausalTransformerFunction(TensorFunction):
         cos, sin = (self.fixed.put(name, table, (rows, *table.shape[1:]), table.dtype, device)
                     for name, table in zip(("rotary_cos", "rotary_sin"), self.rotary_tables(
                         cache.next_frame, tuple(latents.shape[-2:]), latents.dtype, device)))
-        return (self.fixed.put("latents", latents, latents.shape, latents.dtype, device),
-                self.fixed.put("timestep", timestep, (rows,), torch.float32, device), cos, sin,
-                *self.text_inputs(text), *self.cache_inputs(cache, latents.dtype))
+        return NetworkInputs.join({"latents": self.fixed.put("latents", latents, latents.shape, latents.dtype, device),
+                                   "timestep": self.fixed.put("timestep", timestep, (rows,), torch.float32, device),
+                                   "rotary_cos": cos, "rotary_sin": sin},
+                                  self.text_inputs(text), self.cache_inputs(cache, latents.dtype))
 
     def stage_outputs(self, cache: RollingKVCache, outputs: NetworkOutputs | Sequence[torch.Tensor]) -> torch.Tensor:
         """Stage a call's new keys/values in `cache` (its owner commits them: the ring placement) and
@@ -271,21 +270,18 @@ class CausalTransformerFunction(TensorFunction):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, rotary_cos: torch.Tensor,
                 rotary_sin: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        texts = 2 * len(self.text_layers)
-        if len(rest) != texts + 2 * len(self.layers) + 1:
-            raise InputError(f"{self.name} takes {texts} text keys/values, {2 * len(self.layers)} cache keys/values "
-                             f"and the fill mask, got {len(rest)} tensors after the rotary tables")
-        text, cache = rest[:texts], rest[texts:]
-        keys = {layer: cache[2 * i] for i, layer in enumerate(self.layers)}
-        values = {layer: cache[2 * i + 1] for i, layer in enumerate(self.layers)}
-        call = GraphCacheCall(keys, values, cache[-1] > 0.5)
+        named = by_name(self.input_names, (latents, timestep, rotary_cos, rotary_sin, *rest))
+        keys = {layer: named[f"cache_key.{layer}"] for layer in self.layers}
+        values = {layer: named[f"cache_value.{layer}"] for layer in self.layers}
+        call = GraphCacheCall(keys, values, named["cache_filled"] > 0.5)
         self.slot.cache = call
-        self.slot.text = {layer: (text[2 * i], text[2 * i + 1]) for i, layer in enumerate(self.text_layers)}
+        self.slot.text = {layer: (named[f"text_key.{layer}"], named[f"text_value.{layer}"])
+                          for layer in self.text_layers}
         self._rotary.tables = (rotary_cos, rotary_sin)
         try:
             # the model's text argument only sets the time embedding's dtype here (the text projection is
             # skipped, cross-attention reads the keys/values): the first text key stands in for it
-            prediction = self.model(latents, timestep, text[0], return_dict=False)[0]
+            prediction = self.model(latents, timestep, named[f"text_key.{self.text_layers[0]}"], return_dict=False)[0]
         finally:
             self.slot.cache = None
             self.slot.text = None

@@ -40,6 +40,7 @@ from __future__ import annotations
 from livediff.accelerators import registry
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget, RowRange
 from livediff.errors import ConfigError, InputError
+from livediff.network_inputs import NamedRunner
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.graph import WAN_VAE_SCALE_FACTOR, CausalTransformerFunction
 from livediff.pipelines.causal.transformer import CausalWanTransformer, timestep_rows
@@ -110,7 +111,7 @@ class GraphCausalTransformer(CausalWanTransformer):
         function = self.function
         self.use_copy(config, function.model, function.slot, function.layers, function.prompt)
         self.backend = backend
-        self.runner = backend.runner(self.function)
+        self.runner = NamedRunner(self.function, backend.runner(self.function))
 
     def bind_text(self, text):
         self.function.text_inputs(text)
@@ -125,7 +126,7 @@ class GraphCausalTransformer(CausalWanTransformer):
         # a number is written into the timestep buffer as it is (no tensor made on the host)
         t = timestep if isinstance(timestep, (int, float)) else timestep_rows(timestep, latents.shape[0],
                                                                               latents.device)
-        outputs = self.runner(*self.function.inputs_for(latents, t, text, cache))
+        outputs = self.runner(self.function.inputs_for(latents, t, text, cache))
         return self.function.stage_outputs(cache, outputs)
 
 
