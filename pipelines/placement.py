@@ -1,0 +1,50 @@
+"""A loaded network onto its device and dtype, each weight cast on its way there.
+
+Networks load in float32 (from disk or a random preset). `net.to(device)` then `net.to(dtype)` lands
+the whole float32 network on the device before casting it, so the device peaks at the float32 size:
+10.3 GB for SDXL's UNet, which then runs in 5.1 GB of float16 — a 12–16 GB card fails to load it.
+`place_network` casts each tensor on the host as it moves (`Tensor.to(device, dtype)` converts on the
+source side in a blocking copy), so the device never holds more than the cast network.
+
+Modules a model class keeps in float32 (`_keep_in_fp32_modules`, as diffusers' and transformers'
+`from_pretrained(torch_dtype=...)` honour: Wan's rotary table, time embedder, `scale_shift_table`
+and norms; T5's `wo`) stay float32 under a half-precision dtype; above float32 (float64 reference
+checks) everything follows the dtype.
+"""
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+from torch import nn
+
+
+def kept_in_float32(net: nn.Module) -> tuple[str, ...]:
+    """The module names `net`'s class keeps in float32 (matched against each dotted name's parts)."""
+    return tuple(getattr(net, "_keep_in_fp32_modules", None) or ())
+
+
+def tensor_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, kept: tuple[str, ...]) -> torch.dtype:
+    """The dtype `tensor` (named `name` in its network) runs in under the network's `dtype`."""
+    if not tensor.is_floating_point():
+        return tensor.dtype
+    if dtype.itemsize < torch.float32.itemsize and any(part in kept for part in name.split(".")):
+        return torch.float32
+    return dtype
+
+
+@torch.no_grad()
+def place_network(net: nn.Module, device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+    """`net` on `device` in `dtype` (kept modules in float32), for inference: eval mode, no gradients.
+    Tensors are replaced module by module (a host tensor cannot take a device tensor's data in place);
+    a tensor shared by several modules (tied embeddings) stays shared."""
+    kept = kept_in_float32(net)
+    placed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # holds the originals: ids stay unique
+    for prefix, module in net.named_modules():
+        for name, tensor in chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
+            if id(tensor) not in placed:
+                moved = tensor.to(device=device, dtype=tensor_dtype(f"{prefix}.{name}", tensor, dtype, kept))
+                placed[id(tensor)] = tensor, (nn.Parameter(moved, requires_grad=False)
+                                              if isinstance(tensor, nn.Parameter) else moved)
+            setattr(module, name, placed[id(tensor)][1])
+    return net.eval().requires_grad_(False)
