@@ -36,15 +36,10 @@ def tensor_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, kept: tupl
 @torch.no_grad()
 def place_network(net: nn.Module, device: str | torch.device, dtype: torch.dtype) -> nn.Module:
     """`net` on `device` in `dtype` (kept modules in float32), for inference: eval mode, no gradients.
-    Tensors are replaced module by module (a host tensor cannot take a device tensor's data in place);
-    a tensor shared by several modules (tied embeddings) stays shared."""
+    Goes through `Module._apply`, the machinery of `Module.to`, so parameters keep their identity where
+    torch can swap their data in place and tensors shared between modules stay shared."""
     kept = kept_in_float32(net)
-    placed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # holds the originals: ids stay unique
-    for prefix, module in net.named_modules():
-        for name, tensor in chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
-            if id(tensor) not in placed:
-                moved = tensor.to(device=device, dtype=tensor_dtype(f"{prefix}.{name}", tensor, dtype, kept))
-                placed[id(tensor)] = tensor, (nn.Parameter(moved, requires_grad=False)
-                                              if isinstance(tensor, nn.Parameter) else moved)
-            setattr(module, name, placed[id(tensor)][1])
+    wanted = {id(tensor): tensor_dtype(name, tensor, dtype, kept)
+              for name, tensor in chain(net.named_parameters(), net.named_buffers())}
+    net._apply(lambda tensor: tensor.to(device=device, dtype=wanted.get(id(tensor), tensor.dtype)))
     return net.eval().requires_grad_(False)
