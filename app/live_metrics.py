@@ -22,12 +22,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the meter imports no torch
-    from livediff.pipelines.nonfinite import NonFiniteCount, NonFiniteCounts
+    from livediff.pipelines.nonfinite import NonFiniteCounts
 
 NONFINITE_READ_EVERY_S = 1.0
+
+
+class NonFiniteSource(Protocol):
+    """What the meter reads the zeroed non-finite values from (a pipeline's `NonFiniteCount`)."""
+
+    def read(self) -> NonFiniteCounts: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class LiveMeter:
         self._count_drops = count_drops
         self._lock = threading.Lock()
         self._delay = delay_frames
-        self._nonfinite_source: NonFiniteCount | None = None
+        self._nonfinite_source: NonFiniteSource | None = None
         self._nonfinite: tuple[float, NonFiniteCounts] | None = None  # (read at, counts)
         self.reset()
 
@@ -92,7 +98,7 @@ class LiveMeter:
         with self._lock:
             self._dropped = total
 
-    def watch_nonfinite(self, count: NonFiniteCount | None) -> None:
+    def watch_nonfinite(self, count: NonFiniteSource | None) -> None:
         """The pipeline's count of zeroed non-finite values, shown by `reading()` (None: the pipeline
         zeroes none). Kept across `reset()`: the count is the pipeline's, since it was built."""
         with self._lock:

@@ -94,6 +94,7 @@ def test_weights_reach_the_device_already_cast_so_the_load_peaks_at_its_float16_
     with DeviceTraffic("meta") as traffic:
         bundle = load_models("tiny-sdxl", device="meta", dtype="float16")
     vae_bytes = sum(t.nbytes for t in (*bundle.vae.parameters(), *bundle.vae.buffers()))
+    assert bundle.text_encoder_2 is not None
     nets = (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2)
     loaded = sum(t.nbytes for net in nets for t in (*net.parameters(), *net.buffers()))
     float32_copied = sum(c.nbytes for c in traffic.copies if c.dtype == torch.float32)

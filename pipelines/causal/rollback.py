@@ -32,7 +32,7 @@ def rollback_on_error(encoder: WanEncoderStream, decoder: WanDecoderStream, cach
     except BaseException:
         encoder.restore(encoded)
         decoder.restore(decoded)
-        if noise is not None:
+        if noise is not None and drawn is not None:
             noise.set_state(drawn)
         cache.discard()
         raise
