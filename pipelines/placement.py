@@ -14,9 +14,12 @@ checks) everything follows the dtype.
 from __future__ import annotations
 
 from itertools import chain
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+Network = TypeVar("Network", bound=nn.Module)
 
 
 def kept_in_float32(net: nn.Module) -> tuple[str, ...]:
@@ -34,7 +37,7 @@ def tensor_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype, kept: tupl
 
 
 @torch.no_grad()
-def place_network(net: nn.Module, device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+def place_network(net: Network, device: str | torch.device, dtype: torch.dtype) -> Network:
     """`net` on `device` in `dtype` (kept modules in float32), for inference: eval mode, no gradients.
     Goes through `Module._apply`, the machinery of `Module.to`, so parameters keep their identity where
     torch can swap their data in place and tensors shared between modules stay shared."""
