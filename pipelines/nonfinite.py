@@ -13,6 +13,7 @@ stages say how much of the video was hit; values say how badly (a whole row is 4
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -33,10 +34,12 @@ class NonFiniteCount:
         self.counts = torch.zeros(2, dtype=torch.int64, device=device)
 
     def add(self, *tensors: torch.Tensor) -> None:
-        """Count the positions (rows first) where any of `tensors` (one shape) is not finite."""
-        bad = ~torch.isfinite(tensors[0])
-        for tensor in tensors[1:]:
-            bad |= ~torch.isfinite(tensor)
+        """Count the positions (rows first) where any of `tensors` (one shape) is not finite. x − x is 0
+        exactly where x is finite (inf − inf and NaN give NaN), so one sum of those differences marks
+        them all: 2 operators per tensor where `torch.isfinite` and a negation take 5 (10 kernels per
+        frame fewer; `benchmarks/frame_overhead.py` counts operators per frame)."""
+        residue = functools.reduce(torch.add, (t - t for t in tensors))
+        bad = residue != 0
         self.counts += torch.stack((bad.sum(), bad.flatten(1).any(dim=1).sum()))
 
     def read(self) -> NonFiniteCounts:
