@@ -298,3 +298,16 @@ def test_a_chunk_copies_nothing_from_the_host_and_the_kept_modules_stay_float32(
     assert float32 == {name for name in dtypes if kept & set(name.split("."))}
     assert {part for name in float32 for part in name.split(".")} >= kept - {"norm1", "norm3"}  # affine-free norms
     assert set(dtypes.values()) == {torch.float16, torch.float32} and pipe.dtype == torch.float16
+
+
+def test_the_mixed_precision_transformer_restyles_a_chunk_in_bfloat16_like_float32():
+    """The kept float32 modules next to bfloat16 weights compute on real values (CPU has bfloat16, not
+    float16 matmuls): the first chunk's frame is close to the float32 stream's."""
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        pipe = build(dtype=dtype, causal=dict(OPTIONS, chunk_frames=1))
+        pipe.prepare(prompt="a lighthouse")
+        outputs[dtype] = run(pipe, frames(1))
+    assert str(pipe.models.transformer.scale_shift_table.dtype) == "torch.float32" and pipe.dtype == torch.bfloat16
+    (full,), (half,) = outputs["float32"], outputs["bfloat16"]
+    assert torch.isfinite(half).all() and float((half.float() - full).abs().max()) < 0.02  # 0.0024 here
