@@ -26,6 +26,8 @@ class BackendReport:
     setup_s: float | None = None
     max_abs_error: float | None = None
     rel_error: float | None = None
+    #: values the stream zeroed because they were NaN or ±inf (`pipelines.nonfinite`): a float16 overflow
+    nonfinite_values: int | None = None
 
 
 @dataclass
@@ -45,15 +47,16 @@ class DoctorReport:
         control += " · IP-Adapter" if w.get("ip_adapter") else ""
         lines = [f"livediff doctor · {self.environment['device_name']} · {w['preset']} {w['size']}² "
                  f"{w['dtype']} · img2img {w['steps']} steps{control} · {w['frames']} timed frames", "",
-                 "| backend | fps | median ms | setup s | max abs err | rel err | verdict |",
-                 "|---|---|---|---|---|---|---|"]
+                 "| backend | fps | median ms | setup s | max abs err | rel err | non-finite | verdict |",
+                 "|---|---|---|---|---|---|---|---|"]
 
         def cell(value, fmt):
             return "-" if value is None else format(value, fmt)
 
         for b in self.backends:
             lines.append(f"| {b.backend} | {cell(b.fps, '.2f')} | {cell(b.median_ms, '.0f')} | {cell(b.setup_s, '.1f')} | "
-                         f"{cell(b.max_abs_error, '.1e')} | {cell(b.rel_error, '.1e')} | {b.verdict} |")
+                         f"{cell(b.max_abs_error, '.1e')} | {cell(b.rel_error, '.1e')} | {cell(b.nonfinite_values, 'd')} | "
+                         f"{b.verdict} |")
         return "\n".join(lines)
 
 
@@ -168,7 +171,9 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
                 report.backends.append(BackendReport(backend, f"failed: {str(exc).splitlines()[0][:200]}"))
             continue
         fps = len(times) / sum(times)
-        entry = BackendReport(backend, "ok", fps=fps, median_ms=statistics.median(times) * 1000, setup_s=setup)
+        nonfinite = pipe.nonfinite.read()
+        entry = BackendReport(backend, "ok", fps=fps, median_ms=statistics.median(times) * 1000, setup_s=setup,
+                              nonfinite_values=nonfinite.values)
         if backend == "eager":
             reference, eager_fps = outputs, fps
         elif reference is not None:
@@ -180,6 +185,8 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
                 entry.verdict = f"failed: output differs from eager (relative error {entry.rel_error:.1e})"
             elif eager_fps is not None and fps < eager_fps:
                 entry.verdict = "slower than eager"
+        if nonfinite.values:
+            entry.verdict = f"failed: {nonfinite.format()} (an overflow in {workload['dtype']}?)"
         if backend in chosen:
             report.backends.append(entry)
     return report

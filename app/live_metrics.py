@@ -10,6 +10,10 @@ measured for the picture actually delivered:
 
 where "arrived" is when the frame reached the code that feeds the pipeline (the camera read in
 `livediff webcam`, the handler call in the UI: waiting for the shared model is included).
+
+The meter also says when the stream zeroed non-finite values (a float16 overflow, which otherwise
+just looks like flat frames): the pipeline counts them on the device (`pipelines.nonfinite`) and the
+meter reads that count at most once a second (`NONFINITE_READ_EVERY_S`: each read waits for the device).
 """
 from __future__ import annotations
 
@@ -18,6 +22,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the meter imports no torch
+    from livediff.pipelines.nonfinite import NonFiniteCounts
+
+NONFINITE_READ_EVERY_S = 1.0
+
+
+class NonFiniteSource(Protocol):
+    """What the meter reads the zeroed non-finite values from (a pipeline's `NonFiniteCount`)."""
+
+    def read(self) -> NonFiniteCounts: ...
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,7 @@ class MeterReading:
     compute_ms: float
     frames: int
     dropped: int | None = None
+    nonfinite: NonFiniteCounts | None = None
 
     def format(self) -> str:
         if self.frames == 0:
@@ -37,6 +54,8 @@ class MeterReading:
         text = f"{self.fps:.1f} fps · latency {self.latency_ms:.0f} ms · compute {self.compute_ms:.0f} ms"
         if self.dropped is not None:
             text += f" · {self.dropped} stale frames dropped"
+        if self.nonfinite is not None and self.nonfinite.values:
+            text += f" · {self.nonfinite.format()}"
         return text
 
 
@@ -56,6 +75,8 @@ class LiveMeter:
         self._count_drops = count_drops
         self._lock = threading.Lock()
         self._delay = delay_frames
+        self._nonfinite_source: NonFiniteSource | None = None
+        self._nonfinite: tuple[float, NonFiniteCounts] | None = None  # (read at, counts)
         self.reset()
 
     def reset(self) -> None:
@@ -77,6 +98,27 @@ class LiveMeter:
         with self._lock:
             self._dropped = total
 
+    def watch_nonfinite(self, count: NonFiniteSource | None) -> None:
+        """The pipeline's count of zeroed non-finite values, shown by `reading()` (None: the pipeline
+        zeroes none). Kept across `reset()`: the count is the pipeline's, since it was built."""
+        with self._lock:
+            if count is not self._nonfinite_source:
+                self._nonfinite_source, self._nonfinite = count, None
+
+    def _nonfinite_counts(self) -> NonFiniteCounts | None:
+        """The watched count, read from the device at most every `NONFINITE_READ_EVERY_S`."""
+        with self._lock:
+            source, last = self._nonfinite_source, self._nonfinite
+        if source is None:
+            return None
+        at = now()
+        if last is None or at - last[0] >= NONFINITE_READ_EVERY_S:
+            last = (at, source.read())
+            with self._lock:
+                if source is self._nonfinite_source:
+                    self._nonfinite = last
+        return last[1]
+
     def record(self, arrived: float, started: float, delivered: float, advanced: bool = True) -> None:
         """One pipeline call: its frame `arrived`, the call ran from `started` to `delivered`.
 
@@ -96,13 +138,14 @@ class LiveMeter:
         with self._lock:
             samples = list(self._samples)
             frames, dropped = self._frames, self._dropped if self._count_drops else None
+        nonfinite = self._nonfinite_counts()
         if not samples:
-            return MeterReading(0.0, 0.0, 0.0, frames, dropped)
+            return MeterReading(0.0, 0.0, 0.0, frames, dropped, nonfinite)
         span = samples[-1][0] - samples[0][0]
         fps = (len(samples) - 1) / span if len(samples) > 1 and span > 0 else 0.0
         latency = median(s[1] for s in samples)
         compute = median(s[2] for s in samples)
-        return MeterReading(fps, latency * 1000, compute * 1000, frames, dropped)
+        return MeterReading(fps, latency * 1000, compute * 1000, frames, dropped, nonfinite)
 
 
 def now() -> float:

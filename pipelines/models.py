@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DCondit
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from livediff.errors import ConfigError, ModelNotAvailableError
+from livediff.pipelines.placement import place_network
 from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,8 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
             folders or `random` (see `pipelines.control`).
         ip_adapter: (IP-Adapter weights, image encoder) (see `pipelines.ip_adapter`), or None.
         loras: LoRA hub ids / files, optionally `name:scale`, fused into the UNet at load time.
-        device, dtype: where and in which precision the networks run.
+        device, dtype: where and in which precision the networks run; each weight is cast before it
+            moves (`placement.place_network`), so the device never holds the float32 load.
     """
     from livediff.pipelines.control_models import load_controlnet, load_preprocessor_model
     from livediff.pipelines.ip_adapter import load_ip_adapter
@@ -335,12 +337,9 @@ def load_models(model: str = "stabilityai/sd-turbo", vae: str | None = None, lor
                          ip_adapter=load_ip_adapter(*ip_adapter, components["unet"]) if ip_adapter else None)
     for net in (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2, *bundle.controlnets,
                 *bundle.control_preprocessors, bundle.ip_adapter):
-        if net is None:
-            continue
-        net.to(device=device).eval().requires_grad_(False)
-        wanted = torch.float32 if net is bundle.vae and vae_needs_float32(bundle, torch_dtype) else torch_dtype
-        if getattr(net, "dtype", None) != wanted:  # a preprocessor's network may be a plain torch module
-            net.to(dtype=wanted)
+        if net is not None:
+            wanted = torch.float32 if net is bundle.vae and vae_needs_float32(bundle, torch_dtype) else torch_dtype
+            place_network(net, device, wanted)
     return bundle
 
 

@@ -22,6 +22,7 @@ from livediff.network_inputs import NetworkInputs
 from livediff.pipelines import rcfg
 from livediff.pipelines.batching import DENOISE, FramePath, NetworkCall
 from livediff.pipelines.choices import CFG_TYPES
+from livediff.pipelines.nonfinite import NonFiniteCount
 from livediff.pipelines.prompts import Conditioning
 from livediff.pipelines.schedule import StageSchedule, add_noise, denoise
 
@@ -53,7 +54,8 @@ def finite(x: torch.Tensor) -> torch.Tensor:
 
     A non-finite prediction (an fp16 overflow on a GPU, a NaN frame) would otherwise stay in the
     in-flight latents and the residual stock forever; zeroed, the affected frames finish as flat
-    pictures and the stream is clean again once they have left it (n frames later).
+    pictures and the stream is clean again once they have left it (n frames later). `StreamBatch`
+    counts them first (`pipelines.nonfinite`), so the flat frames have a visible cause.
     """
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -103,8 +105,11 @@ class StreamBatch:
     """The in-flight latents of a stream and the fixed per-stage noise."""
 
     def __init__(self, schedule: StageSchedule, latent_shape: tuple[int, int, int], generator: torch.Generator,
-                 device: torch.device | str, dtype: torch.dtype):
+                 device: torch.device | str, dtype: torch.dtype, nonfinite: NonFiniteCount | None = None):
+        """`nonfinite`: where the zeroed non-finite values are counted (the pipeline's, kept across
+        streams; a new count by default)."""
         self.schedule = schedule
+        self.nonfinite = nonfinite if nonfinite is not None else NonFiniteCount(device)
         self.frames = schedule.frames
         rows = schedule.steps * self.frames
         self.noise = torch.randn((rows, *latent_shape), generator=generator, device=generator.device,
@@ -195,6 +200,7 @@ class StreamBatch:
         cond, uncond = rcfg.split_prediction(pred, cfg_type, guidance.guidance_scale, f)
         guided, stock_used = rcfg.guide(cond, uncond, stock, cfg_type, guidance.guidance_scale, guidance.delta, f)
         denoised = denoise(guided, x_t, s.alpha[rows], s.beta[rows], s.c_skip[rows], s.c_out[rows], s.prediction_type)
+        self.nonfinite.add(denoised, guided)
         return finite(denoised), finite(guided), stock_used
 
     def _carry(self, guided: torch.Tensor, stock_used: torch.Tensor | None, current: slice,

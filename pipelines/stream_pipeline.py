@@ -22,6 +22,7 @@ from livediff.pipelines.generators import device_generator
 from livediff.pipelines.ip_adapter import clip_pixels
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
 from livediff.pipelines.models import ModelBundle, resolve_dtype
+from livediff.pipelines.nonfinite import NonFiniteCount
 from livediff.pipelines.prompts import Conditioning, PromptEncoder
 from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
@@ -60,6 +61,8 @@ class StreamPipeline:
         self.ip_scale = config.ip_adapter.scale if config.ip_adapter else 0.0
         self._style_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self._style_kv = self._style_keys_values()
+        #: non-finite values the stream zeroed since the pipeline was built (`pipelines.nonfinite`)
+        self.nonfinite = NonFiniteCount(self.device)
         self._build_stream()
 
     # --- set-up -----------------------------------------------------------------------------
@@ -69,7 +72,7 @@ class StreamPipeline:
                                             self.config.frame_buffer_size, self.device, self.dtype)
         self._txt2img_noise = device_generator(self.device, seed + 1)
         self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(seed),
-                                  self.device, self.dtype)
+                                  self.device, self.dtype, self.nonfinite)
         self._last_output = None
 
     def _embed(self, text: str, negative: bool = False) -> Conditioning:

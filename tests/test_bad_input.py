@@ -162,3 +162,43 @@ def test_a_nan_prediction_does_not_poison_the_feature_bank(bank):
     assert all(torch.isfinite(out).all() for out in outputs)
     for tensor in pipe.bank.tensors():
         assert not torch.isnan(tensor).any() and not torch.isposinf(tensor).any()
+
+
+class PoisonRows:
+    """Wraps a runner: at chosen calls, one row of the prediction is NaN everywhere or has one +inf value."""
+
+    def __init__(self, inner, nan_row: dict[int, int], inf_value: dict[int, int]):
+        self.inner, self.nan_row, self.inf_value, self.calls = inner, nan_row, inf_value, 0
+
+    def __call__(self, *inputs):
+        self.calls += 1
+
+        def poison(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
+            if self.calls in self.nan_row:
+                t[self.nan_row[self.calls]] = float("nan")
+            if self.calls in self.inf_value:
+                t[self.inf_value[self.calls], 0, 0, 0] = float("inf")
+            return t
+
+        return self.inner(*inputs).map(poison)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_zeroed_non_finite_values_are_counted_on_the_device_and_the_stream_goes_on():
+    """Issue 26, defect 8: one call's row 1 all NaN, a later call's row 0 with one +inf. The count (a
+    device tensor; read here, as a stats display reads it) says how many values were zeroed and in how
+    many frame-stages (rows); the stream keeps delivering finite frames."""
+    pipe = tiny(cfg_type="self")
+    pipe.runners.unet = PoisonRows(pipe.runners.unet, nan_row={3: 1}, inf_value={5: 0})
+    assert pipe.nonfinite.counts.device == pipe.device and pipe.nonfinite.read() == (0, 0)
+    outputs = [pipe(frame(i)) for i in range(8)]
+    assert all(torch.isfinite(out).all() for out in outputs)
+    channels, height, width = pipe.latent_shape
+    assert pipe.nonfinite.read() == (channels * height * width + 1, 2)
+    assert pipe.nonfinite.read().format() == f"{channels * height * width + 1} non-finite values zeroed in 2 frame-stages"
+    pipe.reset()  # a new stream of the same pipeline: the count goes on
+    pipe(frame(0))
+    assert pipe.nonfinite.read().frame_stages == 2

@@ -272,3 +272,42 @@ def test_video_job_writes_late_frames_in_order_and_flushes_the_rest(tmp_path):
     for i, frame in enumerate(got):  # each output frame is its own input frame (lossy codec: close)
         diffs = [np.abs(frame.astype(int) - clip_frame(j, 64, 48).astype(int)).mean() for j in range(8)]
         assert int(np.argmin(diffs)) == i
+
+
+# --- on the device: noise drawn there, float32 where the model class keeps it (issue 26, defect 7) ------
+
+def test_a_chunk_copies_nothing_from_the_host_and_the_kept_modules_stay_float32():
+    """`meta` stands in for the GPU (`DeviceTraffic` counts host→device copies). A whole chunk (encode,
+    two renoise stages, decode, cache write) drew its noise on the host and copied it over twice; now
+    nothing crosses. The transformer runs float16 except diffusers' `_keep_in_fp32_modules` (rotary
+    table, time embedder, `scale_shift_table`, norms), and the chunk still runs with the mixed dtypes."""
+    from benchmarks.device_traffic import DeviceTraffic
+
+    pipe = build(device="meta", dtype="float16", causal=dict(OPTIONS, sampler="renoise"))
+    pipe.text = torch.zeros(1, pipe.text_tokens, 16, dtype=torch.float16, device="meta")
+    for _ in range(3):  # the stream's first chunk, then two steady ones
+        frames = pipe.chunk_video_frames
+        with DeviceTraffic("meta") as traffic:
+            clean, decoded = pipe.restyle(torch.zeros(1, 3, frames, SIZE, SIZE, device="meta"))
+            pipe.finish_chunk(clean)
+        assert traffic.copies == [] and decoded.shape == (1, 3, frames, SIZE, SIZE)
+    transformer = pipe.models.transformer
+    kept = set(transformer._keep_in_fp32_modules)
+    dtypes = {name: t.dtype for name, t in (*transformer.named_parameters(), *transformer.named_buffers())}
+    float32 = {name for name, dtype in dtypes.items() if dtype == torch.float32}
+    assert float32 == {name for name in dtypes if kept & set(name.split("."))}
+    assert {part for name in float32 for part in name.split(".")} >= kept - {"norm1", "norm3"}  # affine-free norms
+    assert set(dtypes.values()) == {torch.float16, torch.float32} and pipe.dtype == torch.float16
+
+
+def test_the_mixed_precision_transformer_restyles_a_chunk_in_bfloat16_like_float32():
+    """The kept float32 modules next to bfloat16 weights compute on real values (CPU has bfloat16, not
+    float16 matmuls): the first chunk's frame is close to the float32 stream's."""
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        pipe = build(dtype=dtype, causal=dict(OPTIONS, chunk_frames=1))
+        pipe.prepare(prompt="a lighthouse")
+        outputs[dtype] = run(pipe, frames(1))
+    assert str(pipe.models.transformer.scale_shift_table.dtype) == "torch.float32" and pipe.dtype == torch.bfloat16
+    (full,), (half,) = outputs["float32"], outputs["bfloat16"]
+    assert torch.isfinite(half).all() and float((half.float() - full).abs().max()) < 0.02  # 0.0024 here

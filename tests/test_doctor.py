@@ -15,6 +15,7 @@ def test_doctor_reports_each_backend_with_speed_error_and_verdict(capsys, monkey
     by_name = {b["backend"]: b for b in report["backends"]}
     assert set(by_name) == {"eager", "onnxruntime"}
     assert by_name["eager"]["verdict"] == "ok" and by_name["eager"]["fps"] > 0
+    assert by_name["eager"]["nonfinite_values"] == 0
     onnx = by_name["onnxruntime"]
     assert onnx["verdict"] in ("ok", "slower than eager") and onnx["rel_error"] < 1e-3
 
@@ -32,3 +33,39 @@ def test_doctor_measures_the_sdxl_layout_with_a_controlnet_and_an_ip_adapter(cap
     assert "tiny-sdxl 128²" in table and "1 ControlNet(s) · IP-Adapter" in table and "| eager |" in table
     assert "| ok |" in table
     assert main(["doctor", "--controlnets", "9", "--frames", "1"]) == 2
+
+
+class Overflowing:
+    """Wraps a UNet runner: its first output row is +inf (a float16 overflow)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, *inputs):
+        def overflow(t):
+            t = t.clone()
+            t[0] = float("inf")
+            return t
+
+        return self.inner(*inputs).map(overflow)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_doctor_fails_a_backend_whose_stream_zeroed_non_finite_values(capsys, monkeypatch):
+    """Issue 26, defect 8: zeroed NaN/inf (flat frames otherwise) are counted in the report and fail it."""
+    import livediff.pipelines as pipelines
+
+    real = pipelines.load_pipeline
+
+    def overflowing(**settings):
+        pipe = real(**settings)
+        pipe.runners.unet = Overflowing(pipe.runners.unet)
+        return pipe
+
+    monkeypatch.setattr(pipelines, "load_pipeline", overflowing)
+    assert main(["doctor", "--backends", "eager", "--frames", "2", "--json", "--threads", "1"]) == 1
+    eager, = json.loads(capsys.readouterr().out)["backends"]
+    assert eager["nonfinite_values"] > 0
+    assert eager["verdict"].startswith(f"failed: {eager['nonfinite_values']} non-finite values zeroed in ")

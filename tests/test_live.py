@@ -6,6 +6,7 @@ import pytest
 
 from livediff.app.camera import Grabbed, LatestFrame
 from livediff.app.live_metrics import LiveMeter
+from livediff.pipelines.nonfinite import NonFiniteCounts
 from media import make_clip, probe
 
 
@@ -35,6 +36,38 @@ def test_meter_window_keeps_the_last_two_frames_of_a_slow_stream():
     for t in (0.0, 5.0, 10.0):
         meter.record(t, t, t + 0.1)
     assert meter.reading().fps == pytest.approx(0.2)
+
+
+class CountedReads:
+    """A stand-in for a pipeline's `NonFiniteCount`: counts the (device-waiting) reads."""
+
+    def __init__(self, values: int, frame_stages: int):
+        self.counts, self.reads = NonFiniteCounts(values, frame_stages), 0
+
+    def read(self) -> NonFiniteCounts:
+        self.reads += 1
+        return self.counts
+
+
+def test_meter_shows_zeroed_non_finite_values_reading_the_device_at_most_once_a_second(monkeypatch):
+    """Issue 26, defect 8: the meter says when the stream zeroed NaN/inf, and a display that asks for a
+    reading every frame still reads the device count at most once per `NONFINITE_READ_EVERY_S`."""
+    from livediff.app import live_metrics
+
+    clock = iter(x * 0.1 for x in range(100))
+    monkeypatch.setattr(live_metrics, "now", lambda: next(clock))
+    meter = LiveMeter(window_s=100)
+    count = CountedReads(0, 0)
+    meter.watch_nonfinite(count)
+    for t in range(20):  # 20 frames shown over 2 s of (fake) clock
+        meter.record(t * 0.1, t * 0.1, t * 0.1 + 0.05)
+        assert "non-finite" not in meter.reading().format()
+    assert count.reads == 2
+    meter.watch_nonfinite(counted := CountedReads(4096, 1))
+    assert meter.reading().format().endswith("· 4096 non-finite values zeroed in 1 frame-stages")
+    meter.reset()  # a restarted stream of the same pipeline: the count is the pipeline's and stays shown
+    meter.record(9.0, 9.0, 9.1)
+    assert meter.reading().nonfinite == (4096, 1) and counted.reads == 1
 
 
 def test_latest_frame_slot_keeps_only_the_newest_and_counts_the_rest():

@@ -80,3 +80,24 @@ def test_a_lora_is_fused_into_the_unet_at_load(preset, pipeline_class, tmp_path)
     base = models.unet.get_submodule(name).weight
     torch.testing.assert_close(fused.unet.get_submodule(name).weight, base + 0.5 * delta)
     assert not any("lora" in n for n, _ in fused.unet.named_modules())
+
+
+def test_weights_reach_the_device_already_cast_so_the_load_peaks_at_its_float16_size():
+    """Issue 26, defect 6: SDXL in float16 on `meta` (the device stand-in, `DeviceTraffic`). Every
+    weight arrives cast; only SDXL's own VAE (float32 by design, `vae_needs_float32`) arrives float32,
+    and the device never holds more than the loaded networks (moving first, then casting, peaked at the
+    float32 size)."""
+    import torch
+
+    from benchmarks.device_traffic import DeviceTraffic
+
+    with DeviceTraffic("meta") as traffic:
+        bundle = load_models("tiny-sdxl", device="meta", dtype="float16")
+    vae_bytes = sum(t.nbytes for t in (*bundle.vae.parameters(), *bundle.vae.buffers()))
+    assert bundle.text_encoder_2 is not None
+    nets = (bundle.unet, bundle.vae, bundle.text_encoder, bundle.text_encoder_2)
+    loaded = sum(t.nbytes for net in nets for t in (*net.parameters(), *net.buffers()))
+    float32_copied = sum(c.nbytes for c in traffic.copies if c.dtype == torch.float32)
+    assert bundle.vae.dtype == torch.float32 and float32_copied == vae_bytes
+    assert {c.dtype for c in traffic.copies if c.dtype.is_floating_point} == {torch.float16, torch.float32}
+    assert traffic.peak == traffic.live == loaded

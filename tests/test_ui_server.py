@@ -261,6 +261,7 @@ def test_live_frames_of_concurrent_clients_share_batches_and_stay_separate(serve
     assert sorted(s.applied("webcam").prompt for s in sessions.values()) == ["a blue whale", "a red fox"]
     stats = clients["a red fox"].predict(api_name="/server_stats")
     assert stats["max_sessions"] == 2 and stats["sessions"] >= 2
+    assert stats["nonfinite_values"] == stats["nonfinite_frame_stages"] == 0  # issue 26, defect 8: shown
 
     whale = next(sid for sid, s in sessions.items() if s.applied("webcam").prompt == "a blue whale")
     server.registry.close(whale)

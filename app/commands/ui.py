@@ -50,7 +50,8 @@ def register(subparsers) -> None:
                              "whose engines are built for this many sessions' rows; 1: one frame per network "
                              "call, first come first served)")
     parser.add_argument("--stats", action="store_true",
-                        help="print the live batches (sessions, frames/s, frames per batch) every 5 s; the same "
+                        help="print the live batches (sessions, frames/s, frames per batch) and the non-finite "
+                             "values the streams zeroed every 5 s; the same "
                              "figures are served at the API endpoint /server_stats")
     add_pipeline_options(parser)
     add_causal_options(parser)
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       max_upload_mb=args.max_upload_mb)
         print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
         if args.stats:
-            threading.Thread(target=_print_stats, args=(engine, 5.0), daemon=True).start()
+            threading.Thread(target=_print_stats, args=(engine, registry, 5.0), daemon=True).start()
         try:
             demo.block_thread()
         finally:
@@ -135,10 +136,11 @@ def initial_settings(args: argparse.Namespace, engine, style=None):
     return defaults
 
 
-def _print_stats(engine, every_s: float) -> None:
+def _print_stats(engine, registry, every_s: float) -> None:
     while True:
         time.sleep(every_s)
-        print(f"livediff ui: {engine.batcher.stats().format()}", file=sys.stderr, flush=True)
+        print(f"livediff ui: {engine.batcher.stats().format()} · {registry.nonfinite().format()}", file=sys.stderr,
+              flush=True)
 
 
 def _exit_on_sigterm(signum, frame) -> None:

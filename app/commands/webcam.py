@@ -119,7 +119,7 @@ class _Recorder:
 def run(args: argparse.Namespace) -> int:
     from livediff.app.camera import CameraReader, parse_source
     from livediff.app.live_metrics import LiveMeter, now
-    from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked
+    from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked, nonfinite_count
     from livediff.app.ui.frames import fit_frame
     from livediff.app.ui.webcam_tab import stream_delay
     from livediff.errors import InputError
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if pacer:
         print(f"livediff webcam: {delay_text(pipe)}", file=sys.stderr)
     meter = LiveMeter(delay_frames=0 if pacer else stream_delay(pipe), count_drops=True)
+    meter.watch_nonfinite(nonfinite_count(pipe))
     recorder = _Recorder(args.output, args.width, args.height) if args.output else None
     camera.start()
     started_at, state, interrupted = now(), {"last_print": 0.0, "previous": None}, False

@@ -27,6 +27,12 @@ def is_chunked(pipe) -> bool:
     return getattr(getattr(pipe, "config", None), "mode", None) == CAUSAL_MODE
 
 
+def nonfinite_count(pipe):
+    """The pipeline's count of zeroed non-finite values (`pipelines.nonfinite`), for the meter and the
+    stats; None for a chunked causal pipeline, which zeroes none (it has no stream batch)."""
+    return None if is_chunked(pipe) else pipe.nonfinite
+
+
 def chunk_delay(pipe) -> int:
     """Captured frames between a frame's capture and its display through `ChunkPacer`: 4k − 1."""
     return FRAMES_PER_LATENT * pipe.options.chunk_frames - 1

@@ -220,7 +220,8 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
 
     def on_server_stats() -> dict:
         """The operator's view of the live batches (also `livediff ui --stats`)."""
-        return {"sessions": len(registry), "webrtc_streams": len(hub.streams()), **asdict(engine.batcher.stats())}
+        return {"sessions": len(registry), "webrtc_streams": len(hub.streams()), **asdict(engine.batcher.stats()),
+                **{f"nonfinite_{name}": value for name, value in registry.nonfinite()._asdict().items()}}
 
     with gr.Blocks(title="livediff", delete_cache=(max(1, cache_age_s // 4), cache_age_s)) as demo:
         demo.max_upload_mb = max_upload_mb

@@ -16,14 +16,18 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from livediff.app.live_metrics import LiveMeter
 from livediff.app.ui.batcher import Superseded
+from livediff.app.ui.causal_live import nonfinite_count
 from livediff.app.ui.engine import Engine
 from livediff.app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
 from livediff.app.ui.style import needs_new_pipeline
 from livediff.errors import ConfigError
+
+if TYPE_CHECKING:
+    from livediff.pipelines.nonfinite import NonFiniteCounts
 
 
 REMEMBERED_CLOSED = 4096  # closed ids kept: far more than the events that can still be in flight
@@ -97,6 +101,13 @@ class Session:
         """The session's pipeline for `purpose` as it is, or None if it has none yet (for previews)."""
         entry = self._pipes.get(purpose)
         return entry.pipe if entry else None
+
+    def nonfinite_counts(self) -> list[NonFiniteCounts]:
+        """Each of the session's pipelines' count of zeroed non-finite values (`pipelines.nonfinite`; a
+        chunked causal pipeline has none). Reads the device (waits for it): for stats only. Needs no
+        `engine.lock`: a count only grows, and a pipeline replaced meanwhile is read as it was."""
+        counts = (nonfinite_count(entry.pipe) for entry in list(self._pipes.values()))
+        return [count.read() for count in counts if count is not None]
 
     def applied(self, purpose: str) -> LiveSettings | None:
         entry = self._pipes.get(purpose)
@@ -202,6 +213,13 @@ class SessionRegistry:
             session.close()
         for listener in self._close_listeners:
             listener(session.session_id)
+
+    def nonfinite(self) -> NonFiniteCounts:
+        """The zeroed non-finite values of the open sessions' pipelines, summed (`Session.nonfinite_counts`)."""
+        from livediff.pipelines.nonfinite import NonFiniteCounts
+
+        counts = [c for session in self.snapshot().values() for c in session.nonfinite_counts()]
+        return NonFiniteCounts(sum(c.values for c in counts), sum(c.frame_stages for c in counts))
 
     def snapshot(self) -> dict[str, Session]:
         """The live sessions by id (a copy: for status displays and tests)."""

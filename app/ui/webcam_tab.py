@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livediff.app.live_metrics import MeterReading, now
-from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked
+from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked, nonfinite_count
 from livediff.app.ui.frames import fit_frame
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.settings import LiveSettings
@@ -84,6 +84,7 @@ class WebcamStream:
             if is_chunked(pipe):
                 return self._chunked(session, pipe, frame, settings, arrived, refused, seed)
             session.meter.set_delay(stream_delay(pipe))
+            session.meter.watch_nonfinite(nonfinite_count(pipe))
             previous = session.last_picture
         picture, started = engine.batcher.run(session_id, pipe, fit_frame(frame, engine.width, engine.height))
         delivered = now()
@@ -103,6 +104,7 @@ class WebcamStream:
             pacer.reset()  # a new seed restarted the stream: the frames it held are gone
             session.meter.reset()
         session.meter.set_delay(0)  # the pacer tells the meter each shown frame's own arrival
+        session.meter.watch_nonfinite(nonfinite_count(pipe))
         started = now()
         shown = pacer.push(arrived, pipe(fit_frame(frame, engine.width, engine.height)))
         delivered = now()

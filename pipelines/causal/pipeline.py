@@ -15,8 +15,8 @@ Frame path, one chunk of `chunk_frames` = k latent frames at a time:
    frames (the Wan VAE encodes the first frame alone), every later one 4k;
 2. encoded by `WanEncoderStream` (the causal VAE's own conv caches carry the earlier frames), taken as
    the latent mean and normalised with the VAE's `latents_mean`/`latents_std` as diffusers' Wan pipelines do;
-3. noised to the first stage: x = (1 − σ₀)·x₀ + σ₀·ε (flow matching; the noise is drawn from the
-   stream's seeded generator);
+3. noised to the first stage: x = (1 − σ₀)·x₀ + σ₀·ε (flow matching; the noise is drawn on the device
+   from the stream's seeded generator, `generators.device_generator`: no host→device copy per chunk);
 4. denoised by `CausalWanTransformer` over the stages, each call reading the rolling K/V cache (sinks + a
    window of earlier chunks) and never writing it, the `sampler` taking x from one stage to the next; then
    `finish_chunk` writes the chunk into the cache (`cache_after="final"`: one more pass over the clean result)
@@ -70,7 +70,9 @@ What happens to the frames collected for an incomplete chunk (none is ever lost 
 - `set_seed`: kept, and the stream goes on: the generator is reseeded, so the chunk being collected and
   every later one draw their noise from the new seed; the caches stay (a seed is noise, not context, so
   there is nothing to re-anchor). Reproducible: the same frames with `set_seed` at the same point give the
-  same output, and a stream started after `set_seed(s)` (or `reset()`) is the seed-s stream.
+  same output, and a stream started after `set_seed(s)` (or `reset()`) is the seed-s stream, on the same
+  kind of device: the generator lives on the device, and CPU and CUDA generators are different algorithms
+  that give different noise for one seed.
 - `reset`: dropped on purpose (the caller abandons the stream, e.g. a new input source whose frames must
   not be denoised with the old ones); it returns how many were dropped. Call `flush()` first to have them
   finished instead.
@@ -91,6 +93,7 @@ from livediff.pipelines.causal.sampler import noised, step
 from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from livediff.pipelines.generators import device_generator
 from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
 
 TINY_PRESET = "tiny-wan-causal"
@@ -148,6 +151,7 @@ def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
     from livediff.pipelines.causal.presets import (CAUSAL_PRESETS, build_text_encoder, build_tiny_wan_causal,
                                                    build_tiny_wan_vae, build_wan_transformer, build_wan_vae)
     from livediff.pipelines.models import resolve_dtype
+    from livediff.pipelines.placement import place_network
 
     torch_dtype = resolve_dtype(dtype, device)
     if model in CAUSAL_PRESETS:
@@ -156,8 +160,7 @@ def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
         tokenizer = make_tokenizer()
         text_encoder = build_text_encoder(model, tokenizer, seed=0, device="meta" if device == "meta" else "cpu")
         if model == TINY_PRESET:
-            transformer = build_tiny_wan_causal(seed=0, dtype=torch_dtype)
-            vae = build_tiny_wan_vae(seed=0, dtype=torch.float64 if torch_dtype == torch.float64 else torch.float32)
+            transformer, vae = build_tiny_wan_causal(seed=0), build_tiny_wan_vae(seed=0)
         else:
             where = "meta" if device == "meta" else "cpu"
             transformer, vae = build_wan_transformer(model, 0, where), build_wan_vae(model, 0, where)
@@ -177,12 +180,11 @@ def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
                                   f"({', '.join(CAUSAL_PRESETS)}).")
         transformer, vae, text_encoder, tokenizer = (parts[n] for n in ("transformer", "vae", "text_encoder",
                                                                         "tokenizer"))
-    # the video VAE runs in float32 under a half-precision transformer, as diffusers' Wan pipelines run it
+    # the video VAE runs in float32 under a half-precision transformer, as diffusers' Wan pipelines run it;
+    # the transformer's and text encoder's `_keep_in_fp32_modules` stay float32 too (`placement`)
     vae_dtype = torch.float64 if torch_dtype == torch.float64 else torch.float32
     for net, wanted in ((transformer, torch_dtype), (vae, vae_dtype), (text_encoder, torch_dtype)):
-        net.to(device=device).eval().requires_grad_(False)
-        if net.dtype != wanted:  # .double(): diffusers warns on .to(float64) about its float32-only modules
-            net.double() if wanted == torch.float64 else net.to(dtype=wanted)
+        place_network(net, device, wanted)
     return CausalModels(model, transformer, vae, text_encoder, tokenizer)
 
 
@@ -242,7 +244,7 @@ class CausalVideoPipeline:
         self._kinds: list[FrameKind] = []
         #: frames finished, not returned yet: left by a call that raised after finishing an earlier chunk
         self._ready: list = []
-        self._noise = torch.Generator("cpu").manual_seed(self.settings.seed)
+        self._noise = device_generator(self.device, self.settings.seed)
         #: chunks denoised since the stream started (across prompt changes)
         self.chunks = 0
 
@@ -297,7 +299,7 @@ class CausalVideoPipeline:
         """Reseed the noise from the chunk being collected on; the stream, its caches and the frames
         collected so far are kept (module docstring: a seed is noise, not context)."""
         self.settings = replace(self.settings, seed=seed)  # validates it
-        self._noise = torch.Generator("cpu").manual_seed(seed)
+        self._noise = device_generator(self.device, seed)
 
     def reset(self) -> int:
         """Back to a fresh stream with the same settings and prompt. The frames collected for the
@@ -382,7 +384,7 @@ class CausalVideoPipeline:
     def sample(self, clean: torch.Tensor) -> torch.Tensor:
         """One chunk's normalised latents → its restyled latents, the K/V cache only read (staged into)."""
         def draw() -> torch.Tensor:  # from the stream's seeded generator, so a run is reproducible
-            return torch.randn(clean.shape, generator=self._noise, dtype=self.dtype).to(self.device)
+            return torch.randn(clean.shape, generator=self._noise, dtype=self.dtype, device=self.device)
 
         x = noised(clean, self.schedule.sigmas[0], draw())
         for stage, (sigma, t) in enumerate(zip(self.schedule.sigmas, self.schedule.timesteps)):

@@ -38,19 +38,14 @@ TINY_WAN_CAUSAL: dict[str, Any] = dict(
 
 
 def build_tiny_wan_causal(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """The `tiny-wan-causal` transformer with diffusers' own random initialisation, deterministic for a seed.
-
-    float64 (the exactness tests) is reached with `.double()`: diffusers' `.to(dtype)` warns that its
-    float32-only modules (rotary table, norms) would be cast, which matters below float32, not above.
-    """
+    """The `tiny-wan-causal` transformer with diffusers' own random initialisation, deterministic for a seed,
+    on the CPU in `dtype` as `placement.place_network` sets it (below float32, the modules the model class
+    keeps in float32 stay float32)."""
     from diffusers import WanTransformer3DModel
 
-    model = random_weights(seed, lambda: WanTransformer3DModel(**TINY_WAN_CAUSAL))
-    if dtype == torch.float64:
-        model = model.double()
-    elif dtype != torch.float32:
-        model = model.to(dtype)
-    return model.eval()
+    from livediff.pipelines.placement import place_network
+
+    return place_network(random_weights(seed, lambda: WanTransformer3DModel(**TINY_WAN_CAUSAL)), "cpu", dtype)
 
 
 #: The Wan 2.1 video VAE layout (causal 3D convs, 8x spatial and 4x temporal compression) at 8 base channels.

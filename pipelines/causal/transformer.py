@@ -62,10 +62,10 @@ class CausalWanTransformer:
 
     def new_cache(self, batch: int, height: int, width: int, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> RollingKVCache:
-        """An empty cache for a stream of `batch` rows of (height, width) latents."""
-        parameter = next(self.model.parameters())
+        """An empty cache for a stream of `batch` rows of (height, width) latents, by default in the model's
+        compute dtype (diffusers' `dtype` skips the modules kept in float32) on its device."""
         return RollingKVCache(self.config, self.layers, batch, self.chunk_tokens(height, width), self.heads,
-                              self.head_dim, dtype or parameter.dtype, device or parameter.device)
+                              self.head_dim, dtype or self.model.dtype, device or self.model.device)
 
     def bind_text(self, text: torch.Tensor) -> PromptKV:
         """Compute `text`'s projection and cross-attention keys/values now (once per prompt; a call with
