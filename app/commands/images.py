@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from livediff.app.commands.options import add_pipeline_options, build_pipeline
+from livediff.app.output_paths import image_folder_output, image_output
 from livediff.app.pictures import read_picture
 from livediff.errors import InputError
 
@@ -12,11 +13,13 @@ from livediff.errors import InputError
 def register(subparsers) -> None:
     img = subparsers.add_parser("img2img", help="restyle one image (or every image in a folder)",
                                 description="Restyle images. The input is resized to cover the model size and "
-                                            "center-cropped; the output has the model size.")
+                                            "center-cropped; the output has the model size (512x512 by default; "
+                                            "with only --width or --height the other side follows the first "
+                                            "input's aspect).")
     img.add_argument("input", help="image file or folder of images")
     img.add_argument("-o", "--output", required=True, help="output image (or folder for a folder input)")
     add_pipeline_options(img)
-    img.set_defaults(func=run_img2img)
+    img.set_defaults(func=run_img2img, width=None, height=None)
 
     txt = subparsers.add_parser("txt2img", help="generate images from a prompt")
     txt.add_argument("-o", "--output", required=True, help="output image path")
@@ -34,28 +37,41 @@ def _open_image(path: Path, width: int, height: int):
     return ImageOps.fit(read_picture(path), (width, height))
 
 
+def _model_size(args: argparse.Namespace, first: Path) -> None:
+    """512x512 unless given; one given side keeps the first input's aspect for the other (and says so)."""
+    if not (args.width or args.height):
+        args.width, args.height = 512, 512
+        return
+    if args.width and args.height:
+        return
+    from livediff.app.video.geometry import complete_size
+
+    picture = read_picture(first)
+    args.width, args.height = complete_size(args.width, args.height, *picture.size)
+    print(f"livediff: model size {args.width}x{args.height} (the other side follows {first}'s "
+          f"{picture.size[0]}x{picture.size[1]} aspect)")
+
+
 def run_img2img(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not inputs:
             raise InputError(f"folder {str(source)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        out_dir = Path(args.output)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = image_folder_output(args.output)
         outputs = [out_dir / p.name for p in inputs]
     elif source.is_file():
-        inputs, outputs = [source], [Path(args.output)]
+        inputs, outputs = [source], [image_output(args.output)]
     else:
         raise InputError(f"input {args.input!r} does not exist")
     if args.frame_buffer_size != 1:
         raise InputError(f"img2img on files takes one image per call; --frame-buffer-size {args.frame_buffer_size} "
                          f"is for streams")
+    _model_size(args, inputs[0])
     pipe = build_pipeline(args, "img2img")
     for src, dst in zip(inputs, outputs):
         pipe.reset()
-        result = pipe(_open_image(src, args.width, args.height))
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        result.save(dst)
+        pipe(_open_image(src, args.width, args.height)).save(dst)
         print(dst)
     return 0
 
@@ -63,9 +79,8 @@ def run_img2img(args: argparse.Namespace) -> int:
 def run_txt2img(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise InputError(f"--count {args.count} must be at least 1")
+    output = image_output(args.output)
     pipe = build_pipeline(args, "txt2img")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     images = []
     while len(images) < args.count:
         result = pipe()

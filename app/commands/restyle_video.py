@@ -54,9 +54,9 @@ def _quality(text: str | None):
 
 
 def _working_size(args: argparse.Namespace) -> None:
-    """Fill in a model size from the first input's aspect when the user gave none."""
+    """Fill in the sides of the model size the user did not give from the first input's aspect."""
     from livediff.app.video.batch import plan_outputs
-    from livediff.app.video.geometry import size_multiple, suggest_working_size
+    from livediff.app.video.geometry import complete_size, size_multiple
     from livediff.app.video.reader import VideoReader
 
     if args.width and args.height:
@@ -64,11 +64,15 @@ def _working_size(args: argparse.Namespace) -> None:
     first, _ = plan_outputs(args.inputs, args.output)[0]
     try:
         reader = VideoReader(first)
-        suggested = suggest_working_size(reader.width, reader.height, multiple=size_multiple(args.mode))
     except LivediffError:  # an unreadable first file is reported by the job itself
-        suggested = (512, 512)
-    args.width = args.width or suggested[0]
-    args.height = args.height or suggested[1]
+        args.width, args.height = args.width or 512, args.height or 512
+        return
+    given = args.width or args.height
+    args.width, args.height = complete_size(args.width, args.height, reader.width, reader.height,
+                                            size_multiple(args.mode))
+    if given:
+        print(f"livediff: model size {args.width}x{args.height} (the other side follows {first}'s "
+              f"{reader.width}x{reader.height} aspect)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,6 +50,19 @@ def suggest_working_size(width: int, height: int, longest: int = 512, multiple: 
     return w, h
 
 
+def complete_size(width: int | None, height: int | None, input_width: int, input_height: int,
+                  multiple: int = 8) -> tuple[int, int]:
+    """The model size from what the user gave: both sides as given; one side and the other from the
+    input's aspect, rounded to `multiple` (at least `multiple`); neither, `suggest_working_size`."""
+    if width and height:
+        return width, height
+    if width:
+        return width, max(multiple, round(width * input_height / input_width / multiple) * multiple)
+    if height:
+        return max(multiple, round(height * input_width / input_height / multiple) * multiple), height
+    return suggest_working_size(input_width, input_height, multiple=multiple)
+
+
 def even(pixels: int) -> int:
     return max(2, pixels - pixels % 2)
 
