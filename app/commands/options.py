@@ -80,10 +80,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
     group.add_argument("--cfg-type", choices=CFG_TYPES, default="self", help="guidance mode (default %(default)s)")
     group.add_argument("--guidance-scale", type=float, default=1.2, help="default %(default)s; <=1 disables guidance")
     group.add_argument("--delta", type=float, default=1.0, help="residual CFG virtual-negative weight (default %(default)s)")
-    group.add_argument("--width", type=int, default=512)
-    group.add_argument("--height", type=int, default=512)
+    group.add_argument("--width", type=int, default=512, help="model width in pixels, a multiple of 8 (16 in causal video)")
+    group.add_argument("--height", type=int, default=512, help="model height in pixels, a multiple of 8 (16 in causal video)")
     group.add_argument("--frame-buffer-size", type=int, default=1, help="frames per denoiser call")
-    group.add_argument("--seed", type=int, default=2)
+    group.add_argument("--seed", type=int, default=2, help="seed of the stream's fixed noise (default %(default)s)")
     group.add_argument("--device", default="auto",
                        help="auto (default: cuda when available, else cpu), cuda, cuda:N, cpu or mps")
     group.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),

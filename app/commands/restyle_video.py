@@ -32,8 +32,12 @@ def register(subparsers) -> None:
     job.add_argument("--codec", default=None, help="video codec (default libx264)")
     job.add_argument("--quality", default=None,
                      help="x264 CRF as an integer (lower is better, default 20) or a bitrate like 4M")
-    job.add_argument("--audio", choices=("auto", "copy", "aac", "none"), default="auto")
-    job.add_argument("--resize", choices=("crop", "stretch"), default="crop")
+    job.add_argument("--audio", choices=("auto", "copy", "aac", "none"), default="auto",
+                     help="the input's audio: auto (default) copies it where the output container takes it, else "
+                          "transcodes to AAC; copy, aac or none force one of those")
+    job.add_argument("--resize", choices=("crop", "stretch"), default="crop",
+                     help="frames of another aspect than the model size: crop (default) a centred region, or "
+                          "stretch the whole frame")
     job.add_argument("--resume", action="store_true",
                      help="continue an interrupted run from its finished segments (same settings required); "
                           "finished outputs are kept")
