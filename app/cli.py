@@ -19,7 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in load_command_modules():
         module.register(sub)
+    _verbose_anywhere(sub)
     return parser
+
+
+def _verbose_anywhere(subparsers: argparse._SubParsersAction) -> None:
+    """`-v` also after the command (`livediff video -v …`); SUPPRESS keeps a `-v` given before it."""
+    for command in subparsers.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show debug logs and full tracebacks")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_anywhere(action)
 
 
 def _quiet_third_party_logs() -> None:

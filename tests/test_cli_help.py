@@ -79,3 +79,21 @@ def test_every_option_the_docs_name_exists(page, line):
     known = {option for action in parser._actions for option in action.option_strings}
     named = {word.split("=")[0] for word in words if re.fullmatch(r"--[a-z0-9-]+(=.*)?", word)}
     assert named <= known, f"{page}: `{line}` names {sorted(named - known)}, which `livediff {words[0]}` lacks"
+
+
+@pytest.mark.parametrize("argv", [["-v", "eval", "a", "b"], ["eval", "a", "b", "-v"], ["engines", "list", "-v"],
+                                  ["-v", "engines", "list"]])
+def test_verbose_is_accepted_before_and_after_the_command(argv):
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_verbose_stays_off_unless_given():
+    assert build_parser().parse_args(["eval", "a", "b"]).verbose is False
+
+
+def test_python_dash_m_livediff_is_the_livediff_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "livediff", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: livediff")
