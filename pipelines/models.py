@@ -112,12 +112,15 @@ def download_command(model: str) -> str:
     return f"hf download {model}" if (major, minor) >= (0, 34) else f"huggingface-cli download {model}"
 
 
-def offline_message(model: str, preset: str = "tiny") -> str:
-    """One sentence for a model that cannot be had from here; `preset` is the random-weight model to
-    suggest instead (one of the same kind: `tiny-wan-causal` for mode causal-video)."""
-    return (f"Model {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
-            f"run `{download_command(model)}` on a connected machine (or copy the folder here and pass "
-            f"its path with --model), or use --model {preset} to try livediff without weights.")
+def offline_message(model: str, preset: str = "tiny", option: str = "model", kind: str = "Model") -> str:
+    """One sentence for a `kind` of network that cannot be had from here, for CLI and Python users alike
+    (`--model tiny` / `model='tiny'`): `option` is the setting that named it and `preset` the
+    random-weight one to suggest instead (of the same kind: `tiny-wan-causal` for mode causal-video,
+    a tiny VAE preset for --vae)."""
+    flag = "--" + option.replace("_", "-")
+    return (f"{kind} {model!r} is not in the local Hugging Face cache and cannot be downloaded from here: "
+            f"run `{download_command(model)}` on a connected machine (or copy the folder here and pass its path "
+            f"as {flag}), or use {flag} {preset} ({option}={preset!r} in Python) to try livediff without weights.")
 
 
 def _pipeline_class(family: str):
@@ -177,6 +180,9 @@ def _load_components(model: str) -> dict:
         pipe = _pipeline_class(family).from_pretrained(str(path), **_load_kwargs(family))
     elif "/" in model and not model.startswith((".", "/")):
         pipe = _from_hub(model)
+    elif model.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"Model path {model!r} does not exist; a local model is a diffusers folder "
+                                     f"(with model_index.json) or a .safetensors file.")
     else:
         raise ConfigError(
             f"Unknown model {model!r}: use a Hugging Face hub id (e.g. 'stabilityai/sd-turbo'), a local diffusers "
@@ -207,10 +213,10 @@ def _from_hub(model: str):
     try:
         family = _family_of_index(model, DiffusionPipeline.load_config(model))
         return _pipeline_class(family).from_pretrained(model, **_load_kwargs(family))
-    except RepositoryNotFoundError as exc:
-        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(offline_message(model)) from exc
+    except RepositoryNotFoundError:
+        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from None
+    except (OSError, ValueError):
+        raise ModelNotAvailableError(offline_message(model)) from None
 
 
 def _hub_size(model: str) -> int | None:
@@ -224,19 +230,19 @@ def _hub_size(model: str) -> int | None:
     except GatedRepoError as exc:
         raise ModelNotAvailableError(f"Model {model!r} is gated on the Hugging Face hub: accept its licence on "
                                      f"huggingface.co and log in with `hf auth login`.") from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from exc
+    except RepositoryNotFoundError:
+        raise ModelNotAvailableError(f"Model {model!r} does not exist on the Hugging Face hub or is private.") from None
     except HfHubHTTPError:
         return None  # the hub answered; the download itself will say what is wrong
-    except Exception as exc:  # no route, DNS, proxy, TLS: the HTTP client's errors have no common base here
-        raise ModelNotAvailableError(offline_message(model)) from exc
+    except Exception:  # no route, DNS, proxy, TLS: the HTTP client's errors have no common base here
+        raise ModelNotAvailableError(offline_message(model)) from None
     return sum(sibling.size or 0 for sibling in info.siblings or ()) or None
 
 
-def from_folder_or_hub(cls, model: str, preset: str = "tiny"):
+def from_folder_or_hub(cls, model: str, preset: str = "tiny", option: str = "model", kind: str = "Model"):
     """`cls.from_pretrained` for a local folder or a hub id (the local cache first), None for a name
     that is neither; a model that cannot be had from here is one sentence (`offline_message`, which
-    suggests `preset`)."""
+    suggests `preset` for `option`)."""
     path = Path(model)
     try:
         if path.is_dir():
@@ -248,8 +254,8 @@ def from_folder_or_hub(cls, model: str, preset: str = "tiny"):
                 if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
                     raise
                 return cls.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise ModelNotAvailableError(offline_message(model, preset)) from exc
+    except (OSError, ValueError):
+        raise ModelNotAvailableError(offline_message(model, preset, option, kind)) from None
     return None
 
 
@@ -264,7 +270,7 @@ def named_pretrained(cls, model: str, kind: str, example: str):
 def load_tiny_vae(vae: str) -> AutoencoderTiny:
     if vae in TINY_VAE_PRESETS:
         return build_tiny_vae(vae)
-    loaded = from_folder_or_hub(AutoencoderTiny, vae)
+    loaded = from_folder_or_hub(AutoencoderTiny, vae, preset="tiny-taesd", option="vae", kind="Tiny VAE")
     if loaded is None:
         raise ConfigError(f"Unknown tiny VAE {vae!r}: use a hub id (e.g. 'madebyollin/taesd'), a local folder, "
                           f"or a preset ({', '.join(sorted(TINY_VAE_PRESETS))}).")

@@ -213,7 +213,7 @@ def test_guidance_is_refused_and_an_offline_hub_model_is_one_sentence(monkeypatc
     with pytest.raises(ModelNotAvailableError, match="not in the local Hugging Face cache") as caught:
         build(model="nobody-here/wan-missing-model")
     # the weightless model it suggests is one this mode runs (`--model tiny` is an image model)
-    assert "use --model tiny-wan-causal to try" in str(caught.value)
+    assert "use --model tiny-wan-causal (model='tiny-wan-causal' in Python) to try" in str(caught.value)
 
 
 # --- the video command ------------------------------------------------------------------------

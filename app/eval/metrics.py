@@ -265,6 +265,8 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
     import av  # local: PyAV loads FFmpeg, only needed for files
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; eval compares two video files")
     if not path.is_file():
         raise InputError(f"video file not found: {path}")
     try:

@@ -1,0 +1,37 @@
+"""Messages that point the right way: the thing the user typed, in their own words (CLI or Python)."""
+from __future__ import annotations
+
+import pytest
+
+from livediff.app import cli
+from livediff.errors import ModelNotAvailableError
+from livediff.pipelines.models import load_models, load_tiny_vae
+
+
+def test_an_offline_model_tells_python_and_cli_users_what_to_write_without_a_chained_traceback(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError) as caught:
+        load_models("someone/missing-model", device="cpu", dtype="float32")
+    message = str(caught.value)
+    assert "use --model tiny (model='tiny' in Python)" in message
+    error = caught.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+def test_an_offline_vae_suggests_a_vae_not_a_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError) as caught:
+        load_tiny_vae("nope/vae")
+    assert str(caught.value).startswith("Tiny VAE 'nope/vae'") and "--vae tiny-taesd" in str(caught.value)
+    assert "--model" not in str(caught.value)
+
+
+def test_a_model_path_that_does_not_exist_is_called_so():
+    with pytest.raises(ModelNotAvailableError, match="Model path './no/such/folder' does not exist"):
+        load_models("./no/such/folder", device="cpu", dtype="float32")
+
+
+def test_eval_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    assert cli.main(["eval", str(tmp_path / "clips"), str(tmp_path / "out.mp4")]) == 2
+    assert f"{tmp_path / 'clips'} is a folder; eval compares two video files" in capsys.readouterr().err
