@@ -114,8 +114,8 @@ class _SlotGroup:
         for store, values in zip(self.values, merged):
             store.copy_(values)
         target = float(config.max_frames * self.tokens)
-        self.mass.copy_(merged_mass.mul_(target / merged_mass.sum(dim=1, keepdim=True)))
-        self.bias.copy_(self.mass.log())
+        torch.mul(merged_mass, target / merged_mass.sum(dim=1, keepdim=True), out=self.mass)
+        torch.log(self.mass, out=self.bias)
 
 
 class FeatureBank:
