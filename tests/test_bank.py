@@ -192,7 +192,7 @@ def test_merged_memory_is_reproducible_with_its_seed():
 
 def test_merged_memory_merges_the_most_similar_pairs():
     values = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, -1.0]]])
-    (merged,), mass = merge_memory([values], torch.ones(1, 4), 1, generator(0))
+    merged, mass = merge_memory(values, 2, torch.ones(1, 4), 1, generator(0))
     assert merged.shape == (1, 3, 2) and sorted(mass[0].tolist()) == [1.0, 1.0, 2.0]
     # whatever the random partition, the only merge with cosine ~1 is tokens 0 and 2
     assert any(torch.allclose(t, torch.tensor([1.0, 0.005])) for t in merged[0])

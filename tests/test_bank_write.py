@@ -53,16 +53,17 @@ def test_merge_memory_equals_the_one_hot_maths_with_ties_and_shared_destinations
     values = torch.randn(3, 24, 5, generator=g)
     mass = torch.rand(3, 24, generator=g) * 4
     mass[0, :6] = 0.0  # emptied slots
-    merged, merged_mass = merge_memory([keys, values], mass, drop, torch.Generator().manual_seed(1))
+    merged, merged_mass = merge_memory(torch.cat([keys, values], dim=-1), 6, mass, drop,
+                                       torch.Generator().manual_seed(1))
     expected, expected_mass = reference_merge_memory([keys, values], mass, drop, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(torch.cat(merged, dim=-1), expected)
+    torch.testing.assert_close(merged, expected)
     torch.testing.assert_close(merged_mass, expected_mass)
 
 
 def test_mass_weighted_merge_is_associative():
     """Merging a mass-3 token equals merging its three originals: masses make repeated merges exact."""
     x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    (merged,), mass = merge_memory([x], torch.tensor([[3.0, 1.0]]), 1, torch.Generator().manual_seed(0))
+    merged, mass = merge_memory(x, 2, torch.tensor([[3.0, 1.0]]), 1, torch.Generator().manual_seed(0))
     torch.testing.assert_close(merged, torch.tensor([[[0.75, 0.25]]]))
     assert mass.tolist() == [[4.0]]
 
@@ -104,3 +105,58 @@ def test_merged_write_at_sd21_512_costs_only_the_matching():
     joined_float = rows * 2 * tokens * 2 * channels * 4  # keys|values of memory + frame, float32: 400 MiB
     assert largest.largest <= joined_float
     assert largest.largest_product <= merge.MATCH_BLOCK_BYTES
+
+
+class CopiedBytes(TorchDispatchMode):
+    """Output bytes of ops that copy tensor data."""
+
+    COPYING = {"aten::index_select", "aten::cat", "aten::stack", "aten::clone", "aten::copy_", "aten::gather",
+               "aten::repeat", "aten::_to_copy", "aten::index"}
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._schema.name in self.COPYING:
+            written = args[0] if func._schema.name == "aten::copy_" else out
+            self.bytes += written.numel() * written.element_size()
+        return out
+
+
+def per_stage_bank(merge_memory_on: bool, stages: int, steady=None) -> FeatureBank:
+    entry = BankEntry(layer="l", tokens=12, grid=(3, 4), channels=4, kept=12, capacity=24)
+    layout = BankLayout(max_frames=2, kv=(entry,), out=(entry,))
+    return FeatureBank(layout, BankConfig(merge=merge_memory_on, max_frames=2), stages, "cpu", torch.float32, steady)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("cfg_rows,frames", [(0, 1), (0, 2), ("full", 1), ("full", 2), ("initialize", 2)])
+def test_steady_calls_read_the_bank_without_a_copy(merged, cfg_rows, frames):
+    """full / initialize CFG and F > 1: every row of the steady call reads its stage's bank from the
+    storage itself, equal to the per-stage bank gathered row by row (what was copied every frame)."""
+    from livediff.pipelines.bank.unet import call_rows
+
+    stages = 3
+    stream = stages * frames
+    extra = {0: 0, "full": stream, "initialize": frames}[cfg_rows]
+    steady = call_rows(0, stages, frames, stream + extra)
+    bank, reference = per_stage_bank(merged, stages, steady), per_stage_bank(merged, stages)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):  # fills the memory, then merges (or rolls the FIFO)
+        entries = [torch.randn(extra + stream, 12, 4, generator=g) for _ in range(3)]
+        bank.update(entries, skip_rows=extra)
+        for f in range(frames):  # the reference bank is written frame by frame, like the bank
+            reference.update([e[extra:].view(stages, frames, 12, 4)[:, f] for e in entries])
+    counter = CopiedBytes()
+    with counter:
+        rows = bank.rows(steady.stages)
+    assert counter.bytes == 0
+    assert [t.data_ptr() for t in rows] == [t.data_ptr() for t in bank.tensors()]
+    index = torch.tensor(steady.stages)
+    for got, expected in zip(rows, reference.tensors()):
+        torch.testing.assert_close(got, expected.index_select(0, index))
+    with counter:  # the stream rows alone (CFG rows turned off by a guidance scale <= 1): a slice
+        bank.rows(steady.stages[extra:])
+    assert counter.bytes == 0

@@ -148,24 +148,24 @@ def memory_slots(plan: MergePlan, batch: int) -> torch.Tensor:
 MATCH_BLOCK_BYTES = 64 << 20
 
 
-def merge_memory(values: list[torch.Tensor], mass: torch.Tensor, drop: int, generator: torch.Generator | None
-                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def merge_memory(values: torch.Tensor, metric_width: int, mass: torch.Tensor, drop: int,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrink a memory of n tokens to n − drop by bipartite soft matching on a random partition.
 
-    values: tensors (B, n, C_k) merged with the same plan (e.g. keys and values), the first one
-    being the similarity metric; mass: (B, n) float32. Needs drop <= n // 2. Returns the merged
-    values and masses in float32 (masses exceed float16's range). Every token's mass-weighted
-    value is added to its output row with one `index_add_` over the channel-concatenated values;
-    a row of mass 0 (emptied slots only) comes out 0.
+    values: (B, n, C) channel-concatenated values merged with one plan (e.g. keys | values), whose
+    first `metric_width` channels are the similarity metric; mass: (B, n) float32. Needs
+    drop <= n // 2. Returns the merged values (B, n − drop, C) in float32 (float64 for float64
+    values) and masses in float32 (masses exceed float16's range). Every token's mass-weighted
+    value is added to its output row with one `index_add_`; a row of mass 0 (emptied slots only)
+    comes out 0.
     """
-    batch, n = mass.shape
+    batch, n, channels = values.shape
     order = random_partition(batch, n, generator, mass.device)
-    plan = bipartite_plan(values[0], order, n // 2, drop, MATCH_BLOCK_BYTES)
-    joined = torch.cat(values, dim=-1) if len(values) > 1 else values[0]
-    channels, rows = joined.shape[-1], n - drop
+    plan = bipartite_plan(values[..., :metric_width], order, n // 2, drop, MATCH_BLOCK_BYTES)
+    rows = n - drop
     slots = memory_slots(plan, batch)
-    weighted = (joined * mass.unsqueeze(-1)).view(-1, channels)
-    totals = mass.new_zeros(batch * rows, channels).index_add_(0, slots, weighted)
+    weighted = (values * mass.unsqueeze(-1)).view(-1, channels)
+    totals = weighted.new_zeros(batch * rows, channels).index_add_(0, slots, weighted)
     total_mass = mass.new_zeros(batch * rows).index_add_(0, slots, mass.view(-1))
     merged = totals.div_(total_mass.clamp_min(1e-12).unsqueeze(-1)).view(batch, rows, channels)
-    return list(merged.split([v.shape[-1] for v in values], dim=-1)), total_mass.view(batch, rows)
+    return merged, total_mass.view(batch, rows)
