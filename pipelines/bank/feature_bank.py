@@ -48,7 +48,8 @@ class _SlotGroup:
     Every write is done per group, never per layer: a call's new entries are stacked once per group
     and then selected, stored or merged for all its layers together, so a bank write costs a few
     operations per distinct layer shape (a handful) instead of a few per layer (dozens). Writes go
-    to one row per stage (`_stage_rows`), then `_spread` copies them to the stage's other rows.
+    to one row per stage (`stage_values`, `stage_bias`), then `_spread` copies them to the
+    stage's other rows. Those views are made once: a write runs copies, not view bookkeeping.
     """
 
     def __init__(self, entries: list[BankEntry], positions: list[list[int]], rows: RowLayout, device, dtype,
@@ -71,6 +72,10 @@ class _SlotGroup:
         r = self.row_count
         self.slots = [_Slots(entry, [v[i * r:(i + 1) * r] for v in self.values], self.bias[i * r:(i + 1) * r])
                       for i, entry in enumerate(entries)]
+        self.stage_values = [self._stage_rows(v) for v in self.values]
+        self.stage_bias = self._stage_rows(self.bias)
+        self.stage_mass = self._per_stage(self.mass)
+        self.copies = [pair for t in [*self.values, self.bias] for pair in self._spread_pairs(t)]
 
     @staticmethod
     def key(entry: BankEntry, count: int) -> tuple:
@@ -84,16 +89,21 @@ class _SlotGroup:
         """A (layers·S, ...) tensor as (layers, S, ...)."""
         return t.view(self.layers, self.stages, *t.shape[1:])
 
+    def _spread_pairs(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(destination, source) views that copy every stage's written row to its other rows: its
+        other frames, then its CFG rows (`call_rows`: the CFG rows repeat the first stream rows)."""
+        rows = t.view(self.layers, self.row_count, *t.shape[1:])
+        pairs = []
+        if self.frames > 1:
+            per_stage = rows[:, self.extra:].view(self.layers, self.stages, self.frames, *t.shape[1:])
+            pairs.append((per_stage[:, :, 1:], per_stage[:, :, :1]))
+        if self.extra:
+            pairs.append((rows[:, :self.extra], rows[:, self.extra:2 * self.extra]))
+        return pairs
+
     def _spread(self) -> None:
-        """Copy every stage's written row to its other rows: its other frames, then its CFG rows
-        (`call_rows`: the CFG rows repeat the first stream rows)."""
-        for t in [*self.values, self.bias]:
-            rows = t.view(self.layers, self.row_count, *t.shape[1:])
-            if self.frames > 1:
-                per_stage = rows[:, self.extra:].view(self.layers, self.stages, self.frames, *t.shape[1:])
-                per_stage[:, :, 1:].copy_(per_stage[:, :, :1])
-            if self.extra:
-                rows[:, :self.extra].copy_(rows[:, self.extra:2 * self.extra])
+        for destination, source in self.copies:
+            destination.copy_(source)
 
     def stacked(self, entries: list[torch.Tensor], skip_rows: int) -> list[torch.Tensor]:
         """This group's new entries as (layers·S, F, T, C) per value, non-finite values zeroed."""
@@ -118,11 +128,11 @@ class _SlotGroup:
         """FIFO: the frame takes the oldest of the `max_frames` slots."""
         first = (stored % config.max_frames) * self.kept
         slot = slice(first, first + self.kept)
-        for store, new in zip(self.values, frame):
-            self._stage_rows(store)[:, :, slot].copy_(self._per_stage(new))
+        for store, new in zip(self.stage_values, frame):
+            store[:, :, slot].copy_(self._per_stage(new))
         self.mass[:, slot].copy_(mass)
         bias = self.dense_bias if mass is self.dense_mass else mass.log()
-        self._stage_rows(self.bias)[:, :, slot].copy_(self._per_stage(bias))
+        self.stage_bias[:, :, slot].copy_(self._per_stage(bias))
         self._spread()
 
     def reset(self) -> None:
@@ -140,20 +150,17 @@ class _SlotGroup:
         merge works on."""
         capacity, widths = self.mass.shape[1], [v.shape[-1] for v in self.values]
         joined = self.values[0].new_empty(self.layers, self.stages, capacity + self.kept, sum(widths))
-        start = 0
-        for store, new, width in zip(self.values, frame, widths):
-            joined[:, :, :capacity, start:start + width].copy_(self._stage_rows(store))
-            joined[:, :, capacity:, start:start + width].copy_(self._per_stage(new))
-            start += width
-        merged, merged_mass = merge_memory(joined.view(self.layers * self.stages, -1, start), widths[0],
+        memory, arriving = joined[:, :, :capacity].split(widths, -1), joined[:, :, capacity:].split(widths, -1)
+        for store, new, old_part, new_part in zip(self.stage_values, frame, memory, arriving):
+            old_part.copy_(store)
+            new_part.copy_(self._per_stage(new))
+        merged, merged_mass = merge_memory(joined.view(self.layers * self.stages, -1, sum(widths)), widths[0],
                                            torch.cat([self.mass, mass], dim=1), self.kept, generator)
-        start = 0
-        for store, width in zip(self.values, widths):
-            self._stage_rows(store).copy_(self._per_stage(merged[..., start:start + width]))
-            start += width
+        for store, part in zip(self.stage_values, self._per_stage(merged).split(widths, -1)):
+            store.copy_(part)
         target = float(config.max_frames * self.tokens)
         torch.mul(merged_mass, target / merged_mass.sum(dim=1, keepdim=True), out=self.mass)
-        torch.log(self._per_stage(self.mass), out=self._stage_rows(self.bias))
+        torch.log(self.stage_mass, out=self.stage_bias)
         self._spread()
 
 
