@@ -40,7 +40,7 @@ from livediff.pipelines.config import StreamConfig
 from livediff.networks import BankedUNetFunction
 from livediff.pipelines.models import ModelBundle
 from livediff.pipelines.runners import StreamRunners
-from livediff.pipelines.stream import Guidance
+from livediff.pipelines.stream import Guidance, stream_rows
 from livediff.pipelines.stream_pipeline import StreamPipeline
 from livediff.pipelines.token_merge import merge_level, tokens_after_merge
 
@@ -119,7 +119,9 @@ class VideoPipeline(StreamPipeline):
         """A new stream (new stages, or a reset) starts with an empty bank sized for its stages."""
         super()._build_stream()
         cfg = self.bank_config
-        self.bank = (FeatureBank(self.banked_unet.layout, cfg, self.schedule.steps, self.device, self.dtype)
+        steps, frames = self.schedule.steps, self.schedule.frames
+        steady = call_rows(0, steps, frames, stream_rows(steps, frames, self.settings.cfg_type).max)
+        self.bank = (FeatureBank(self.banked_unet.layout, cfg, steps, self.device, self.dtype, steady)
                      if cfg else None)
         self._motion: deque[torch.Tensor] = deque(maxlen=self.schedule.steps)
         self._previous_latents: torch.Tensor | None = None

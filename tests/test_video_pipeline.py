@@ -92,7 +92,8 @@ def test_fifo_bank_holds_max_frames_and_every_stage_after_warm_up():
 
 
 class Recorder:
-    """Wraps the banked UNet runner to keep the last call's inputs and outputs."""
+    """Wraps the banked UNet runner to keep every call's inputs (as they were: the steady call reads
+    the bank's storage, which later writes change) and outputs."""
 
     def __init__(self, pipe):
         self.inner, self.calls = pipe.banked_unet_runner, []
@@ -100,7 +101,7 @@ class Recorder:
 
     def __call__(self, inputs):
         outputs = self.inner(inputs)
-        self.calls.append((inputs, outputs))
+        self.calls.append(({name: t.clone() for name, t in inputs.items()}, outputs))
         return outputs
 
     def __getattr__(self, name):
@@ -117,7 +118,8 @@ def test_only_conditional_stream_rows_write_and_every_row_reads_its_stage(cfg_ty
     sample = inputs["sample"]
     k_new = outputs[pipe.bank_output_names[0]]
     stages, extra = 3, sample.shape[0] - 3 * frames
-    banked_k = pipe.bank.tensors()[0].clone()
+    steady = pipe.bank.steady  # the bank keeps a row per row of the steady call; its stream rows per stage:
+    banked_k = pipe.bank.tensors()[0][[steady.stages.index(s, steady.extra) for s in range(stages)]]
     tokens = k_new.shape[1]
     for s in range(stages):
         for f in range(frames):

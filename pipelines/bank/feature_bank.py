@@ -1,10 +1,14 @@
 """The bank's state between UNet calls: fixed-size tensors per stage, and how they are updated.
 
-Storage per banked layer and stage s (S = number of stages):
-    keys/values (S, L, C), mass (S, L) float32, bias = log(mass) (S, L) in the model dtype,
-and per fusion layer outputs (S, Lo, C) with their mass and bias. L = max_frames · kept tokens.
-A slot of mass 0 is empty (bias −inf: attention and fusion ignore it). All tensors are allocated
-once and updated in place, so their addresses and shapes never change.
+Storage per banked layer, one row per row of the steady UNet call (R rows: S stages, F frames per
+stage, and the unconditional CFG rows of `full` / `initialize`, `bank.unet.call_rows`):
+    keys/values (R, L, C), bias = log(mass) (R, L) in the model dtype,
+and per fusion layer outputs (R, Lo, C) with their bias; the masses (S, L) float32 are kept once
+per stage. L = max_frames · kept tokens. A slot of mass 0 is empty (bias −inf: attention and
+fusion ignore it). All tensors are allocated once and updated in place, so their addresses and
+shapes never change. Rows of one stage hold equal copies: a write updates one row per stage and
+copies it to the others, so the steady call reads the storage itself (a copy per write, none per
+frame; a per-frame gather would also allocate as much every frame).
 
 Updates (one per written frame, all stages at once — every steady-state call carries every stage):
 * sparse bank: each stage's frame first keeps its motion-selected tokens (`sparse.select_tokens`);
@@ -23,59 +27,91 @@ from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.layout import BankEntry, BankLayout
 from livediff.pipelines.bank.merge import merge_memory, take
 from livediff.pipelines.bank.sparse import select_tokens
+from livediff.pipelines.bank.unet import RowLayout, call_rows
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.stream import finite
 
 
 class _Slots:
-    """One banked layer's per-stage storage: views into its `_SlotGroup`'s tensors."""
+    """One banked layer's storage (row layout): views into its `_SlotGroup`'s tensors."""
 
-    def __init__(self, entry: BankEntry, values: list[torch.Tensor], mass: torch.Tensor, bias: torch.Tensor):
-        self.entry, self.values, self.mass, self.bias = entry, values, mass, bias
+    def __init__(self, entry: BankEntry, values: list[torch.Tensor], bias: torch.Tensor):
+        self.entry, self.values, self.bias = entry, values, bias
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.values, self.bias]
 
 
 class _SlotGroup:
-    """Banked layers of equal shape kept in one tensor per value (layer i = rows i·S … i·S+S−1).
+    """Banked layers of equal shape kept in one tensor per value (layer i = rows i·R … i·R+R−1).
 
     Every write is done per group, never per layer: a call's new entries are stacked once per group
     and then selected, stored or merged for all its layers together, so a bank write costs a few
-    operations per distinct layer shape (a handful) instead of a few per layer (dozens).
+    operations per distinct layer shape (a handful) instead of a few per layer (dozens). Writes go
+    to one row per stage (`stage_values`, `stage_bias`), then `_spread` copies them to the
+    stage's other rows. Those views are made once: a write runs copies, not view bookkeeping.
     """
 
-    def __init__(self, entries: list[BankEntry], positions: list[list[int]], stages: int, device, dtype,
+    def __init__(self, entries: list[BankEntry], positions: list[list[int]], rows: RowLayout, device, dtype,
                  generator: torch.Generator):
-        first, rows = entries[0], len(entries) * stages
+        first, layers, stages = entries[0], len(entries), len(rows.present)
         self.kept, self.tokens, self.grid, self.stages = first.kept, first.tokens, first.grid, stages
+        self.layers, self.row_count, self.extra = layers, len(rows.stages), rows.extra
+        self.frames = (self.row_count - rows.extra) // stages
         #: positions[k][i]: index in a call's entry list of value k of layer i
         self.positions = positions
-        self.values = [torch.zeros(rows, first.capacity, first.channels, device=device, dtype=dtype)
-                       for _ in positions]
-        self.mass = torch.zeros(rows, first.capacity, device=device, dtype=torch.float32)
-        self.bias = torch.full((rows, first.capacity), float("-inf"), device=device, dtype=dtype)
-        self.dense_mass = torch.ones(rows, first.kept, device=device)
-        self.dense_bias = torch.zeros(rows, first.kept, device=device, dtype=dtype)
+        self.values = [torch.zeros(layers * self.row_count, first.capacity, first.channels, device=device,
+                                   dtype=dtype) for _ in positions]
+        self.bias = torch.full((layers * self.row_count, first.capacity), float("-inf"), device=device, dtype=dtype)
+        self.mass = torch.zeros(layers * stages, first.capacity, device=device, dtype=torch.float32)
+        self.dense_mass = torch.ones(layers * stages, first.kept, device=device)
+        self.dense_bias = torch.zeros(layers * stages, first.kept, device=device, dtype=dtype)
         # a fixed random ranking of static tokens per layer (sparse bank), one row per layer and stage
         ranks = torch.stack([torch.rand(first.grid[0] * first.grid[1], generator=generator) for _ in entries])
         self.static_rank = ranks.repeat_interleave(stages, dim=0).to(device)
-        self.slots = [_Slots(entry, [v[i * stages:(i + 1) * stages] for v in self.values],
-                             self.mass[i * stages:(i + 1) * stages], self.bias[i * stages:(i + 1) * stages])
+        r = self.row_count
+        self.slots = [_Slots(entry, [v[i * r:(i + 1) * r] for v in self.values], self.bias[i * r:(i + 1) * r])
                       for i, entry in enumerate(entries)]
+        self.stage_values = [self._stage_rows(v) for v in self.values]
+        self.stage_bias = self._stage_rows(self.bias)
+        self.stage_mass = self._per_stage(self.mass)
+        self.copies = [pair for t in [*self.values, self.bias] for pair in self._spread_pairs(t)]
 
     @staticmethod
     def key(entry: BankEntry, count: int) -> tuple:
         return count, entry.tokens, entry.kept, entry.capacity, entry.channels, entry.grid
 
+    def _stage_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """(layers, S, ...) view of a row-layout tensor: the first stream row of every stage."""
+        return t.view(self.layers, self.row_count, *t.shape[1:])[:, self.extra::self.frames]
+
+    def _per_stage(self, t: torch.Tensor) -> torch.Tensor:
+        """A (layers·S, ...) tensor as (layers, S, ...)."""
+        return t.view(self.layers, self.stages, *t.shape[1:])
+
+    def _spread_pairs(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(destination, source) views that copy every stage's written row to its other rows: its
+        other frames, then its CFG rows (`call_rows`: the CFG rows repeat the first stream rows)."""
+        rows = t.view(self.layers, self.row_count, *t.shape[1:])
+        pairs = []
+        if self.frames > 1:
+            per_stage = rows[:, self.extra:].view(self.layers, self.stages, self.frames, *t.shape[1:])
+            pairs.append((per_stage[:, :, 1:], per_stage[:, :, :1]))
+        if self.extra:
+            pairs.append((rows[:, :self.extra], rows[:, self.extra:2 * self.extra]))
+        return pairs
+
+    def _spread(self) -> None:
+        for destination, source in self.copies:
+            destination.copy_(source)
+
     def stacked(self, entries: list[torch.Tensor], skip_rows: int) -> list[torch.Tensor]:
         """This group's new entries as (layers·S, F, T, C) per value, non-finite values zeroed."""
-        layers = len(self.slots)
         out = []
         for index in self.positions:
             x = torch.stack([entries[i] for i in index])
             x = x[:, skip_rows:] if skip_rows else x
-            out.append(finite(x).view(layers * self.stages, -1, *x.shape[2:]))
+            out.append(finite(x).view(self.layers * self.stages, -1, *x.shape[2:]))
         return out
 
     def select(self, frame: list[torch.Tensor], motion: torch.Tensor | None, config: BankConfig
@@ -92,10 +128,12 @@ class _SlotGroup:
         """FIFO: the frame takes the oldest of the `max_frames` slots."""
         first = (stored % config.max_frames) * self.kept
         slot = slice(first, first + self.kept)
-        for store, new in zip(self.values, frame):
-            store[:, slot].copy_(new)
+        for store, new in zip(self.stage_values, frame):
+            store[:, :, slot].copy_(self._per_stage(new))
         self.mass[:, slot].copy_(mass)
-        self.bias[:, slot].copy_(self.dense_bias if mass is self.dense_mass else mass.log())
+        bias = self.dense_bias if mass is self.dense_mass else mass.log()
+        self.stage_bias[:, :, slot].copy_(self._per_stage(bias))
+        self._spread()
 
     def reset(self) -> None:
         self.mass.zero_()
@@ -107,28 +145,42 @@ class _SlotGroup:
 
     def merge(self, frame: list[torch.Tensor], mass: torch.Tensor, config: BankConfig,
               generator: torch.Generator | None) -> None:
-        """Old memory + the new frame → the memory's size, every layer of the group in one merge."""
-        merged, merged_mass = merge_memory(
-            [torch.cat([store, new], dim=1) for store, new in zip(self.values, frame)],
-            torch.cat([self.mass, mass], dim=1), self.kept, generator)
-        for store, values in zip(self.values, merged):
-            store.copy_(values)
+        """Old memory + the new frame → the memory's size, every layer of the group in one merge.
+        Memory and frame are copied once, side by side, into the channel-concatenated tensor the
+        merge works on."""
+        capacity, widths = self.mass.shape[1], [v.shape[-1] for v in self.values]
+        joined = self.values[0].new_empty(self.layers, self.stages, capacity + self.kept, sum(widths))
+        memory, arriving = joined[:, :, :capacity].split(widths, -1), joined[:, :, capacity:].split(widths, -1)
+        for store, new, old_part, new_part in zip(self.stage_values, frame, memory, arriving):
+            old_part.copy_(store)
+            new_part.copy_(self._per_stage(new))
+        merged, merged_mass = merge_memory(joined.view(self.layers * self.stages, -1, sum(widths)), widths[0],
+                                           torch.cat([self.mass, mass], dim=1), self.kept, generator)
+        for store, part in zip(self.stage_values, self._per_stage(merged).split(widths, -1)):
+            store.copy_(part)
         target = float(config.max_frames * self.tokens)
-        self.mass.copy_(merged_mass.mul_(target / merged_mass.sum(dim=1, keepdim=True)))
-        self.bias.copy_(self.mass.log())
+        torch.mul(merged_mass, target / merged_mass.sum(dim=1, keepdim=True), out=self.mass)
+        torch.log(self.stage_mass, out=self.stage_bias)
+        self._spread()
 
 
 class FeatureBank:
     """Per-stage memory of earlier frames' self-attention keys/values and attention outputs.
 
-    `rows(stage)` gives the bank inputs of a UNet call (see `pipelines.bank.layout`), each row
-    reading its own stage; `update(entries, motion)` writes one call's new entries.
+    `rows(stages)` gives the bank inputs of a UNet call (see `pipelines.bank.layout`), each row
+    reading its own stage; `update(entries, motion)` writes one call's new entries. `steady`: the
+    rows of the steady UNet call the storage is laid out for (default: one row per stage).
     """
 
-    def __init__(self, layout: BankLayout, config: BankConfig, stages: int, device, dtype):
+    def __init__(self, layout: BankLayout, config: BankConfig, stages: int, device, dtype,
+                 steady: RowLayout | None = None):
+        steady = steady or call_rows(0, stages, 1, stages)
+        if steady.present != tuple(range(stages)):
+            raise ValueError(f"the steady call must carry every one of the {stages} stages, got {steady.present}")
         self.layout = layout
         self.config = config
         self.stages = stages
+        self.steady = steady
         self.stored_frames = 0
         self.dropped_moving: torch.Tensor | int = 0
         # the merge partition is drawn where the bank lives: a CPU draw would be a copy every write
@@ -142,7 +194,7 @@ class FeatureBank:
         for j, entry in enumerate(layout.out):
             members.setdefault(_SlotGroup.key(entry, 1), []).append((entry, [base + j]))
         self._groups = [_SlotGroup([e for e, _ in group], [list(p) for p in zip(*(p for _, p in group))],
-                                   stages, device, dtype, rank_generator)
+                                   steady, device, dtype, rank_generator)
                         for group in members.values()]
         self._entry_count = base + len(layout.out)
         by_entry = {id(slots.entry): slots for group in self._groups for slots in group.slots}
@@ -163,17 +215,23 @@ class FeatureBank:
             self._generator.manual_seed(self.config.seed)
 
     def tensors(self) -> list[torch.Tensor]:
-        """The per-stage storage in layout order (axis 0 = stage)."""
+        """The storage in layout order (axis 0 = the steady call's rows)."""
         return [t for slots in self._kv + self._out for t in slots.tensors()]
 
     def rows(self, stages: tuple[int, ...]) -> list[torch.Tensor]:
-        """Bank inputs for a call whose row b is at stage `stages[b]` (the storage itself when the
-        rows are exactly the stages in order, else a gathered copy)."""
+        """Bank inputs for a call whose row b is at stage `stages[b]`: the storage itself for the
+        steady call, a slice of it for a run of its rows (warm-up, CFG rows turned off), else a
+        gathered copy (another layout: a warm-up with CFG rows, a live change of the CFG mode)."""
         storage = self.tensors()
-        if stages == tuple(range(self.stages)):
+        laid_out = self.steady.stages
+        if stages == laid_out:
             return storage
+        for start in range(len(laid_out) - len(stages) + 1):
+            if laid_out[start:start + len(stages)] == stages:
+                return [t[start:start + len(stages)] for t in storage]
         if stages not in self._indices:  # a handful of layouts per stream: made once, on the device
-            self._indices[stages] = torch.tensor(stages, device=storage[0].device)
+            rows = [laid_out.index(stage, self.steady.extra) for stage in stages]
+            self._indices[stages] = torch.tensor(rows, device=storage[0].device)
         return [t.index_select(0, self._indices[stages]) for t in storage]
 
     def forget_where(self, condition: torch.Tensor) -> None:
