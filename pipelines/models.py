@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -26,6 +28,15 @@ from livediff.pipelines.placement import place_network
 from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def quiet_hub_deprecations():
+    """diffusers' own hub lookups pass huggingface_hub an argument it deprecated (`local_dir_use_symlinks`);
+    users cannot act on that warning, so it is kept out of their output around our loading calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+        yield
 
 #: float64 is for reference checks on the CPU (equalities that hold to 1e-9), not for use
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -196,6 +207,11 @@ def _load_components(model: str) -> dict:
 
 
 def _from_hub(model: str):
+    with quiet_hub_deprecations():
+        return _from_hub_quietly(model)
+
+
+def _from_hub_quietly(model: str):
     from diffusers import DiffusionPipeline
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -244,18 +260,19 @@ def from_folder_or_hub(cls, model: str, preset: str = "tiny", option: str = "mod
     that is neither; a model that cannot be had from here is one sentence (`offline_message`, which
     suggests `preset` for `option`)."""
     path = Path(model)
-    try:
-        if path.is_dir():
-            return cls.from_pretrained(str(path))
-        if "/" in model and not model.startswith((".", "/")):
-            try:
-                return cls.from_pretrained(model, local_files_only=True)
-            except OSError:
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-                    raise
-                return cls.from_pretrained(model)
-    except (OSError, ValueError):
-        raise ModelNotAvailableError(offline_message(model, preset, option, kind)) from None
+    with quiet_hub_deprecations():
+        try:
+            if path.is_dir():
+                return cls.from_pretrained(str(path))
+            if "/" in model and not model.startswith((".", "/")):
+                try:
+                    return cls.from_pretrained(model, local_files_only=True)
+                except OSError:
+                    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+                        raise
+                    return cls.from_pretrained(model)
+        except (OSError, ValueError):
+            raise ModelNotAvailableError(offline_message(model, preset, option, kind)) from None
     return None
 
 

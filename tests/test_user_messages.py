@@ -35,3 +35,21 @@ def test_eval_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
     (tmp_path / "clips").mkdir()
     assert cli.main(["eval", str(tmp_path / "clips"), str(tmp_path / "out.mp4")]) == 2
     assert f"{tmp_path / 'clips'} is a folder; eval compares two video files" in capsys.readouterr().err
+
+
+def test_loading_prints_no_third_party_noise_a_user_cannot_act_on(monkeypatch, caplog):
+    """huggingface_hub's deprecation of an argument diffusers passes, and diffusers' warning about an
+    empty float32 module list of the tiny Wan VAE."""
+    import warnings
+
+    import torch
+
+    from livediff.pipelines.causal.presets import build_tiny_wan_vae
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings(record=True) as seen:
+        with pytest.raises(ModelNotAvailableError):
+            load_models("someone/missing-model", device="cpu", dtype="float32")
+        build_tiny_wan_vae(dtype=torch.float16)
+    assert not [str(w.message) for w in seen if "local_dir_use_symlinks" in str(w.message)]
+    assert "should be kept in float32" not in caplog.text

@@ -65,8 +65,10 @@ def build_tiny_wan_vae(seed: int = 0, dtype: torch.dtype = torch.float32):
     """The tiny Wan VAE with diffusers' own random initialisation, deterministic for a seed."""
     from diffusers import AutoencoderKLWan
 
-    model = random_weights(seed, lambda: AutoencoderKLWan(**TINY_WAN_VAE))
-    return (model.double() if dtype == torch.float64 else model.to(dtype)).eval()
+    from livediff.pipelines.placement import place_network
+
+    # `place_network`, not `.to(dtype)`: diffusers' `.to` warns about an empty `_keep_in_fp32_modules`
+    return place_network(random_weights(seed, lambda: AutoencoderKLWan(**TINY_WAN_VAE)), "cpu", dtype)
 
 
 #: the tiny preset's text encoder (UMT5, Wan's text encoder family) at the tiny transformer's text width
