@@ -53,3 +53,27 @@ def test_loading_prints_no_third_party_noise_a_user_cannot_act_on(monkeypatch, c
         build_tiny_wan_vae(dtype=torch.float16)
     assert not [str(w.message) for w in seen if "local_dir_use_symlinks" in str(w.message)]
     assert "should be kept in float32" not in caplog.text
+
+
+def test_x265_encodes_without_its_info_lines(tmp_path):
+    """x265 logs on the process's stderr from C, so only a child process can see it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from fractions import Fraction
+import av, numpy as np
+from livediff.app.video.codecs import encoder_settings
+options, _ = encoder_settings("libx265", None, 64, 48, Fraction(15))
+out = av.open(sys.argv[1], "w")
+stream = out.add_stream("libx265", rate=15)
+stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", options
+for frame in [av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")] * 2 + [None]:
+    for packet in stream.encode(frame):
+        out.mux(packet)
+out.close()
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.mp4")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stderr == ""

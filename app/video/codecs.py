@@ -110,4 +110,6 @@ def encoder_settings(
             bit_rate = max(400_000, int(width * height * float(fps) * 0.2))
     else:
         raise ConfigError(f"quality {quality!r} is not understood; give a CRF int (x264) or a bitrate like '4M'")
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints ~25 info lines per file on its own stderr
     return options, bit_rate
