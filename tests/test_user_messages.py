@@ -69,9 +69,11 @@ options, _ = encoder_settings("libx265", None, 64, 48, Fraction(15))
 out = av.open(sys.argv[1], "w")
 stream = out.add_stream("libx265", rate=15)
 stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", options
-for frame in [av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")] * 2 + [None]:
-    for packet in stream.encode(frame):
+for _ in range(3):
+    for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
         out.mux(packet)
+for packet in stream.encode(None):
+    out.mux(packet)
 out.close()
 """
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.mp4")], capture_output=True, text=True,
