@@ -52,11 +52,17 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_threads(threads: int | str) -> int:
-    """Set torch's and OpenCV's thread pools; ONNX Runtime sessions follow torch's. Returns the count."""
+    """Set torch's and OpenCV's thread pools; ONNX Runtime sessions follow torch's. Returns the count.
+
+    torch is not imported for this: it reads OMP_NUM_THREADS when it is first imported, so a command
+    that stops at a mistake before loading a model never waits for torch (an imported torch is set directly)."""
+    import sys
+
     import cv2
-    import torch
 
     count = idle_cores() if threads == AUTO else int(threads)
-    torch.set_num_threads(count)
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
     cv2.setNumThreads(count)
     return count

@@ -37,3 +37,13 @@ def test_main_applies_the_thread_count_before_running(monkeypatch, tmp_path):
     monkeypatch.setattr(torch, "set_num_threads", seen.append)
     main(["eval", str(tmp_path / "missing.mp4"), str(tmp_path / "missing2.mp4"), "--threads", "1"])
     assert seen == [1]
+
+
+def test_threads_reach_a_torch_imported_afterwards_without_importing_it_first():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom livediff.app.threads import apply_threads\napply_threads(1)\n"
+            "before = 'torch' in sys.modules\nimport torch\nprint(before, torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "1"], done.stdout + done.stderr

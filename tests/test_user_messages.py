@@ -79,3 +79,16 @@ out.close()
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.mp4")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stderr == ""
+
+
+def test_webcam_without_a_display_says_so_before_importing_the_model_code(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom livediff.app import cli\nrc = cli.main(['webcam', '--model', 'tiny'])\n"
+            "print(rc, sorted(m for m in ('torch', 'diffusers', 'gradio') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
+    assert "cannot open a window: there is no display" in done.stderr

@@ -74,15 +74,15 @@ def _check(args: argparse.Namespace) -> bool:
         raise ConfigError(f"--seconds {args.seconds} must be > 0")
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: a live camera is streamed one frame per call")
+    show = args.output is None or args.window
+    if show:  # first: it needs no model code, so a machine without a display hears it at once
+        problem = window_support_problem()
+        if problem:
+            raise ConfigError(f"cannot open a window: {problem}; use --output out.mp4 to record instead")
     from livediff.app.commands.options import causal_settings
     from livediff.app.ui.engine import DEFAULT_STREAM_MODE
 
     causal_settings(args, args.stream_mode or DEFAULT_STREAM_MODE, "--stream-mode")  # a misplaced option, named now
-    show = args.output is None or args.window
-    if show:
-        problem = window_support_problem()
-        if problem:
-            raise ConfigError(f"cannot open a window: {problem}; use --output out.mp4 to record instead")
     return show
 
 
@@ -117,6 +117,7 @@ class _Recorder:
 
 
 def run(args: argparse.Namespace) -> int:
+    show = _check(args)
     from livediff.app.camera import CameraReader, parse_source
     from livediff.app.live_metrics import LiveMeter, now
     from livediff.app.ui.causal_live import ChunkPacer, chunk_delay, delay_text, is_chunked, nonfinite_count
@@ -124,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
     from livediff.app.ui.webcam_tab import stream_delay
     from livediff.errors import InputError
 
-    show = _check(args)
     camera = CameraReader(parse_source(args.camera), loop=not args.once)
     print(f"livediff webcam: loading {args.model} ...", file=sys.stderr)
     pipe = _build_pipeline(args)
