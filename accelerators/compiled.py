@@ -33,7 +33,7 @@ import shutil
 import types
 import weakref
 from collections import OrderedDict
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
@@ -87,7 +87,7 @@ class CapturedCall:
         # only be replayed by a call passing tensors at those very addresses
         self.copied = [(i, t) for i, t in enumerate(inputs) if i not in in_place]
 
-    def __call__(self, *inputs: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor) -> Any:
         for i, buffer in self.copied:
             buffer.copy_(inputs[i])
         self.recorder.replay()
@@ -115,7 +115,7 @@ class GraphReplay:
         #: memory; runs shared by sessions have padded row counts of their own (`padded_rows`)
         self.steady_rows = frozenset(steady_rows) if steady_rows is not None else None
         self._pool = None
-        self._capture = capture or self._capture_cuda
+        self._capture = capture  # None: CUDA (not the bound method: a cycle would keep graphs alive until gc)
         #: signature → state-input addresses of its last call that ran without a graph
         self._seen: dict[Signature, tuple[int, ...]] = {}
         #: (signature, state-input addresses, or None for a graph that copies every input) → graph
@@ -126,7 +126,7 @@ class GraphReplay:
             self._pool = torch.cuda.graph_pool_handle()
         return CapturedCall(fn, inputs, in_place, CudaGraphRecorder(self._pool))
 
-    def __call__(self, *inputs: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor) -> Any:
         shapes = signature(inputs)
         addresses = tuple(inputs[i].data_ptr() for i in self.state_inputs)
         key = (shapes, addresses) if (shapes, addresses) in self.graphs else (shapes, None)
@@ -141,7 +141,7 @@ class GraphReplay:
             in_place = frozenset(self.state_inputs) if previous == addresses and addresses else frozenset()
             key = (shapes, addresses if in_place else None)
             try:
-                graph = self._capture(self.fn, inputs, in_place)
+                graph = (self._capture or self._capture_cuda)(self.fn, inputs, in_place)
             except RuntimeError as exc:
                 raise AcceleratorError(f"CUDA graph capture of {self.name} failed for input shapes "
                                        f"{[tuple(t.shape) for t in inputs]}: {exc}") from exc
@@ -197,7 +197,7 @@ class CompiledShapes:
         weakref.finalize(compiled, _drop_values, entry.__globals__)
         return compiled
 
-    def __call__(self, *inputs: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor) -> Any:
         key = signature(inputs)
         compiled = self.compiled.get(key)
         if compiled is not None:

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from dataclasses import replace
 
@@ -155,7 +156,7 @@ class RerunRecorder:
         return self.outputs
 
     def replay(self):
-        with torch.utils._python_dispatch._disable_current_modes():  # the graph's own work, not copies
+        with _disable_current_modes():  # the graph's own work, not copies
             fresh = self.fn(*self.inputs)
             pairs = zip(self.outputs, fresh) if isinstance(fresh, tuple) else ((self.outputs, fresh),)
             for recorded, new in pairs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import weakref
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -38,7 +39,8 @@ def live_changes() -> list[dict]:
     slider swept as in the report (0 → 0.4) and moved back, then fusion threshold and strength,
     bank size, bank kind (merging or not), the CFG mode (its row count) and the bank off, each moved
     and moved back."""
-    settings, changes = dict(bank=BANK, token_merge_ratio=0.0, cfg_type="self"), []
+    settings: dict[str, Any] = dict(bank=BANK, token_merge_ratio=0.0, cfg_type="self")
+    changes = []
 
     def move(**change):
         bank = change.pop("bank", {})
