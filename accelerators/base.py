@@ -72,9 +72,31 @@ class BuildTarget:
     sessions: int = 1
 
     def rows_for(self, function) -> RowRange:
-        rows = (self.stream_rows if getattr(function, "stream_rows", True)
-                else RowRange(self.frame_rows, self.frame_rows, self.frame_rows))
+        rows = self._session_rows(function)
         return RowRange(rows.min, rows.opt, rows.max * self.sessions)
+
+    def steady_rows_for(self, function) -> tuple[int, ...]:
+        """Row counts of the steady calls: one session's, and every padded count of a run shared by
+        2..`sessions` sessions (`padded_rows` of one session's most rows)."""
+        rows = self._session_rows(function)
+        shared = {padded_rows(k * rows.max, rows.max) for k in range(2, self.sessions + 1)}
+        return tuple(sorted({rows.opt} | shared))
+
+    def _session_rows(self, function) -> RowRange:
+        return (self.stream_rows if getattr(function, "stream_rows", True)
+                else RowRange(self.frame_rows, self.frame_rows, self.frame_rows))
+
+
+def padded_rows(rows: int, unit: int) -> int:
+    """Rows of a shared run on a backend that compiles per row count: `unit` (one session's largest
+    call) times the next power of two, so 1, 2, 4, 8 sessions' worth of rows need four compiled
+    shapes, not one per mix of sessions."""
+    if unit <= 0:
+        return rows
+    buckets = 1
+    while unit * buckets < rows:
+        buckets *= 2
+    return unit * buckets
 
 
 def default_cache_dir() -> Path:

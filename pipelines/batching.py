@@ -27,6 +27,7 @@ from typing import Any, Callable, Generator, Hashable, Sequence
 
 import torch
 
+from livediff.accelerators.base import padded_rows
 from livediff.network_inputs import NetworkInputs
 from livediff.network_outputs import NetworkOutputs
 
@@ -63,18 +64,6 @@ class NetworkCall:
     @torch.no_grad()
     def run(self) -> NetworkOutputs:
         return self.runner(self.inputs)
-
-
-def padded_rows(rows: int, unit: int) -> int:
-    """Rows of a shared run on a backend that compiles per row count: `unit` (one session's largest
-    call) times the next power of two, so 1, 2, 4, 8 sessions' worth of rows need four compiled
-    shapes, not one per mix of sessions."""
-    if unit <= 0:
-        return rows
-    buckets = 1
-    while unit * buckets < rows:
-        buckets *= 2
-    return unit * buckets
 
 
 @torch.no_grad()

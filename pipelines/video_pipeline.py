@@ -172,6 +172,6 @@ class VideoPipeline(StreamPipeline):
         previous = self._previous_latents if self._previous_latents is not None else latents[:1]
         sequence = torch.cat([previous, latents])
         self._motion.appendleft(latent_motion(sequence[:-1], sequence[1:]))
-        self._previous_latents = latents[-1:]
+        self._previous_latents = latents[-1:].clone()  # the encoder's output: a graph replay overwrites it
         oldest = len(self._motion) - 1
         return torch.stack([self._motion[min(s, oldest)] for s in range(self.schedule.steps)])

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from dataclasses import replace
 
 from livediff.accelerators import AcceleratorOptions, check_accelerator
-from livediff.accelerators.compiled import GraphReplay, signature
+from livediff.accelerators.compiled import CapturedCall, GraphReplay, signature
+from livediff.network_outputs import NetworkOutputs
 from livediff.cross_attention import cross_attention_kv
 from livediff.networks import stream_networks, text_layout
 from livediff.pipelines.runners import build_runners, build_target
@@ -145,10 +147,28 @@ class FakeCapture:
         return lambda *xs: ("replayed", fn(*xs))
 
 
+class RerunRecorder:
+    """What a CUDA graph does, on the CPU (or meta): `replay` reruns the recorded call on the very
+    tensors it was recorded with (static buffers, in-place inputs) and writes the results into the
+    recorded outputs, which is where a graph leaves them. Using a graph wrongly (an input not copied
+    in, an output read after the next replay) gives wrong numbers here too."""
+
+    def record(self, fn, inputs):
+        self.fn, self.inputs = fn, inputs
+        self.outputs = fn(*inputs)
+        return self.outputs
+
+    def replay(self):
+        with _disable_current_modes():  # the graph's own work, not copies
+            fresh = self.fn(*self.inputs)
+            pairs = zip(self.outputs, fresh) if isinstance(fresh, tuple) else ((self.outputs, fresh),)
+            for recorded, new in pairs:
+                recorded.copy_(new)
+
+
 class EmulatedGraph:
-    """What a CUDA graph does with its inputs, on the CPU: a replay reads its static buffers (copies
-    of the captured inputs, refreshed from the caller's) and, for in-place inputs, the very tensors
-    it was captured with, whatever the caller passes. Using a graph wrongly gives wrong numbers."""
+    """`GraphReplay`'s capture with the real `CapturedCall` (static buffers, outputs handed out as
+    they are) over `RerunRecorder`, counting what it does."""
 
     def __init__(self):
         self.in_place: list[frozenset[int]] = []
@@ -157,17 +177,33 @@ class EmulatedGraph:
 
     def __call__(self, fn, inputs, in_place):
         self.in_place.append(in_place)
-        static = [t if i in in_place else t.clone() for i, t in enumerate(inputs)]
+        call = CapturedCall(fn, inputs, in_place, RerunRecorder())
+        self.copied |= {i for i, _ in call.copied}
 
         def replay(*xs):
             self.replays += 1
-            for i, (buffer, x) in enumerate(zip(static, xs)):
-                if i not in in_place:
-                    buffer.copy_(x)
-                    self.copied.add(i)
-            return fn(*static)
+            return call(*xs)
 
         return replay
+
+
+class GraphedRunner:
+    """A runner shaped like `CompiledRunner` with CUDA graphs: `GraphReplay` of the eager function
+    (capture emulated, `EmulatedGraph`), outputs named after the replay."""
+
+    def __init__(self, function, steady_rows, state_inputs=()):
+        self.function = function
+        self.capture = EmulatedGraph()
+        self.replay = GraphReplay(function, getattr(function, "name", "net"), capture=self.capture,
+                                  steady_rows=steady_rows, state_inputs=state_inputs)
+
+    @property
+    def replays(self) -> int:
+        return self.capture.replays
+
+    @torch.no_grad()
+    def __call__(self, *inputs):
+        return NetworkOutputs.of(self.function, self.replay(*self.function.adapt_inputs(*inputs)))
 
 
 def test_graph_replay_captures_on_the_second_call_of_a_shape():
@@ -267,12 +303,13 @@ def test_a_video_stream_through_graph_replay_equals_eager_and_never_copies_its_b
         pipe.prepare(prompt="oil painting", guidance_scale=1.3)
         return pipe
 
-    eager, graphed, capture = pipeline(), pipeline(), EmulatedGraph()
+    eager, graphed = pipeline(), pipeline()
     named = graphed.banked_unet_runner
     bank_at = graphed.banked_unet.input_names.index(graphed.bank_input_names[0])
     bank = tuple(range(bank_at, len(graphed.banked_unet.input_names)))
-    graphed.banked_unet_runner = replace(named, run=GraphReplay(named.run, "banked_unet", capture=capture,
-                                                                steady_rows=3, state_inputs=bank))
+    replay = GraphedRunner(named.function, (3,), bank)
+    graphed.banked_unet_runner = replace(named, run=replay)
+    capture = replay.capture
     for seed in range(6):
         torch.testing.assert_close(graphed(image(seed)), eager(image(seed)), atol=0, rtol=0)
     assert capture.in_place == [frozenset(bank)]
@@ -283,7 +320,7 @@ def test_warm_up_row_counts_are_never_captured():
     """After every reset the first call has the warm-up row count: it recurs, but only the steady
     count is worth a graph."""
     capture = FakeCapture()
-    replay = GraphReplay(lambda x: x, "net", capture=capture, steady_rows=4)
+    replay = GraphReplay(lambda x: x, "net", capture=capture, steady_rows=(4,))
     for _ in range(3):  # three resets: warm-up (2 rows) then steady (4 rows), twice each
         for rows in (2, 4, 4):
             replay(torch.zeros(rows, 3))

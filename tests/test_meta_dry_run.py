@@ -239,8 +239,8 @@ def onnxruntime_on_meta(runner, runs: list):
 def test_graph_runner_code_paths_dry_run(settings, runner, monkeypatch):
     """Every network call of a stream through a graph runner's own code on meta in float16: ONNX
     Runtime's device path (its output shapes checked against the function) or the `compile` runner's
-    CUDA-graph replay with the CPU stand-in for capture (`test_sync_audit.StandInReplay`)."""
-    from test_sync_audit import StandInReplay
+    CUDA-graph replay with the CPU stand-in for capture (`test_accelerators.GraphedRunner`)."""
+    from test_accelerators import GraphedRunner
 
     runs: list = []
     replays: list = []
@@ -254,7 +254,7 @@ def test_graph_runner_code_paths_dry_run(settings, runner, monkeypatch):
             if named is None:
                 continue
             if runner == "CUDA-graph replay":
-                inner = StandInReplay(named.run, None, named.function.state_inputs())
+                inner = GraphedRunner(named.function, None, named.function.state_inputs())
                 replays.append(inner)
             else:
                 inner = onnxruntime_on_meta(named, runs)

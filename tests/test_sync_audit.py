@@ -96,31 +96,11 @@ def frame(i: int) -> torch.Tensor:
     return torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))
 
 
-class StandInReplay:
-    """The `compile` runner's CUDA-graph replay (`GraphReplay`) around the eager runner, with the CPU
-    stand-in for capture (`test_accelerators.EmulatedGraph`: a replay copies the inputs into static
-    buffers and reruns the function on them, as a graph reads its buffers). The replay's bookkeeping is
-    on the audited path."""
-
-    def __init__(self, inner, steady_rows: int | None, state_inputs: tuple[int, ...] = ()):
-        from livediff.accelerators.compiled import GraphReplay
-        from test_accelerators import EmulatedGraph
-
-        self.capture = EmulatedGraph()
-        self.replay = GraphReplay(inner, getattr(inner.function, "name", "net"), capture=self.capture,
-                                  steady_rows=steady_rows, state_inputs=state_inputs)
-        self.function = inner.function
-
-    @property
-    def replays(self) -> int:
-        return self.capture.replays
-
-    def __call__(self, *inputs):
-        return self.replay(*self.function.adapt_inputs(*inputs))
-
-
-def with_graph_replay(pipe) -> list[StandInReplay]:
+def with_graph_replay(pipe) -> list:
+    """The pipeline's runners replaced by `compile`-with-CUDA-graphs runners over its functions,
+    capture emulated on the CPU (`test_accelerators.GraphedRunner`)."""
     from livediff.pipelines.stream import stream_rows
+    from test_accelerators import GraphedRunner
 
     settings = pipe.settings
     rows = stream_rows(len(settings.t_index_list), pipe.config.frame_buffer_size, settings.cfg_type).opt
@@ -128,12 +108,12 @@ def with_graph_replay(pipe) -> list[StandInReplay]:
     for name in ("unet", "encode", "decode"):
         named = getattr(pipe.runners, name)
         if named is not None:
-            replay = StandInReplay(named.run, rows if name == "unet" else None)
+            replay = GraphedRunner(named.function, (rows,) if name == "unet" else None)
             setattr(pipe.runners, name, replace(named, run=replay))
             replays.append(replay)
     if hasattr(pipe, "banked_unet_runner"):
         named = pipe.banked_unet_runner
-        replay = StandInReplay(named.run, rows, named.function.state_inputs())
+        replay = GraphedRunner(named.function, (rows,), named.function.state_inputs())
         pipe.banked_unet_runner = replace(named, run=replay)
         replays.append(replay)
     return replays
