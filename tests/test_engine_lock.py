@@ -22,6 +22,7 @@ from livediff.app.ui.batcher import LiveBatcher
 from livediff.network_inputs import NetworkInputs
 from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines.batching import DENOISE, NetworkCall
+from livediff.pipelines.frames import host_frames
 from livediff.pipelines.preprocessors import canny as canny_module
 
 SIZE = 64
@@ -90,6 +91,18 @@ def meta_pipe(**settings):
 def camera(i: int, frames: int = 1):
     arrays = [np.random.default_rng(i + k).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in range(frames)]
     return arrays if frames > 1 else arrays[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_converting_after_the_upload_gives_what_the_host_conversion_gave(dtype):
+    """The host's old formula, float32 first then the model's dtype, bit for bit (CPU standing in for
+    the device), for arrays and for float tensors."""
+    arrays = camera(0, 2)
+    host = torch.stack([torch.tensor(a).permute(2, 0, 1).float() / 127.5 - 1 for a in arrays]).to(dtype)
+    assert torch.equal(host_frames(arrays, SIZE, SIZE, 2).to_model(torch.device("cpu"), dtype), host)
+    tensor = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    converted = host_frames(tensor, SIZE, SIZE, 1).to_model(torch.device("cpu"), dtype)
+    assert torch.equal(converted, (tensor.float().clamp(0, 1) * 2 - 1).unsqueeze(0).to(dtype))
 
 
 @pytest.mark.parametrize("frames", [1, 2])
