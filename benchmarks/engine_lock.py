@@ -73,7 +73,7 @@ class TensorOut:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--controlnet", choices=("none", "canny"), default="none")

@@ -87,7 +87,7 @@ def test_every_preprocessor_makes_control_images_where_it_says(name):
         assert torch.allclose(out, given.pixels)
     if pre.runs_on == "pixels":
         made = host.made[0]
-        assert made.device.type == "cpu" and made.dtype == torch.uint8 and made.shape[1] in (1, 3)
+        assert made is not None and made.device.type == "cpu" and made.dtype == torch.uint8 and made.shape[1] in (1, 3)
         on_meta = control(pixels.to_model(torch.device("meta"), torch.float16), host)[0]
         assert on_meta.device.type == "meta" and on_meta.shape == (2, 3, SIZE, SIZE)
     if pre.runs_on == "device" and network is None:
