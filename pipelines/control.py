@@ -12,8 +12,8 @@ so changing one, or setting it to 0 to switch a ControlNet off, never rebuilds a
 Preprocessors come from a registry (`pipelines.control_registry`): each is declared by one module of
 `pipelines/preprocessors/` (its name, options, where it runs, the network it needs and its refusals);
 the validation and `ControlImages` below read it and name none of them (the fields of `ControlNetSpec`
-are the preprocessors' options). Among them (`livediff webcam --help` lists all): `canny` (OpenCV edges, thresholds adjustable; a host step by
-design: it reads the frame back), `tile` / `identity` (the frame itself), `none` (the caller passes
+are the preprocessors' options). Among them (`livediff webcam --help` lists all): `canny` (OpenCV edges, thresholds adjustable; made on
+the host from the frame's own pixels, before the networks' lock is taken, and uploaded as uint8), `tile` / `identity` (the frame itself), `none` (the caller passes
 the control image with the frame: `pipe(frame, control=image)`), and `depth`, a depth estimator
 given as `preprocessor_model` (hub id, folder or `random`) that runs on the pipeline's device, on all
 the frames of a call at once, and `pose`, a human pose estimator (ViTPose) the same way, drawn as an
@@ -23,11 +23,16 @@ what they use when they run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livediff.errors import ConfigError
 from livediff.pipelines import checks, control_registry
 from livediff.pipelines.preprocessors.pose import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    import torch
+
+    from livediff.pipelines.frames import HostFrames
 
 MAX_CONTROLNETS = 4
 
@@ -108,17 +113,48 @@ def parse_controlnets(value: Any) -> tuple[ControlNetSpec, ...]:
     return specs
 
 
+@dataclass(frozen=True)
+class HostControl:
+    """A frame's control inputs made on the host before the networks' lock is taken: the caller's
+    control images (for `none` preprocessors) and, by ControlNet, what its `pixels` preprocessor made
+    from the frame's pixels (uint8 (F,C,H,W) on the host, C 1 or 3; None for the other preprocessors)."""
+
+    given: HostFrames | None
+    made: tuple[torch.Tensor | None, ...]
+
+
 class ControlImages:
     """Makes the control images of a frame batch for every ControlNet of a pipeline (`networks`:
-    each ControlNet's preprocessor network or None, from `ModelBundle.control_preprocessors`)."""
+    each ControlNet's preprocessor network or None, from `ModelBundle.control_preprocessors`), in two
+    parts: `on_host` (the caller's thread, no device work) and the call (the device part)."""
 
     def __init__(self, specs: tuple[ControlNetSpec, ...], networks: tuple = ()):
         self.specs = specs
         self.networks = networks or (None,) * len(specs)
-        self.runs = tuple(control_registry.get(spec.preprocessor).run for spec in specs)
+        self.preprocessors = tuple(control_registry.get(spec.preprocessor) for spec in specs)
 
-    def __call__(self, images, given) -> tuple:
-        """images: (F,3,H,W) in [-1,1]; given: the caller's control images (F,3,H,W) in [0,1] for
-        `none` preprocessors. Returns one (F,3,H,W) tensor in [0,1] per ControlNet."""
-        return tuple(run(images, spec=spec, network=network, given=given, index=i)
-                     for i, (run, spec, network) in enumerate(zip(self.runs, self.specs, self.networks)))
+    def on_host(self, frames: HostFrames, given: HostFrames | None) -> HostControl:
+        """The host part: the `pixels` preprocessors run on the frames' host pixels."""
+        pixels = frames.host_uint8() if any(p.runs_on == "pixels" for p in self.preprocessors) else None
+        return HostControl(given, tuple(
+            pre.run(pixels, spec=spec, network=None, given=None, index=i) if pre.runs_on == "pixels" else None
+            for i, (pre, spec) in enumerate(zip(self.preprocessors, self.specs))))
+
+    def __call__(self, images: torch.Tensor, host: HostControl) -> tuple[torch.Tensor, ...]:
+        """images: (F,3,H,W) in [-1,1] on the device. Returns one (F,3,H,W) tensor in [0,1] per
+        ControlNet, on the images' device and dtype; what the host made is uploaded and scaled there."""
+        given = None if host.given is None else (host.given.to_model(images.device, images.dtype) + 1) / 2
+        return tuple(
+            pre.run(images, spec=spec, network=network, given=given, index=i) if made is None else
+            _made_on_host(made, images)
+            for i, (pre, spec, network, made) in enumerate(zip(self.preprocessors, self.specs, self.networks,
+                                                               host.made)))
+
+
+def _made_on_host(made: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A `pixels` preprocessor's uint8 (F,C,H,W) → (F,3,H,W) in [0,1] in the images' dtype, on their device."""
+    import torch
+
+    from livediff.pipelines.frames import upload
+
+    return (upload(made, images.device).to(torch.float32) / 255).to(images.dtype).expand(-1, 3, -1, -1)

@@ -19,9 +19,10 @@ from livediff.registry import Registry
 PREPROCESSORS_PACKAGE = "livediff.pipelines.preprocessors"
 #: the preprocessor of a ControlNet given without one
 DEFAULT = "canny"
-#: where a control image is made: on the pipeline's device (no host read), on the host (the frames
-#: are read back: a sync per call, by design), or by the caller (passed with the frame)
-RUNS_ON = ("device", "host", "caller")
+#: where a control image is made: on the pipeline's device (no host read); on the device with a read
+#: back to the host (a sync per call, by design); on the host from the frame's own pixels, before the
+#: networks' lock is taken (no device work, nothing read back); or by the caller (passed with the frame)
+RUNS_ON = ("device", "host", "pixels", "caller")
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,15 @@ class PreprocessorSpec:
 
     name: what users pass as `preprocessor=` / `--control-preprocessor`.
     summary: a few words for the CLI's help, the UI and the docs (what the control image is).
-    runs_on: "device", "host" or "caller" (`RUNS_ON`).
+    runs_on: "device", "host", "pixels" or "caller" (`RUNS_ON`).
     run: `run(images, *, spec, network, given, index) -> control images`: images are the frames of
         a call, (F,3,H,W) in [-1,1] on the pipeline's device; spec is the ControlNet's
         `ControlNetSpec` (its options), network the loaded `load_network(...)` (None without one),
         given the caller's control images ((F,3,H,W) in [0,1], or None) and index the ControlNet's
         position (for messages). Returns (F,3,H,W) in [0,1] on the images' device and dtype.
+        A `pixels` preprocessor instead gets the frames' host pixels, (F,3,H,W) uint8 on the CPU,
+        in the caller's thread, and returns uint8 (F,1,H,W) or (F,3,H,W) on the CPU (0..255; the
+        pipeline uploads it as it is and scales it to [0,1] on the device).
     order: its place in every list shown to users (`names()`).
     options: the `ControlNetSpec` fields it reads (besides model and scale).
     check: `check(spec) -> None`, raising `ConfigError` with one sentence for a bad value of a field it

@@ -1,6 +1,7 @@
 """The streaming img2img / txt2img pipeline: the stream core plus optional parts.
 
-Frame path: convert → similarity filter (maybe reuse the last output) → VAE encode → stream
+Frame path: check and stack the frame on the host (the caller's thread) → upload and convert on the
+device → similarity filter (maybe reuse the last output) → VAE encode → stream
 batch (one UNet call for all in-flight frames) → VAE decode of the finished frames → convert back.
 """
 from __future__ import annotations
@@ -17,10 +18,10 @@ from livediff.network_inputs import NetworkInputs
 from livediff.pipelines import checks
 from livediff.pipelines.batching import DECODE, ENCODE, FramePath, NetworkCall, run_alone
 from livediff.pipelines.config import StreamConfig, StreamSettings
-from livediff.pipelines.control import ControlImages
+from livediff.pipelines.control import ControlImages, HostControl
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.ip_adapter import clip_pixels
-from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from livediff.pipelines.frames import FrameKind, HostFrames, from_model_tensor, host_frames
 from livediff.pipelines.models import ModelBundle, resolve_dtype
 from livediff.pipelines.nonfinite import NonFiniteCount
 from livediff.pipelines.prompts import Conditioning, PromptEncoder
@@ -234,20 +235,27 @@ class StreamPipeline:
 
     def frame_calls(self, frame=None, *, output: str = "same", control=None) -> FramePath:
         """`__call__` as a frame path: yields its network calls, returns the picture. Sessions over the
-        same networks run their frames together with `pipelines.batching.run_together`."""
-        guidance = self._require_guidance()
+        same networks run their frames together with `pipelines.batching.run_together`.
+
+        The frame's host part is done here, by the calling thread: checking it, stacking its pixels
+        as they came (uint8 for images and arrays) and the `pixels` ControlNet preprocessors (canny).
+        It reads only the pipeline's config, so the UI does it without the networks' lock
+        (`app/ui/batcher.py`); the returned path does the device part (upload, convert) when it runs."""
         if output not in ("same", "tensor"):
             raise ConfigError(f"output {output!r} is not one of same, tensor")
         if self.config.mode == "txt2img":
             if frame is not None:
                 raise ConfigError("mode 'txt2img' takes no input frame; build the pipeline with mode='img2img'")
-            return (yield from self._txt2img(guidance, output))
+            return self._txt2img(output)
         if frame is None:
             raise ConfigError(f"mode {self.config.mode!r} needs an input frame")
-        images, kind = to_model_tensor(frame, self.config.height, self.config.width, self.config.frame_buffer_size)
-        if output == "tensor":
-            kind = FrameKind("torch", batched=kind.batched)
-        images = images.to(self.device, self.dtype)
+        frames = host_frames(frame, self.config.height, self.config.width, self.config.frame_buffer_size)
+        return self._frame_path(frames, self._host_control(frames, control), output)
+
+    def _frame_path(self, frames: HostFrames, control: HostControl | None, output: str) -> FramePath:
+        guidance = self._require_guidance()
+        kind = FrameKind("torch", batched=frames.kind.batched) if output == "tensor" else frames.kind
+        images = frames.to_model(self.device, self.dtype)
         if self.similarity_filter is not None and self.similarity_filter.should_skip(images) \
                 and self._last_output is not None:
             return self._last_output
@@ -265,17 +273,21 @@ class StreamPipeline:
                                     row_unit=self.row_unit(stream=False))
         return outputs["latents"]
 
-    def _control_images(self, images: torch.Tensor, control) -> dict[str, torch.Tensor]:
-        """The frames' control images by UNet input name (`control_0`, … one per ControlNet)."""
+    def _host_control(self, frames: HostFrames, control) -> HostControl | None:
+        """The host part of the frames' control images (`ControlImages.on_host`); None without ControlNets."""
         if self.control is None:
             if control is not None:
                 raise ConfigError("a control image was given but this pipeline has no ControlNet")
+            return None
+        given = None if control is None else host_frames(control, self.config.height, self.config.width,
+                                                         self.config.frame_buffer_size)
+        return self.control.on_host(frames, given)
+
+    def _control_images(self, images: torch.Tensor, control: HostControl | None) -> dict[str, torch.Tensor]:
+        """The frames' control images by UNet input name (`control_0`, … one per ControlNet)."""
+        if self.control is None or control is None:
             return {}
-        given = None
-        if control is not None:
-            given, _ = to_model_tensor(control, self.config.height, self.config.width, self.config.frame_buffer_size)
-            given = (given.to(self.device, self.dtype) + 1) / 2
-        return {f"control_{i}": image for i, image in enumerate(self.control(images, given))}
+        return {f"control_{i}": image for i, image in enumerate(self.control(images, control))}
 
     def call_constants(self) -> dict[str, torch.Tensor]:
         """(1, ...) inputs by name every UNet row takes besides its own: the ControlNet scales."""
@@ -301,7 +313,8 @@ class StreamPipeline:
         return NetworkCall(DECODE, ("vae_decoder", id(decode)), decode, NetworkInputs({"latents": latents}),
                            row_unit=self.row_unit(stream=False))
 
-    def _txt2img(self, guidance: Guidance, output: str) -> FramePath:
+    def _txt2img(self, output: str) -> FramePath:
+        guidance = self._require_guidance()
         noise = torch.randn((self.config.frame_buffer_size, *self.latent_shape), generator=self._txt2img_noise,
                             device=self.device)  # drawn where it is used: no per-frame host copy
         finished = yield from self.denoise(noise.to(self.dtype), guidance, noised=True)

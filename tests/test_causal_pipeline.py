@@ -16,7 +16,7 @@ from livediff.pipelines import load_pipeline
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.transformer import CausalWanTransformer
 from livediff.pipelines.causal.vae import WanDecoderStream, WanEncoderStream
-from livediff.pipelines.frames import to_model_tensor
+from livediff.pipelines.frames import host_frames
 from media import clip_frame, make_clip
 
 TOL = 1e-9
@@ -72,7 +72,7 @@ def by_hand(pipe, chunks: list[list[np.ndarray]], prompts: list[str], seed: int 
     for chunk, prompt in zip(chunks, prompts):
         if prompt != previous:
             cache, text, previous = causal.new_cache(1, SIZE // 8, SIZE // 8), text_of(pipe, prompt), prompt
-        video = torch.stack([to_model_tensor(f, SIZE, SIZE, 1)[0][0].double() for f in chunk], dim=1)[None]
+        video = torch.stack([host_frames(f, SIZE, SIZE, 1).to_model(torch.device("cpu"), torch.float64)[0] for f in chunk], dim=1)[None]
         latents = (encoder(video) - mean) / std
         x = (1 - sigmas[0]) * latents + sigmas[0] * torch.randn(latents.shape, generator=noise, dtype=F64)
         for s, t in enumerate(timesteps):

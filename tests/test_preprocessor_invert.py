@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from livediff.pipelines import control_registry, load_pipeline
-from livediff.pipelines.control import ControlImages, ControlNetSpec
+from livediff.pipelines.control import ControlImages, ControlNetSpec, HostControl
 
 SIZE = 64
 
@@ -22,7 +22,7 @@ def test_invert_is_registered_on_the_device():
 
 def test_the_control_image_is_the_frames_negative():
     frames = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    control, = ControlImages((ControlNetSpec("random", preprocessor="invert"),))(frames, None)
+    control, = ControlImages((ControlNetSpec("random", preprocessor="invert"),))(frames, HostControl(None, (None,)))
     assert torch.allclose(control, 1 - (frames + 1) / 2)
     on_meta = control_registry.get("invert").run(frames.to("meta"), spec=None, network=None, given=None, index=0)
     assert on_meta.device.type == "meta"  # nothing is read back to the host

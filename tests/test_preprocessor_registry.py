@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import fields, replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from livediff.errors import ConfigError
 from livediff.pipelines import control_registry as registry
 from livediff.pipelines.control import ControlImages, ControlNetSpec
 from livediff.pipelines.control_registry import PreprocessorSpec
+from livediff.pipelines.frames import host_frames
 
 SHIPPED = ("canny", "tile", "identity", "none", "depth", "pose")
 SIZE = 64
@@ -34,6 +36,14 @@ def scratch_registry(monkeypatch):
 
 def frames(n: int = 2, device: str = "cpu") -> torch.Tensor:
     return (torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+
+
+def pixel_arrays(n: int = 2):
+    """HxWx3 uint8 frames with a bright square (edges for canny)."""
+    for i in range(n):
+        array = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+        array[8 + i:40, 16:48] = 200
+        yield array
 
 
 def test_every_preprocessor_module_registers_one_preprocessor_in_order():
@@ -58,18 +68,28 @@ def test_declarations_are_well_formed():
 
 @pytest.mark.parametrize("name", registry.names())
 def test_every_preprocessor_makes_control_images_where_it_says(name):
-    """(F,3,H,W) in [0,1] from (F,3,H,W) frames in [-1,1]; a network-free `device` preprocessor also
-    runs on `meta` tensors, which refuse every read back to the host."""
+    """(F,3,H,W) in [0,1] from a call's frames, through both parts (`on_host`, then the device part);
+    a network-free `device` preprocessor also runs on `meta` tensors, which refuse every read back to
+    the host, and a `pixels` one does all its work on the host: its device part runs on `meta`."""
     pre = registry.get(name)
     spec = ControlNetSpec("random", preprocessor=name,
                           preprocessor_model="random" if pre.network is not None else None)
     network = pre.load_network("random", 0).eval() if pre.load_network is not None else None
-    given = torch.rand(2, 3, SIZE, SIZE)
-    out = ControlImages((spec,), (network,))(frames(), given)[0]
+    control = ControlImages((spec,), (network,))
+    pixels = host_frames(list(pixel_arrays()), SIZE, SIZE, 2)
+    given = host_frames(torch.rand(2, 3, SIZE, SIZE), SIZE, SIZE, 2)
+    host = control.on_host(pixels, given)
+    out = control(pixels.to_model(torch.device("cpu"), torch.float32), host)[0]
     assert out.shape == (2, 3, SIZE, SIZE) and out.dtype == torch.float32
     assert 0 <= out.min().item() and out.max().item() <= 1
+    assert (host.made[0] is not None) == (pre.runs_on == "pixels")
     if pre.runs_on == "caller":
-        assert out is given
+        assert torch.allclose(out, given.pixels)
+    if pre.runs_on == "pixels":
+        made = host.made[0]
+        assert made is not None and made.device.type == "cpu" and made.dtype == torch.uint8 and made.shape[1] in (1, 3)
+        on_meta = control(pixels.to_model(torch.device("meta"), torch.float16), host)[0]
+        assert on_meta.device.type == "meta" and on_meta.shape == (2, 3, SIZE, SIZE)
     if pre.runs_on == "device" and network is None:
         on_meta = pre.run(frames(device="meta"), spec=spec, network=None, given=None, index=0)
         assert on_meta.device.type == "meta" and on_meta.shape == (2, 3, SIZE, SIZE)

@@ -2,8 +2,9 @@
 
 Counted on real CPU runs over steady frames, over the whole frame (every step of the frame path and
 every network call, through `run_alone` or `run_together`), with what crosses the host boundary by
-definition left out: the input frame's conversion (`frames.to_model_tensor` checks a CPU frame's
-values on the host before it is uploaded) and, for the graph runners, the CPU execution provider's
+definition left out: the frame's host part, done before the upload (`frames.host_frames` checks a
+CPU frame's values and stacks its pixels; `ControlImages.on_host` runs `pixels` preprocessors such as
+canny on them: they read host pixels, never the device's) and, for the graph runners, the CPU execution provider's
 own exchange with ONNX Runtime / OpenVINO (`OnnxRuntimeRunner._run_cpu`, `OpenVINORunner._exchange`:
 on a GPU, ONNX Runtime binds device memory instead). What is counted:
 * device→host reads: `.item()`, `bool/float/int(t)`, `.tolist()`, `.cpu()`, `.numpy()`,
@@ -82,10 +83,12 @@ def counting(traffic: HostTraffic, monkeypatch):
     from livediff.accelerators.openvino_backend import OpenVINORunner
     from livediff.pipelines import frames, stream_pipeline
     from livediff.pipelines.causal import pipeline as causal_pipeline
+    from livediff.pipelines.control import ControlImages
 
     with monkeypatch.context() as patch:
         for module in (stream_pipeline, causal_pipeline):
-            patch.setattr(module, "to_model_tensor", _paused(traffic, frames.to_model_tensor))
+            patch.setattr(module, "host_frames", _paused(traffic, frames.host_frames))
+        patch.setattr(ControlImages, "on_host", _paused(traffic, ControlImages.on_host))
         patch.setattr(OnnxRuntimeRunner, "_run_cpu", _paused(traffic, OnnxRuntimeRunner._run_cpu))
         patch.setattr(OpenVINORunner, "_exchange", _paused(traffic, OpenVINORunner._exchange))
         with traffic, SyncOps(traffic):
@@ -193,6 +196,13 @@ def test_sdxl_controlnet_and_ip_adapter_read_nothing_back(mode, monkeypatch):
 def test_txt2img_with_ip_adapter_reads_nothing_back(monkeypatch):
     settings = dict(mode="txt2img", t_index_list=(0, 30), cfg_type="full", ip_adapter=IP_ADAPTER)
     assert audited(settings, monkeypatch, style=True) == Counter()
+
+
+def test_canny_edges_are_made_from_host_pixels_not_read_back(monkeypatch):
+    """A `pixels` preprocessor reads the pixels the caller passed, on the host before the upload; the
+    device part uploads its uint8 edges and reads nothing back (canny once downloaded the frame)."""
+    settings = dict(t_index_list=(20, 40), cfg_type="self", controlnet=[dict(model="random", preprocessor="canny")])
+    assert audited(settings, monkeypatch, frames=2) == Counter()
 
 
 @pytest.mark.parametrize("mode", ["img2img", "video"])

@@ -20,7 +20,7 @@ def one_of(words, last: str = "or") -> str:
 
 DEFAULT_ACCELERATOR = "eager"
 #: how the help texts say where a preprocessor's control image is made (`PreprocessorSpec.runs_on`)
-WHERE = {"device": "on the device", "host": "on the host", "caller": "by the caller"}
+WHERE = {"device": "on the device", "host": "on the host", "pixels": "on the host", "caller": "by the caller"}
 
 
 def _accelerator_help() -> str:

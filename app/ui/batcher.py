@@ -1,7 +1,9 @@
 """One inference loop for every live stream of the server: frames of all sessions share network runs.
 
 Handler threads (one per browser tab's streaming event) hand their frame to `LiveBatcher.run` and
-wait; a single loop thread takes every waiting frame, advances all of them together
+wait; the handler thread does the frame's host part first (`StreamPipeline.frame_calls`: checking
+and stacking its pixels, host preprocessors such as canny), so only device work runs under the
+lock; a single loop thread takes every waiting frame, advances all of them together
 (`pipelines.batching.run_together`: one VAE encode, one UNet call, one VAE decode for the lot, as
 far as their networks allow) under `Engine.lock`, and hands each picture back.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from livediff.app.live_metrics import now
-from livediff.pipelines.batching import DENOISE, RoundReport, run_together
+from livediff.pipelines.batching import DENOISE, FramePath, RoundReport, run_together
 from livediff.pipelines.choices import MAX_SESSIONS
 
 DEFAULT_WAIT_S = 0.004
@@ -37,8 +39,7 @@ class Superseded(Exception):
 @dataclass
 class _Job:
     session_id: str
-    pipe: object
-    frame: object
+    path: FramePath  # the frame's path, its host part done (`StreamPipeline.frame_calls`)
     arrived: float
     result: Future = field(default_factory=Future)
 
@@ -83,8 +84,9 @@ class LiveBatcher:
 
     def run(self, session_id: str, pipe, frame) -> tuple[object, float]:
         """The picture of `frame` through `pipe` (a session's stream pipeline), computed in a shared
-        batch, and when that batch started (the clock's time)."""
-        job = _Job(session_id, pipe, frame, self._clock())
+        batch, and when that batch started (the clock's time). The frame's host part runs here, in
+        the caller's thread, without the lock."""
+        job = _Job(session_id, pipe.frame_calls(frame), self._clock())
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the live batcher has been stopped")
@@ -170,8 +172,7 @@ class LiveBatcher:
             started = self._clock()
             try:
                 with self.lock:
-                    outcomes = run_together([job.pipe.frame_calls(job.frame) for job in jobs],
-                                            on_run=reports.append)
+                    outcomes = run_together([job.path for job in jobs], on_run=reports.append)
             except BaseException as exc:  # the loop must outlive anything one batch does
                 for job in jobs:
                     job.result.set_exception(exc)

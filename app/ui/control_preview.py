@@ -8,7 +8,10 @@ so each slider's label names it.
 
 The preview is polled (`PREVIEW_EVERY_S`) rather than sent with each frame: one way for both
 transports (WebRTC frames never pass through Gradio), and its cost is a few small JPEGs a second
-however fast the stream runs; a tick with no new control image sends nothing.
+however fast the stream runs; a tick with no new control image sends nothing. Reading a control
+image back is device work (a device-to-host copy), so it takes `Engine.lock` like every network
+call: it can never run inside another call's CUDA graph capture (global capture mode refuses any
+other thread's device work meanwhile).
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ class ControlPreview:
                     if self._sent.get(owner) is control:
                         return None
                     self._sent[owner] = control
-                return control_picture(control)
+                with self.registry.engine.lock:
+                    return control_picture(control)
         return None
 
     def forget(self, session_id: str) -> None:

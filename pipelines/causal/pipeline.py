@@ -92,7 +92,7 @@ from livediff.pipelines.causal.runners import causal_transformer
 from livediff.pipelines.causal.sampler import noised, step
 from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, WanEncoderStream
 from livediff.pipelines.config import StreamConfig, StreamSettings
-from livediff.pipelines.frames import FrameKind, from_model_tensor, to_model_tensor
+from livediff.pipelines.frames import FrameKind, from_model_tensor, host_frames
 from livediff.pipelines.generators import device_generator
 from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
 
@@ -332,10 +332,9 @@ class CausalVideoPipeline:
             raise ConfigError("no prompt yet: call prepare(prompt=...) before running frames")
         if output not in ("same", "tensor"):
             raise ConfigError(f"output {output!r} is not one of same, tensor")
-        images, kind = to_model_tensor(frame, self.config.height, self.config.width, 1)
-        if output == "tensor":
-            kind = FrameKind("torch", batched=kind.batched)
-        self._pending.append(images[0].to(self.device, self.vae_dtype))
+        frames = host_frames(frame, self.config.height, self.config.width, 1)
+        kind = FrameKind("torch", batched=frames.kind.batched) if output == "tensor" else frames.kind
+        self._pending.append(frames.to_model(self.device, self.vae_dtype)[0])
         self._kinds.append(kind)
         return self._run_held(end=False)
 

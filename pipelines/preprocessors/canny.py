@@ -1,21 +1,20 @@
 """`canny`: the frame's edges by OpenCV's Canny detector, thresholds `low_threshold` / `high_threshold`
-(0..255). A host step by design: it reads the frames back (one host sync per call)."""
+(0..255). A host step on the frame's own pixels (`runs_on="pixels"`): it runs in the caller's thread
+before the networks' lock is taken, reads nothing back from the device, and its edges go up as uint8."""
 from __future__ import annotations
 
 from livediff.errors import ConfigError
 from livediff.pipelines.control_registry import PreprocessorSpec, register
 
 
-def canny(images, low: int, high: int):
-    """(B,3,H,W) images in [-1,1] → their Canny edges as (B,3,H,W) in [0,1], on the images' device."""
+def canny(pixels, low: int, high: int):
+    """(B,3,H,W) uint8 pixels on the host → their Canny edges, (B,1,H,W) uint8 0 or 255 on the host."""
     import cv2
     import numpy as np
     import torch
 
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     edges = [cv2.Canny(np.ascontiguousarray(p.permute(1, 2, 0).numpy()), low, high) for p in pixels]
-    stacked = torch.from_numpy(np.stack(edges)).unsqueeze(1).expand(-1, 3, -1, -1)
-    return (stacked.to(torch.float32) / 255).to(images.device, images.dtype)
+    return torch.from_numpy(np.stack(edges)).unsqueeze(1)
 
 
 def check(spec) -> None:
@@ -27,11 +26,11 @@ def check(spec) -> None:
         raise ConfigError(f"canny low_threshold {spec.low_threshold} is above high_threshold {spec.high_threshold}")
 
 
-def run(images, *, spec, network, given, index):
-    return canny(images, spec.low_threshold, spec.high_threshold)
+def run(pixels, *, spec, network, given, index):
+    return canny(pixels, spec.low_threshold, spec.high_threshold)
 
 
 SPEC = register(PreprocessorSpec(
-    name="canny", order=10, summary="OpenCV edges", runs_on="host", run=run,
+    name="canny", order=10, summary="OpenCV edges", runs_on="pixels", run=run,
     options=("low_threshold", "high_threshold"), check=check,
 ))
