@@ -97,3 +97,17 @@ def test_python_dash_m_livediff_is_the_livediff_command():
 
     done = subprocess.run([sys.executable, "-m", "livediff", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: livediff")
+
+
+def test_engines_clear_offers_every_kind_the_cache_holds():
+    from livediff.accelerators.engine_cache import KINDS
+    from livediff.app.commands.engines import CACHE_KINDS
+
+    assert CACHE_KINDS == KINDS
+
+
+def test_the_benchmarks_said_to_take_a_device_take_one():
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    named = re.findall(r"`([a-z_]+\.py)`", text.split("<!-- device-benchmarks -->")[1].split("<!-- /device-benchmarks -->")[0])
+    assert len(named) >= 4
+    assert [name for name in named if '"--device"' not in (ROOT / "benchmarks" / name).read_text()] == []

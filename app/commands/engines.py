@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from livediff.accelerators import registry
+
+#: `accelerators.engine_cache.KINDS`, written out: that module imports torch, and --help must not
+CACHE_KINDS = ("onnx", "tensorrt", "openvino")
 from livediff.app.commands.options import add_causal_options, add_pipeline_options
 
 #: the --accelerator of build-engines when none is given
@@ -64,7 +67,7 @@ def register(subparsers) -> None:
     listing = actions.add_parser("list", help="show every cache entry with its key and state")
     listing.add_argument("--verify", action="store_true", help="also check every file's sha256 (slow for big files)")
     clear = actions.add_parser("clear", help="remove cache entries")
-    clear.add_argument("--kind", choices=("onnx", "tensorrt"), default=None, help="only this kind (default: all)")
+    clear.add_argument("--kind", choices=CACHE_KINDS, default=None, help="only this kind (default: all)")
     for sub in (listing, clear):
         sub.add_argument("--cache-dir", default=None, help="engine cache folder")
     listing.set_defaults(func=run_list)

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--stream-mode", default=None,
                         help="pipeline of the webcam and video tabs: video (feature bank; default when available), "
                              "img2img, or causal-video (preview: a causal Wan video model, e.g. --model "
-                             "tiny-wan-causal; Webcam tab only, frames shown 4k-1 frames late, no guidance)")
+                             "tiny-wan-causal; Webcam and Video tabs, live frames shown 4k-1 frames late, no guidance)")
     parser.add_argument("--stream-every", type=float, default=None, metavar="SECONDS",
                         help="interval at which the page sends camera frames (default 0.04); frames sent while "
                              "the model is busy replace each other")
