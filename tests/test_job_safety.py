@@ -10,7 +10,7 @@ import pytest
 from livediff.app.video.batch import process_many
 from livediff.app.video.job import process_video
 from livediff.app.video.options import JobOptions
-from livediff.app.video.segments import partial_path_for, parts_dir_for
+from livediff.app.video.workarea import partial_path_for, work_dir_for
 from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError
 from media import clip_frame, make_clip, probe
@@ -80,7 +80,7 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path):
         process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
     with pytest.raises(ConfigError, match=r"cannot resume .*in.mp4: the settings differ .*processor.tint: 10 → 20"):
         process_video(src, out, TintedFactory(20), JobOptions(resume=True, segment_frames=5, **QUIET))
-    assert parts_dir_for(out).is_dir()  # the interrupted run is still there to be resumed properly
+    assert work_dir_for(out).is_dir()  # the interrupted run is still there to be resumed properly
     result = process_video(src, out, TintedFactory(10), JobOptions(resume=True, segment_frames=5, **QUIET))
     assert result.resumed_frames == 12 and result.frames == 30
 
@@ -105,7 +105,7 @@ def test_a_damaged_segment_of_the_same_size_is_redone_on_resume(tmp_path):
     out = tmp_path / "out.mp4"
     with pytest.raises(KeyboardInterrupt):
         process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
-    second = sorted(parts_dir_for(out).glob("seg_*.mp4"))[1]
+    second = sorted(work_dir_for(out).glob("seg_*.mp4"))[1]
     data = bytearray(second.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, same packet count: only the checksum can tell
     second.write_bytes(bytes(data))
@@ -123,7 +123,7 @@ def test_a_truncated_input_with_an_intact_index_is_a_failure_with_the_counts(tmp
     (result,) = process_many([src], out, TintedFactory(0), JobOptions(segment_frames=10, **QUIET))
     assert result.status == "failed" and "of its 60 frames could be decoded" in result.error
     assert "resuming cannot help" in result.describe() and not out.exists()
-    assert not parts_dir_for(out).exists()
+    assert not work_dir_for(out).exists()
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_sentence_before_any_work(tmp_path):

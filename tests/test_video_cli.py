@@ -71,7 +71,7 @@ def test_rerun_asks_for_overwrite_and_ctrl_c_is_reported_once_with_resume(tmp_pa
     monkeypatch.setattr(PipelineProcessor, "__call__", interrupted)
     assert main(["video", str(clip), "-o", str(out), "--mode", "img2img", "--overwrite", *TINY]) == 130
     err = capsys.readouterr().err
-    assert err.count("interrupted") == 1 and "--resume" in err and "out.partial.mp4" in err
+    assert err.count("interrupted") == 1 and "--resume" in err and ".out.mp4.livediff/partial.mp4" in err
     assert probe(out)["frames"] == 10  # the finished output of the first run is still whole
 
 
