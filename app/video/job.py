@@ -56,7 +56,8 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 def stop_signals() -> Iterator[None]:
     """For the length of a run (main thread only: Python sets handlers nowhere else): SIGTERM
     raises :class:`Terminated`, and SIGXFSZ is ignored, so that writing past a file-size limit
-    (``ulimit -f``) fails with EFBIG, which is reported, instead of killing the process."""
+    (``ulimit -f``) fails with EFBIG, which is reported, instead of killing the process (Python
+    ignores it at start-up; a program embedding livediff may not)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
