@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError
 from media import clip_frame, make_clip, probe
 
-QUIET = dict(progress=False, quiet=True)
+QUIET: dict[str, Any] = dict(progress=False, quiet=True)
 
 
 class Tinted:

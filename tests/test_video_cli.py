@@ -107,7 +107,7 @@ def test_a_second_run_on_the_same_output_refuses_and_sigterm_stops_like_ctrl_c(t
         seen = b""
         assert first.stderr is not None
         while not re.search(rb"\b[1-9]\d*/400 \[", seen):  # a progress line: frames are being written
-            chunk = first.stderr.read1(4096)
+            chunk = os.read(first.stderr.fileno(), 4096)
             assert chunk, seen.decode(errors="replace")
             seen += chunk
 

@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 from pathlib import Path
+from typing import AbstractSet
 
 from livediff.errors import ConfigError
 
@@ -36,7 +37,7 @@ def partial_path_for(output: Path) -> Path:
     return work_dir_for(output) / f"partial{output.suffix.lower()}"
 
 
-def clear_work(work: Path, keep: set[str] = frozenset()) -> None:
+def clear_work(work: Path, keep: AbstractSet[str] = frozenset()) -> None:
     """Remove this run's work files (all but ``keep`` and the lock); never anything else."""
     if not work.is_dir():
         return
