@@ -314,10 +314,10 @@ def process_file(
     except Exception as exc:
         if holder.build_error is not None:
             raise
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE and not isinstance(exc, LivediffError):
-            full = DiskFullError(f"{input_path}: the disk is full or the file-size limit is reached "
-                                            f"({exc.strerror}) while writing {output_path}; free space (or raise the limit) "
-                                 f"and run again with --resume")
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            full = DiskFullError(f"{input_path}: the disk is full or the file-size limit is reached ({exc.strerror}) "
+                                 f"while writing {output_path}; free space (or raise the limit) and run again with "
+                                 f"--resume")
             full.__cause__ = exc
             exc = full
         message = str(exc) if isinstance(exc, LivediffError) else f"{input_path}: {type(exc).__name__}: {exc}"
