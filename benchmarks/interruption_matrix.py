@@ -33,6 +33,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from livediff.app.video.codecs import FFMPEG_ERRORS
+from livediff.app.video.workarea import partial_path_for
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = textwrap.dedent("""
@@ -90,7 +93,7 @@ def frame_hashes(path: Path) -> list[tuple[int | None, str]]:
 def playable(path: Path) -> bool:
     try:
         return len(frame_hashes(path)) > 0
-    except (av.FFmpegError, OSError):
+    except FFMPEG_ERRORS:
         return False
 
 
@@ -117,7 +120,6 @@ def main() -> None:
     parser.add_argument("--frame-ms", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from livediff.app.video.workarea import partial_path_for
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="livediff-interruptions-"))
