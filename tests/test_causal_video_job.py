@@ -16,7 +16,7 @@ CAUSAL = ["--mode", "causal-video", "--model", "tiny-wan-causal", "--width", str
 
 def test_ctrl_c_writes_the_frames_held_in_the_incomplete_chunk(tmp_path, monkeypatch, capsys):
     from livediff.app.video.reader import VideoReader
-    from livediff.app.video.segments import partial_path_for
+    from livediff.app.video.workarea import partial_path_for
 
     clip = make_clip(tmp_path / "in.mkv", n_frames=10, size=(SIZE, SIZE), audio=False, codec="ffv1")
     first7 = make_clip(tmp_path / "first7.mkv", n_frames=7, size=(SIZE, SIZE), audio=False, codec="ffv1")

@@ -18,7 +18,7 @@ from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import FrameProcessor
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import BatchResult
-from livediff.app.video.segments import partial_path_for, parts_dir_for
+from livediff.app.video.workarea import partial_path_for, work_dir_for
 from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError, ModelNotAvailableError
 from media import clip_frame, make_clip, probe, read_frames
@@ -116,7 +116,7 @@ def test_keeps_frame_count_timing_and_audio(tmp_path):
     assert p_out["audio_seconds"] == pytest.approx(p_in["audio_seconds"], abs=1e-3)
     for i, frame in enumerate(read_frames(tmp_path / "out.mp4")):
         assert mean_diff(frame, 255 - clip_frame(i, 64, 48)) < 6
-    assert not parts_dir_for(tmp_path / "out.mp4").exists()  # parts cleaned up
+    assert not work_dir_for(tmp_path / "out.mp4").exists()  # parts cleaned up
 
 
 def test_reader_metadata_and_writer_roundtrip(tmp_path):
@@ -236,7 +236,7 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
     assert partial["frames"] == 13
     assert partial["pts"] == probe(ref_out)["pts"][:13]
     assert partial["audio"] == "aac" and partial["audio_seconds"] == pytest.approx(13 / 15, abs=0.06)
-    assert parts_dir_for(out).is_dir()
+    assert work_dir_for(out).is_dir()
 
     result = process_video(src, out, Delay, JobOptions(segment_frames=5, resume=True, progress=False))
     assert result.resumed_frames == 13 and result.frames == 20
@@ -250,7 +250,7 @@ def test_interrupt_leaves_playable_output_and_resume_completes(tmp_path):
     # warm-up re-fed frames 5..12, so the stateful Delay continues exactly: output 13 = input 12
     # (codec noise against the synthetic frames is ~3, the one-frame shift ~13)
     assert mean_diff(got[13], clip_frame(12, w, h)) < 6 < mean_diff(got[13], clip_frame(13, w, h))
-    assert not parts_dir_for(out).exists() and not partial_path_for(out).exists()
+    assert not work_dir_for(out).exists() and not partial_path_for(out).exists()
 
 
 def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
@@ -263,7 +263,7 @@ def test_crash_keeps_partial_and_resume_reverifies_segments(tmp_path):
     assert probe(r.partial)["frames"] == 7 and not out.exists()
 
     # damage the last segment: resume must notice and redo its frames
-    segments = sorted(parts_dir_for(out).glob("seg_*.mp4"))
+    segments = sorted(work_dir_for(out).glob("seg_*.mp4"))
     assert [count_video_packets(s) for s in segments] == [5, 2]
     segments[-1].write_bytes(segments[-1].read_bytes()[:100])
     (r,) = process_many([src], out, Delay, JobOptions(segment_frames=5, resume=True, progress=False, quiet=True))

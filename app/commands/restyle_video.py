@@ -81,6 +81,7 @@ def _working_size(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livediff.app.video.batch import process_many
+    from livediff.app.video.job import Terminated
     from livediff.app.video.options import JobOptions
     from livediff.app.video.processor import PipelineFactory
 
@@ -98,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = process_many(args.inputs, args.output, factory, options, workers=args.workers,
                                ray_address=args.ray_address)
-    except KeyboardInterrupt:
-        return 130  # the job has said what it kept and how to continue
+    except KeyboardInterrupt as stop:  # the job has said what it kept and how to continue
+        return 143 if isinstance(stop, Terminated) else 130
     if args.metrics:
         _write_metrics(results)
     return results.exit_code

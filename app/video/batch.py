@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Iterable
 
 from livediff.app.video.codecs import VIDEO_EXTENSIONS
-from livediff.app.video.job import check_output_file, check_outputs_may_be_written, emitter, process_file
+from livediff.app.video.job import (Terminated, check_output_file, check_outputs_may_be_written, emitter,
+                                    locked_outputs, process_file)
 from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory
 from livediff.app.video.results import BatchResult
-from livediff.app.video.segments import partial_path_for
+from livediff.app.video.workarea import partial_path_for
 from livediff.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def scan_folder(folder: Path, exclude: Path | None) -> list[Path]:
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
-            continue  # hidden files and our own .parts folders
+            continue  # hidden files and our own .NAME.livediff work folders
         if exclude is not None:
             absolute = path.resolve()
             if absolute == exclude or exclude in absolute.parents:
@@ -109,12 +110,13 @@ def process_many(
     pairs = plan_outputs(inputs, output)
     emit = emitter(options.quiet)
     check_outputs_may_be_written([dst for _, dst in pairs], options)
-    if workers > 1 or ray_address:
-        from livediff.app.video.ray_runner import run_on_ray
+    with locked_outputs([dst for _, dst in pairs]):
+        if workers > 1 or ray_address:
+            from livediff.app.video.ray_runner import run_on_ray
 
-        results = run_on_ray(pairs, processor_factory, options, workers, ray_address, emit)
-    else:
-        results = run_sequential(pairs, processor_factory, options, emit)
+            results = run_on_ray(pairs, processor_factory, options, workers, ray_address, emit)
+        else:
+            results = run_sequential(pairs, processor_factory, options, emit)
     emit(results.summary())
     return results
 
@@ -136,10 +138,11 @@ def run_sequential(pairs, factory, options: JobOptions, emit) -> BatchResult:
             if not result.ok:
                 emit(result.describe())
             overall.update(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         partial = partial_path_for(dst) if dst is not None else None
         kept = f"the frames done are in {partial}; " if partial is not None and partial.is_file() else ""
-        emit(f"interrupted in {src} (file {len(results) + 1} of {len(pairs)}); {kept}run again with --resume to "
+        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        emit(f"{how} in {src} (file {len(results) + 1} of {len(pairs)}); {kept}run again with --resume to "
              f"continue")
         raise
     finally:

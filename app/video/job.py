@@ -5,16 +5,19 @@ geometry in :mod:`geometry`.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import tempfile
-import shutil
 import sys
+import threading
 import time
 from collections import deque
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -24,8 +27,8 @@ from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import JobResult
-from livediff.app.video.segments import (SegmentWriter, assemble, input_identity, load_resumable, partial_path_for,
-                                          parts_dir_for, save_manifest)
+from livediff.app.video.segments import SegmentWriter, assemble, input_identity, load_resumable, save_manifest
+from livediff.app.video.workarea import MANIFEST_NAME, OutputLock, clear_work, partial_path_for, work_dir_for
 from livediff.errors import ConfigError, InputError, LivediffError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,51 @@ log = logging.getLogger(__name__)
 class StopRequested(KeyboardInterrupt):
     """Raised inside a file run when its ``should_stop`` says so (Ray workers, on the driver's
     Ctrl-C): handled exactly like a KeyboardInterrupt, i.e. the partial output is made playable."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, ``timeout``, job schedulers) during a run: handled exactly like
+    Ctrl-C (the partial output is made playable); the CLI exits with 143."""
+
+
+class DiskFullError(LivediffError):
+    """The disk holding the output is full, or the process's file-size limit is reached."""
+
+
+#: errno values meaning "no more room for this file"
+NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """For the length of a run (main thread only: Python sets handlers nowhere else): SIGTERM
+    raises :class:`Terminated`, and SIGXFSZ is ignored, so that writing past a file-size limit
+    (``ulimit -f``) fails with EFBIG, which is reported, instead of killing the process (Python
+    ignores it at start-up; a program embedding livediff may not)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated("SIGTERM")
+
+    previous = {sig: signal.signal(sig, handler)
+                for sig, handler in ((signal.SIGTERM, terminate), (signal.SIGXFSZ, signal.SIG_IGN))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def locked_outputs(outputs: list[Path]) -> Iterator[None]:
+    """Hold the lock of every output (see :mod:`workarea`) and handle stop signals; refuses in one
+    sentence, before any model loads, when another run is writing one of them."""
+    with stop_signals(), ExitStack() as locks:
+        for output in outputs:
+            locks.enter_context(OutputLock(output))
+        yield
 
 
 class FileState:
@@ -75,9 +123,9 @@ def run_file(
     should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
     t0 = time.perf_counter()
-    parts = parts_dir_for(output_path)
-    if options.resume and output_path.exists() and not parts.exists():
-        try:  # finished earlier (a partial output always keeps its parts folder)
+    parts = work_dir_for(output_path)
+    if options.resume and output_path.exists() and not (parts / MANIFEST_NAME).exists():
+        try:  # finished earlier (an interrupted run always keeps its manifest)
             return JobResult(input_path, output_path, "skipped", frames=count_video_packets(output_path))
         except InputError:
             pass  # unreadable: make it again
@@ -174,6 +222,11 @@ def run_file(
             if reader.frame_count and decoded < reader.frame_count:
                 raise InputError(f"{input_path}: only {decoded} of its {reader.frame_count} frames could be decoded "
                                  f"(the file is truncated or damaged)")
+            if writer is not None:
+                segment, writer = writer.commit(), None
+                if segment is not None:
+                    segments.append(segment)
+                    save_manifest(parts, identity, segments)
         except BaseException as stopped:
             if delayed and isinstance(stopped, KeyboardInterrupt) and any(waiting):
                 flush_held(flush, deliver, sum(slot is not None for slot in waiting), emit)
@@ -196,20 +249,14 @@ def run_file(
                 except BaseException as exc:  # keep the original error; parts stay for resume
                     log.warning("%s: partial output not written (%s)", partial, exc)
             if not state.resumable:  # a damaged input stays damaged: its parts are no use
-                shutil.rmtree(parts, ignore_errors=True)
+                clear_work(parts)
             raise
         finally:
             bar.close()
-        if writer is not None:
-            segment = writer.commit()
-            if segment is not None:
-                segments.append(segment)
-                save_manifest(parts, identity, segments)
         if not segments:
             raise InputError(f"{input_path}: no video frames decoded")
         frames = assemble(parts, segments, output_path, input_path, options.audio, partial=False)
-        shutil.rmtree(parts, ignore_errors=True)
-        partial_path_for(output_path).unlink(missing_ok=True)
+        clear_work(parts)
     return JobResult(input_path, output_path, "done", frames=frames, resumed_frames=done,
                      seconds=time.perf_counter() - t0, region=geom.region if cropped else None)
 
@@ -267,6 +314,12 @@ def process_file(
     except Exception as exc:
         if holder.build_error is not None:
             raise
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            full = DiskFullError(f"{input_path}: the disk is full or the file-size limit is reached ({exc.strerror}) "
+                                 f"while writing {output_path}; free space (or raise the limit) and run again with "
+                                 f"--resume")
+            full.__cause__ = exc
+            exc = full
         message = str(exc) if isinstance(exc, LivediffError) else f"{input_path}: {type(exc).__name__}: {exc}"
         if str(input_path) not in message:
             message = f"{input_path}: {message}"
@@ -303,8 +356,9 @@ def process_video(
     input_path, output_path = Path(input_path), Path(output_path)
     check_output_file(input_path, output_path)
     check_outputs_may_be_written([output_path], options)
-    result, exc = process_file(input_path, output_path, LazyProcessor(processor_factory), options, on_frame=on_frame,
-                               emit=emitter(options.quiet))
+    with locked_outputs([output_path]):
+        result, exc = process_file(input_path, output_path, LazyProcessor(processor_factory), options,
+                                   on_frame=on_frame, emit=emitter(options.quiet))
     if exc is not None:
         raise exc
     return result

@@ -131,7 +131,7 @@ def run_on_ray(pairs, factory, options: JobOptions, workers: int, address: str |
             ray.wait(list(pending), num_returns=len(pending), timeout=120)
         finished = sum(r is not None for r in results)
         emit(
-            f"interrupted; {finished} of {len(pairs)} files finished, partial outputs (NAME.partial.mp4) written "
+            f"interrupted; {finished} of {len(pairs)} files finished, partial outputs (.NAME.livediff/partial.mp4) written "
             "for the running ones; run again with --resume to continue"
         )
         raise

@@ -22,7 +22,7 @@ class JobResult:
     seconds: float = 0.0
     #: one-line reason when status is "failed" (the message names the file)
     error: str | None = None
-    #: the playable partial output written for a failed file (NAME.partial.mp4), if any
+    #: the playable partial output written for a failed file (.NAME.livediff/partial.mp4), if any
     partial: Path | None = None
     #: whether running again with resume can finish it (not for a damaged input)
     resumable: bool = True

@@ -1,26 +1,30 @@
 """Interruption safety and resume: a file is written as closed segments plus a manifest.
 
 Frames are encoded into fixed-size **segments** (``segment_frames`` each, default 120), each a
-complete, closed MP4 in a hidden folder next to the output (``.NAME.parts/``), listed in a
-``manifest.json`` written atomically after each segment closes. At the end the segments are
-joined by remuxing (no re-encode) into the output together with the input's audio, and the folder
-is removed. On ``KeyboardInterrupt`` or a crash mid-file the open segment is closed properly and
-the finished segments are joined at once (audio trimmed to the video) into ``NAME.partial.mp4``
-next to the output, a playable file of every frame processed so far; the parts folder is kept. The
-output's own name only ever holds a finished file, replaced atomically (temporary name, then
-rename) when a new one is finished. A hard kill (SIGKILL, power loss) loses at most the open segment.
+complete, closed MP4 in the output's work folder (``.NAME.livediff/``, see :mod:`workarea`), listed
+in a ``manifest.json`` written atomically after each segment closes. A segment is listed only once
+it has been read back and holds exactly the frames written to it, at their timestamps: a segment
+closed by an interruption inside the encoder (a frame taken but its packets not yet muxed) or cut
+short by a full disk is deleted, and its frames are made again. At the end the segments are joined
+by remuxing (no re-encode) into the output together with the input's audio, and the work files are
+removed. On ``KeyboardInterrupt`` (Ctrl-C, SIGTERM) or a crash mid-file the open segment is closed
+and verified and the listed segments are joined at once (audio trimmed to the video) into
+``.NAME.livediff/partial.mp4``, a playable file of every frame kept so far; the work folder is kept.
+The output's own name only ever holds a finished file, replaced atomically (temporary name in the
+work folder, then rename) when a new one is finished. A hard kill (SIGKILL, power loss) loses at most
+the open segment.
 
 With ``resume=True`` the manifest is checked against the input (path, size, mtime), the encode
 settings and the processor's identity (for the diffusion pipeline: everything that changes the
 pixels — model and weights fingerprint, prompt, seed, steps, bank...); a difference refuses to
-resume and names what differs. Every listed segment is verified (its SHA-256 recorded when it was
-closed, and its frame count; a bad one and all after it are redone), the frames they cover are
+resume and names what differs. Every listed segment is checked against its SHA-256 recorded when
+it was verified (a bad one and all after it are redone), the frames they cover are
 decoded and skipped, and processing continues. The output then has exactly the frame count of an uninterrupted run. Streaming
 processors are stateful (stream batch, feature bank): after ``reset()`` the job re-feeds the last
 ``resume_warmup`` input frames before the resume point (outputs discarded), so a processor whose
 state depends on a short history continues as if never stopped; longer-range state (e.g. a large
 feature bank) restarts with that short history — acceptable for restyling. An output that exists
-with no parts folder is treated as finished and skipped on resume.
+with no manifest in its work folder is treated as finished and skipped on resume.
 
 Disk: the parts and the joined output exist side by side for a moment (≈2x the output size).
 """
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,23 +43,19 @@ from livediff.app.video.codecs import AudioMode
 from livediff.app.video.concat import concat_parts
 from livediff.app.video.geometry import FrameGeometry
 from livediff.app.video.options import JobOptions
-from livediff.app.video.reader import VideoReader
+from livediff.app.video.codecs import FFMPEG_ERRORS
+from livediff.app.video.reader import VideoReader, open_input
+from livediff.app.video.workarea import MANIFEST_NAME, clear_work
 from livediff.app.video.writer import VideoWriter
-from livediff.errors import ConfigError
+from livediff.errors import ConfigError, InputError, LivediffError
 from livediff.files import file_sha256
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 2
+#: 3: segments are listed only once verified (version 2 listed any closed segment)
+MANIFEST_VERSION = 3
 
 
-def parts_dir_for(output: Path) -> Path:
-    """The hidden folder holding the segments of ``output`` while it is being made."""
-    return output.parent / f".{output.name}.parts"
-
-
-def partial_path_for(output: Path) -> Path:
-    """Where an unfinished run leaves its playable partial output (never the output's own name)."""
-    return output.with_name(f"{output.stem}.partial{output.suffix}")
+class SegmentNotVerified(LivediffError):
+    """A closed segment does not hold what was written to it; it is deleted and its frames redone."""
 
 
 @dataclass
@@ -91,7 +90,8 @@ def differences(before: Any, now: Any, path: str = "") -> list[str]:
 def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[str], None]) -> list[Segment]:
     """Verified segments of an earlier run of the same work, or [] after clearing the folder for a
     fresh start (no resume asked). Resuming different work is refused: it would mix two styles."""
-    if not parts.exists():
+    if not (parts / MANIFEST_NAME).exists():
+        clear_work(parts)
         return []
     segments: list[Segment] = []
     if resume:
@@ -120,13 +120,7 @@ def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[st
                 break
             segments.append(seg)
             expected += seg.frames
-    keep = {s.file for s in segments}
-    if not segments:
-        shutil.rmtree(parts, ignore_errors=True)
-        return []
-    for child in parts.iterdir():  # stale half-written, damaged or unlisted segments
-        if child.name not in keep and child.name != MANIFEST_NAME:
-            child.unlink(missing_ok=True)
+    clear_work(parts, keep={s.file for s in segments} | ({MANIFEST_NAME} if segments else set()))
     return segments
 
 
@@ -141,7 +135,7 @@ def assemble(
     parts: Path, segments: list[Segment], output: Path, source: Path, audio: AudioMode, partial: bool
 ) -> int:
     """Join segments into ``output`` atomically (temp name, then rename); returns its frame count."""
-    tmp = output.with_name(f".{output.stem}.joining{output.suffix}")
+    tmp = parts / f"joining{output.suffix.lower()}"
     until = float(Fraction(segments[-1].end)) if partial else None
     try:
         frames = concat_parts(
@@ -163,7 +157,8 @@ class SegmentWriter:
     def __init__(self, parts: Path, number: int, first: int, start_pts: int, reader: VideoReader,
                  geom: FrameGeometry, options: JobOptions):
         self.name = f"seg_{number:06d}.mp4"
-        self.tmp = parts / f"seg_{number:06d}.partial.mp4"
+        self.tmp = parts / f"seg_{number:06d}.writing.mp4"
+        self.written_times: list[Fraction] = []
         self.parts = parts
         self.first = first
         self.start_pts = start_pts
@@ -187,14 +182,27 @@ class SegmentWriter:
 
     def write(self, rgb: np.ndarray, pts: int) -> None:
         self.writer.write(rgb, pts - self.start_pts)  # parts start at 0; concat adds the start back
+        self.written_times.append((pts - self.start_pts) * self.time_base)
         self.last_pts = pts
 
     def commit(self) -> Segment | None:
-        """Close; keep the file if it holds frames. Returns its manifest entry (None if empty)."""
-        self.writer.close()
+        """Close and verify; keep the file if it holds frames. Returns its manifest entry (None if
+        empty); raises :class:`SegmentNotVerified` (the file deleted) if it does not hold exactly
+        the frames written to it."""
+        try:
+            self.writer.close()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         if self.frames == 0:
             self.tmp.unlink(missing_ok=True)
             return None
+        held = segment_times(self.tmp)
+        if held != self.written_times:
+            self.tmp.unlink(missing_ok=True)
+            found = "cannot be read back" if held is None else f"holds {len(held)} frames"
+            raise SegmentNotVerified(f"{self.name}: {found}, not the {self.frames} frames written to it at their "
+                                     f"timestamps; its frames are made again")
         final = self.parts / self.name
         os.replace(self.tmp, final)
         start = Fraction(self.start_pts) * self.time_base
@@ -207,3 +215,19 @@ class SegmentWriter:
         except Exception:
             pass
         self.tmp.unlink(missing_ok=True)
+
+
+def segment_times(path: Path) -> list[Fraction] | None:
+    """The presentation times (seconds) of the video packets in ``path``, sorted; None if it cannot
+    be read. In seconds: the muxer may store another time base than the one written."""
+    try:
+        container = open_input(path)
+    except InputError:
+        return None
+    try:
+        stream = container.streams.video[0]
+        return sorted(Fraction(p.pts) * stream.time_base for p in container.demux(stream) if p.size and p.pts is not None)
+    except FFMPEG_ERRORS:
+        return None
+    finally:
+        container.close()
