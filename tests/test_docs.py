@@ -215,10 +215,17 @@ def livediff_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from livediff.app.cli import main; sys.exit(main())"]
 
 
-def one_core():
-    """Run a child on one core, so `--threads auto` and torch's pools use one thread."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+#: pins itself to one core, then becomes the command in its arguments (not `preexec_fn`, which can
+#: deadlock a child forked from a test process that has threads, e.g. after the WebRTC tests)
+PIN_ONE_CORE = ("import os, sys\n"
+                "if hasattr(os, 'sched_setaffinity'):\n"
+                "    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+                "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def one_core(command: list[str]) -> list[str]:
+    """`command` run on one core, so `--threads auto` and torch's pools use one thread."""
+    return [sys.executable, "-c", PIN_ONE_CORE, *command]
 
 
 @pytest.fixture()
@@ -238,8 +245,8 @@ def workdir(tmp_path):
 def test_runnable_cli_example(fence, workdir):
     work, env = workdir
     for argv in commands(fence):
-        run = subprocess.run([*livediff_command(), *argv[1:]], cwd=work, env=env, capture_output=True, text=True,
-                             timeout=TIMEOUT, preexec_fn=one_core)
+        run = subprocess.run(one_core([*livediff_command(), *argv[1:]]), cwd=work, env=env, capture_output=True,
+                             text=True, timeout=TIMEOUT)
         assert run.returncode == 0, f"{fence.where}: `{shlex.join(argv)}` exited {run.returncode}:\n{run.stderr[-3000:]}"
         for option in OUTPUT_OPTIONS & set(argv):
             output = work / argv[argv.index(option) + 1]
@@ -275,8 +282,8 @@ def python_results(tmp_path_factory):
     (base / "blocks.json").write_text(json.dumps(blocks))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(base / "hf-home"),
                LIVEDIFF_CACHE_DIR=str(base / "engine-cache"), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", RUNNER, str(base / "blocks.json"), str(base / "results.json")],
-                         cwd=base, env=env, capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=one_core)
+    run = subprocess.run(one_core([sys.executable, "-c", RUNNER, str(base / "blocks.json"), str(base / "results.json")]),
+                         cwd=base, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 0, f"the example runner failed:\n{run.stderr[-3000:]}"
     return json.loads((base / "results.json").read_text())
 
