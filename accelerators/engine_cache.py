@@ -113,7 +113,9 @@ def loaded_weights_fingerprint(module: torch.nn.Module) -> str:
     weights are recognised by identity instead: the same tensor objects, at the same addresses, with
     the same in-place version counters (a fused LoRA or any in-place update bumps them). Weak
     references make sure a remembered identity belongs to tensors still alive, so freed weights whose
-    memory is reused by a new model at the same addresses are never taken for the old ones.
+    memory is reused by a new model at the same addresses are never taken for the old ones. A write
+    through `.data` bumps no version counter and is not seen: livediff changes weights only while
+    loading them (LoRAs are fused in `load_models`, before any backend asks).
     """
     tensors = sorted(module.state_dict(keep_vars=True).items())
     identity = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in tensors)

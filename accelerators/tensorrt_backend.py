@@ -211,11 +211,12 @@ class SharedContextMemory:
         """Give `context` (made with the user-managed allocation strategy) memory for `size` bytes."""
         self.contexts.append(context)
         pointed = [context]
-        if self.buffer is None or size > self.size:
-            self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        buffer = self.buffer
+        if buffer is None or size > buffer.numel():
+            buffer = self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
             pointed = self.contexts
         for known in pointed:
-            known.set_device_memory(self.buffer.data_ptr(), self.size)
+            known.set_device_memory(buffer.data_ptr(), buffer.numel())
 
 
 class TensorRTRunner:

@@ -115,12 +115,12 @@ def default_backends(cuda: bool) -> list[str]:
 FAMILY_PRESETS = {"sd": ("sd-turbo-random", "tiny"), "sdxl": ("sdxl-turbo-random", "tiny-sdxl")}
 
 
-def missing_here(backend: str, device: str) -> str | None:
+def missing_here(backend: str, cuda: bool) -> str | None:
     """Why `backend` cannot be measured on this machine for want of a package build (a sentence), or None.
 
     ONNX Runtime's CPU wheel (a livediff dependency, the Docker image's too) has no CUDA provider:
     that is a wheel to swap, not a failure of this machine."""
-    if backend != "onnxruntime" or device != "cuda":
+    if backend != "onnxruntime" or not cuda:
         return None
     import torch
 
@@ -128,7 +128,7 @@ def missing_here(backend: str, device: str) -> str | None:
     from livediff.errors import AcceleratorError
 
     try:
-        providers_for(torch.device(device))
+        providers_for(torch.device("cuda"))
     except AcceleratorError as exc:
         return str(exc)
     return None
@@ -172,7 +172,7 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
     reference: list[torch.Tensor] | None = None
     eager_fps = None
     for backend in (["eager"] if "eager" not in chosen else []) + chosen:
-        missing = missing_here(backend, workload["device"])
+        missing = missing_here(backend, cuda)
         if missing is not None:
             report.backends.append(BackendReport(backend, f"skipped: {missing}"))
             continue

@@ -45,7 +45,7 @@ def gpu_machine(monkeypatch, providers: list[str]) -> list[dict]:
 
     loads: list[dict] = []
 
-    def load_pipeline(progress=None, **settings):
+    def load_pipeline(progress, **settings):
         loads.append(settings)
         if settings["accelerator"] == "tensorrt":
             progress("unet", "Building engine", 0, 12)  # what TensorRT's progress monitor reports first

@@ -27,6 +27,7 @@ def test_every_package_folder_is_listed_in_pyproject():
 def docker_check():
     """.ci/check_docker_cuda.py as a module (its resolution needs PyPI; its rules do not)."""
     spec = importlib.util.spec_from_file_location("check_docker_cuda", ROOT / ".ci" / "check_docker_cuda.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -6,6 +6,7 @@ import enum
 import importlib.util
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ class FakeEngine:
         self.types, self.device_memory_size_v2 = trt_types, memory
         self.names = ["x", "y", "mask"]
         self.contexts: list[FakeContext] = []
-        self.trt = None
+        self.trt: Any = None  # the fake module, set by the fixture
 
     @property
     def num_io_tensors(self) -> int:
@@ -199,7 +200,7 @@ class FakeEngine:
         return self.contexts[-1]
 
 
-FUNCTION = SimpleNamespace(name="net", input_names=("x",), output_names=("y", "mask"), adapt_inputs=lambda *t: t)
+FUNCTION: Any = SimpleNamespace(name="net", input_names=("x",), output_names=("y", "mask"), adapt_inputs=lambda *t: t)
 TYPES = {"x": "BF16", "y": "HALF", "mask": "BOOL"}
 
 
@@ -316,7 +317,7 @@ def test_the_streams_consume_outputs_before_the_runner_reuses_them(monkeypatch, 
         pipe.prepare(prompt="oil painting", guidance_scale=1.5, delta=0.5)
         return [pipe(torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))) for i in range(5)]
 
-    settings = dict(model="tiny", mode=mode, t_index_list=[20, 30, 40], cfg_type=cfg_type, width=SIZE, height=SIZE,
+    settings: dict[str, Any] = dict(model="tiny", mode=mode, t_index_list=[20, 30, 40], cfg_type=cfg_type, width=SIZE, height=SIZE,
                     device="cpu", dtype="float32", seed=2)
     if mode == "video":
         settings["bank"] = dict(cache_interval=1)

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,7 +272,7 @@ class StunResponder(asyncio.DatagramProtocol):
 
     def __init__(self):
         self.requests = 0
-        self.transport = None
+        self.transport: Any = None
 
     def connection_made(self, transport):
         self.transport = transport

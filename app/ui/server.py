@@ -311,16 +311,17 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     return demo
 
 
-def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, **options) -> gr.Blocks:
+def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, ice_servers: tuple[IceServer, ...] = (),
+           **options) -> gr.Blocks:
     """Start the server and return once it listens (`demo.block_thread()` waits for it to stop).
 
     Quiet: Gradio's own start-up lines (its URL, a `share=True` hint livediff has no option for) are
     not livediff's; the caller prints the address once the server really listens. `options` go to
-    `build_demo`."""
-    demo = build_demo(registry, **options)
+    `build_demo`; `ice_servers` serve both ends of its WebRTC connections (the hub's and the page's)."""
+    demo = build_demo(registry, ice_servers=ice_servers, **options)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
                 allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
-                css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(demo.rtc_hub.ice_servers),
+                css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(ice_servers),
                 app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
                 max_file_size=int(demo.max_upload_mb * 1_000_000))
     return demo
