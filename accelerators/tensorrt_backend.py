@@ -203,10 +203,6 @@ class SharedContextMemory:
         self.buffer: torch.Tensor | None = None
         self.contexts: list = []
 
-    @property
-    def size(self) -> int:
-        return 0 if self.buffer is None else self.buffer.numel()
-
     def attach(self, context, size: int) -> None:
         """Give `context` (made with the user-managed allocation strategy) memory for `size` bytes."""
         self.contexts.append(context)
@@ -240,7 +236,7 @@ class TensorRTRunner:
                                    f"remove it with `livediff engines clear` and rebuild")
         self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         memory.attach(self.context, self.engine.device_memory_size_v2)
-        self.memory = memory
+        self.memory = memory  # the context works in its buffer: it lives as long as the runner
         io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in io if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         check_graph_names(function, engine_path, inputs, [n for n in io if n not in inputs], ordered=False)

@@ -143,8 +143,8 @@ def build_notice(backend: str, workload: dict[str, Any]) -> str:
     if not registry.get(backend).builds_ahead:
         return f"livediff doctor: {backend} ..."
     return (f"livediff doctor: {backend}: first exports and builds its networks for the random-weight "
-            f"{workload['preset']} at {workload['size']}² (minutes on the first run, progress below; kept in "
-            f"{default_cache_dir()} so later runs start at once) ...")
+            f"{workload['preset']} at {workload['size']}² (the first run can take minutes, progress below; kept "
+            f"in {default_cache_dir()} so later runs start at once) ...")
 
 
 def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print,
@@ -179,12 +179,12 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
         progress(build_notice(backend, workload))
         started = time.perf_counter()
         try:
-            pipe = load_pipeline(progress=BuildReporter(), model=workload["preset"], vae=workload["vae"],
-                                 width=workload["size"],
+            pipe = load_pipeline(model=workload["preset"], vae=workload["vae"], width=workload["size"],
                                  height=workload["size"], device=workload["device"], dtype=workload["dtype"],
                                  t_index_list=[32, 45], cfg_type="self", accelerator=backend, seed=1,
                                  controlnet=[dict(model="random", preprocessor="tile")] * controlnets,
-                                 ip_adapter=dict(model="random", image_encoder="random") if ip_adapter else None)
+                                 ip_adapter=dict(model="random", image_encoder="random") if ip_adapter else None,
+                                 progress=BuildReporter())
             pipe.prepare(prompt="a photo", guidance_scale=1.2)
             if ip_adapter:
                 pipe.set_style_image(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)))

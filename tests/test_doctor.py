@@ -78,8 +78,8 @@ def test_the_doctor_says_tensorrt_builds_engines_first_and_shows_the_build_progr
     said: list[str] = []
     report = doctor.run(["tensorrt"], frames=1, progress=said.append)
     assert said[-1] == (f"livediff doctor: tensorrt: first exports and builds its networks for the random-weight "
-                        f"sd-turbo-random at 512² (minutes on the first run, progress below; kept in {tmp_path} so "
-                        f"later runs start at once) ...")
+                        f"sd-turbo-random at 512² (the first run can take minutes, progress below; kept in {tmp_path} "
+                        f"so later runs start at once) ...")
     assert said[0] == "livediff doctor: eager ..."
     err = capsys.readouterr().err
     assert "livediff: unet: Building engine (first use at this size and setting; this takes a while) ..." in err
