@@ -8,8 +8,10 @@
 #
 # /cache holds the Hugging Face downloads (HF_HOME) and the exported ONNX graphs / TensorRT engines
 # (LIVEDIFF_CACHE_DIR), so weights are fetched and engines are built once per volume, not per container.
-# The torch and tensorrt wheels bring their own CUDA libraries; the base image supplies the CUDA
-# runtime environment the NVIDIA container toolkit expects. The host driver must support CUDA 12.8.
+# One CUDA line: CUDA 12.8. The torch and tensorrt wheels bring their own CUDA 12 libraries, pinned in
+# docker/constraints.txt (torch 2.10.0: the newest torch whose PyPI wheel is built for CUDA 12); the base
+# image supplies the CUDA environment the NVIDIA container toolkit expects. The host driver must support
+# CUDA 12.8 (driver 570 or newer). .ci/check_docker_cuda.py checks that the pins and this base agree.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -22,23 +24,25 @@ ENV DEBIAN_FRONTEND=noninteractive \
     LIVEDIFF_CACHE_DIR=/cache/engines \
     GRADIO_ANALYTICS_ENABLED=False
 
-# python3 is 3.10 on 22.04 (livediff needs >= 3.10); libglib2.0-0 is what OpenCV's wheel expects.
+# python3 is 3.10 on 22.04 (livediff needs >= 3.10); libglib2.0-0 is what OpenCV's wheel expects; Triton
+# (torch.compile, `--accelerator compile`) compiles a small C launcher when it starts: gcc and Python's headers.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
 WORKDIR /opt/livediff
 COPY pyproject.toml README.md ./
+COPY docker/constraints.txt ./docker/constraints.txt
 COPY livediff ./livediff
 COPY app ./app
 COPY pipelines ./pipelines
 COPY accelerators ./accelerators
 COPY assets ./assets
-# the project itself: dependency ranges live in pyproject.toml
+# the project itself: dependency ranges live in pyproject.toml, the CUDA line's pins in docker/constraints.txt
 # hadolint ignore=DL3013
-RUN pip install ".[tensorrt]"
+RUN pip install -c docker/constraints.txt ".[tensorrt]"
 
 RUN useradd --create-home --uid 1000 livediff \
  && mkdir -p /cache/huggingface /cache/engines \

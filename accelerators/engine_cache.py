@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -98,6 +99,34 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
             sample = sample.view(torch.int16)
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+_Identity = tuple[tuple[str, int, int], ...]
+_known_fingerprints: dict[_Identity, tuple[tuple[weakref.ref, ...], str]] = {}
+
+
+def loaded_weights_fingerprint(module: torch.nn.Module) -> str:
+    """`weights_fingerprint`, computed once per set of loaded weights rather than at every call.
+
+    The fingerprint reads a sample of every tensor back to the host (one device→host copy each), and a
+    backend asks for it whenever a pipeline asks for a runner (stream rebuilds, bank variants). The
+    weights are recognised by identity instead: the same tensor objects, at the same addresses, with
+    the same in-place version counters (a fused LoRA or any in-place update bumps them). Weak
+    references make sure a remembered identity belongs to tensors still alive, so freed weights whose
+    memory is reused by a new model at the same addresses are never taken for the old ones. A write
+    through `.data` bumps no version counter and is not seen: livediff changes weights only while
+    loading them (LoRAs are fused in `load_models`, before any backend asks).
+    """
+    tensors = sorted(module.state_dict(keep_vars=True).items())
+    identity = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in tensors)
+    known = _known_fingerprints.get(identity)
+    if known is not None and all(ref() is tensor for ref, (_, tensor) in zip(known[0], tensors)):
+        return known[1]
+    fingerprint = weights_fingerprint(module)
+    for stale in [key for key, (refs, _) in _known_fingerprints.items() if any(ref() is None for ref in refs)]:
+        del _known_fingerprints[stale]
+    _known_fingerprints[identity] = (tuple(weakref.ref(tensor) for _, tensor in tensors), fingerprint)
+    return fingerprint
 
 
 @dataclass

@@ -32,8 +32,9 @@ def providers_for(device: torch.device, stream: int | None = None) -> list:
         return ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise AcceleratorError(f"accelerator 'onnxruntime' on CUDA needs the CUDA execution provider; this "
-                                   f"onnxruntime has {', '.join(available)} (install onnxruntime-gpu instead)")
+            raise AcceleratorError(f"accelerator 'onnxruntime' on CUDA needs the GPU wheel of ONNX Runtime, and the "
+                                   f"installed one runs only on {', '.join(available)}: replace it with "
+                                   f"`pip uninstall -y onnxruntime && pip install onnxruntime-gpu`")
         options = {"device_id": device.index or 0}
         if stream is not None:
             options.update(has_user_compute_stream="1", user_compute_stream=str(stream))

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from livediff.accelerators.base import AcceleratorOptions, BuildTarget, ResolutionRange, RowRange
-from livediff.accelerators.engine_cache import EngineKey, weights_fingerprint
+from livediff.accelerators.engine_cache import EngineKey, loaded_weights_fingerprint
 from livediff.accelerators.onnx_export import GraphExporter, ProgressFn, check_graph_names
 from livediff.errors import AcceleratorError, ConfigError
 from livediff.network_outputs import NetworkOutputs
@@ -78,7 +78,7 @@ def engine_key(function: TensorFunction, target: BuildTarget, rows: RowRange, re
     profile shapes (`profile_shapes`: an engine runs only the shapes it was built for; `key_profile`)."""
     profile = profile_shapes(function, rows, resolution, target.height, target.width, target.dtype)
     return EngineKey(kind="tensorrt", network=function.name, model=target.model, loras=tuple(target.loras),
-                     weights=weights_fingerprint(function), precision=precision,
+                     weights=loaded_weights_fingerprint(function), precision=precision,
                      builder=f"tensorrt {trt_version}", device=device,
                      inputs=tuple((name, *shapes) for name, shapes in profile.items()),
                      resolution=(resolution.min_height, resolution.min_width, resolution.max_height,
@@ -182,10 +182,48 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile, timing_ca
     _save_timing_cache(config, timing_cache)
 
 
-class TensorRTRunner:
-    """One engine and execution context; inputs are torch CUDA tensors, outputs are allocated per call."""
+def torch_dtypes(trt) -> dict:
+    """TensorRT data type → torch dtype, for every type a livediff graph's inputs and outputs can have."""
+    return {trt.DataType.HALF: torch.float16, trt.DataType.FLOAT: torch.float32, trt.DataType.BF16: torch.bfloat16,
+            trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool}
 
-    def __init__(self, function: TensorFunction, engine_path: Path, device: torch.device):
+
+class SharedContextMemory:
+    """One device buffer for the scratch (activation) memory of every execution context of a backend.
+
+    Each context would otherwise hold its own, for the lifetime of the engine: the UNet's, both VAE
+    halves' and every ControlNet's at once. The networks of one pipeline run one after the other on
+    torch's current stream, so one buffer as large as the largest engine's need serves them all
+    (as NVIDIA's diffusion demo does). When a new engine needs more, the buffer grows and every
+    context is pointed at the new one.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffer: torch.Tensor | None = None
+        self.contexts: list = []
+
+    def attach(self, context, size: int) -> None:
+        """Give `context` (made with the user-managed allocation strategy) memory for `size` bytes."""
+        self.contexts.append(context)
+        pointed = [context]
+        buffer = self.buffer
+        if buffer is None or size > buffer.numel():
+            buffer = self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+            pointed = self.contexts
+        for known in pointed:
+            known.set_device_memory(buffer.data_ptr(), buffer.numel())
+
+
+class TensorRTRunner:
+    """One engine and execution context; inputs are torch CUDA tensors.
+
+    Outputs are allocated once per input shapes and reused: a call's outputs are valid until the next
+    call of this runner with the same shapes (the pipelines consume or copy them before that).
+    """
+
+    def __init__(self, function: TensorFunction, engine_path: Path, device: torch.device,
+                 memory: SharedContextMemory):
         trt = import_tensorrt()
         self.function = function
         self.device = device
@@ -196,16 +234,22 @@ class TensorRTRunner:
             detail = "; ".join(self.logger.errors[-3:])
             raise AcceleratorError(f"TensorRT cannot load the engine {engine_path} ({detail or 'no message'}); "
                                    f"remove it with `livediff engines clear` and rebuild")
-        self.context = self.engine.create_execution_context()
+        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        memory.attach(self.context, self.engine.device_memory_size_v2)
+        self.memory = memory  # the context works in its buffer: it lives as long as the runner
         io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in io if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         check_graph_names(function, engine_path, inputs, [n for n in io if n not in inputs], ordered=False)
-        types = {trt.DataType.HALF: torch.float16, trt.DataType.FLOAT: torch.float32,
-                 trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64}
+        types = torch_dtypes(trt)
         names = list(function.input_names) + list(function.output_names)
+        unknown = [f"{n} ({self.engine.get_tensor_dtype(n)})" for n in names if self.engine.get_tensor_dtype(n) not in types]
+        if unknown:
+            raise AcceleratorError(f"the engine {engine_path} has tensors of types livediff does not bind: "
+                                   f"{', '.join(unknown)}; rebuild it with `livediff engines clear`")
         self.dtypes = {name: types[self.engine.get_tensor_dtype(name)] for name in names}
         self.profile = {name: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
                         for name in function.input_names}
+        self._outputs: dict[tuple[Shape, ...], list[torch.Tensor]] = {}
 
     def _bind_input(self, name: str, tensor: torch.Tensor) -> None:
         if tensor.dtype != self.dtypes[name]:
@@ -220,16 +264,22 @@ class TensorRTRunner:
         self.context.set_input_shape(name, shape)
         self.context.set_tensor_address(name, tensor.data_ptr())
 
+    def _output_buffers(self, shapes: tuple[Shape, ...]) -> list[torch.Tensor]:
+        """The outputs for these input shapes, allocated on their first call (once the input shapes
+        are set, the context knows the output shapes)."""
+        if shapes not in self._outputs:
+            self._outputs[shapes] = [torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                                 device=self.device) for name in self.function.output_names]
+        return self._outputs[shapes]
+
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> NetworkOutputs:
         inputs = self.function.adapt_inputs(*inputs)
         for name, tensor in zip(self.function.input_names, inputs):
             self._bind_input(name, tensor)
-        outputs = []
-        for name in self.function.output_names:
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
+        outputs = self._output_buffers(tuple(tuple(t.shape) for t in inputs))
+        for name, out in zip(self.function.output_names, outputs):
             self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise AcceleratorError(f"TensorRT execution of {self.function.name} failed: "
                                    f"{'; '.join(self.logger.errors[-3:]) or 'no message'}")
@@ -259,6 +309,7 @@ class TensorRTBackend:
         self.timing_cache = self.cache.timing_cache_path(f"tensorrt-{self.trt.__version__}", self.capability)
         self._verified: dict[str, Path] = {}
         self._runners: dict[Path, TensorRTRunner] = {}
+        self.memory = SharedContextMemory(self.device)
 
     def artifact(self, function: TensorFunction) -> Path:
         """The cached engine of `function`, exported and built now when missing or unusable."""
@@ -283,9 +334,10 @@ class TensorRTBackend:
         return self._verified[digest]
 
     def runner(self, function: TensorFunction) -> TensorRTRunner:
-        """One runner (engine + execution context) per engine, however often a pipeline asks for it."""
+        """One runner (engine + execution context) per engine, however often a pipeline asks for it; the
+        contexts of all of them share one scratch buffer (`SharedContextMemory`)."""
         path = self.artifact(function)
         if path not in self._runners:
-            self._runners[path] = TensorRTRunner(function, path, self.device)
+            self._runners[path] = TensorRTRunner(function, path, self.device, self.memory)
         return self._runners[path]
 

@@ -118,6 +118,38 @@ def default_backends(cuda: bool) -> list[str]:
 FAMILY_PRESETS = {"sd": ("sd-turbo-random", "tiny"), "sdxl": ("sdxl-turbo-random", "tiny-sdxl")}
 
 
+def missing_here(backend: str, cuda: bool) -> str | None:
+    """Why `backend` cannot be measured on this machine for want of a package build (a sentence), or None.
+
+    ONNX Runtime's CPU wheel (a livediff dependency, the Docker image's too) has no CUDA provider:
+    that is a wheel to swap, not a failure of this machine."""
+    if backend != "onnxruntime" or not cuda:
+        return None
+    import torch
+
+    from livediff.accelerators.onnxruntime_backend import providers_for
+    from livediff.errors import AcceleratorError
+
+    try:
+        providers_for(torch.device("cuda"))
+    except AcceleratorError as exc:
+        return str(exc)
+    return None
+
+
+def build_notice(backend: str, workload: dict[str, Any]) -> str:
+    """What the doctor says before measuring `backend`: backends that export or build their networks say
+    that they do so first, for how long and where it is kept (minutes of silence look like a hang)."""
+    from livediff.accelerators import registry
+    from livediff.accelerators.base import default_cache_dir
+
+    if not registry.get(backend).builds_ahead:
+        return f"livediff doctor: {backend} ..."
+    return (f"livediff doctor: {backend}: first exports and builds its networks for the random-weight "
+            f"{workload['preset']} at {workload['size']}² (the first run can take minutes, progress below; kept "
+            f"in {default_cache_dir()} so later runs start at once) ...")
+
+
 def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, progress=print,
         family: str = "sd", controlnets: int = 0, ip_adapter: bool = False) -> DoctorReport:
     """`controlnets`: measure the stream with that many random-weight ControlNets (`tile`
@@ -125,6 +157,7 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
     `ip_adapter`: with a random-weight IP-Adapter whose style image is set before timing."""
     import torch
 
+    from livediff.app.build_progress import BuildReporter
     from livediff.errors import LivediffError
     from livediff.pipelines import load_pipeline
 
@@ -142,14 +175,19 @@ def run(backends: list[str] | None = None, frames: int = 10, warmup: int = 3, pr
     reference: list[torch.Tensor] | None = None
     eager_fps = None
     for backend in (["eager"] if "eager" not in chosen else []) + chosen:
-        progress(f"livediff doctor: {backend} ...")
+        missing = missing_here(backend, cuda)
+        if missing is not None:
+            report.backends.append(BackendReport(backend, f"skipped: {missing}"))
+            continue
+        progress(build_notice(backend, workload))
         started = time.perf_counter()
         try:
             pipe = load_pipeline(model=workload["preset"], vae=workload["vae"], width=workload["size"],
                                  height=workload["size"], device=workload["device"], dtype=workload["dtype"],
                                  t_index_list=[32, 45], cfg_type="self", accelerator=backend, seed=1,
                                  controlnet=[dict(model="random", preprocessor="tile")] * controlnets,
-                                 ip_adapter=dict(model="random", image_encoder="random") if ip_adapter else None)
+                                 ip_adapter=dict(model="random", image_encoder="random") if ip_adapter else None,
+                                 progress=BuildReporter())
             pipe.prepare(prompt="a photo", guidance_scale=1.2)
             if ip_adapter:
                 pipe.set_style_image(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)))

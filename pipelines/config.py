@@ -2,6 +2,8 @@
 fails before any weights are loaded, with a message naming the value and the allowed range."""
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, fields
 
 import torch
@@ -15,6 +17,8 @@ from livediff.pipelines.choices import CFG_TYPES, MAX_SESSIONS, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
 from livediff.pipelines.token_merge import check_ratio
+
+log = logging.getLogger(__name__)
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 16
@@ -186,7 +190,11 @@ def resolve_device(device) -> str:
     """`auto` → cuda when available, else cpu; anything else must exist on this machine (`meta`, the
     data-less stand-in for a GPU in dry runs, always does)."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.version.cuda:
+            warn_cuda_build_without_gpu()
+        return "cpu"
     if not isinstance(device, str):
         raise ConfigError(f"device {device!r} must be a string such as 'auto', 'cuda', 'cuda:1' or 'cpu'")
     try:
@@ -204,6 +212,18 @@ def resolve_device(device) -> str:
     elif parsed.type not in ("cpu", "cuda", "mps", "meta"):
         raise ConfigError(f"device {device!r} is not supported; use 'auto', 'cuda', 'cpu' or 'mps'")
     return device
+
+
+@functools.cache
+def warn_cuda_build_without_gpu() -> None:
+    """Once per process: a CUDA build of torch that finds no GPU makes `auto` the CPU, tens of times
+    slower, which looks like a slow GPU unless it is said. The usual cause is a driver older than the
+    CUDA the wheel was built for (or a container started without the GPU)."""
+    log.warning("torch %s is built for CUDA %s but sees no GPU, so device 'auto' runs on the CPU: the NVIDIA "
+                "driver is probably too old for CUDA %s (`nvidia-smi` must show CUDA Version %s or newer) or, in "
+                "Docker, the container was started without `--gpus all`; update the driver or install a torch "
+                "built for the CUDA your driver supports (pass device 'cpu' to choose the CPU on purpose)",
+                torch.__version__, torch.version.cuda, torch.version.cuda, torch.version.cuda)
 
 
 def resolve_dtype_name(dtype, device: str) -> str:

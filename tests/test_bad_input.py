@@ -55,6 +55,26 @@ def test_cuda_without_cuda_is_refused_before_loading_and_auto_picks_the_cpu():
     assert (pipe.config.device, pipe.config.dtype) == ("cpu", "float32")
 
 
+@pytest.mark.parametrize("build, warned", [("12.8", True), (None, False)])
+def test_auto_on_a_cuda_build_without_a_gpu_says_why_and_on_the_cpu_wheel_stays_quiet(monkeypatch, caplog, build,
+                                                                                       warned):
+    """A CUDA 13 torch on a CUDA 12.8 driver sees no GPU: `auto` used to become the CPU without a word."""
+    from livediff.pipelines.config import resolve_device, warn_cuda_build_without_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", build)
+    warn_cuda_build_without_gpu.cache_clear()
+    with caplog.at_level("WARNING", logger="livediff.pipelines.config"):
+        assert resolve_device("auto") == "cpu" and resolve_device("auto") == "cpu"
+    sentences = [r.getMessage() for r in caplog.records]
+    assert len(sentences) == int(warned)  # once per process, not per pipeline
+    if warned:
+        assert sentences[0].startswith(f"torch {torch.__version__} is built for CUDA 12.8 but sees no GPU, so "
+                                       f"device 'auto' runs on the CPU: the NVIDIA driver is probably too old")
+        assert "install a torch built for the CUDA your driver supports" in sentences[0]
+    warn_cuda_build_without_gpu.cache_clear()
+
+
 @pytest.mark.parametrize("call,error,message", [
     (lambda p: p.prepare(prompt=None), ConfigError, r"prompt None must be a string"),
     (lambda p: p.prepare(prompt=123), ConfigError, r"prompt 123 must be a string"),

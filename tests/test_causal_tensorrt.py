@@ -27,6 +27,7 @@ from livediff.accelerators.base import ResolutionRange
 from livediff.accelerators.engine_cache import EngineKey
 from livediff.accelerators.tensorrt_ops import unsupported_ops
 from livediff.errors import AcceleratorError
+from livediff.network_outputs import NetworkOutputs
 from livediff.pipelines import load_pipeline
 from livediff.pipelines.causal.config import CausalConfig
 from livediff.pipelines.causal.graph import CausalTransformerFunction
@@ -42,15 +43,22 @@ INSTALL = "accelerator 'tensorrt' needs TensorRT: install livediff[tensorrt] on 
 
 
 class EngineStandIn:
-    """Where `TensorRTRunner` would run the engine: the function itself, on the engine's inputs."""
+    """Where `TensorRTRunner` would run the engine: the function itself, on the engine's inputs, its
+    outputs written into buffers kept per input shapes as the runner's are (reused by later calls)."""
 
-    def __init__(self, function, engine_path: Path, device):
+    def __init__(self, function, engine_path: Path, device, memory):
         assert engine_path.read_bytes() == b"engine"
         self.function = function
+        self.outputs: dict[tuple, list[torch.Tensor]] = {}
 
     @torch.no_grad()
     def __call__(self, *inputs):
-        return self.function(*self.function.adapt_inputs(*inputs))
+        inputs = self.function.adapt_inputs(*inputs)
+        results = self.function(*inputs)
+        buffers = self.outputs.setdefault(tuple(tuple(t.shape) for t in inputs), [torch.empty_like(r) for r in results])
+        for buffer, result in zip(buffers, results):
+            buffer.copy_(result)
+        return NetworkOutputs.of(self.function, buffers)
 
 
 def settings(accelerator: str, **overrides) -> dict:

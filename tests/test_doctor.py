@@ -69,3 +69,55 @@ def test_doctor_fails_a_backend_whose_stream_zeroed_non_finite_values(capsys, mo
     eager, = json.loads(capsys.readouterr().out)["backends"]
     assert eager["nonfinite_values"] > 0
     assert eager["verdict"].startswith(f"failed: {eager['nonfinite_values']} non-finite values zeroed in ")
+
+
+def gpu_machine(monkeypatch, providers: list[str]) -> list[dict]:
+    """A CUDA machine as the doctor sees it, with ONNX Runtime's `providers`; pipelines are not loaded:
+    each load is recorded (with what its progress callback printed) and refused."""
+    import onnxruntime
+    import torch
+
+    from livediff.app import doctor
+    from livediff.errors import ConfigError
+
+    loads: list[dict] = []
+
+    def load_pipeline(progress, **settings):
+        loads.append(settings)
+        if settings["accelerator"] == "tensorrt":
+            progress("unet", "Building engine", 0, 12)  # what TensorRT's progress monitor reports first
+        raise ConfigError("not loaded in this test")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(doctor, "environment", lambda: {"device_name": "a GPU"})
+    monkeypatch.setattr("livediff.pipelines.load_pipeline", load_pipeline)
+    return loads
+
+
+def test_on_cuda_the_cpu_wheel_of_onnx_runtime_is_a_skipped_row_naming_the_gpu_wheel(monkeypatch):
+    from livediff.app import doctor
+
+    loads = gpu_machine(monkeypatch, ["AzureExecutionProvider", "CPUExecutionProvider"])
+    report = doctor.run(["onnxruntime"], frames=1, progress=lambda text: None)
+    (row,) = report.backends
+    assert row.verdict == ("skipped: accelerator 'onnxruntime' on CUDA needs the GPU wheel of ONNX Runtime, and the "
+                           "installed one runs only on AzureExecutionProvider, CPUExecutionProvider: replace it with "
+                           "`pip uninstall -y onnxruntime && pip install onnxruntime-gpu`")
+    assert [load["accelerator"] for load in loads] == ["eager"]  # nothing exported for a row that cannot run
+
+
+def test_the_doctor_says_tensorrt_builds_engines_first_and_shows_the_build_progress(monkeypatch, capsys, tmp_path):
+    from livediff.app import doctor
+
+    monkeypatch.setenv("LIVEDIFF_CACHE_DIR", str(tmp_path))
+    gpu_machine(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    said: list[str] = []
+    report = doctor.run(["tensorrt"], frames=1, progress=said.append)
+    assert said[-1] == (f"livediff doctor: tensorrt: first exports and builds its networks for the random-weight "
+                        f"sd-turbo-random at 512² (the first run can take minutes, progress below; kept in {tmp_path} "
+                        f"so later runs start at once) ...")
+    assert said[0] == "livediff doctor: eager ..."
+    err = capsys.readouterr().err
+    assert "livediff: unet: Building engine (first use at this size and setting; this takes a while) ..." in err
+    assert report.backends[0].verdict.startswith("failed: not loaded in this test")

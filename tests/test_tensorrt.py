@@ -2,13 +2,18 @@
 the optimisation profile logic is checked everywhere."""
 from __future__ import annotations
 
+import enum
 import importlib.util
+import sys
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 
 from livediff.accelerators.base import ResolutionRange
 from livediff.accelerators.base import RowRange
+from livediff.network_outputs import NetworkOutputs
 from livediff.networks import stream_networks
 from livediff.pipelines.stream import stream_rows
 from livediff.accelerators.tensorrt_backend import profile_shapes
@@ -119,3 +124,204 @@ def test_engines_for_several_sessions_have_a_wider_profile_and_their_own_cache_k
         keys.append(engine_key(unet, target, rows, ResolutionRange.static(SIZE, SIZE), "float16", "10", "sm_89"))
     assert [p["sample"][2][0] for p in profiles] == [2, 8] and [p["sample"][1][0] for p in profiles] == [2, 2]
     assert keys[0].digest() != keys[1].digest()
+
+
+# --- the runner and the backend against stand-ins of TensorRT's objects (no GPU, no TensorRT) ----------
+
+class FakeTensorRT(SimpleNamespace):
+    """The part of the `tensorrt` module `TensorRTRunner` uses."""
+
+    def __init__(self, engines: dict[bytes, "FakeEngine"]):
+        class ILogger:
+            Severity = enum.Enum("Severity", "INTERNAL_ERROR ERROR WARNING INFO VERBOSE")
+
+            def __init__(self):
+                pass
+
+        super().__init__(
+            DataType=enum.Enum("DataType", "FLOAT HALF BF16 INT8 INT32 INT64 BOOL"),
+            TensorIOMode=enum.Enum("TensorIOMode", "NONE INPUT OUTPUT"),
+            ExecutionContextAllocationStrategy=enum.Enum("ExecutionContextAllocationStrategy",
+                                                          "STATIC ON_PROFILE_CHANGE USER_MANAGED"),
+            ILogger=ILogger, Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=engines.get))
+
+
+class FakeContext:
+    def __init__(self, engine: "FakeEngine", strategy):
+        self.engine, self.strategy = engine, strategy
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.memory: tuple[int, int] | None = None
+
+    def set_device_memory(self, address: int, size: int) -> None:
+        self.memory = (address, size)
+
+    def set_input_shape(self, name: str, shape: tuple) -> None:
+        self.shapes[name] = shape
+
+    def set_tensor_address(self, name: str, address: int) -> None:
+        self.addresses[name] = address
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return self.shapes["x"]  # every output is shaped like the input
+
+    def execute_async_v3(self, stream: int) -> bool:
+        assert self.memory is not None and self.memory[1] >= self.engine.device_memory_size_v2
+        return True
+
+
+class FakeEngine:
+    """An engine of input `x` and outputs `y`, `mask` with the given TensorRT types (by name)."""
+
+    def __init__(self, trt_types: dict[str, str], memory: int):
+        self.types, self.device_memory_size_v2 = trt_types, memory
+        self.names = ["x", "y", "mask"]
+        self.contexts: list[FakeContext] = []
+        self.trt: Any = None  # the fake module, set by the fixture
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.names)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_mode(self, name: str):
+        return self.trt.TensorIOMode.INPUT if name == "x" else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str):
+        return self.trt.DataType[self.types[name]]
+
+    def get_tensor_profile_shape(self, name: str, profile: int):
+        return (1, 2), (4, 2), (8, 2)
+
+    def create_execution_context(self, strategy=None):
+        self.contexts.append(FakeContext(self, strategy))
+        return self.contexts[-1]
+
+
+FUNCTION: Any = SimpleNamespace(name="net", input_names=("x",), output_names=("y", "mask"), adapt_inputs=lambda *t: t)
+TYPES = {"x": "BF16", "y": "HALF", "mask": "BOOL"}
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch, tmp_path):
+    """`make_runner(memory_bytes, types)`: a `TensorRTRunner` on a fake engine, and the engines made."""
+    from livediff.accelerators.tensorrt_backend import SharedContextMemory, TensorRTRunner
+
+    engines: dict[bytes, FakeEngine] = {}
+    trt = FakeTensorRT(engines)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=0))
+    memory = SharedContextMemory(torch.device("cpu"))
+
+    def make_runner(size: int, types: dict[str, str] = TYPES) -> TensorRTRunner:
+        data = f"engine {len(engines)}".encode()
+        engines[data] = engine = FakeEngine(types, size)
+        engine.trt = trt
+        path = tmp_path / f"{len(engines)}.plan"
+        path.write_bytes(data)
+        return TensorRTRunner(FUNCTION, path, torch.device("cpu"), memory)
+
+    make_runner.memory = memory
+    make_runner.trt = trt
+    return make_runner
+
+
+def test_engines_share_one_context_memory_as_large_as_the_largest(fake_tensorrt):
+    """UNet, ControlNet and VAE contexts each held their own scratch memory; now one buffer serves all,
+    grown when a later engine needs more, every context pointed at it."""
+    runners = [fake_tensorrt(size) for size in (1000, 4000, 2500)]
+    contexts = [runner.context for runner in runners]
+    strategy = fake_tensorrt.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+    assert all(context.strategy == strategy for context in contexts)
+    buffer = fake_tensorrt.memory.buffer
+    assert buffer.numel() == 4000
+    assert {context.memory for context in contexts} == {(buffer.data_ptr(), 4000)}
+    for runner in runners:
+        runner(torch.zeros(4, 2, dtype=torch.bfloat16))  # the fake checks each ran with enough memory
+
+
+def test_outputs_are_allocated_once_per_input_shape_and_types_include_bf16_and_bool(fake_tensorrt):
+    runner = fake_tensorrt(100)
+    kept = [runner(torch.zeros(4, 2, dtype=torch.bfloat16)) for _ in range(5)]  # all alive: no address reuse
+    assert len({outputs["y"].data_ptr() for outputs in kept}) == 1 and kept[0]["y"].shape == (4, 2)
+    assert kept[0]["y"].dtype == torch.float16 and kept[0]["mask"].dtype == torch.bool
+    other = runner(torch.zeros(2, 2, dtype=torch.bfloat16))
+    assert other["y"].shape == (2, 2) and other["y"].data_ptr() != kept[0]["y"].data_ptr()
+    again = runner(torch.zeros(4, 2, dtype=torch.bfloat16))
+    assert again["mask"].data_ptr() == kept[0]["mask"].data_ptr()
+    assert runner.context.addresses["y"] == again["y"].data_ptr()
+
+
+def test_a_tensor_type_livediff_cannot_bind_is_one_sentence(fake_tensorrt):
+    from livediff.errors import AcceleratorError
+
+    with pytest.raises(AcceleratorError, match=r"types livediff does not bind: mask \(DataType.INT8\)"):
+        fake_tensorrt(100, dict(TYPES, mask="INT8"))
+
+
+def test_the_backend_fingerprints_the_weights_once_per_load(monkeypatch, tmp_path):
+    """Every `runner()` call used to hash the weights again (one device→host copy per tensor); now once
+    per set of loaded weights, across calls and rebuilt functions, and again after an in-place change."""
+    from livediff.accelerators import engine_cache, tensorrt_backend
+    from livediff.accelerators.base import AcceleratorOptions
+    from livediff.pipelines.runners import build_target
+
+    hashed = []
+    fingerprint = engine_cache.weights_fingerprint
+    monkeypatch.setattr(engine_cache, "weights_fingerprint", lambda module: hashed.append(module) or fingerprint(module))
+    monkeypatch.setattr(tensorrt_backend, "check_tensorrt_supported",
+                        lambda device, dtype: SimpleNamespace(__version__="10.8.0"))
+    monkeypatch.setattr(tensorrt_backend, "compute_capability", lambda device: "sm_89")
+    monkeypatch.setattr(tensorrt_backend, "build_engine", lambda graph, engine, *rest: engine.write_bytes(b"engine"))
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", lambda function, path, *rest: path)
+    config = StreamConfig(model="tiny", width=SIZE, height=SIZE, device="cpu", dtype="float32")
+    backend = tensorrt_backend.TensorRTBackend(build_target(config), AcceleratorOptions(cache_dir=tmp_path))
+    monkeypatch.setattr(backend.graphs, "artifact", lambda function: tmp_path / "graph.onnx")
+    decoder = tiny_networks()["vae_decoder"]
+    for _ in range(5):
+        backend.runner(decoder)
+    backend.runner(tiny_networks()["vae_decoder"])  # a rebuilt stream: new function, same weights
+    assert len(hashed) == 1
+    with torch.no_grad():
+        next(decoder.parameters()).add_(1.0)
+    backend.runner(decoder)
+    assert len(hashed) == 2
+
+
+class ReusedOutputsRunner:
+    """The eager runner with `TensorRTRunner`'s output contract: one set of output buffers per input
+    shapes, overwritten by every later call with those shapes."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.buffers: dict[tuple, list[torch.Tensor]] = {}
+
+    def __call__(self, *inputs):
+        outputs = self.runner(*inputs)
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        buffers = self.buffers.setdefault(shapes, [torch.empty_like(t) for t in outputs.values()])
+        for buffer, result in zip(buffers, outputs.values()):
+            buffer.copy_(result)
+        return NetworkOutputs.of(self.runner.function, buffers)
+
+
+@pytest.mark.parametrize("mode, cfg_type", [("video", "initialize"), ("img2img", "self")])
+def test_the_streams_consume_outputs_before_the_runner_reuses_them(monkeypatch, mode, cfg_type):
+    """Reused output buffers change nothing: warm-up, residual stock and bank writes (every frame here)
+    take what they keep before the next call of the same shapes."""
+    from livediff.accelerators.eager import EagerBackend
+
+    def frames(pipe):
+        pipe.prepare(prompt="oil painting", guidance_scale=1.5, delta=0.5)
+        return [pipe(torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))) for i in range(5)]
+
+    settings: dict[str, Any] = dict(model="tiny", mode=mode, t_index_list=[20, 30, 40], cfg_type=cfg_type, width=SIZE, height=SIZE,
+                    device="cpu", dtype="float32", seed=2)
+    if mode == "video":
+        settings["bank"] = dict(cache_interval=1)
+    expected = frames(load_pipeline(**settings))
+    runner = EagerBackend.runner
+    monkeypatch.setattr(EagerBackend, "runner", lambda self, function: ReusedOutputsRunner(runner(self, function)))
+    assert all(torch.equal(a, b) for a, b in zip(frames(load_pipeline(**settings)), expected))

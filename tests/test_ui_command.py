@@ -58,3 +58,19 @@ def test_batch_options_out_of_range_are_one_sentence_before_loading(capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err
         assert "loading" not in err and "Traceback" not in err
+
+
+def test_bad_ice_servers_are_one_sentence_before_loading(capsys, monkeypatch):
+    monkeypatch.delenv("LIVEDIFF_TURN_USERNAME", raising=False)
+    monkeypatch.delenv("LIVEDIFF_TURN_CREDENTIAL", raising=False)
+    for url, message in (("http://stun.example.org", "'http://stun.example.org': an ICE server URL starts with "
+                                                     "stun:, turn: or turns:"),
+                         ("stun:", "'stun:' is not a stun: URL of a host and an optional port"),
+                         ("turn:turn.example.org:3478", "is a TURN server: set its user name and password in the "
+                                                         "environment variables LIVEDIFF_TURN_USERNAME and "
+                                                         "LIVEDIFF_TURN_CREDENTIAL")):
+        code = main(["ui", "--model", "tiny", "--device", "cpu", "--ice-server", "stun:stun.example.org:3478",
+                     "--ice-server", url])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err
+        assert "loading" not in err and "Traceback" not in err

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -264,3 +265,66 @@ def test_webrtc_in_causal_video_mode_returns_frames_after_the_chunk_delay(monkey
     assert peer.pictures[-1].shape == (64, 64, 3)
     assert all("delay: 3 frames (chunk of 1 latent frame = 4 video frames)" in m for m in peer.messages)
     assert any("waiting for frames" in m for m in peer.messages)
+
+
+class StunResponder(asyncio.DatagramProtocol):
+    """A STUN server on the loopback interface: answers binding requests, counts them."""
+
+    def __init__(self):
+        self.requests = 0
+        self.transport: Any = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        from aioice import stun
+
+        request = stun.parse_message(data)
+        self.requests += 1
+        response = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.RESPONSE,
+                                transaction_id=request.transaction_id)
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        self.transport.sendto(bytes(response), addr)
+
+
+def test_ice_servers_reach_the_server_peer_and_the_page(monkeypatch):
+    """`--ice-server`: the server's peer connection asks the given STUN server (here one on loopback),
+    and the page's RTCPeerConnection is made with the same servers, TURN credentials included."""
+    from livediff.app.ui import rtc_page
+    from livediff.app.ui.ice import parse_ice_servers
+    from livediff.app.ui.rtc_hub import RtcHub
+    from livediff.app.ui.rtc_stream import Controls
+    from livediff.app.ui.sessions import SessionRegistry
+    from livediff.app.ui.webcam_tab import WebcamStream
+    from ui_helpers import tiny_engine
+
+    monkeypatch.setenv("LIVEDIFF_TURN_USERNAME", "livediff")
+    monkeypatch.setenv("LIVEDIFF_TURN_CREDENTIAL", "s3cret</script>")
+    registry = SessionRegistry(tiny_engine())
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        transport, stun_server = await loop.create_datagram_endpoint(StunResponder, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        servers = parse_ice_servers([f"stun:127.0.0.1:{port}", "turn:turn.example.org:3478?transport=tcp"])
+        head = rtc_page.head(servers)
+        assert "new RTCPeerConnection(CONFIGURATION)" in head and "</script>" not in head[8:-9]
+        assert json.dumps({"urls": f"stun:127.0.0.1:{port}"}) in head
+        assert '"username": "livediff", "credential": "s3cret<\\/script>"' in head
+        hub = RtcHub(registry, WebcamStream(registry, 1e9), servers[:1])  # aiortc would try the TURN relay
+        try:
+            token = hub.open("tab", Controls(LiveSettings.for_pipeline(registry.engine.stream_template)))
+            peer = Peer(Camera([clip_frame(0, 64, 64)]))
+            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+            answer = await hub.answer({"token": token, "sdp": peer.pc.localDescription.sdp, "type": "offer"})
+            assert stun_server.requests >= 1 and "typ srflx" in answer["sdp"]
+            await peer.pc.close()
+        finally:
+            await asyncio.to_thread(hub.shutdown)  # its connection still talks to this loop's STUN server
+            transport.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        registry.shutdown()

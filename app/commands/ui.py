@@ -49,6 +49,11 @@ def register(subparsers) -> None:
                              f"{' or '.join(s.name for s in registry.specs() if s.fixed_rows)}, "
                              "whose engines are built for this many sessions' rows; 1: one frame per network "
                              "call, first come first served)")
+    parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                        help="a STUN or TURN server for the Webcam tab's WebRTC connections (stun:, turn: or "
+                             "turns: URL; repeat for several), needed when the browser cannot reach this "
+                             "machine's own addresses (NAT, containers); TURN credentials come from "
+                             "LIVEDIFF_TURN_USERNAME and LIVEDIFF_TURN_CREDENTIAL")
     parser.add_argument("--stats", action="store_true",
                         help="print the live batches (sessions, frames/s, frames per batch) and the non-finite "
                              "values the streams zeroed every 5 s; the same "
@@ -82,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cache-age {args.cache_age} must be at least 4 seconds")
     if args.frame_buffer_size != 1:
         raise ConfigError(f"--frame-buffer-size {args.frame_buffer_size}: the UI streams one frame per call")
+    from livediff.app.ui.ice import parse_ice_servers
+
+    ice_servers = parse_ice_servers(args.ice_server)
     check_port_free(args.host, args.port)
     style = style_image(args)  # an unreadable style picture is named before the model loads
 
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         demo = launch(registry, host=args.host, port=args.port, defaults=defaults,
                       stream_every=args.stream_every or DEFAULT_STREAM_EVERY, cache_age_s=args.cache_age,
-                      max_upload_mb=args.max_upload_mb)
+                      max_upload_mb=args.max_upload_mb, ice_servers=ice_servers)
         print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
         if args.stats:
             threading.Thread(target=_print_stats, args=(engine, registry, 5.0), daemon=True).start()

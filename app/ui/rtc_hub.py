@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from livediff.app.ui import rtc_jitter
+from livediff.app.ui.ice import IceServer, rtc_configuration
 from livediff.app.ui.rtc_stream import Controls, RtcStream
 from livediff.app.ui.sessions import SessionRegistry
 from livediff.app.ui.webcam_tab import WebcamStream
@@ -45,9 +46,10 @@ class OfferRefused(Exception):
 class RtcHub:
     """Tokens, controls and peer connections of every WebRTC stream of one server."""
 
-    def __init__(self, registry: SessionRegistry, webcam: WebcamStream):
+    def __init__(self, registry: SessionRegistry, webcam: WebcamStream, ice_servers: tuple[IceServer, ...] = ()):
         self.registry = registry
         self.webcam = webcam
+        self.ice_servers = ice_servers  # the page's peer connections get the same (`rtc_page.head`)
         self._lock = threading.Lock()
         self._controls: dict[str, Controls] = {}      # owner → its page's control values
         self._pending: dict[str, str] = {}            # unused token → owner
@@ -131,7 +133,7 @@ class RtcHub:
             controls = self._controls.get(owner) if owner is not None else None
         if controls is None:
             raise OfferRefused("this WebRTC stream token is unknown or already used; press Start again")
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(configuration=rtc_configuration(self.ice_servers))
         stream = RtcStream(pc, SESSION_PREFIX + token, controls, self.webcam, self._pool, self._stream_ended)
         cameras = []
         pc.on("track", lambda track: cameras.append(track) if track.kind == "video" else None)

@@ -12,7 +12,9 @@ Element ids are stable; tests and `benchmarks/webcam_latency.py` use them.
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
+from livediff.app.ui.ice import IceServer
 from livediff.app.ui.rtc_hub import OFFER_PATH
 
 WEBRTC, GRADIO = "WebRTC", "Gradio streaming"
@@ -40,6 +42,7 @@ CSS = """
 SCRIPT = """
 (() => {
   const FAILED = %(failed)s;
+  const CONFIGURATION = %(configuration)s;
   const state = { pc: null, camera: null };
   const el = (id) => document.getElementById(id);
   const say = (text, kind) => {
@@ -73,7 +76,7 @@ SCRIPT = """
         { audio: false, video: { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 30 } } });
       state.camera = camera;
       el('webrtc-camera').srcObject = camera;
-      const pc = new RTCPeerConnection();
+      const pc = new RTCPeerConnection(CONFIGURATION);
       state.pc = pc;
       camera.getVideoTracks().forEach((track) => pc.addTrack(track, camera));
       const meter = pc.createDataChannel('meter');
@@ -109,9 +112,12 @@ SCRIPT = """
 """
 
 
-def head() -> str:
-    """The script for the page's <head> (Gradio's `launch(head=...)`)."""
-    return "<script>" + SCRIPT % {"failed": json.dumps(FAILED), "path": json.dumps(OFFER_PATH)} + "</script>"
+def head(ice_servers: Sequence[IceServer] = ()) -> str:
+    """The script for the page's <head> (Gradio's `launch(head=...)`); its peer connections use
+    `ice_servers`, the server's own (`RtcHub.ice_servers`)."""
+    configuration = {"iceServers": [server.browser_config() for server in ice_servers]}
+    return "<script>" + SCRIPT % {"failed": json.dumps(FAILED), "path": json.dumps(OFFER_PATH),
+                                  "configuration": json.dumps(configuration).replace("</", "<\\/")} + "</script>"
 
 
 def css(height: int) -> str:

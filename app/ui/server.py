@@ -28,6 +28,7 @@ from livediff.app.ui import rtc_page  # noqa: E402
 from livediff.app.ui.control_preview import (  # noqa: E402
     PREVIEW_EVERY_S, PREVIEW_HEIGHT, ControlPreview, scale_sliders)
 from livediff.app.ui.image_tab import CAUSAL_REFUSAL as IMAGE_CAUSAL_REFUSAL  # noqa: E402
+from livediff.app.ui.ice import IceServer  # noqa: E402
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
 from livediff.app.ui.rtc_stream import Controls  # noqa: E402
@@ -132,17 +133,19 @@ def _stats(live: LiveFrame) -> str:
 
 def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                stream_every: float = DEFAULT_STREAM_EVERY, restart_after_s: float = 2.0,
-               cache_age_s: int = DEFAULT_CACHE_AGE_S, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
+               cache_age_s: int = DEFAULT_CACHE_AGE_S, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               ice_servers: tuple[IceServer, ...] = ()) -> gr.Blocks:
     """The app; `defaults` are the controls' initial values (default: what the server's pipeline has);
     a camera pause longer than `restart_after_s` restarts the session's stream (see `webcam_tab.py`).
 
     Gradio writes every picture it sends (each live frame too) and every upload to its cache folder;
     files older than `cache_age_s` are deleted every `cache_age_s / 4` seconds and all of them when
     the server stops, so a busy server's disk use is bounded. Uploads above `max_upload_mb` are
-    refused (the limit is shown on the Video tab)."""
+    refused (the limit is shown on the Video tab). `ice_servers` (STUN/TURN, `ice.py`) serve both ends of
+    the Webcam tab's WebRTC connections."""
     engine = registry.engine
     webcam = WebcamStream(registry, restart_after_s)
-    hub = RtcHub(registry, webcam)
+    hub = RtcHub(registry, webcam, ice_servers)
     defaults = defaults or LiveSettings.for_pipeline(engine.stream_template)
     camera_size = {"width": {"ideal": engine.width}, "height": {"ideal": engine.height}}
     controlnets = len(engine.stream_template.config.controlnet)
@@ -309,16 +312,17 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     return demo
 
 
-def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, **options) -> gr.Blocks:
+def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, ice_servers: tuple[IceServer, ...] = (),
+           **options) -> gr.Blocks:
     """Start the server and return once it listens (`demo.block_thread()` waits for it to stop).
 
     Quiet: Gradio's own start-up lines (its URL, a `share=True` hint livediff has no option for) are
     not livediff's; the caller prints the address once the server really listens. `options` go to
-    `build_demo`."""
-    demo = build_demo(registry, **options)
+    `build_demo`; `ice_servers` serve both ends of its WebRTC connections (the hub's and the page's)."""
+    demo = build_demo(registry, ice_servers=ice_servers, **options)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
                 allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
-                css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(),
+                css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(ice_servers),
                 app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
                 max_file_size=int(demo.max_upload_mb * 1_000_000))
     return demo
