@@ -328,3 +328,21 @@ def test_ice_servers_reach_the_server_peer_and_the_page(monkeypatch):
         asyncio.run(scenario())
     finally:
         registry.shutdown()
+
+
+def test_a_server_on_loopback_offers_and_binds_only_loopback(server, client):
+    """Served on 127.0.0.1 (the default), the answer's candidates and the UDP ports they stand for are
+    on 127.0.0.1 only; aioice alone offered every other interface of the machine."""
+    token = client.predict(**controls(server), api_name="/webrtc_start")
+
+    async def scenario():
+        peer = Peer(Camera([clip_frame(0, 64, 64)]))
+        await peer.connect(server.url, token)
+        answer = peer.pc.remoteDescription.sdp
+        await peer.pc.close()
+        return answer
+
+    answer = asyncio.run(scenario())
+    addresses = {line.split()[4] for line in answer.splitlines() if line.startswith("a=candidate:")}
+    assert addresses == {"127.0.0.1"}, answer
+    asyncio.run(wait_for(lambda: not webrtc_sessions(server), "the closed connection's session to be removed"))

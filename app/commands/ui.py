@@ -25,7 +25,12 @@ def register(subparsers) -> None:
         description="Start the Gradio UI: live webcam translation, img2img/txt2img and video files, with "
                     "controls that act live. Every browser tab gets its own stream state; one model is shared.")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default %(default)s; 0.0.0.0 to serve the network)")
+                        help="address to listen on (default %(default)s: this machine only). The server has no "
+                             "authentication unless --auth-file is given: with 0.0.0.0 anyone who can reach this "
+                             "machine can use the model. WebRTC media uses UDP on this host's addresses")
+    parser.add_argument("--auth-file", default=None, metavar="FILE",
+                        help="ask for a user name and password (one user:password per line in FILE) before the "
+                             "page or its API answers")
     parser.add_argument("--port", type=int, default=7860, help="default %(default)s")
     parser.add_argument("--stream-mode", default=None,
                         help="pipeline of the webcam and video tabs: video (feature bank; default when available), "
@@ -90,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from livediff.app.ui.ice import parse_ice_servers
 
     ice_servers = parse_ice_servers(args.ice_server)
+    from livediff.app.ui.auth import read_auth_file
+
+    auth = read_auth_file(args.auth_file) if args.auth_file else None
     check_port_free(args.host, args.port)
     style = style_image(args)  # an unreadable style picture is named before the model loads
 
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         demo = launch(registry, host=args.host, port=args.port, defaults=defaults,
                       stream_every=args.stream_every or DEFAULT_STREAM_EVERY, cache_age_s=args.cache_age,
-                      max_upload_mb=args.max_upload_mb, ice_servers=ice_servers)
+                      max_upload_mb=args.max_upload_mb, ice_servers=ice_servers, auth=auth)
         print(f"livediff ui: {engine.description}; open http://{args.host}:{args.port}", file=sys.stderr)
         if args.stats:
             threading.Thread(target=_print_stats, args=(engine, registry, 5.0), daemon=True).start()

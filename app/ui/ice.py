@@ -14,6 +14,7 @@ the TURN credentials: give livediff a TURN user of its own.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -71,3 +72,41 @@ def rtc_configuration(servers: Sequence[IceServer]) -> Any:
 
     return RTCConfiguration(iceServers=[RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
                                         for s in servers])
+
+
+#: every interface: the addresses aioice itself offers (all but loopback)
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+def ice_addresses(host: str) -> tuple[str, ...] | None:
+    """The local addresses the server's peer connections offer and bind UDP on when it serves `host`:
+    that host's own addresses (127.0.0.1 stays on this machine), or None for every interface."""
+    if host in EVERY_INTERFACE:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({exc.strerror})") from None
+    return tuple(sorted({str(info[4][0]) for info in infos}))
+
+
+def bind_ice_to(host: str) -> None:
+    """Make the server's WebRTC gather host candidates, and open UDP sockets, only on `host`'s addresses.
+
+    aioice (under aiortc) offers every interface but loopback, whatever address the HTTP server
+    listens on, so a server on 127.0.0.1 opened UDP ports on the machine's network addresses. aioice
+    has no setting for it: its address lookup (`aioice.ice.get_host_addresses`) is replaced for the
+    process, which serves one UI (`launch`); 0.0.0.0 restores aioice's own."""
+    import aioice.ice
+
+    original = getattr(aioice.ice, "_livediff_original", aioice.ice.get_host_addresses)
+    aioice.ice._livediff_original = original
+    allowed = ice_addresses(host)
+    if allowed is None:
+        aioice.ice.get_host_addresses = original
+        return
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in allowed if (use_ipv6 if ":" in a else use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses

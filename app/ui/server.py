@@ -28,7 +28,7 @@ from livediff.app.ui import rtc_page  # noqa: E402
 from livediff.app.ui.control_preview import (  # noqa: E402
     PREVIEW_EVERY_S, PREVIEW_HEIGHT, ControlPreview, scale_sliders)
 from livediff.app.ui.image_tab import CAUSAL_REFUSAL as IMAGE_CAUSAL_REFUSAL  # noqa: E402
-from livediff.app.ui.ice import IceServer  # noqa: E402
+from livediff.app.ui.ice import IceServer, bind_ice_to  # noqa: E402
 from livediff.app.ui.image_tab import IMAGE_MODES, restyle_image  # noqa: E402
 from livediff.app.ui.rtc_hub import RtcHub, offer_route  # noqa: E402
 from livediff.app.ui.rtc_stream import Controls  # noqa: E402
@@ -313,14 +313,16 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
 
 
 def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860, ice_servers: tuple[IceServer, ...] = (),
-           **options) -> gr.Blocks:
+           auth: list[tuple[str, str]] | None = None, **options) -> gr.Blocks:
     """Start the server and return once it listens (`demo.block_thread()` waits for it to stop).
 
     Quiet: Gradio's own start-up lines (its URL, a `share=True` hint livediff has no option for) are
     not livediff's; the caller prints the address once the server really listens. `options` go to
-    `build_demo`; `ice_servers` serve both ends of its WebRTC connections (the hub's and the page's)."""
+    `build_demo`; `ice_servers` serve both ends of its WebRTC connections (the hub's and the page's);
+    `auth`: (user, password) pairs Gradio asks for (`app.ui.auth`), None for an open server."""
     demo = build_demo(registry, ice_servers=ice_servers, **options)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False,
+    bind_ice_to(host)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, ssr_mode=False, auth=auth,
                 allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
                 css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(ice_servers),
                 app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
