@@ -59,7 +59,8 @@ class StandIn:
     def __call__(self, *inputs):
         with _disable_current_modes():
             outputs = self.inner(*inputs)
-        tensors = [*inputs, *(outputs.values() if hasattr(outputs, "values") else [outputs])]
+        named = [t for x in inputs for t in (x.values() if hasattr(x, "values") else [x])]  # inputs by name
+        tensors = [*named, *(outputs.values() if hasattr(outputs, "values") else [outputs])]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                     for t in tensors if isinstance(t, torch.Tensor)}
         self.io[0] += sum(storages.values())

@@ -56,13 +56,15 @@ def replays_per_steady_call(one_session_rows: bool) -> list[float]:
                          device="cpu", dtype="float32", max_sessions=8, bank=dict(cache_interval=2))
     base.runners = replace(base.runners, backend=StaticRowsEager())
     target = build_target(base.config)
-    runners = []
+    runners, counting = [], []
     for owner, name in ((base.runners, "encode"), (base.runners, "decode"), (base, "banked_unet_runner")):
-        function = getattr(owner, name).function
+        named = getattr(owner, name)
+        function = named.function
         rows = (target.rows_for(function).opt,) if one_session_rows else target.steady_rows_for(function)
         runners.append(GraphedRunner(function, rows, function.state_inputs()))
-    counting = [CountingCalls(runner) for runner in runners]
-    base.runners.encode, base.runners.decode, unet = counting
+        counting.append(CountingCalls(runners[-1]))
+        setattr(owner, name, replace(named, run=counting[-1]))
+    unet = base.banked_unet_runner
     ratios = []
     for k in range(1, 9):
         sessions = [base.new_session(seed=s) for s in range(k)]

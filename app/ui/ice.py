@@ -100,7 +100,7 @@ def bind_ice_to(host: str) -> None:
     import aioice.ice
 
     original = getattr(aioice.ice, "_livediff_original", aioice.ice.get_host_addresses)
-    aioice.ice._livediff_original = original
+    setattr(aioice.ice, "_livediff_original", original)
     allowed = ice_addresses(host)
     if allowed is None:
         aioice.ice.get_host_addresses = original
