@@ -163,7 +163,11 @@ class AcceleratorOptions:
             raise ConfigError(f"workspace_gb {self.workspace_gb!r} must be None or a positive number of GiB")
         if self.cache_dir is not None and (not isinstance(self.cache_dir, (str, os.PathLike)) or not str(self.cache_dir)):
             raise ConfigError(f"cache_dir {self.cache_dir!r} must be a folder path")
+        given = self.cache_dir is not None
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            source = "cache_dir" if given else f"${CACHE_ENV}"
+            raise ConfigError(f"{source} {str(self.cache_dir)!r} is a file; the engine cache needs a folder there")
 
     def resolution_for(self, height: int, width: int) -> ResolutionRange:
         """The range to build for a pipeline at height x width; it must contain that size."""
