@@ -196,6 +196,7 @@ class StreamPipeline:
         """An independent stream (own buffers, noise, prompt) sharing these networks.
 
         `overrides` are `StreamConfig` fields (e.g. bank, token_merge_ratio), validated again; the
+        mode and the networks' fields stay (the pipeline's class and networks are built for them); the
         new session starts from the config as built (not this stream's live settings) and has no
         prompt until `prepare`.
         """
