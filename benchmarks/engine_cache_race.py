@@ -49,7 +49,7 @@ def one_round(context, root: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="two builders of one engine-cache key, counted")
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     context = mp.get_context("fork")

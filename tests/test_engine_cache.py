@@ -174,7 +174,7 @@ def race_round(root) -> list[str]:
     then reads the entry it got. Returns what went wrong (nothing when both read one valid entry)."""
     cache = EngineCache(root)
     finished = threading.Barrier(2)
-    results: dict[int, object] = {}
+    results: dict[int, tuple[bytes, str | None] | Exception] = {}
 
     def builder(who: int) -> None:
         def build(folder):
@@ -191,11 +191,10 @@ def race_round(root) -> list[str]:
         thread.start()
     for thread in threads:
         thread.join()
+    read = [r for r in results.values() if not isinstance(r, Exception)]
     problems = [f"builder {who}: {type(r).__name__}: {r}" for who, r in results.items() if isinstance(r, Exception)]
-    if not problems:
-        (one, problem_1), (two, problem_2) = results[1], results[2]
-        if one != two or problem_1 or problem_2:
-            problems.append(f"builders read {one!r} ({problem_1}) and {two!r} ({problem_2})")
+    if not problems and (read[0][0] != read[1][0] or read[0][1] or read[1][1]):
+        problems.append(f"builders read {read[0]!r} and {read[1]!r} (contents, problem)")
     return problems
 
 
