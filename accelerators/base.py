@@ -7,6 +7,7 @@ backends (TensorRT profiles, CUDA graphs) can prepare for every call in advance.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from livediff.errors import ConfigError
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 CACHE_ENV = "LIVEDIFF_CACHE_DIR"
 
 
@@ -161,21 +163,33 @@ class AcceleratorOptions:
     weights: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.cuda_graphs, (bool, type(None))):
+            raise ConfigError(f"cuda_graphs {self.cuda_graphs!r} must be True, False or None (on with CUDA)")
+        if not isinstance(self.build, bool):
+            raise ConfigError(f"build {self.build!r} must be True (build missing engines) or False (refuse)")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)} "
                               f"(CUDA graphs are set with cuda_graphs=True/False)")
-        if not isinstance(self.opset, int) or not 17 <= self.opset <= 23:
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or not 17 <= self.opset <= 23:
             raise ConfigError(f"opset {self.opset!r} is outside 17..23")
         if self.resolution is not None and not isinstance(self.resolution, ResolutionRange):
             self.resolution = _resolution_range(self.resolution)
-        if self.openvino_device.split(".")[0] not in ("CPU", "GPU", "NPU", "AUTO"):
+        if not isinstance(self.openvino_device, str) or self.openvino_device.split(".")[0] not in OPENVINO_DEVICES:
             raise ConfigError(f"openvino_device {self.openvino_device!r} is not one of CPU, GPU, NPU, AUTO "
                               f"(optionally with an index, e.g. GPU.1)")
         if self.weights not in (None, "int8"):
             raise ConfigError(f"weights {self.weights!r} is not None or 'int8'")
-        if self.workspace_gb is not None and not self.workspace_gb > 0:
-            raise ConfigError(f"workspace_gb {self.workspace_gb!r} must be positive")
+        if self.workspace_gb is not None and (isinstance(self.workspace_gb, bool)
+                                              or not isinstance(self.workspace_gb, (int, float))
+                                              or not 0 < self.workspace_gb < math.inf):
+            raise ConfigError(f"workspace_gb {self.workspace_gb!r} must be None or a positive number of GiB")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, (str, os.PathLike)) or not str(self.cache_dir)):
+            raise ConfigError(f"cache_dir {self.cache_dir!r} must be a folder path")
+        given = self.cache_dir is not None
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            source = "cache_dir" if given else f"${CACHE_ENV}"
+            raise ConfigError(f"{source} {str(self.cache_dir)!r} is a file; the engine cache needs a folder there")
 
     def resolution_for(self, height: int, width: int) -> ResolutionRange:
         """The range to build for a pipeline at height x width; it must contain that size."""

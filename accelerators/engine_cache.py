@@ -17,12 +17,14 @@ import shutil
 import tempfile
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
+from livediff.accelerators.base import CACHE_ENV
 from livediff.errors import AcceleratorError
 from livediff.files import file_sha256
 
@@ -183,12 +185,16 @@ class EngineCache:
             return "the entry lists no files"
         for name, info in entry.files.items():
             path = entry.file(name)
-            if not path.is_file():
+            try:
+                size = path.stat().st_size
+                if size != info.get("size"):
+                    return f"file {name} has {size} bytes, {info.get('size')} were recorded"
+                if hash_files and file_sha256(path) != info.get("sha256"):
+                    return f"file {name} does not match its recorded sha256 (corrupted or modified)"
+            except FileNotFoundError:
                 return f"file {name} is missing"
-            if path.stat().st_size != info.get("size"):
-                return f"file {name} has {path.stat().st_size} bytes, {info.get('size')} were recorded"
-            if hash_files and file_sha256(path) != info.get("sha256"):
-                return f"file {name} does not match its recorded sha256 (corrupted or modified)"
+            except OSError as exc:  # e.g. removed by a builder replacing this unusable entry right now
+                return f"file {name} cannot be read ({exc.strerror})"
         return None
 
     def inspect(self, key: EngineKey) -> tuple[CacheEntry | None, str | None]:
@@ -234,7 +240,11 @@ class EngineCache:
 
     def store(self, key: EngineKey, build: Callable[[Path], None]) -> CacheEntry:
         """Run `build(folder)` in a temporary folder, record hashes, then move it into place atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AcceleratorError(f"the engine cache folder {str(self.root)!r} cannot be created ({exc.strerror}); "
+                                   f"set {CACHE_ENV} or cache_dir to a writable folder") from exc
         staging = Path(tempfile.mkdtemp(prefix=f".build-{key.folder_name}-", dir=self.root))
         try:
             build(staging)
@@ -254,28 +264,38 @@ class EngineCache:
         return CacheEntry(target, meta["key"], files, meta["created"])
 
     def _take_or_replace(self, key: EngineKey, target: Path, staging: Path) -> CacheEntry | None:
-        """Move `staging` into place, unless another process (a second worker, a Ray replica) finished
-        the same entry meanwhile: then its entry is returned and `staging` is dropped, so concurrent
-        builders of one key never remove each other's files."""
-        for _attempt in range(2):
+        """Move `staging` into place, unless another builder (a thread, a second worker, a Ray replica)
+        finished the same entry meanwhile: then its entry is returned and `staging` is dropped.
+
+        Checking and moving happen under the key's lock, so a valid entry is never removed and a
+        builder never sees another's entry half replaced; only an unusable entry is replaced.
+        """
+        with self._key_lock(key):
             entry, _problem = self.inspect(key)
             if entry is not None:
                 shutil.rmtree(staging, ignore_errors=True)
                 return entry
             if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                staging.rename(target)
-                return None
-            except OSError:  # another builder's rename landed between our check and ours
-                continue
-        raise AcceleratorError(f"could not move the {key.kind} artifact for {key.network} into {target}")
+                shutil.rmtree(target)
+            staging.rename(target)
+            return None
+
+    @contextmanager
+    def _key_lock(self, key: EngineKey) -> Iterator[None]:
+        """An exclusive `flock` on `.lock-<entry folder>`, between threads and processes alike; the OS
+        drops it when its holder dies, so a killed builder leaves no stale lock."""
+        import fcntl
+
+        with open(self.root / f".lock-{key.folder_name}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def remove(self, entry: CacheEntry) -> None:
         shutil.rmtree(entry.path)
 
     def clear(self, kind: str | None = None) -> int:
-        """Remove every entry (or those of one kind) and leftover staging folders; returns how many entries."""
+        """Remove every entry (or those of one kind), and with every entry leftover staging folders and
+        lock files; returns how many entries."""
         removed = 0
         for entry in self.entries():
             if kind is None or entry.path.name.startswith(f"{kind}-"):
@@ -284,4 +304,6 @@ class EngineCache:
         if kind is None and self.root.is_dir():
             for leftover in self.root.glob(".build-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
+            for lock in self.root.glob(".lock-*"):
+                lock.unlink(missing_ok=True)
         return removed

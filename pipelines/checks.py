@@ -2,7 +2,7 @@
 accepted form, so a wrong type is a `ConfigError` sentence rather than a TypeError deep inside."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
 from livediff.errors import ConfigError
@@ -12,12 +12,16 @@ T = TypeVar("T")
 
 
 def from_options(what: str, cls: type[T], options: dict) -> T:
-    """`cls(**options)` for an options dataclass, with unknown keys named beside the allowed ones
-    ("unknown bank option(s) 'x'; allowed: ...") instead of a TypeError."""
+    """`cls(**options)` for an options dataclass, with unknown and missing keys named beside the
+    allowed ones ("unknown bank option(s) 'x'; allowed: ...") instead of a TypeError."""
     allowed = [f.name for f in fields(cls)]
-    unknown = sorted(set(options) - set(allowed))
+    unknown = sorted(set(options) - set(allowed), key=repr)
     if unknown:
         raise ConfigError(f"unknown {what} option(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in options]
+    if missing:
+        raise ConfigError(f"{what} needs {', '.join(missing)} (given: {', '.join(map(repr, options)) or 'nothing'})")
     return cls(**options)
 
 

@@ -13,7 +13,7 @@ from livediff.pipelines import checks
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.control import parse_controlnets
 from livediff.pipelines.ip_adapter import IPAdapterSpec
-from livediff.pipelines.choices import CFG_TYPES, MAX_SESSIONS, MODES
+from livediff.pipelines.choices import CFG_TYPES, DTYPE_NAMES, MAX_SESSIONS, MODES
 from livediff.pipelines.schedule import validate_t_index_list
 from livediff.pipelines.similarity import SimilarityFilterConfig
 from livediff.pipelines.token_merge import check_ratio
@@ -211,6 +211,8 @@ def resolve_device(device) -> str:
         raise ConfigError(f"device {device!r} asked for, but Apple's MPS is not available here; use 'cpu' or 'auto'")
     elif parsed.type not in ("cpu", "cuda", "mps", "meta"):
         raise ConfigError(f"device {device!r} is not supported; use 'auto', 'cuda', 'cpu' or 'mps'")
+    elif parsed.type == "meta" and parsed.index is not None:
+        raise ConfigError(f"device {device!r}: the meta device has no index; use 'meta'")
     return device
 
 
@@ -228,6 +230,8 @@ def warn_cuda_build_without_gpu() -> None:
 
 def resolve_dtype_name(dtype, device: str) -> str:
     """`auto` → float16 on a GPU (and on meta, which stands in for one), float32 on the CPU."""
+    if not isinstance(dtype, str) or dtype not in ("auto", *DTYPE_NAMES):
+        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPE_NAMES)}")
     if dtype == "auto":
         return "float32" if torch.device(device).type == "cpu" else "float16"
     return dtype

@@ -31,6 +31,7 @@ RANDOM_ENCODER = dict(hidden_size=32, intermediate_size=64, projection_dim=32, n
                       num_attention_heads=2, image_size=32, patch_size=8)
 EXAMPLE_MODEL = "h94/IP-Adapter/models/ip-adapter_sd15.safetensors"
 EXAMPLE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class IPAdapterSpec:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"ip_adapter {name} {value!r} must be a path, a hub id or 'random'")
+        if self.model != "random" and not self.model.endswith(WEIGHT_SUFFIXES):
+            raise ConfigError(f"ip_adapter model {self.model!r} is not an IP-Adapter weight file; use a "
+                              f"{'/'.join(WEIGHT_SUFFIXES)} file (local or owner/repo/path, e.g. {EXAMPLE_MODEL!r}) "
+                              f"or 'random'")
         checks.number("ip_adapter scale", self.scale, 0.0, 2.0)
 
     @classmethod
@@ -101,21 +106,53 @@ class IPAdapter(nn.Module):
 
 
 def clip_pixels(image, size: int) -> torch.Tensor:
-    """An image (PIL, array or (3,H,W)/(1,3,H,W) tensor in [0,1]) → (1,3,size,size) pixels as CLIP's
-    image processor makes them (shortest side to `size`, centre crop, CLIP mean/std)."""
+    """An image (PIL, array, (3,H,W)/(1,3,H,W) tensor in [0,1] or a local file path) → (1,3,size,size)
+    pixels as CLIP's image processor makes them (shortest side to `size`, centre crop, CLIP mean/std)."""
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    if isinstance(image, torch.Tensor):
-        image = image.detach().float().cpu()
-        image = image[0] if image.ndim == 4 else image
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise InputError(f"a style image tensor must be (3,H,W) or (1,3,H,W) in [0,1], got {tuple(image.shape)}")
-        image = (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    picture = _style_picture(image)
     try:
-        return processor(images=image, return_tensors="pt").pixel_values
+        return processor(images=picture, return_tensors="pt").pixel_values
     except (ValueError, TypeError) as exc:
         raise InputError(f"the style image could not be read as a picture: {exc}") from exc
+
+
+def _style_picture(image):
+    """A PIL image or a non-empty array with finite values, never a URL: transformers' processor would
+    fetch one, and a stream makes no network requests the user did not ask for."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        if "://" in str(image):
+            raise InputError(f"style image {str(image)!r} is a URL; livediff reads local files and pictures only "
+                             f"(download it first)")
+        try:
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        except OSError as exc:
+            raise InputError(f"cannot read style image {str(image)!r}: {exc}") from exc
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().float().cpu()
+        tensor = tensor[0] if tensor.ndim == 4 else tensor
+        if tensor.ndim != 3 or tensor.shape[0] != 3:
+            raise InputError(f"a style image tensor must be (3,H,W) or (1,3,H,W) in [0,1], got {tuple(image.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise InputError("the style image tensor holds NaN or infinite values; it must be in [0,1]")
+        image = tensor.clamp(0, 1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+    if isinstance(image, Image.Image):
+        if image.width * image.height == 0:
+            raise InputError(f"the style image is {image.width}x{image.height} pixels; it must have at least one")
+        return image
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"a style image must be a PIL image, an array, a tensor in [0,1] or a local file path, "
+                         f"not {type(image).__name__}")
+    if image.size == 0:
+        raise InputError(f"the style image array of shape {image.shape} is empty")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise InputError("the style image array holds NaN or infinite values")
+    return image
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -164,19 +201,26 @@ def _weight_file(model: str) -> Path:
                                      f"{repo} {filename}) or pass the local file.") from exc
 
 
-def read_state_dict(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """An IP-Adapter file → {"image_proj": ..., "ip_adapter": ...} (both files' layouts)."""
+def _read_weights(path: Path):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        flat = load_file(str(path))
         out: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-        for key, value in flat.items():
+        for key, value in load_file(str(path)).items():
             group, _, rest = key.partition(".")
             if group in out:
                 out[group][rest] = value
-    else:
-        out = torch.load(str(path), map_location="cpu", weights_only=True)
+        return out
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def read_state_dict(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """An IP-Adapter file → {"image_proj": ..., "ip_adapter": ...} (both files' layouts)."""
+    try:
+        out = _read_weights(path)
+    except Exception as exc:  # torch.load and safetensors raise anything from IndexError to pickle errors
+        raise ConfigError(f"{path} cannot be read as an IP-Adapter weight file ({type(exc).__name__}: "
+                          f"{exc})") from exc
     if not isinstance(out, dict) or not out.get("image_proj") or not out.get("ip_adapter"):
         raise ConfigError(f"{path} is not an IP-Adapter weight file (no image_proj / ip_adapter weights)")
     return out

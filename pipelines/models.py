@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, LCMScheduler, UNet2DCondit
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from livediff.errors import ConfigError, ModelNotAvailableError
+from livediff.pipelines.choices import DTYPE_NAMES
 from livediff.pipelines.placement import place_network
 from livediff.pipelines.presets import PRESETS, TINY_VAE_PRESETS, build_preset, build_tiny_vae
 
@@ -39,7 +40,7 @@ def quiet_hub_deprecations():
         yield
 
 #: float64 is for reference checks on the CPU (equalities that hold to 1e-9), not for use
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass

@@ -197,6 +197,7 @@ class StreamPipeline:
         """An independent stream (own buffers, noise, prompt) sharing these networks.
 
         `overrides` are `StreamConfig` fields (e.g. bank, token_merge_ratio), validated again; the
+        mode and the networks' fields stay (the pipeline's class and networks are built for them); the
         new session starts from the config as built (not this stream's live settings) and has no
         prompt until `prepare`.
         """
@@ -208,6 +209,9 @@ class StreamPipeline:
         if fixed:
             raise ConfigError(f"{', '.join(fixed)} belong to the shared networks; new_session cannot change them "
                               f"(build another pipeline)")
+        if overrides.get("mode", self.config.mode) != self.config.mode:
+            raise ConfigError(f"new_session mode {overrides['mode']!r}: a session keeps its pipeline's mode "
+                              f"{self.config.mode!r} (build a {overrides['mode']!r} pipeline with load_pipeline)")
         return type(self)(replace(self.config, **overrides), self.models, self.runners)
 
     def set_seed(self, seed: int) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from dataclasses import fields, replace
 
 import pytest
@@ -161,3 +163,105 @@ def test_engines_list_and_clear_commands(tmp_path, capsys):
     assert len(cache.entries()) == 2
     assert cli(["engines", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert cache.entries() == []
+
+
+# --- issue 32 item 12: two builders of one key finishing together ---------------------------------
+RACE_ROUNDS = 60
+
+
+def race_round(root) -> list[str]:
+    """Two threads build KEY into an empty cache and finish their builds at the same moment; each
+    then reads the entry it got. Returns what went wrong (nothing when both read one valid entry)."""
+    cache = EngineCache(root)
+    finished = threading.Barrier(2)
+    results: dict[int, tuple[bytes, str | None] | Exception] = {}
+
+    def builder(who: int) -> None:
+        def build(folder):
+            (folder / "model.plan").write_bytes(b"engine of builder %d" % who)
+            finished.wait(timeout=10)
+        try:
+            entry = cache.get_or_build(KEY, build)
+            results[who] = (entry.file("model.plan").read_bytes(), cache.verify(entry))
+        except Exception as exc:  # what the user would have seen
+            results[who] = exc
+
+    threads = [threading.Thread(target=builder, args=(who,)) for who in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    read = [r for r in results.values() if not isinstance(r, Exception)]
+    problems = [f"builder {who}: {type(r).__name__}: {r}" for who, r in results.items() if isinstance(r, Exception)]
+    if not problems and (read[0][0] != read[1][0] or read[0][1] or read[1][1]):
+        problems.append(f"builders read {read[0]!r} and {read[1]!r} (contents, problem)")
+    return problems
+
+
+def test_two_builders_finishing_together_both_use_one_valid_entry(tmp_path):
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between almost every bytecode, as processes would
+    try:
+        problems = [p for i in range(RACE_ROUNDS) for p in race_round(tmp_path / f"round-{i}")]
+    finally:
+        sys.setswitchinterval(interval)
+    assert problems == [], f"{len(problems)} problems in {RACE_ROUNDS} rounds, first: {problems[0]}"
+
+
+def test_a_builder_that_checked_before_another_moved_in_keeps_the_others_entry(tmp_path, monkeypatch):
+    """The race's schedule made certain: both build, builder 2 finds no entry, builder 1 then moves
+    its entry in and reads it, and only then does builder 2 go on. Builder 2 must take builder 1's
+    entry, not replace it under builder 1's feet. (With check-and-move under one lock, builder 1
+    cannot move in while builder 2 checks: the bounded wait ends and builder 1 takes builder 2's.)"""
+    cache = EngineCache(tmp_path)
+    builder_2_checked, builder_1_done = threading.Event(), threading.Event()
+    both_built = threading.Barrier(2)
+    state = threading.local()
+    inspect = EngineCache.inspect
+
+    def inspect_in_that_order(self, key):
+        found = inspect(self, key)
+        if getattr(state, "who", 0) == 2 and getattr(state, "built", False) and found[0] is None:
+            state.built = False
+            builder_2_checked.set()
+            builder_1_done.wait(timeout=0.5)
+        return found
+
+    monkeypatch.setattr(EngineCache, "inspect", inspect_in_that_order)
+    read: dict[int, bytes] = {}
+
+    def builder(who: int) -> None:
+        state.who = who
+
+        def build(folder):
+            (folder / "model.plan").write_bytes(b"engine of builder %d" % who)
+            both_built.wait(timeout=10)
+            state.built = True
+            if who == 1:
+                builder_2_checked.wait(timeout=10)
+
+        entry = cache.get_or_build(KEY, build)
+        read[who] = entry.file("model.plan").read_bytes()
+        if who == 1:
+            builder_1_done.set()
+
+    threads = [threading.Thread(target=builder, args=(who,)) for who in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert read[1] == read[2]
+    entry = cache.get(KEY)
+    assert entry is not None and entry.file("model.plan").read_bytes() == read[1]
+
+
+def test_a_cache_folder_that_is_a_file_is_one_sentence(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    monkeypatch.setenv("LIVEDIFF_CACHE_DIR", str(a_file))
+    assert cli(["engines", "list"]) != 0
+    assert capsys.readouterr().err.strip().endswith(f"$LIVEDIFF_CACHE_DIR '{a_file}' is a file; the engine cache "
+                                                    f"needs a folder there")
+    with pytest.raises(AcceleratorError, match=r"the engine cache folder '.*a-file/sub' cannot be created \(Not a "
+                                               r"directory\); set LIVEDIFF_CACHE_DIR or cache_dir to a writable"):
+        EngineCache(a_file / "sub").get_or_build(KEY, Builder())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from livediff.app.cli import main
 
 
@@ -16,6 +18,20 @@ def test_a_port_in_use_is_reported_before_loading_and_names_the_option(capsys):
     assert code == 2
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
     assert "loading" not in err and "open http" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--idle-timeout", "nan"], "--idle-timeout nan must be a positive, finite number of seconds"),
+    (["--idle-timeout", "inf"], "--idle-timeout inf must be a positive, finite number of seconds"),
+    (["--host", "999.1.1.1"], "--host '999.1.1.1' is neither an IP address nor a name this machine resolves ("),
+    (["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine ("),  # TEST-NET-1: never local
+])
+def test_a_bad_host_or_idle_timeout_is_one_sentence_before_loading(capsys, args, message):
+    code = main(["ui", "--model", "tiny", "--device", "cpu", "--port", "7861", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "already in use" not in err
+    assert "loading" not in err and "Traceback" not in err
 
 
 def test_sigterm_stops_the_server_and_removes_its_session_folder(tmp_path):

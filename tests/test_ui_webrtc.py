@@ -195,6 +195,7 @@ def test_bad_offers_get_one_sentence(server):
 
     assert "token is unknown" in refused({"token": "nope", "sdp": "v=0", "type": "offer"})
     assert "not valid JSON" in refused(b"{")
+    assert "nested too deeply" in refused(b"[" * 100_000 + b"]" * 100_000)
     assert "'token' and 'sdp'" in refused({"sdp": 3})
     assert "expected an SDP offer" in refused({"token": "t", "sdp": "v=0", "type": "answer"})
 

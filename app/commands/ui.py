@@ -8,6 +8,7 @@ the error says how to get the weights.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -80,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port} is outside 1..65535")
     if args.stream_every is not None and not 0.005 <= args.stream_every <= 5:
         raise ConfigError(f"--stream-every {args.stream_every} is outside 0.005..5 seconds")
-    if args.idle_timeout <= 0:
-        raise ConfigError(f"--idle-timeout {args.idle_timeout} must be > 0")
+    if not 0 < args.idle_timeout < math.inf:
+        raise ConfigError(f"--idle-timeout {args.idle_timeout} must be a positive, finite number of seconds")
     if not 0 < args.max_upload_mb <= 100_000:
         raise ConfigError(f"--max-upload-mb {args.max_upload_mb} is outside (0, 100000]")
     if not 0 <= args.batch_wait_ms <= 1000:
@@ -164,15 +165,27 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail before the model loads (which can take minutes) when the address is taken."""
+    """Fail before the model loads (which can take minutes) when the address is taken or not this
+    machine's, each with its own sentence."""
+    import errno
     import socket
 
     from livediff.errors import ConfigError
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host!r} is neither an IP address nor a name this machine resolves "
+                          f"({getattr(exc, 'strerror', None) or exc}); use e.g. 127.0.0.1 or 0.0.0.0") from None
+    with socket.socket(family, kind, protocol) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
-            raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror}); choose another with "
-                              f"--port") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use ({exc.strerror}); choose another with "
+                                  f"--port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"--host {host} is not an address of this machine ({exc.strerror}); use one of its "
+                                  f"addresses, 127.0.0.1 or 0.0.0.0") from None
+            raise ConfigError(f"cannot listen on {host} port {port} ({exc.strerror})") from None

@@ -186,6 +186,9 @@ def offer_route(hub: RtcHub) -> APIRoute:
             payload = await request.json()
         except ValueError:
             return JSONResponse({"error": "the offer is not valid JSON"}, status_code=400)
+        except RecursionError:  # the JSON parser recurses once per nesting level
+            return JSONResponse({"error": "the offer's JSON is nested too deeply; send {token, sdp, type}"},
+                                status_code=400)
         try:
             return JSONResponse(await hub.answer(payload))
         except OfferRefused as exc:

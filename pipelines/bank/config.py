@@ -83,8 +83,7 @@ class BankConfig:
         if self.scene_cut_threshold is not None:
             self.scene_cut_threshold = _check_float("scene_cut_threshold", self.scene_cut_threshold, 0.0, 2.0,
                                                     low_open=True)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"bank seed {self.seed!r} must be an integer")
+        _check_int("seed", self.seed, 0, checks.MAX_SEED)
 
     @property
     def sparse(self) -> bool:

@@ -264,12 +264,30 @@ class CausalVideoPipeline:
         """Set the prompt (encoded here, once). Like a prompt change it re-anchors the cache."""
         checks.text("prompt", prompt)
         checks.text("negative_prompt", negative_prompt)
+        self._check_guidance(guidance_scale, delta)
+        if negative_prompt:
+            raise ConfigError("mode 'causal-video' runs distilled causal models without classifier-free guidance: "
+                              "leave negative_prompt empty")
+        self._set_prompt(prompt)
+
+    def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None,
+                     cfg_type: str | None = None) -> None:
+        """The image pipelines' live guidance setter, for callers that drive every mode alike (the UI):
+        values that mean "no classifier-free guidance" are accepted and change no output, any other is refused."""
+        self._check_guidance(1.0 if guidance_scale is None else guidance_scale, 1.0 if delta is None else delta)
+        if cfg_type in ("full", "initialize"):
+            raise ConfigError(f"cfg_type {cfg_type!r}: mode 'causal-video' runs distilled causal models without "
+                              f"classifier-free guidance; use 'none' or 'self'")
+        if cfg_type is not None:
+            self.settings = replace(self.settings, cfg_type=cfg_type)  # validates the name
+
+    @staticmethod
+    def _check_guidance(guidance_scale: float, delta: float) -> None:
         checks.number("guidance_scale", guidance_scale, 0.0, 20.0)
         checks.number("delta", delta, 0.0, 2.0)
-        if negative_prompt or guidance_scale > 1.0:
-            raise ConfigError("mode 'causal-video' runs distilled causal models without classifier-free guidance: "
-                              "leave negative_prompt empty and guidance_scale at 1 or below")
-        self._set_prompt(prompt)
+        if guidance_scale > 1.0:
+            raise ConfigError(f"guidance_scale {guidance_scale!r}: mode 'causal-video' runs distilled causal models "
+                              f"without classifier-free guidance; use 1 or below")
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
         """Change the prompt live; the policy is re-anchoring (see the module docstring)."""
