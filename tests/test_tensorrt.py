@@ -284,10 +284,16 @@ def test_the_backend_fingerprints_the_weights_once_per_load(monkeypatch, tmp_pat
         backend.runner(decoder)
     backend.runner(tiny_networks()["vae_decoder"])  # a rebuilt stream: new function, same weights
     assert len(hashed) == 1
-    with torch.no_grad():
-        next(decoder.parameters()).add_(1.0)
-    backend.runner(decoder)
-    assert len(hashed) == 2
+    weight = next(decoder.parameters())  # the process's shared tiny VAE: put back as it was afterwards
+    kept = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(1.0)
+        backend.runner(decoder)
+        assert len(hashed) == 2
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
 
 
 class ReusedOutputsRunner:
