@@ -27,7 +27,8 @@ from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import JobResult
-from livediff.app.video.segments import SegmentWriter, assemble, input_identity, load_resumable, save_manifest
+from livediff.app.video.segments import (Segment, SegmentWriter, assemble, input_identity, load_resumable,
+                                         save_manifest, save_state)
 from livediff.app.video.workarea import MANIFEST_NAME, OutputLock, clear_work, partial_path_for, work_dir_for
 from livediff.errors import ConfigError, InputError, LivediffError
 
@@ -154,22 +155,26 @@ def run_file(
             },
             "processor": describe() if callable(describe) else None,
         }, default=str))
-        segments = load_resumable(parts, identity, options.resume, emit)
+        flush = getattr(processor, "flush", None)
+        delayed = callable(flush)
+        # the state of a processor that holds frames back would cover frames no segment holds yet
+        stateful = callable(getattr(processor, "save_state", None)) and not delayed
+        segments = load_resumable(parts, identity, options.resume, emit, stateful)
         done = segments[-1].first + segments[-1].frames if segments else 0
         state.resumed = state.frames = done
         parts.mkdir(parents=True, exist_ok=True)
-        if not segments:
-            save_manifest(parts, identity, segments)
+        save_manifest(parts, identity, segments)
         processor.reset()
-        warm: deque[np.ndarray] | None = deque(maxlen=options.resume_warmup) if done and options.resume_warmup else None
+        if done and stateful:
+            processor.load_state(parts / str(segments[-1].state))
+        warm: deque[np.ndarray] | None = (deque(maxlen=options.resume_warmup)
+                                          if done and options.resume_warmup and not stateful else None)
         writer: SegmentWriter | None = None
         total = reader.estimated_frames
         bar = progress_bar(options.progress, total, min(done, total or done), input_path.name, nested)
         decoded = 0
         # A processor with flush() returns frames late (see `FrameProcessor`): the frames fed and not yet
         # answered wait here, as (index, pts), or None for a resume warm-up frame whose output is dropped.
-        flush = getattr(processor, "flush", None)
-        delayed = callable(flush)
         waiting: deque[tuple[int, int] | None] = deque()
 
         def deliver(outputs) -> None:
@@ -194,9 +199,17 @@ def run_file(
                     on_frame(state.frames, total)
                 if writer.frames >= options.segment_frames:
                     segment, writer = writer.commit(), None
-                    if segment is not None:
-                        segments.append(segment)
-                        save_manifest(parts, identity, segments)
+                    listed(segment, with_state=True)
+
+        def listed(segment: Segment | None, with_state: bool) -> None:
+            """List a closed segment; with its processor state when the processor stands after its last
+            frame (not after an interruption, which may have stopped it inside a frame)."""
+            if segment is None:
+                return
+            segments.append(segment)
+            save_manifest(parts, identity, segments)
+            if with_state and stateful:
+                save_state(parts, segments, processor, identity)
 
         try:
             for frame in reader.frames():
@@ -224,9 +237,7 @@ def run_file(
                                  f"(the file is truncated or damaged)")
             if writer is not None:
                 segment, writer = writer.commit(), None
-                if segment is not None:
-                    segments.append(segment)
-                    save_manifest(parts, identity, segments)
+                listed(segment, with_state=True)
         except BaseException as stopped:
             if delayed and isinstance(stopped, KeyboardInterrupt) and any(waiting):
                 flush_held(flush, deliver, sum(slot is not None for slot in waiting), emit)
@@ -234,10 +245,7 @@ def run_file(
             state.resumable = not isinstance(stopped, InputError)
             if writer is not None:
                 try:
-                    segment = writer.commit()
-                    if segment is not None:
-                        segments.append(segment)
-                        save_manifest(parts, identity, segments)
+                    listed(writer.commit(), with_state=False)
                 except BaseException:
                     writer.discard()
                     state.frames = sum(seg.frames for seg in segments)
