@@ -97,3 +97,32 @@ def test_a_state_saved_under_other_settings_is_refused_naming_them():
         build(bank=dict(merge=False)).load_stream_state(state)
     with pytest.raises(ConfigError, match="version"):
         build(bank=dict(merge=True)).load_stream_state({**state, "version": 0})
+
+
+def causal_frames(pipe, inputs, end: bool) -> list[np.ndarray]:
+    out = [np.asarray(frame) for f in inputs for frame in pipe(f)]
+    return out + [np.asarray(frame) for frame in pipe.flush()] if end else out
+
+
+def test_a_causal_stream_continued_from_its_saved_state_makes_the_uninterrupted_frames():
+    """Chunks of 5 then 8 frames, a one-chunk window (the ring rolls by the third chunk): stopped
+    inside the first chunk, inside the second and at a chunk's end, with frames held each time."""
+    def build_causal():
+        pipe = load_pipeline(model="tiny-wan-causal", mode="causal-video", width=SIZE, height=SIZE, device="cpu",
+                             dtype="float32", t_index_list=[20, 40], seed=7,
+                             causal=dict(chunk_frames=2, sink_chunks=1, window_chunks=1))
+        pipe.prepare(prompt="oil painting")
+        return pipe
+
+    inputs = frames(9) + frames(9) + frames(5)
+    whole = causal_frames(build_causal(), inputs, end=True)
+    assert len(whole) == len(inputs)
+    for stop in (3, 9, 13):
+        first = build_causal()
+        before = causal_frames(first, inputs[:stop], end=False)
+        state = through_file(first.stream_state())
+        second = build_causal()
+        second.load_stream_state(state)
+        after = causal_frames(second, inputs[stop:], end=True)
+        for i, (got, want) in enumerate(zip(before + after, whole, strict=True)):
+            assert np.array_equal(got, want), f"causal: frame {i} differs after a stop at {stop}"
