@@ -85,3 +85,26 @@ def test_a_resumed_video_job_writes_the_frames_of_an_uninterrupted_run(tmp_path,
     result = process_video(src, out, factory, JobOptions(resume=True, **OPTIONS))
     assert result.resumed_frames == 12 and result.frames == FRAMES
     assert frame_hashes(out) == whole
+
+
+def test_a_resumed_causal_video_job_writes_the_frames_of_an_uninterrupted_run(tmp_path):
+    """Chunks of 5, then 8 frames: a segment closes when a chunk comes out, with the state; Ctrl-C
+    flushes the held frames into a segment without a state, made again on resume."""
+    src = make_clip(tmp_path / "in.mkv", n_frames=FRAMES, size=(64, 64), audio=False, codec="ffv1")
+    factory = PipelineFactory(settings=dict(model="tiny-wan-causal", mode="causal-video", width=64, height=64,
+                                            device="cpu", dtype="float32", t_index_list=[20, 40], seed=7,
+                                            causal=dict(chunk_frames=2, sink_chunks=1, window_chunks=1)),
+                              prompt=dict(prompt="oil painting"))
+    process_video(src, tmp_path / "whole.mkv", factory, JobOptions(**OPTIONS))
+    whole = frame_hashes(tmp_path / "whole.mkv")
+    assert len(whole) == FRAMES and len(set(whole)) > FRAMES // 2
+
+    out = tmp_path / "out.mkv"
+    for stop in (7, 10, 6):  # stopped inside frames 7, 5 + 10 = 15 and 13 + 6 = 19
+        with pytest.raises(KeyboardInterrupt):
+            process_video(src, out, StoppingFactory(factory, stop_after=stop), JobOptions(resume=True, **OPTIONS))
+        segments = manifest(out)["segments"]
+        assert segments[0]["first"] == 0 and segments[-1]["state"] is None  # Ctrl-C flushed the held frames
+    result = process_video(src, out, factory, JobOptions(resume=True, **OPTIONS))
+    assert result.resumed_frames == 13 and result.frames == FRAMES
+    assert frame_hashes(out) == whole

@@ -157,8 +157,7 @@ def run_file(
         }, default=str))
         flush = getattr(processor, "flush", None)
         delayed = callable(flush)
-        # the state of a processor that holds frames back would cover frames no segment holds yet
-        stateful = callable(getattr(processor, "save_state", None)) and not delayed
+        stateful = callable(getattr(processor, "save_state", None))
         segments = load_resumable(parts, identity, options.resume, emit, stateful)
         done = segments[-1].first + segments[-1].frames if segments else 0
         state.resumed = state.frames = done
@@ -176,6 +175,8 @@ def run_file(
         # A processor with flush() returns frames late (see `FrameProcessor`): the frames fed and not yet
         # answered wait here, as (index, pts), or None for a resume warm-up frame whose output is dropped.
         waiting: deque[tuple[int, int] | None] = deque()
+        # a flushed processor has ended its stream: its state no longer continues the file
+        flushed = False
 
         def deliver(outputs) -> None:
             nonlocal writer
@@ -197,9 +198,11 @@ def run_file(
                 bar.update(1)
                 if on_frame is not None:
                     on_frame(state.frames, total)
-                if writer.frames >= options.segment_frames:
-                    segment, writer = writer.commit(), None
-                    listed(segment, with_state=True)
+            # closed only after every output of the call is written: the processor's state then holds
+            # exactly the frames still waiting (see `segments`)
+            if writer is not None and writer.frames >= options.segment_frames:
+                segment, writer = writer.commit(), None
+                listed(segment, with_state=True)
 
         def listed(segment: Segment | None, with_state: bool) -> None:
             """List a closed segment; with its processor state when the processor stands after its last
@@ -208,7 +211,8 @@ def run_file(
                 return
             segments.append(segment)
             save_manifest(parts, identity, segments)
-            if with_state and stateful:
+            # a state holding frames no segment has yet, or of a stream flush() ended, would not continue the file
+            if with_state and stateful and not flushed and not waiting:
                 save_state(parts, segments, processor, identity)
 
         try:
@@ -228,6 +232,7 @@ def run_file(
                 waiting.append((frame.index, frame.pts))
                 deliver(processor(geom.to_processor(frame.rgb)))
             if delayed:
+                flushed = True
                 deliver(flush())
                 if waiting:
                     raise TypeError(f"processor {type(processor).__name__} returned {len(waiting)} frame(s) fewer "
@@ -240,6 +245,7 @@ def run_file(
                 listed(segment, with_state=True)
         except BaseException as stopped:
             if delayed and isinstance(stopped, KeyboardInterrupt) and any(waiting):
+                flushed = True
                 flush_held(flush, deliver, sum(slot is not None for slot in waiting), emit)
             # Make what is done playable: close the open segment, join everything into the partial output.
             state.resumable = not isinstance(stopped, InputError)
@@ -274,9 +280,9 @@ def flush_held(flush: Callable[[], list], deliver: Callable[[list], None], held:
     """On Ctrl-C (or a Ray stop), write the frames a chunked processor was fed but has not returned yet.
 
     They were read and only the chunking held them back, so the partial output ends where the input
-    was stopped, as with a per-frame processor. A resume then continues after them; it cannot
-    continue a causal stream exactly in any case (its K/V cache holds the stream from its first
-    frame), and the flushed frames are what the file's end would give. A chunk being computed when
+    was stopped, as with a per-frame processor. The flushed frames are what the file's end would
+    give, not what the stream gives later, and flushing ends the stream: the segment they close has
+    no saved state, so a resume makes them again from the last saved state. A chunk being computed when
     Ctrl-C landed is still held (the causal pipeline computes a chunk all or nothing) and is flushed
     with the rest; a Ctrl-C that landed before the processor took the newest frame leaves the
     earlier ones, which `deliver` gives the oldest waiting slots, theirs. A second Ctrl-C, or a

@@ -111,8 +111,9 @@ class StatefulPipelineProcessor(PipelineProcessor):
             self.pipe.load_stream_state(state)
 
 
-class DelayedPipelineProcessor(PipelineProcessor):
-    """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``)."""
+class DelayedPipelineProcessor(StatefulPipelineProcessor):
+    """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``);
+    its saved state includes the frames it holds (the causal video pipeline)."""
 
     def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
         with self.lock:

@@ -31,11 +31,15 @@ since the start: only a replay of the whole file would rebuild them. A segment c
 interruption has no state (the processor may have been stopped inside a frame), nor has one whose
 state is missing or damaged: it and the segments after it are made again from the last good
 state (or from the start). The states of the last two such segments are kept (one is a fallback),
-older ones deleted: a state with a large bank weighs tens of MB. Other processors (the causal
-pipeline, which holds frames back) are reset and re-fed the last ``resume_warmup`` input frames
-before the resume point (outputs discarded), which continues a short-history state closely but not
-exactly. An output that exists with no manifest in its work folder is treated as finished and
-skipped on resume.
+older ones deleted: a state with a large bank weighs tens of MB. Segments close at the end of a
+call's outputs once they hold ``segment_frames``; a processor that returns frames late (the causal
+pipeline) has its state saved only when it holds no frame beyond the segment, which for the causal
+pipeline is always the case (it returns a whole chunk as the chunk's last frame comes in), else
+the segment has no state. Processors that cannot
+save their state are reset and re-fed the last ``resume_warmup`` input frames before the resume
+point (outputs discarded), which continues a short-history state closely but not exactly. An
+output that exists with no manifest in its work folder is treated as finished and skipped on
+resume.
 
 Disk: the parts and the joined output exist side by side for a moment (≈2x the output size).
 """
