@@ -157,15 +157,17 @@ def run_file(
         }, default=str))
         flush = getattr(processor, "flush", None)
         delayed = callable(flush)
-        stateful = callable(getattr(processor, "save_state", None))
+        save_processor_state = getattr(processor, "save_state", None)
+        load_processor_state = getattr(processor, "load_state", None)
+        stateful = callable(save_processor_state) and callable(load_processor_state)
         segments = load_resumable(parts, identity, options.resume, emit, stateful)
         done = segments[-1].first + segments[-1].frames if segments else 0
         state.resumed = state.frames = done
         parts.mkdir(parents=True, exist_ok=True)
         save_manifest(parts, identity, segments)
         processor.reset()
-        if done and stateful:
-            processor.load_state(parts / str(segments[-1].state))
+        if done and stateful and callable(load_processor_state):
+            load_processor_state(parts / str(segments[-1].state))
         warm: deque[np.ndarray] | None = (deque(maxlen=options.resume_warmup)
                                           if done and options.resume_warmup and not stateful else None)
         writer: SegmentWriter | None = None
@@ -212,8 +214,8 @@ def run_file(
             segments.append(segment)
             save_manifest(parts, identity, segments)
             # a state holding frames no segment has yet, or of a stream flush() ended, would not continue the file
-            if with_state and stateful and not flushed and not waiting:
-                save_state(parts, segments, processor, identity)
+            if with_state and callable(save_processor_state) and not flushed and not waiting:
+                save_state(parts, segments, save_processor_state, identity)
 
         try:
             for frame in reader.frames():

@@ -160,14 +160,14 @@ def up_to_last_state(parts: Path, segments: list[Segment], emit: Callable[[str],
     return segments[:last + 1]
 
 
-def save_state(parts: Path, segments: list[Segment], processor: Any, identity: dict) -> None:
+def save_state(parts: Path, segments: list[Segment], save: Callable[[Path], None], identity: dict) -> None:
     """Save the processor's state after the last listed segment, record it, and drop the states
     older than the last `KEPT_STATES` (listed first, deleted after, so the manifest never names a
     missing file)."""
     last = segments[-1]
     name = Path(last.file).stem.replace("seg_", "state_") + ".pt"
     tmp = parts / f"{name}.tmp"
-    processor.save_state(tmp)
+    save(tmp)
     os.replace(tmp, parts / name)
     segments[-1] = replace(last, state=name, state_sha256=file_sha256(parts / name))
     with_state = [i for i, s in enumerate(segments) if s.state is not None]
