@@ -34,6 +34,9 @@ class Stopping:
         self.calls += 1
         return self.processor(rgb)
 
+    def reset(self) -> None:
+        self.processor.reset()
+
     def __getattr__(self, name: str):
         return getattr(self.processor, name)
 

@@ -160,7 +160,7 @@ def up_to_last_state(parts: Path, segments: list[Segment], emit: Callable[[str],
     return segments[:last + 1]
 
 
-def save_state(parts: Path, segments: list[Segment], save: Callable[[Path], None], identity: dict) -> None:
+def save_state(parts: Path, segments: list[Segment], save: Callable[..., object], identity: dict) -> None:
     """Save the processor's state after the last listed segment, record it, and drop the states
     older than the last `KEPT_STATES` (listed first, deleted after, so the manifest never names a
     missing file)."""
