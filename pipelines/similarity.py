@@ -55,6 +55,16 @@ class SimilarityFilter:
         self._reference = None
         self.consecutive_skips = 0
 
+    def state(self) -> dict:
+        """Its position as plain data (`pipelines.stream_state`)."""
+        return {"rng": self._rng.getstate(), "consecutive_skips": self.consecutive_skips,
+                "reference": None if self._reference is None else self._reference.clone()}
+
+    def load_state(self, state: dict) -> None:
+        self._rng.setstate(state["rng"])
+        self.consecutive_skips = state["consecutive_skips"]
+        self._reference = state["reference"]
+
     def should_skip(self, frame: torch.Tensor) -> bool:
         flat = frame.detach().flatten().float()
         if self._reference is None or self._reference.shape != flat.shape:

@@ -60,6 +60,10 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _cloned(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clone()
+
+
 def stream_rows(steps: int, frames: int, cfg_type: str) -> RowRange:
     """How many rows the stream batch puts through the UNet in one call.
 
@@ -128,6 +132,25 @@ class StreamBatch:
         self.buffer = None
         self.stock = None
         self.carried = {}
+
+    def state(self) -> dict[str, Any]:
+        """The in-flight frames as plain data (`pipelines.stream_state`); the noise is not in it:
+        it is drawn from the session seed when the batch is built."""
+        return {"buffer": _cloned(self.buffer), "stock": _cloned(self.stock),
+                "carried": {name: c.clone() for name, c in self.carried.items()}}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Put back what `state()` gave (tensors moved to this batch's device and dtype)."""
+        def here(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=self.noise.device, dtype=self.noise.dtype)
+
+        buffer = here(state["buffer"])
+        rows = (self.schedule.steps - 1) * self.frames
+        if buffer is not None and buffer.shape != (rows, *self.noise.shape[1:]):
+            raise ConfigError(f"stream state buffer has shape {tuple(buffer.shape)}, this stream holds "
+                              f"{(rows, *self.noise.shape[1:])}; load a state saved with the same settings")
+        self.buffer, self.stock = buffer, here(state["stock"])
+        self.carried = {name: c.to(self.noise.device) for name, c in state["carried"].items()}
 
     def enter(self, x0: torch.Tensor, noised: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise new frames to stage 0; returns the latent and the noise it holds (its stock)."""

@@ -7,7 +7,7 @@ batch (one UNet call for all in-flight frames) → VAE decode of the finished fr
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Mapping
+from typing import Any, Mapping
 
 from typing_extensions import Self  # typing.Self needs Python 3.11
 
@@ -28,6 +28,8 @@ from livediff.pipelines.prompts import Conditioning, PromptEncoder
 from livediff.pipelines.runners import StreamRunners
 from livediff.pipelines.schedule import StageSchedule, strength_to_t_index_list
 from livediff.pipelines.similarity import SimilarityFilter, SimilarityFilterConfig
+from livediff.pipelines.stream_state import (STATE_VERSION, check_state, generator_state, output_from_state,
+                                             output_state, set_generator_state)
 from livediff.pipelines.stream import Guidance, StreamBatch, stream_rows, unet_calls
 
 
@@ -58,6 +60,7 @@ class StreamPipeline:
         self.control_scales = (torch.tensor([[spec.scale for spec in config.controlnet]], device=self.device,
                                             dtype=self.dtype) if config.controlnet else None)
         self._last_output = None
+        self._last_kind: FrameKind | None = None
         #: IP-Adapter: the scale, the style image's (unconditional, conditional) tokens, their K/V
         self.ip_scale = config.ip_adapter.scale if config.ip_adapter else 0.0
         self._style_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -75,6 +78,7 @@ class StreamPipeline:
         self.stream = StreamBatch(self.schedule, self.latent_shape, torch.Generator("cpu").manual_seed(seed),
                                   self.device, self.dtype, self.nonfinite)
         self._last_output = None
+        self._last_kind = None
 
     def _embed(self, text: str, negative: bool = False) -> Conditioning:
         return replace(self.prompt_encoder(text, negative), image=self._style_kv[0 if negative else 1])
@@ -219,6 +223,35 @@ class StreamPipeline:
         self.settings = replace(self.settings, seed=seed)
         self.reset()
 
+    def stream_state(self) -> dict[str, Any]:
+        """Everything the next frames depend on besides the settings and the prompt, as plain data
+        (tensors and Python values; `torch.save` it): in-flight latents and residual stock, the noise
+        generators' positions, the similarity filter and the last output. A pipeline built with the
+        same settings and prompt that loads it (`load_stream_state`) makes the frames this one would
+        have made, bit for bit on the same device (see `pipelines.stream_state`)."""
+        return {"version": STATE_VERSION, "key": self._state_key(), "stream": self.stream.state(),
+                "txt2img_noise": generator_state(self._txt2img_noise),
+                "similarity": self.similarity_filter.state() if self.similarity_filter is not None else None,
+                "last_output": output_state(self._last_output, self._last_kind)}
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream `state` was taken from (`stream_state`); refused, naming the
+        difference, when it was saved under other settings."""
+        check_state(state, self._state_key())
+        self.stream.load_state(state["stream"])
+        set_generator_state(self._txt2img_noise, state["txt2img_noise"])
+        if self.similarity_filter is not None:
+            self.similarity_filter.load_state(state["similarity"])
+        self._last_output, self._last_kind = output_from_state(state["last_output"], self.device)
+
+    def _state_key(self) -> dict[str, Any]:
+        """The settings a stream state only fits under (as plain values, compared on load)."""
+        settings = self.settings
+        return {"pipeline": type(self).__name__, "mode": self.config.mode, "size": [self.config.width, self.config.height],
+                "frame_buffer_size": self.config.frame_buffer_size, "seed": settings.seed,
+                "t_index_list": [int(t) for t in settings.t_index_list], "cfg_type": settings.cfg_type,
+                "similarity_filter": repr(settings.similarity_filter)}
+
     @staticmethod
     def _check_guidance(guidance_scale: float, delta: float) -> None:
         checks.number("guidance_scale", guidance_scale, 0.0, 20.0)
@@ -268,6 +301,7 @@ class StreamPipeline:
         latents = yield from self.encode(images)
         finished = yield from self.denoise(latents, guidance, carried=carried)
         self._last_output = from_model_tensor((yield self._decode_call(finished))["images"], kind)
+        self._last_kind = kind
         return self._last_output
 
     def encode(self, images: torch.Tensor) -> FramePath:

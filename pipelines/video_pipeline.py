@@ -24,7 +24,7 @@ frame, same noise level) but only the conditional stream rows write to it.
 from __future__ import annotations
 
 from collections import deque
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -130,6 +130,37 @@ class VideoPipeline(StreamPipeline):
         self.scene_cuts = torch.zeros((), dtype=torch.long, device=self.device)
         if self.scene_cut is not None:
             self.scene_cut.reset()
+
+    def stream_state(self) -> dict[str, Any]:
+        """`StreamPipeline.stream_state` plus the bank, the motion history, the frames counted since
+        the bank was emptied (they decide which frames are banked) and the scene-cut detector."""
+        state = super().stream_state()
+        state["video"] = {
+            "bank": self.bank.state() if self.bank is not None else None,
+            "motion": [m.clone() for m in self._motion],
+            "previous_latents": None if self._previous_latents is None else self._previous_latents.clone(),
+            "frames_since_bank_reset": self._frames_since_bank_reset,
+            "scene_cuts": self.scene_cuts.clone(),
+            "scene_cut": self.scene_cut.state() if self.scene_cut is not None else None,
+        }
+        return state
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        super().load_stream_state(state)
+        video = state["video"]
+        if self.bank is not None:
+            self.bank.load_state(video["bank"])
+        self._motion.clear()
+        self._motion.extend(m.to(self.device) for m in video["motion"])
+        previous = video["previous_latents"]
+        self._previous_latents = None if previous is None else previous.to(self.device)
+        self._frames_since_bank_reset = video["frames_since_bank_reset"]
+        self.scene_cuts = video["scene_cuts"].to(self.device)
+        if self.scene_cut is not None:
+            self.scene_cut.load_state(video["scene_cut"])
+
+    def _state_key(self) -> dict[str, Any]:
+        return {**super()._state_key(), "bank": repr(self.bank_config), "token_merge_ratio": self.config.token_merge_ratio}
 
     def _forget_bank(self) -> None:
         if self.bank is not None:

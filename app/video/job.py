@@ -27,7 +27,8 @@ from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import JobResult
-from livediff.app.video.segments import SegmentWriter, assemble, input_identity, load_resumable, save_manifest
+from livediff.app.video.segments import (Segment, SegmentWriter, assemble, input_identity, load_resumable,
+                                         save_manifest, save_state)
 from livediff.app.video.workarea import MANIFEST_NAME, OutputLock, clear_work, partial_path_for, work_dir_for
 from livediff.errors import ConfigError, InputError, LivediffError
 
@@ -154,23 +155,30 @@ def run_file(
             },
             "processor": describe() if callable(describe) else None,
         }, default=str))
-        segments = load_resumable(parts, identity, options.resume, emit)
+        flush = getattr(processor, "flush", None)
+        delayed = callable(flush)
+        save_processor_state = getattr(processor, "save_state", None)
+        load_processor_state = getattr(processor, "load_state", None)
+        stateful = callable(save_processor_state) and callable(load_processor_state)
+        segments = load_resumable(parts, identity, options.resume, emit, stateful)
         done = segments[-1].first + segments[-1].frames if segments else 0
         state.resumed = state.frames = done
         parts.mkdir(parents=True, exist_ok=True)
-        if not segments:
-            save_manifest(parts, identity, segments)
+        save_manifest(parts, identity, segments)
         processor.reset()
-        warm: deque[np.ndarray] | None = deque(maxlen=options.resume_warmup) if done and options.resume_warmup else None
+        if done and stateful and callable(load_processor_state):
+            load_processor_state(parts / str(segments[-1].state))
+        warm: deque[np.ndarray] | None = (deque(maxlen=options.resume_warmup)
+                                          if done and options.resume_warmup and not stateful else None)
         writer: SegmentWriter | None = None
         total = reader.estimated_frames
         bar = progress_bar(options.progress, total, min(done, total or done), input_path.name, nested)
         decoded = 0
         # A processor with flush() returns frames late (see `FrameProcessor`): the frames fed and not yet
         # answered wait here, as (index, pts), or None for a resume warm-up frame whose output is dropped.
-        flush = getattr(processor, "flush", None)
-        delayed = callable(flush)
         waiting: deque[tuple[int, int] | None] = deque()
+        # a flushed processor has ended its stream: its state no longer continues the file
+        flushed = False
 
         def deliver(outputs) -> None:
             nonlocal writer
@@ -192,11 +200,22 @@ def run_file(
                 bar.update(1)
                 if on_frame is not None:
                     on_frame(state.frames, total)
-                if writer.frames >= options.segment_frames:
-                    segment, writer = writer.commit(), None
-                    if segment is not None:
-                        segments.append(segment)
-                        save_manifest(parts, identity, segments)
+            # closed only after every output of the call is written: the processor's state then holds
+            # exactly the frames still waiting (see `segments`)
+            if writer is not None and writer.frames >= options.segment_frames:
+                segment, writer = writer.commit(), None
+                listed(segment, with_state=True)
+
+        def listed(segment: Segment | None, with_state: bool) -> None:
+            """List a closed segment; with its processor state when the processor stands after its last
+            frame (not after an interruption, which may have stopped it inside a frame)."""
+            if segment is None:
+                return
+            segments.append(segment)
+            save_manifest(parts, identity, segments)
+            # a state holding frames no segment has yet, or of a stream flush() ended, would not continue the file
+            if with_state and callable(save_processor_state) and not flushed and not waiting:
+                save_state(parts, segments, save_processor_state, identity)
 
         try:
             for frame in reader.frames():
@@ -215,6 +234,7 @@ def run_file(
                 waiting.append((frame.index, frame.pts))
                 deliver(processor(geom.to_processor(frame.rgb)))
             if delayed:
+                flushed = True
                 deliver(flush())
                 if waiting:
                     raise TypeError(f"processor {type(processor).__name__} returned {len(waiting)} frame(s) fewer "
@@ -224,20 +244,16 @@ def run_file(
                                  f"(the file is truncated or damaged)")
             if writer is not None:
                 segment, writer = writer.commit(), None
-                if segment is not None:
-                    segments.append(segment)
-                    save_manifest(parts, identity, segments)
+                listed(segment, with_state=True)
         except BaseException as stopped:
             if delayed and isinstance(stopped, KeyboardInterrupt) and any(waiting):
+                flushed = True
                 flush_held(flush, deliver, sum(slot is not None for slot in waiting), emit)
             # Make what is done playable: close the open segment, join everything into the partial output.
             state.resumable = not isinstance(stopped, InputError)
             if writer is not None:
                 try:
-                    segment = writer.commit()
-                    if segment is not None:
-                        segments.append(segment)
-                        save_manifest(parts, identity, segments)
+                    listed(writer.commit(), with_state=False)
                 except BaseException:
                     writer.discard()
                     state.frames = sum(seg.frames for seg in segments)
@@ -266,9 +282,9 @@ def flush_held(flush: Callable[[], list], deliver: Callable[[list], None], held:
     """On Ctrl-C (or a Ray stop), write the frames a chunked processor was fed but has not returned yet.
 
     They were read and only the chunking held them back, so the partial output ends where the input
-    was stopped, as with a per-frame processor. A resume then continues after them; it cannot
-    continue a causal stream exactly in any case (its K/V cache holds the stream from its first
-    frame), and the flushed frames are what the file's end would give. A chunk being computed when
+    was stopped, as with a per-frame processor. The flushed frames are what the file's end would
+    give, not what the stream gives later, and flushing ends the stream: the segment they close has
+    no saved state, so a resume makes them again from the last saved state. A chunk being computed when
     Ctrl-C landed is still held (the causal pipeline computes a chunk all or nothing) and is flushed
     with the rest; a Ctrl-C that landed before the processor took the newest frame leaves the
     earlier ones, which `deliver` gives the oldest waiting slots, theirs. A second Ctrl-C, or a

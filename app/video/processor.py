@@ -32,6 +32,10 @@ class FrameProcessor(Protocol):
     ``flush()`` method: its ``__call__`` then returns a list of the frames it finished (possibly empty,
     oldest first) and ``flush()`` the frames still held at the end of a file, so that every input
     frame has exactly one output frame, in order.
+
+    A processor whose temporal state can be saved has ``save_state(path)`` and ``load_state(path)``:
+    the job saves it with every segment and, on resume, loads it after ``reset()``, so the frames after
+    the resume point are those of an uninterrupted run (see `segments`).
     """
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
@@ -88,8 +92,28 @@ class PipelineProcessor:
                 "style": self.style, "weights": weights}
 
 
-class DelayedPipelineProcessor(PipelineProcessor):
-    """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``)."""
+class StatefulPipelineProcessor(PipelineProcessor):
+    """A pipeline whose stream state can be saved and loaded (``stream_state()``, ``load_stream_state``)."""
+
+    def save_state(self, path: Path) -> None:
+        """Write the stream state to ``path`` (``torch.save``: tensors and plain values only)."""
+        import torch
+
+        with self.lock:
+            state = self.pipe.stream_state()
+        torch.save(state, path)
+
+    def load_state(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path, map_location=self.pipe.device, weights_only=True)
+        with self.lock:
+            self.pipe.load_stream_state(state)
+
+
+class DelayedPipelineProcessor(StatefulPipelineProcessor):
+    """A pipeline that returns the frames it finished, late (``pipe(frame) -> list``, ``pipe.flush()``);
+    its saved state includes the frames it holds (the causal video pipeline)."""
 
     def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
         with self.lock:
@@ -102,9 +126,13 @@ class DelayedPipelineProcessor(PipelineProcessor):
 
 def pipeline_processor(pipe: Any, prompt: Mapping[str, Any], style: Mapping[str, Any] | None = None,
                        lock: contextlib.AbstractContextManager | None = None) -> PipelineProcessor:
-    """The adapter for `pipe`: a pipeline with ``flush()`` returns its frames late (mode causal-video)."""
-    kind = DelayedPipelineProcessor if callable(getattr(pipe, "flush", None)) else PipelineProcessor
-    return kind(pipe, prompt, style, lock)
+    """The adapter for `pipe`: a pipeline with ``flush()`` returns its frames late (mode causal-video),
+    one with ``stream_state()`` can save its state for an exact resume (the stream and video pipelines)."""
+    if callable(getattr(pipe, "flush", None)):
+        return DelayedPipelineProcessor(pipe, prompt, style, lock)
+    if callable(getattr(pipe, "stream_state", None)):
+        return StatefulPipelineProcessor(pipe, prompt, style, lock)
+    return PipelineProcessor(pipe, prompt, style, lock)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,27 @@ settings and the processor's identity (for the diffusion pipeline: everything th
 pixels — model and weights fingerprint, prompt, seed, steps, bank...); a difference refuses to
 resume and names what differs. Every listed segment is checked against its SHA-256 recorded when
 it was verified (a bad one and all after it are redone), the frames they cover are
-decoded and skipped, and processing continues. The output then has exactly the frame count of an uninterrupted run. Streaming
-processors are stateful (stream batch, feature bank): after ``reset()`` the job re-feeds the last
-``resume_warmup`` input frames before the resume point (outputs discarded), so a processor whose
-state depends on a short history continues as if never stopped; longer-range state (e.g. a large
-feature bank) restarts with that short history — acceptable for restyling. An output that exists
-with no manifest in its work folder is treated as finished and skipped on resume.
+decoded and skipped, and processing continues. The output then has exactly the frame count of an uninterrupted run.
+
+Streaming processors are stateful (in-flight latents, feature bank). One that can save its state
+(``save_state``/``load_state``: the stream and video pipelines) has it saved with every segment
+closed in the ordinary course, as ``state_NNNNNN.pt`` next to it, its SHA-256 in the manifest; a
+resume loads the state of the last segment whose state verifies, so the frames after the resume
+point are exactly those of an uninterrupted run. The state is stored, not rebuilt by replaying
+frames, because the merged bank and the counter that picks the banked frames depend on every frame
+since the start: only a replay of the whole file would rebuild them. A segment closed by an
+interruption has no state (the processor may have been stopped inside a frame), nor has one whose
+state is missing or damaged: it and the segments after it are made again from the last good
+state (or from the start). The states of the last two such segments are kept (one is a fallback),
+older ones deleted: a state with a large bank weighs tens of MB. Segments close at the end of a
+call's outputs once they hold ``segment_frames``; a processor that returns frames late (the causal
+pipeline) has its state saved only when it holds no frame beyond the segment, which for the causal
+pipeline is always the case (it returns a whole chunk as the chunk's last frame comes in), else
+the segment has no state. Processors that cannot
+save their state are reset and re-fed the last ``resume_warmup`` input frames before the resume
+point (outputs discarded), which continues a short-history state closely but not exactly. An
+output that exists with no manifest in its work folder is treated as finished and skipped on
+resume.
 
 Disk: the parts and the joined output exist side by side for a moment (≈2x the output size).
 """
@@ -32,7 +47,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -50,8 +65,10 @@ from livediff.app.video.writer import VideoWriter
 from livediff.errors import ConfigError, InputError, LivediffError
 from livediff.files import file_sha256
 
-#: 3: segments are listed only once verified (version 2 listed any closed segment)
-MANIFEST_VERSION = 3
+#: 4: segments carry the processor's saved state (3: segments listed only once verified)
+MANIFEST_VERSION = 4
+#: saved processor states kept: the newest, and one to fall back on if it does not verify
+KEPT_STATES = 2
 
 
 class SegmentNotVerified(LivediffError):
@@ -66,6 +83,8 @@ class Segment:
     start: str  # exact start time in seconds, Fraction as "num/den"
     end: str  # end time of its last frame
     sha256: str  # of the closed file: resume redoes a segment whose bytes changed
+    state: str | None = None  # the processor's state after its last frame (`save_state`), if saved
+    state_sha256: str | None = None
 
 
 def input_identity(path: Path) -> dict[str, Any]:
@@ -87,9 +106,12 @@ def differences(before: Any, now: Any, path: str = "") -> list[str]:
     return [] if before == now else [f"{path}: {before!r} → {now!r}"]
 
 
-def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[str], None]) -> list[Segment]:
+def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[str], None],
+                   stateful: bool = False) -> list[Segment]:
     """Verified segments of an earlier run of the same work, or [] after clearing the folder for a
-    fresh start (no resume asked). Resuming different work is refused: it would mix two styles."""
+    fresh start (no resume asked). Resuming different work is refused: it would mix two styles.
+    ``stateful``: the processor saves its state, so the segments end at the last one whose state
+    verifies (the frames after it are made again from it)."""
     if not (parts / MANIFEST_NAME).exists():
         clear_work(parts)
         return []
@@ -120,8 +142,41 @@ def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[st
                 break
             segments.append(seg)
             expected += seg.frames
-    clear_work(parts, keep={s.file for s in segments} | ({MANIFEST_NAME} if segments else set()))
+    if stateful:
+        segments = up_to_last_state(parts, segments, emit)
+    states = {s.state for s in segments if s.state is not None}
+    clear_work(parts, keep={s.file for s in segments} | states | ({MANIFEST_NAME} if segments else set()))
     return segments
+
+
+def up_to_last_state(parts: Path, segments: list[Segment], emit: Callable[[str], None]) -> list[Segment]:
+    """The segments up to the last one whose saved state verifies; the frames after it are made again."""
+    last = max((i for i, s in enumerate(segments) if s.state is not None and (parts / s.state).is_file()
+                and file_sha256(parts / s.state) == s.state_sha256), default=-1)
+    if last < len(segments) - 1:
+        after = segments[last].file if last >= 0 else "the start"
+        emit(f"{segments[last + 1].file}: no saved stream state to continue from, its frames and the later ones are "
+             f"made again from {after}")
+    return segments[:last + 1]
+
+
+def save_state(parts: Path, segments: list[Segment], save: Callable[..., object], identity: dict) -> None:
+    """Save the processor's state after the last listed segment, record it, and drop the states
+    older than the last `KEPT_STATES` (listed first, deleted after, so the manifest never names a
+    missing file)."""
+    last = segments[-1]
+    name = Path(last.file).stem.replace("seg_", "state_") + ".pt"
+    tmp = parts / f"{name}.tmp"
+    save(tmp)
+    os.replace(tmp, parts / name)
+    segments[-1] = replace(last, state=name, state_sha256=file_sha256(parts / name))
+    with_state = [i for i, s in enumerate(segments) if s.state is not None]
+    old = [segments[i].state for i in with_state[:-KEPT_STATES]]
+    for i in with_state[:-KEPT_STATES]:
+        segments[i] = replace(segments[i], state=None, state_sha256=None)
+    save_manifest(parts, identity, segments)
+    for file in old:
+        (parts / str(file)).unlink(missing_ok=True)
 
 
 def save_manifest(parts: Path, identity: dict, segments: list[Segment]) -> None:

@@ -1,7 +1,7 @@
 """Where a run keeps its work for one output, and the lock that gives one run per output at a time.
 
 Everything a run writes before the output is finished lives in a hidden folder next to it,
-``.NAME.livediff/`` (segments, manifest, the playable partial output, the joining temp file, the
+``.NAME.livediff/`` (segments, the processor's saved states, manifest, the playable partial output, the joining temp file, the
 lock), so no work file can take a name a user could give an output: a finished
 ``clip.partial.mp4`` is an output like any other. Cleaning up removes only the names this module
 lists; anything else found in the folder is left where it is.
@@ -23,7 +23,8 @@ from livediff.errors import ConfigError
 LOCK_NAME = "lock"
 MANIFEST_NAME = "manifest.json"
 #: Names a run creates in its work folder; cleaning up touches nothing else.
-WORK_FILE = re.compile(r"(manifest\.json(\.tmp)?|seg_\d{6}(\.writing)?\.mp4|(partial|joining)\.[a-z0-9]+)")
+WORK_FILE = re.compile(r"(manifest\.json(\.tmp)?|seg_\d{6}(\.writing)?\.mp4|state_\d{6}\.pt(\.tmp)?"
+                       r"|(partial|joining)\.[a-z0-9]+)")
 
 
 def work_dir_for(output: Path) -> Path:

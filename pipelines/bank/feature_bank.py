@@ -21,7 +21,11 @@ Updates (one per written frame, all stages at once — every steady-state call c
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from livediff.errors import ConfigError
 
 from livediff.pipelines.bank.config import BankConfig
 from livediff.pipelines.bank.layout import BankEntry, BankLayout
@@ -29,6 +33,7 @@ from livediff.pipelines.bank.merge import merge_memory, take
 from livediff.pipelines.bank.sparse import select_tokens
 from livediff.pipelines.bank.unet import RowLayout, call_rows
 from livediff.pipelines.generators import device_generator
+from livediff.pipelines.stream_state import copy_into, generator_state, set_generator_state
 from livediff.pipelines.stream import finite
 
 
@@ -213,6 +218,28 @@ class FeatureBank:
         self.dropped_moving = 0
         if self._generator is not None:
             self._generator.manual_seed(self.config.seed)
+
+    def state(self) -> dict[str, Any]:
+        """The banked frames as plain data (`pipelines.stream_state`): every group's storage and
+        masses, the write count (FIFO slot, merge or store) and the merge generator's position."""
+        dropped = self.dropped_moving
+        return {"groups": [[t.clone() for t in (*g.values, g.bias, g.mass)] for g in self._groups],
+                "stored_frames": self.stored_frames,
+                "dropped_moving": dropped.clone() if isinstance(dropped, torch.Tensor) else dropped,
+                "generator": generator_state(self._generator)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Put `state()` back, in place: the storage keeps its addresses (graphs and views read it)."""
+        groups = state["groups"]
+        if len(groups) != len(self._groups):
+            raise ConfigError(f"the saved bank has {len(groups)} layer groups, this one {len(self._groups)}; load "
+                              f"a state saved with the same bank settings")
+        for group, saved in zip(self._groups, groups):
+            for i, (target, tensor) in enumerate(zip((*group.values, group.bias, group.mass), saved, strict=True)):
+                copy_into(target, tensor, f"bank tensor {i}")
+        self.stored_frames = state["stored_frames"]
+        self.dropped_moving = state["dropped_moving"]
+        set_generator_state(self._generator, state["generator"])
 
     def tensors(self) -> list[torch.Tensor]:
         """The storage in layout order (axis 0 = the steady call's rows)."""

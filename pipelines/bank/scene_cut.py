@@ -43,6 +43,13 @@ class SceneCutDetector:
     def reset(self) -> None:
         self._previous = None
 
+    def state(self) -> torch.Tensor | None:
+        """The last input thumbnail (what the next frames are compared with)."""
+        return None if self._previous is None else self._previous.clone()
+
+    def load_state(self, previous: torch.Tensor | None) -> None:
+        self._previous = previous
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """True when any consecutive pair (previous call's last frame, then within the batch) changes
         more than the threshold."""

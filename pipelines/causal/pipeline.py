@@ -80,7 +80,7 @@ What happens to the frames collected for an incomplete chunk (none is ever lost 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -94,6 +94,8 @@ from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, W
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, host_frames
 from livediff.pipelines.generators import device_generator
+from livediff.pipelines.stream_state import (STATE_VERSION, check_state, copy_into, generator_state,
+                                             set_generator_state)
 from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
 
 TINY_PRESET = "tiny-wan-causal"
@@ -186,6 +188,15 @@ def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
     for net, wanted in ((transformer, torch_dtype), (vae, vae_dtype), (text_encoder, torch_dtype)):
         place_network(net, device, wanted)
     return CausalModels(model, transformer, vae, text_encoder, tokenizer)
+
+
+def _cloned(entry: Any) -> Any:
+    """A VAE conv-cache entry (a tensor, or a marker such as diffusers' "Rep", or None), copied."""
+    return entry.clone() if isinstance(entry, torch.Tensor) else entry
+
+
+def _on(entry: Any, device: torch.device) -> Any:
+    return entry.to(device) if isinstance(entry, torch.Tensor) else entry
 
 
 class CausalVideoPipeline:
@@ -325,6 +336,53 @@ class CausalVideoPipeline:
         dropped = len(self._pending) + len(self._ready)
         self._build_stream()
         return dropped
+
+    def stream_state(self) -> dict[str, Any]:
+        """Everything the next frames depend on besides the settings and the prompt, as plain data
+        (`pipelines.stream_state`): the K/V cache (ring and chunk count), the VAE streams' conv caches
+        and frame counts, the noise generator, the chunks counter and the frames collected for the
+        incomplete chunk (with the kinds they came in)."""
+        if self._ready:
+            raise ConfigError("a chunk was interrupted half-way: return its frames (call the pipeline or flush()) "
+                              "before saving the stream state")
+        encoded, encoder_frames = self.encoder.snapshot()
+        decoded, decoder_frames = self.decoder.snapshot()
+        return {"version": STATE_VERSION, "key": self._state_key(),
+                "cache": {"keys": {n: t.clone() for n, t in self.cache.keys.items()},
+                          "values": {n: t.clone() for n, t in self.cache.values.items()},
+                          "filled": self.cache.filled.clone(), "chunks": self.cache.chunks},
+                "encoder": {"cache": [_cloned(c) for c in encoded], "frames": encoder_frames},
+                "decoder": {"cache": [_cloned(c) for c in decoded], "frames": decoder_frames},
+                "noise": generator_state(self._noise), "chunks": self.chunks,
+                "pending": [p.clone() for p in self._pending],
+                "kinds": [[k.kind, k.batched, k.unbatched_tensor] for k in self._kinds]}
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream `state` was taken from (`stream_state`); refused, naming the
+        difference, when it was saved under other settings. The K/V ring is copied in place (a
+        captured graph keeps reading the same tensors)."""
+        check_state(state, self._state_key())
+        cache = state["cache"]
+        for name in self.cache.layers:
+            copy_into(self.cache.keys[name], cache["keys"][name], f"keys of {name}")
+            copy_into(self.cache.values[name], cache["values"][name], f"values of {name}")
+        copy_into(self.cache.filled, cache["filled"], "cache slots")
+        self.cache.chunks = cache["chunks"]
+        here = self.device
+        self.encoder.restore(([_on(c, here) for c in state["encoder"]["cache"]], state["encoder"]["frames"]))
+        self.decoder.restore(([_on(c, here) for c in state["decoder"]["cache"]], state["decoder"]["frames"]))
+        set_generator_state(self._noise, state["noise"])
+        self.chunks = state["chunks"]
+        self._pending = [p.to(here) for p in state["pending"]]
+        self._kinds = [FrameKind(kind, batched=batched, unbatched_tensor=unbatched)
+                       for kind, batched, unbatched in state["kinds"]]
+        self._ready = []
+
+    def _state_key(self) -> dict[str, Any]:
+        """The settings a stream state only fits under (as plain values, compared on load)."""
+        return {"pipeline": type(self).__name__, "size": [self.config.width, self.config.height],
+                "seed": self.settings.seed, "t_index_list": [int(t) for t in self.settings.t_index_list],
+                "causal": repr(self.options)}
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """The networks whose weights decide the output (for a job's identity)."""
