@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,8 +60,7 @@ class StandIn:
     def __call__(self, *inputs):
         with _disable_current_modes():
             outputs = self.inner(*inputs)
-        named = [t for x in inputs for t in (x.values() if hasattr(x, "values") else [x])]  # inputs by name
-        tensors = [*named, *(outputs.values() if hasattr(outputs, "values") else [outputs])]
+        tensors = [*inputs, *(outputs.values() if hasattr(outputs, "values") else [outputs])]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                     for t in tensors if isinstance(t, torch.Tensor)}
         self.io[0] += sum(storages.values())
@@ -75,15 +75,16 @@ def sessions(preset: str, size: int, cfg: str, frames: int, count: int, io: list
     for pipe in pipes:
         pipe.prepare(prompt="oil painting", guidance_scale=1.4)
         for attribute in ("encode", "decode"):
-            if not isinstance(getattr(pipe.runners, attribute), StandIn):  # sessions share their runners
-                setattr(pipe.runners, attribute, StandIn(getattr(pipe.runners, attribute), io))
-        pipe.banked_unet_runner = StandIn(pipe.banked_unet_runner, io)
+            named = getattr(pipe.runners, attribute)
+            if not isinstance(named.run, StandIn):  # sessions share their runners
+                setattr(pipe.runners, attribute, replace(named, run=StandIn(named.run, io)))
+        pipe.banked_unet_runner = replace(pipe.banked_unet_runner, run=StandIn(pipe.banked_unet_runner.run, io))
     return pipes
 
 
 def measure(sessions, size: int, frames: int, count: int) -> list[tuple[int, int, bool]]:
     """(bytes copied, network I/O bytes, bank written) per frame of every session together."""
-    io = sessions[0].banked_unet_runner.io
+    io = sessions[0].banked_unet_runner.run.io
     results = []
     for i in range(count):
         images = [torch.rand(frames, 3, size, size, generator=torch.Generator().manual_seed(i)) for _ in sessions]
