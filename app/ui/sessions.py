@@ -9,6 +9,7 @@ networks (see `engine.py`), so two tabs never see each other's frames.
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import threading
@@ -60,6 +61,7 @@ class Session:
         self._pipes: dict[str, _Entry] = {}
         self._work_root = work_root
         self._work_dir: Path | None = None
+        self._runs = itertools.count(1)
 
     def pipeline(self, purpose: str, wanted: LiveSettings,
                  size: tuple[int, int] | None = None) -> tuple[object, str | None]:
@@ -129,6 +131,13 @@ class Session:
         if self._work_dir is None:
             self._work_dir = Path(tempfile.mkdtemp(prefix=f"session-{self.session_id[:12]}-", dir=self._work_root))
         return self._work_dir
+
+    def new_run_dir(self) -> Path:
+        """A fresh numbered folder in `work_dir` (run-1, run-2, ...) for one job's outputs, so running the
+        same upload again gives a second output instead of colliding with the first."""
+        folder = self.work_dir / f"run-{next(self._runs)}"
+        folder.mkdir()
+        return folder
 
     def close(self) -> None:
         self._pipes.clear()
