@@ -126,6 +126,8 @@ def host_frames(frames: Any, height: int, width: int, count: int) -> HostFrames:
                          f"arrays or float tensors)")
     if isinstance(first, Image.Image):
         kind: Kind = "pil"
+        for item in items:  # before `convert`, which decodes a picture opened from a file
+            _check_size(item.height, item.width, height, width, "the image")
         pixels = [_array_pixels(np.asarray(i.convert("RGB")), height, width) for i in items]
     elif isinstance(first, np.ndarray):
         kind = "numpy"

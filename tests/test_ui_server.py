@@ -166,11 +166,22 @@ def test_image_endpoint_img2img_and_txt2img(client, tmp_path):
     assert not np.array_equal(pixels[0], pixels[2])
 
 
-def test_image_endpoint_errors_are_one_sentence(client):
+def test_image_endpoint_errors_are_one_sentence(client, tmp_path, monkeypatch):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="img2img needs an input image"):
         client.predict("img2img", None, api_name="/image")
+
+    huge = tmp_path / "huge.png"
+    Image.new("1", (8000, 8000)).save(huge)  # 64 MP in a few KB
+    decoded = []  # the server runs in this process: no picture of the upload's size may be decoded
+    load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or load(self))
+    with pytest.raises(AppError, match=r"^the input image is 8000x8000 \(64\.0 MP\), above the limit of 40 MP; "
+                                       r"make it smaller or raise the limit with --max-pixels$"):
+        client.predict("img2img", handle_file(str(huge)), api_name="/image")
+    assert (8000, 8000) not in decoded
 
 
 def test_video_endpoint_keeps_frames_fps_and_audio_and_reports_metrics(client, tmp_path):

@@ -174,9 +174,9 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         return None, "stream restarted"
 
     @_named
-    def on_image(request: gr.Request, mode="img2img", image=None, *values):
+    def on_image(request: gr.Request, mode="img2img", upload=None, *values):
         try:
-            return restyle_image(registry, request.session_hash, mode, image, _settings(values, layout))
+            return restyle_image(registry, request.session_hash, mode, upload, _settings(values, layout))
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -264,8 +264,9 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                     with gr.Tab("Image", id="image"):
                         image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
                         with gr.Row():
-                            image_in = gr.Image(label="Input", sources=["upload", "clipboard"], type="numpy",
-                                                elem_id="image-input")
+                            # a file, not decoded: `restyle_image` checks its size first
+                            image_in = gr.Image(label="Input", sources=["upload", "clipboard"], type="filepath",
+                                                image_mode=None, elem_id="image-input")
                             image_out = gr.Image(label="Output", format="png", interactive=False,
                                                  elem_id="image-output")
                         image_run = gr.Button("Run", variant="primary")
