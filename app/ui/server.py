@@ -44,6 +44,9 @@ from livediff.pipelines.choices import CFG_TYPES  # noqa: E402
 DEFAULT_STREAM_EVERY = 0.04
 #: Age after which Gradio's cached files (live frames, uploads, outputs) are deleted.
 DEFAULT_CACHE_AGE_S = 600
+#: Most pages whose Gradio state is kept (oldest dropped first): bounds the pages that never unload (API
+#: clients that vanish). Gradio's default is 10,000, about 3 GB of copied page config.
+STATE_SESSION_CAPACITY = 500
 #: Largest accepted upload.
 DEFAULT_MAX_UPLOAD_MB = 200
 IMAGE_HEIGHT = 420
@@ -128,6 +131,17 @@ def _stats(live: LiveFrame) -> str:
     if live.notice:
         text += f"\n\n⚠ setting not applied: {live.notice}"
     return text
+
+
+def forget_gradio_session(demo: gr.Blocks, session_hash: str) -> None:
+    """Drop Gradio's state of a page that unloaded: a copy of the whole page's component config (hundreds
+    of KB) that Gradio otherwise keeps for an hour in case the page reconnects, up to
+    `STATE_SESSION_CAPACITY` pages. Nothing of a closed livediff session can come back (`SessionClosed`),
+    so a reconnecting page would find nothing to resume anyway."""
+    holder = demo.state_holder
+    with holder.lock:
+        holder.session_data.pop(session_hash, None)
+        holder.time_last_used.pop(session_hash, None)
 
 
 def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
@@ -217,6 +231,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     def on_unload(request: gr.Request):
         hub.close_owner(request.session_hash)
         registry.close(request.session_hash)
+        forget_gradio_session(demo, request.session_hash)
 
     def on_server_stats() -> dict:
         """The operator's view of the live batches (also `livediff ui --stats`)."""
@@ -321,5 +336,5 @@ def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
                 allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
                 css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(),
                 app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
-                max_file_size=int(demo.max_upload_mb * 1_000_000))
+                max_file_size=int(demo.max_upload_mb * 1_000_000), state_session_capacity=STATE_SESSION_CAPACITY)
     return demo
