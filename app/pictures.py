@@ -15,7 +15,7 @@ from livediff.errors import InputError
 from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS, check_pixel_count
 
 #: PIL refuses to open pictures above twice its `Image.MAX_IMAGE_PIXELS` (decompression bombs), whatever ours is
-PIL_CEILING = 2 * Image.MAX_IMAGE_PIXELS
+PIL_CEILING = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
 
 #: How a command-line or UI user raises the limit (`--max-pixels`, `add_max_pixels_option`)
 RAISE_WITH_OPTION = "raise the limit with --max-pixels"

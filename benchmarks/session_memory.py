@@ -48,7 +48,7 @@ def settle(server, timeout_s: float = 120.0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="RSS and Gradio state left by opened-and-closed UI sessions")
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--out", default=None)
