@@ -50,6 +50,12 @@ def _array_pixels(array: np.ndarray, height: int, width: int) -> torch.Tensor:
     return torch.tensor(array).permute(2, 0, 1)
 
 
+def _pil_pixels(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """(3,H,W) uint8 on the host; the size is checked before `convert`, which decodes a picture opened from a file."""
+    _check_size(image.height, image.width, height, width, "the image")
+    return _array_pixels(np.asarray(image.convert("RGB")), height, width)
+
+
 def _checked_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(1,3,H,W) float, as given (converted on the device by `HostFrames.to_model`)."""
     if tensor.ndim == 3:
@@ -126,7 +132,7 @@ def host_frames(frames: Any, height: int, width: int, count: int) -> HostFrames:
                          f"arrays or float tensors)")
     if isinstance(first, Image.Image):
         kind: Kind = "pil"
-        pixels = [_array_pixels(np.asarray(i.convert("RGB")), height, width) for i in items]
+        pixels = [_pil_pixels(i, height, width) for i in items]
     elif isinstance(first, np.ndarray):
         kind = "numpy"
         pixels = [_array_pixels(i, height, width) for i in items]

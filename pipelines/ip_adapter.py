@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from livediff.errors import ConfigError, InputError, ModelNotAvailableError
 from livediff.cross_attention import CrossAttentionLayout
 from livediff.pipelines import checks
+from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS, check_pixel_count
 
 #: the random image encoder: a small CLIP vision tower, for tests and speed
 RANDOM_ENCODER = dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
@@ -108,6 +110,9 @@ class IPAdapter(nn.Module):
 def clip_pixels(image, size: int) -> torch.Tensor:
     """An image (PIL, array, (3,H,W)/(1,3,H,W) tensor in [0,1] or a local file path) → (1,3,size,size)
     pixels as CLIP's image processor makes them (shortest side to `size`, centre crop, CLIP mean/std)."""
+    if isinstance(image, Image.Image):  # one opened from a file is decoded by the processor: check its header first
+        check_pixel_count(*image.size, DEFAULT_MAX_PIXELS, "the style image",
+                          "pass it as an array (an array is already decoded, so it is not limited)")
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -130,6 +135,8 @@ def _style_picture(image):
                              f"(download it first)")
         try:
             with Image.open(image) as opened:
+                check_pixel_count(*opened.size, DEFAULT_MAX_PIXELS, f"style image {str(image)!r}",
+                                  "pass it as an array (an array is already decoded, so it is not limited)")
                 image = opened.convert("RGB")
         except OSError as exc:
             raise InputError(f"cannot read style image {str(image)!r}: {exc}") from exc

@@ -223,5 +223,5 @@ def test_the_ui_commands_style_image_is_every_new_sessions_initial_style(server,
         client = new_client(styled_server)
         initial, _ = client.predict("img2img", frame, api_name="/image")  # every control at its initial value
         applied = styled_server.registry.snapshot()[client.session_hash].applied("img2img")
-    assert applied.style_image is not None, "a new session starts with the command line's style"
+    assert applied is not None and applied.style_image is not None, "a new session starts with the command line's style"
     assert np.array_equal(pixels(initial), pixels(explicit)), "the same picture as uploading it"

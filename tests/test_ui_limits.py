@@ -78,12 +78,13 @@ def test_sessions_opened_and_closed_through_gradio_leave_nothing_behind():
     (6 sessions: a reference kept per session shows as 6 alive ones; more only cost minutes.)"""
     from gradio_client import Client
 
-    sessions = []
+    sessions, hashes = [], set()
     with running_server() as server:
         for _ in range(6):
             client = Client(server.url, verbose=False)
             client.predict("txt2img", None, prompt="a", api_name="/image")
             sessions += [weakref.ref(s) for s in server.registry.snapshot().values()]
+            hashes |= server.registry.snapshot().keys()
             client.close()
         deadline = time.monotonic() + 120
         while len(server.registry) and time.monotonic() < deadline:
@@ -92,6 +93,8 @@ def test_sessions_opened_and_closed_through_gradio_leave_nothing_behind():
         gc.collect()
         alive = sum(ref() is not None for ref in sessions)
         assert alive == 0, f"{alive} closed sessions are still referenced"
+        kept = hashes & server.demo.state_holder.session_data.keys()
+        assert len(hashes) == 6 and not kept, f"Gradio still keeps {len(kept)} closed pages' state"
 
 
 def test_a_closed_session_stays_closed_but_an_idle_one_comes_back():

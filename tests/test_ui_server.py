@@ -166,11 +166,22 @@ def test_image_endpoint_img2img_and_txt2img(client, tmp_path):
     assert not np.array_equal(pixels[0], pixels[2])
 
 
-def test_image_endpoint_errors_are_one_sentence(client):
+def test_image_endpoint_errors_are_one_sentence(client, tmp_path, monkeypatch):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="img2img needs an input image"):
         client.predict("img2img", None, api_name="/image")
+
+    huge = tmp_path / "huge.png"
+    Image.new("1", (8000, 8000)).save(huge)  # 64 MP in a few KB
+    decoded = []  # the server runs in this process: no picture of the upload's size may be decoded
+    load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or load(self))
+    with pytest.raises(AppError, match=r"^the input image is 8000x8000 \(64\.0 MP\), above the limit of 40 MP; "
+                                       r"make it smaller or raise the limit with --max-pixels$"):
+        client.predict("img2img", handle_file(str(huge)), api_name="/image")
+    assert (8000, 8000) not in decoded
 
 
 def test_video_endpoint_keeps_frames_fps_and_audio_and_reports_metrics(client, tmp_path):
@@ -185,6 +196,22 @@ def test_video_endpoint_keeps_frames_fps_and_audio_and_reports_metrics(client, t
     assert "warp error (edited)" in table and summary.startswith("12 frames")
     metrics = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
     assert metrics["frames_used"] == 12 and metrics["fps"] > 0
+
+    again, *_ = client.predict(handle_file(str(clip)), prompt="watercolor", api_name="/video")
+    assert again != video and Path(video).name == Path(again).name == "clip-livediff.mp4"
+    assert probe(again)["frames"] == 12 and Path(video).is_file(), "a second run keeps the first output"
+
+
+def test_video_job_errors_are_said_in_the_pages_words(tmp_path):
+    from livediff.app.ui.video_tab import in_page_words
+
+    source, output = tmp_path / "upload" / "clip.mp4", tmp_path / "session-x" / "run-1" / "clip-livediff.mp4"
+    said = in_page_words(f"{output} already exists; pass --overwrite to replace it (each only once its new version "
+                         f"is finished) or --resume to keep finished outputs and continue interrupted ones", source, output)
+    assert said == "the restyled video already exists"
+    said = in_page_words(f"{source}: the disk is full while writing {output}; free space and run again with --resume",
+                         source, output)
+    assert said == "the uploaded video: the disk is full while writing the restyled video"
 
 
 def test_an_unusable_control_value_keeps_the_stream_going_and_is_reported(client, tmp_path):

@@ -4,7 +4,12 @@ from __future__ import annotations
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from livediff.app.ui.sessions import SessionRegistry
 
 SIZE = 128
 
@@ -48,8 +53,8 @@ def causal_engine(size: int = 64):
 @dataclass
 class RunningServer:
     url: str
-    registry: object
-    demo: object
+    registry: SessionRegistry
+    demo: gr.Blocks
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from livediff.app.commands.options import add_pipeline_options, build_pipeline
 from livediff.app.output_paths import image_folder_output, image_output
-from livediff.app.pictures import read_picture
+from livediff.app.pictures import RAISE_WITH_OPTION, picture_size, read_picture
 from livediff.errors import InputError
 
 
@@ -31,10 +31,10 @@ def register(subparsers) -> None:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
-def _open_image(path: Path, width: int, height: int):
+def _open_image(path: Path, width: int, height: int, max_pixels: int):
     from PIL import ImageOps
 
-    return ImageOps.fit(read_picture(path), (width, height))
+    return ImageOps.fit(read_picture(path, max_pixels, how_to_raise=RAISE_WITH_OPTION), (width, height))
 
 
 def _model_size(args: argparse.Namespace, first: Path) -> None:
@@ -46,10 +46,10 @@ def _model_size(args: argparse.Namespace, first: Path) -> None:
         return
     from livediff.app.video.geometry import complete_size
 
-    picture = read_picture(first)
-    args.width, args.height = complete_size(args.width, args.height, *picture.size)
+    size = picture_size(first, args.max_pixels, RAISE_WITH_OPTION)
+    args.width, args.height = complete_size(args.width, args.height, *size)
     print(f"livediff: model size {args.width}x{args.height} (the other side follows {first}'s "
-          f"{picture.size[0]}x{picture.size[1]} aspect)")
+          f"{size[0]}x{size[1]} aspect)")
 
 
 def run_img2img(args: argparse.Namespace) -> int:
@@ -67,11 +67,13 @@ def run_img2img(args: argparse.Namespace) -> int:
     if args.frame_buffer_size != 1:
         raise InputError(f"img2img on files takes one image per call; --frame-buffer-size {args.frame_buffer_size} "
                          f"is for streams")
+    for path in inputs:  # an unreadable or too large picture is named before any model loads
+        picture_size(path, args.max_pixels, RAISE_WITH_OPTION)
     _model_size(args, inputs[0])
     pipe = build_pipeline(args, "img2img")
     for src, dst in zip(inputs, outputs):
         pipe.reset()
-        pipe(_open_image(src, args.width, args.height)).save(dst)
+        pipe(_open_image(src, args.width, args.height, args.max_pixels)).save(dst)
         print(dst)
     return 0
 

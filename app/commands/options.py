@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from livediff.accelerators import registry as backends
-from livediff.app.pictures import read_picture
+from livediff.app.pictures import RAISE_WITH_OPTION, add_max_pixels_option, read_picture
 from livediff.app.threads import add_threads_option
 from livediff.pipelines import control_registry as preprocessors
 from livediff.pipelines.choices import CFG_TYPES
@@ -70,6 +70,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
                             "laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
     group.add_argument("--style-image", default=None, metavar="PATH",
                        help="with --ip-adapter: the picture the output should look like")
+    add_max_pixels_option(group)
     group.add_argument("--style-scale", type=float, default=0.6, help="IP-Adapter scale in [0, 2] (default %(default)s)")
     group.add_argument("--prompt", default="", help="what the output should look like")
     group.add_argument("--negative-prompt", default="", help="what to steer away from (used by cfg full/initialize/self)")
@@ -154,7 +155,9 @@ def ip_adapter_settings(args: argparse.Namespace) -> dict | None:
 
 def style_image(args: argparse.Namespace):
     """The --style-image picture (read and checked before any model loads), or None."""
-    return read_picture(args.style_image) if args.style_image is not None else None
+    if args.style_image is None:
+        return None
+    return read_picture(args.style_image, args.max_pixels, how_to_raise=RAISE_WITH_OPTION)
 
 
 def pipeline_settings(args: argparse.Namespace, mode: str) -> dict:

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     settings.update(causal_settings(args, args.mode))
     if args.mode == "causal-video":
         prompt = dict(prompt=args.prompt, negative_prompt=args.negative_prompt)  # distilled: no guidance
-    factory = PipelineFactory(settings=settings, prompt=prompt, strength=args.strength, style_image=args.style_image)
+    factory = PipelineFactory(settings=settings, prompt=prompt, strength=args.strength, style_image=args.style_image,
+                              max_pixels=args.max_pixels)
     options = JobOptions(codec=args.codec, quality=_quality(args.quality), audio=args.audio, resize=args.resize,
                          resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     try:

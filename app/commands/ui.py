@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(settings, stream_mode=stream_mode,
                     batch_wait_s=args.batch_wait_ms / 1000, max_batch=args.max_batch)
     defaults = initial_settings(args, engine, style)
-    registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout)
+    registry = SessionRegistry(engine, idle_timeout_s=args.idle_timeout, max_pixels=args.max_pixels)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the clean-up below also runs for `kill` and Docker stops
     try:
         demo = launch(registry, host=args.host, port=args.port, defaults=defaults,

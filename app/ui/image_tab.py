@@ -1,11 +1,15 @@
 """The Image tab: one picture through img2img, or one from text through txt2img.
 
 An uploaded picture is restyled at its own aspect (longest side the server's size, sides multiples
-of 8) and comes back at its own size: nothing is cut off.
+of 8) and comes back at its own size: nothing is cut off. Gradio hands the upload over as a file, not
+decoded: its size is checked from the header against the server's pixel limit first (`app.pictures`).
 """
 from __future__ import annotations
 
 import cv2
+import numpy as np
+
+from livediff.app.pictures import RAISE_WITH_OPTION, read_picture
 
 from livediff.app.live_metrics import now
 from livediff.app.ui.frames import fit_frame
@@ -21,9 +25,11 @@ CAUSAL_REFUSAL = ("the Image tab restyles single pictures with an image model; t
                   "the server with an image model for single pictures")
 
 
-def restyle_image(registry: SessionRegistry, session_id: str, mode: str, image, settings: LiveSettings):
-    """Returns (picture, one-line report). Each call restarts the stream, so a picture depends only
-    on its input, prompt and seed, not on what the session ran before."""
+def restyle_image(registry: SessionRegistry, session_id: str, mode: str, upload: str | None,
+                  settings: LiveSettings):
+    """`upload`: the input picture's file (img2img). Returns (picture, one-line report). Each call
+    restarts the stream, so a picture depends only on its input, prompt and seed, not on what the
+    session ran before."""
     if mode not in IMAGE_MODES:
         raise ConfigError(f"image mode {mode!r} is not one of {', '.join(IMAGE_MODES)}")
     engine = registry.engine
@@ -31,8 +37,10 @@ def restyle_image(registry: SessionRegistry, session_id: str, mode: str, image, 
         raise ConfigError(CAUSAL_REFUSAL)
     size = None
     if mode == "img2img":
-        if image is None:
+        if upload is None:
             raise InputError("img2img needs an input image: upload one (or switch to txt2img)")
+        image = np.asarray(read_picture(upload, registry.max_pixels, name="the input image",
+                                        how_to_raise=RAISE_WITH_OPTION))
         original = image.shape[1], image.shape[0]
         size = suggest_working_size(*original, longest=max(engine.width, engine.height))
         image = fit_frame(image, *size)

@@ -45,6 +45,9 @@ from livediff.pipelines.choices import CFG_TYPES  # noqa: E402
 DEFAULT_STREAM_EVERY = 0.04
 #: Age after which Gradio's cached files (live frames, uploads, outputs) are deleted.
 DEFAULT_CACHE_AGE_S = 600
+#: Most pages whose Gradio state is kept (oldest dropped first): bounds the pages that never unload (API
+#: clients that vanish). Gradio's default is 10,000, about 3 GB of copied page config.
+STATE_SESSION_CAPACITY = 500
 #: Largest accepted upload.
 DEFAULT_MAX_UPLOAD_MB = 200
 IMAGE_HEIGHT = 420
@@ -131,6 +134,17 @@ def _stats(live: LiveFrame) -> str:
     return text
 
 
+def forget_gradio_session(demo: gr.Blocks, session_hash: str) -> None:
+    """Drop Gradio's state of a page that unloaded: a copy of the whole page's component config (hundreds
+    of KB) that Gradio otherwise keeps for an hour in case the page reconnects, up to
+    `STATE_SESSION_CAPACITY` pages. Nothing of a closed livediff session can come back (`SessionClosed`),
+    so a reconnecting page would find nothing to resume anyway."""
+    holder = demo.state_holder
+    with holder.lock:
+        holder.session_data.pop(session_hash, None)
+        holder.time_last_used.pop(session_hash, None)
+
+
 def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                stream_every: float = DEFAULT_STREAM_EVERY, restart_after_s: float = 2.0,
                cache_age_s: int = DEFAULT_CACHE_AGE_S, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -177,9 +191,9 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
         return None, "stream restarted"
 
     @_named
-    def on_image(request: gr.Request, mode="img2img", image=None, *values):
+    def on_image(request: gr.Request, mode="img2img", upload=None, *values):
         try:
-            return restyle_image(registry, request.session_hash, mode, image, _settings(values, layout))
+            return restyle_image(registry, request.session_hash, mode, upload, _settings(values, layout))
         except LivediffError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -220,6 +234,7 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
     def on_unload(request: gr.Request):
         hub.close_owner(request.session_hash)
         registry.close(request.session_hash)
+        forget_gradio_session(demo, request.session_hash)
 
     def on_server_stats() -> dict:
         """The operator's view of the live batches (also `livediff ui --stats`)."""
@@ -267,8 +282,9 @@ def build_demo(registry: SessionRegistry, defaults: LiveSettings | None = None,
                     with gr.Tab("Image", id="image"):
                         image_mode = gr.Radio(list(IMAGE_MODES), value="img2img", label="Mode")
                         with gr.Row():
-                            image_in = gr.Image(label="Input", sources=["upload", "clipboard"], type="numpy",
-                                                elem_id="image-input")
+                            # a file, not decoded: `restyle_image` checks its size first
+                            image_in = gr.Image(label="Input", sources=["upload", "clipboard"], type="filepath",
+                                                image_mode=None, elem_id="image-input")
                             image_out = gr.Image(label="Output", format="png", interactive=False,
                                                  elem_id="image-output")
                         image_run = gr.Button("Run", variant="primary")
@@ -326,5 +342,5 @@ def launch(registry: SessionRegistry, host: str = "127.0.0.1", port: int = 7860,
                 allowed_paths=[str(registry.work_root)], quiet=True, show_error=True,
                 css=CSS + rtc_page.css(IMAGE_HEIGHT), head=rtc_page.head(ice_servers),
                 app_kwargs={"routes": [offer_route(demo.rtc_hub)]},
-                max_file_size=int(demo.max_upload_mb * 1_000_000))
+                max_file_size=int(demo.max_upload_mb * 1_000_000), state_session_capacity=STATE_SESSION_CAPACITY)
     return demo

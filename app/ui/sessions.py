@@ -9,6 +9,7 @@ networks (see `engine.py`), so two tabs never see each other's frames.
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from livediff.app.ui.engine import Engine
 from livediff.app.ui.settings import LiveSettings, apply_settings, pipeline_overrides, prepare
 from livediff.app.ui.style import needs_new_pipeline
 from livediff.errors import ConfigError
+from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from livediff.pipelines.nonfinite import NonFiniteCounts
@@ -50,8 +52,9 @@ class Session:
     Every method that touches a pipeline must be called with `engine.lock` held.
     """
 
-    def __init__(self, engine: Engine, session_id: str, work_root: Path):
+    def __init__(self, engine: Engine, session_id: str, work_root: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.engine = engine
+        self.max_pixels = max_pixels
         self.session_id = session_id
         self.meter = LiveMeter()
         self.last_frame_at: float | None = None
@@ -60,6 +63,7 @@ class Session:
         self._pipes: dict[str, _Entry] = {}
         self._work_root = work_root
         self._work_dir: Path | None = None
+        self._runs = itertools.count(1)
 
     def pipeline(self, purpose: str, wanted: LiveSettings,
                  size: tuple[int, int] | None = None) -> tuple[object, str | None]:
@@ -84,7 +88,7 @@ class Session:
                 if current is None:
                     raise
                 refused = str(exc)
-        applied, refused_change = apply_settings(current.pipe, current.applied, wanted)
+        applied, refused_change = apply_settings(current.pipe, current.applied, wanted, self.max_pixels)
         self._pipes[purpose] = replace(current, applied=applied)
         return current.pipe, refused or refused_change
 
@@ -130,6 +134,13 @@ class Session:
             self._work_dir = Path(tempfile.mkdtemp(prefix=f"session-{self.session_id[:12]}-", dir=self._work_root))
         return self._work_dir
 
+    def new_run_dir(self) -> Path:
+        """A fresh numbered folder in `work_dir` (run-1, run-2, ...) for one job's outputs, so running the
+        same upload again gives a second output instead of colliding with the first."""
+        folder = self.work_dir / f"run-{next(self._runs)}"
+        folder.mkdir()
+        return folder
+
     def close(self) -> None:
         self._pipes.clear()
         if self._work_dir is not None:
@@ -140,8 +151,9 @@ class SessionRegistry:
     """session id → Session, thread-safe; idle sessions are evicted when another one is looked up."""
 
     def __init__(self, engine: Engine, idle_timeout_s: float = 900.0, work_root: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.engine = engine
+        self.max_pixels = max_pixels  # of uploaded pictures (the Image tab's, style pictures): `app.pictures`
         self.idle_timeout_s = idle_timeout_s
         self.work_root = Path(work_root) if work_root else Path(tempfile.mkdtemp(prefix="livediff-ui-"))
         self._clock = clock
@@ -168,7 +180,7 @@ class SessionRegistry:
                 raise SessionClosed(f"session {session_id} is closed")
             session = self._sessions.get(session_id)
             if session is None:
-                session = self._sessions[session_id] = Session(self.engine, session_id, self.work_root)
+                session = self._sessions[session_id] = Session(self.engine, session_id, self.work_root, self.max_pixels)
             self._last_used[session_id] = now
         for old in closed:
             self._close_session(old)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS
 from livediff.app.ui.style import STYLE_NAMES, StyleImage, set_scale, set_style
 from livediff.errors import ConfigError
 from livediff.pipelines.choices import CFG_TYPES
@@ -174,12 +175,13 @@ def prepare(pipe, settings: LiveSettings) -> None:
                  guidance_scale=settings.guidance_scale, delta=settings.delta)
 
 
-def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[LiveSettings, str | None]:
+def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[LiveSettings, str | None]:
     """Bring `pipe` from `applied` to `wanted`, one change at a time.
 
     Returns what the pipeline now has and, if a change was refused (e.g. a strength too low for
     the number of steps), the reason; the changes before it stay applied, so a bad value never
-    leaves the pipeline half-configured. A causal video pipeline: see `_apply_causal`.
+    leaves the pipeline half-configured. A style picture above `max_pixels` is refused unread. A causal video pipeline: see `_apply_causal`.
     """
     if pipe.config.mode == CAUSAL_MODE:
         return _apply_causal(pipe, applied, wanted)
@@ -193,7 +195,7 @@ def apply_settings(pipe, applied: LiveSettings, wanted: LiveSettings) -> tuple[L
          lambda s: pipe.set_similarity_filter(s.similarity_threshold if s.similarity_filter else None,
                                               s.similarity_max_skip)),
         (("control_scales",), lambda s: _set_control_scales(pipe, applied.control_scales, s.control_scales)),
-        (("style_image",), lambda s: set_style(pipe, s.style_image)),
+        (("style_image",), lambda s: set_style(pipe, s.style_image, max_pixels)),
         (("style_scale",), lambda s: set_scale(pipe, s.style_scale)),
     )
     for names, setter in steps:

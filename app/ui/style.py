@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from livediff.app.pictures import RAISE_WITH_OPTION, read_picture
 from livediff.errors import ConfigError, InputError
+from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS
 
 STYLE_NAMES = ("style_image", "style_scale")
 PREVIEW_HEIGHT = 160
@@ -70,17 +72,13 @@ class StyleImage:
             return cls(digest.hexdigest(), array=array)
         raise ConfigError(f"style image {type(value).__name__} must be a picture file, an array or a PIL image")
 
-    def picture(self) -> np.ndarray:
-        """The picture as (H, W, 3) uint8 RGB, decoded now (only when it is about to be encoded)."""
+    def picture(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """The picture as (H, W, 3) uint8 RGB, decoded now (only when it is about to be encoded); a
+        file above `max_pixels` is refused from its header (an array arrived decoded: not limited)."""
         if self._array is not None:
             return self._array
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(self._data)) as image:
-                return np.asarray(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InputError(f"the style image is not a picture: {exc}") from exc
+        return np.asarray(read_picture(io.BytesIO(self._data), max_pixels, name="the style image",
+                                       how_to_raise=RAISE_WITH_OPTION))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StyleImage) and other.key == self.key
@@ -97,13 +95,13 @@ def needs_new_pipeline(applied, wanted) -> bool:
     return applied.style_image is not None and wanted.style_image is None
 
 
-def set_style(pipe, wanted: StyleImage | None) -> None:
+def set_style(pipe, wanted: StyleImage | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Encode a new style picture into `pipe` (its one encoding per change). A picture that cannot be
     read is a refused setting (`ConfigError`): the stream goes on with the style it has."""
     if wanted is None:
         raise ConfigError("removing the style image needs a new pipeline (the UI session builds one)")
     try:
-        pipe.set_style_image(wanted.picture())
+        pipe.set_style_image(wanted.picture(max_pixels))
     except InputError as exc:
         raise ConfigError(str(exc)) from exc
 

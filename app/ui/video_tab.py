@@ -14,6 +14,7 @@ at a time and the file's end flushes the last one), so the progress moves a chun
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,8 +26,10 @@ from livediff.app.video.job import process_video
 from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import pipeline_processor
 from livediff.app.video.reader import VideoReader
-from livediff.errors import ConfigError, InputError
+from livediff.errors import ConfigError, InputError, LivediffError
 from livediff.app.eval.metrics import TemporalMetrics, evaluate_videos
+
+CLI_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -44,6 +47,17 @@ class VideoResult:
         return f"{self.frames} frames in {self.seconds:.1f} s ({fps:.2f} fps)"
 
 
+def in_page_words(message: str, source: Path, output: Path) -> str:
+    """The batch job's sentence as the page says it: the server's file paths become "the uploaded video" and
+    "the restyled video", and advice naming command-line flags (a clause with `--flag`), which a page
+    user cannot pass, is dropped."""
+    for path, words in ((output, "the restyled video"), (source, "the uploaded video"),
+                        (output.parent, "the server's work folder")):
+        message = message.replace(str(path), words)
+    clauses = [clause for clause in message.split("; ") if not CLI_FLAG.search(clause)]
+    return "; ".join(clauses) if clauses else message
+
+
 def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path | None, settings: LiveSettings,
                   on_progress: ProgressFn | None = None) -> VideoResult:
     if not source:
@@ -58,7 +72,7 @@ def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path
         pipe, refused = session.pipeline("video", settings, size)
     if refused:
         raise ConfigError(refused)
-    output = session.work_dir / f"{source.stem}-livediff.mp4"
+    output = session.new_run_dir() / f"{source.stem}-livediff.mp4"
     processor = pipeline_processor(pipe, {"prompt": settings.prompt}, lock=engine.lock)
 
     def on_frame(done: int, total: int | None) -> None:
@@ -66,8 +80,11 @@ def restyle_video(registry: SessionRegistry, session_id: str, source: str | Path
         if on_progress is not None:
             on_progress(done, total)
 
-    result = process_video(source, output, lambda: processor, JobOptions(progress=False, quiet=True),
-                           on_frame=on_frame)
+    try:
+        result = process_video(source, output, lambda: processor, JobOptions(progress=False, quiet=True),
+                               on_frame=on_frame)
+    except LivediffError as exc:
+        raise type(exc)(in_page_words(str(exc), source, output)) from exc
     metrics = evaluate_videos(source, output, elapsed_seconds=result.seconds)
     metrics_json = output.with_suffix(".metrics.json")
     metrics_json.write_text(json.dumps(metrics.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from livediff.pipelines.pixel_limit import DEFAULT_MAX_PIXELS
+
 
 @runtime_checkable
 class FrameProcessor(Protocol):
@@ -147,6 +149,7 @@ class PipelineFactory:
     prompt: Mapping[str, Any]
     strength: float | None = None
     style_image: str | None = None  # with an IP-Adapter: the style picture's path
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the style picture's largest size (`--max-pixels`)
 
     def __call__(self) -> FrameProcessor:
         from livediff.app.build_progress import BuildReporter
@@ -158,9 +161,9 @@ class PipelineFactory:
         pipe.prepare(**dict(self.prompt))
         style = None
         if self.style_image is not None:
-            from livediff.app.pictures import read_picture
+            from livediff.app.pictures import RAISE_WITH_OPTION, read_picture
 
-            pipe.set_style_image(read_picture(self.style_image))
+            pipe.set_style_image(read_picture(self.style_image, self.max_pixels, how_to_raise=RAISE_WITH_OPTION))
             style = {"style_image": self.style_image,
                      "sha256": hashlib.sha256(Path(self.style_image).read_bytes()).hexdigest()}
         return pipeline_processor(pipe, self.prompt, style)
