@@ -85,11 +85,37 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path):
     out = tmp_path / "out.mp4"
     with pytest.raises(KeyboardInterrupt):
         process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
-    with pytest.raises(ConfigError, match=r"cannot resume .*in.mp4: the settings differ .*processor.tint: 10 → 20"):
+    with pytest.raises(ConfigError, match=r"cannot resume .*in.mp4: the settings differ .*--tint: 10 → 20"):
         process_video(src, out, TintedFactory(20), JobOptions(resume=True, segment_frames=5, **QUIET))
     assert work_dir_for(out).is_dir()  # the interrupted run is still there to be resumed properly
     result = process_video(src, out, TintedFactory(10), JobOptions(resume=True, segment_frames=5, **QUIET))
     assert result.resumed_frames == 12 and result.frames == 30
+
+
+def test_a_rerun_without_resume_keeps_an_interrupted_runs_frames_and_says_how_to_go_on(tmp_path):
+    """Before, a rerun without --resume silently discarded the interrupted run's finished frames."""
+    src = make_clip(tmp_path / "in.mp4", n_frames=30)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        process_video(src, out, TintedFactory(10, stop_after=12), JobOptions(segment_frames=5, **QUIET))
+    with pytest.raises(ConfigError, match=r"out.mp4 has an interrupted run with 12 frames done \(in .*\); pass "
+                                          r"--resume to continue it or --overwrite to start over"):
+        process_video(src, out, TintedFactory(10), JobOptions(segment_frames=5, **QUIET))
+    result = process_video(src, out, TintedFactory(10), JobOptions(resume=True, segment_frames=5, **QUIET))
+    assert result.resumed_frames == 12 and result.frames == 30
+
+
+def test_a_changed_setting_is_named_as_the_option_the_user_typed():
+    from livediff.app.video.segments import differences
+
+    before = {"processor": {"prompt": {"prompt": "oil"}, "pipeline": {"t_index_list": [32, 45], "bank": {"max_frames": 4}},
+                            "weights": {"unet": "a"}}, "input": {"sha256": "x"}, "encode": {"work": [256, 192]}}
+    now = {"processor": {"prompt": {"prompt": "watercolor"}, "pipeline": {"t_index_list": [20, 45], "bank": {"max_frames": 2}},
+                         "weights": {"unet": "b"}}, "input": {"sha256": "y"}, "encode": {"work": [512, 384]}}
+    assert sorted(differences(before, now)) == sorted([
+        "--prompt: 'oil' → 'watercolor'", "--t-index-list: [32, 45] → [20, 45]",
+        "the feature bank's max frames: 4 → 2", "the unet weights: 'a' → 'b'", "the input video's sha256: 'x' → 'y'",
+        "--width/--height: [256, 192] → [512, 384]"])
 
 
 def test_the_pipeline_identity_covers_prompt_seed_steps_and_weights():

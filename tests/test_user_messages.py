@@ -92,3 +92,28 @@ def test_webcam_without_a_display_says_so_before_importing_the_model_code(tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
     assert "cannot open a window: there is no display" in done.stderr
+
+
+def test_a_folder_input_with_a_file_output_says_the_output_must_be_a_folder(tmp_path):
+    from livediff.app.video.batch import plan_outputs
+    from livediff.errors import ConfigError
+
+    (tmp_path / "clips").mkdir()
+    with pytest.raises(ConfigError, match=r"clips/ is a folder: -o must be a folder too \(e\.g\. .*single/\)"):
+        plan_outputs([str(tmp_path / "clips")], str(tmp_path / "single.mp4"))
+    (tmp_path / "a.mp4").write_bytes(b""), (tmp_path / "b.mp4").write_bytes(b"")
+    with pytest.raises(ConfigError, match="2 inputs were given: -o must be a folder too"):
+        plan_outputs([str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")], str(tmp_path / "single.mp4"))
+
+
+@pytest.mark.parametrize("option,value", [("--guidance-scale", "3"), ("--delta", "0.5"), ("--cfg-type", "full"),
+                                          ("--negative-prompt", "blurry")])
+def test_causal_mode_refuses_guidance_options_in_the_users_words(tmp_path, capsys, option, value):
+    """Before, --guidance-scale 3 was silently unused, and --negative-prompt was refused naming guidance_scale."""
+    from media import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", n_frames=2, audio=False)
+    code = cli.main(["video", str(clip), "-o", str(tmp_path / "out.mp4"), "--mode", "causal-video",
+                     "--model", "tiny-wan-causal", option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"livediff: error: {option} ") and "without classifier-free guidance" in err

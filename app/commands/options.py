@@ -12,6 +12,9 @@ from livediff.pipelines.choices import CFG_TYPES
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 
 
+#: the guidance options' defaults (mode causal-video refuses any other value: it runs without guidance)
+GUIDANCE_DEFAULTS = {"cfg_type": "self", "guidance_scale": 1.2, "delta": 1.0}
+
 def one_of(words, last: str = "or") -> str:
     """'a, b, c or d': how the help texts list names."""
     words = list(words)
@@ -19,6 +22,8 @@ def one_of(words, last: str = "or") -> str:
 
 
 DEFAULT_ACCELERATOR = "eager"
+#: the guidance options' defaults (mode causal-video refuses any other value: it runs without guidance)
+GUIDANCE_DEFAULTS = {"cfg_type": "self", "guidance_scale": 1.2, "delta": 1.0}
 #: how the help texts say where a preprocessor's control image is made (`PreprocessorSpec.runs_on`)
 WHERE = {"device": "on the device", "host": "on the host", "pixels": "on the host", "caller": "by the caller"}
 
@@ -78,9 +83,12 @@ def add_pipeline_options(parser: argparse.ArgumentParser, default_t_index: str =
                        help="stage indices into the 50-step LCM table, 0..49 (default %(default)s)")
     group.add_argument("--strength", type=float, default=None,
                        help="edit strength in (0,1]; overrides --t-index-list keeping its number of steps")
-    group.add_argument("--cfg-type", choices=CFG_TYPES, default="self", help="guidance mode (default %(default)s)")
-    group.add_argument("--guidance-scale", type=float, default=1.2, help="default %(default)s; <=1 disables guidance")
-    group.add_argument("--delta", type=float, default=1.0, help="residual CFG virtual-negative weight (default %(default)s)")
+    group.add_argument("--cfg-type", choices=CFG_TYPES, default=GUIDANCE_DEFAULTS["cfg_type"],
+                       help="guidance mode (default %(default)s)")
+    group.add_argument("--guidance-scale", type=float, default=GUIDANCE_DEFAULTS["guidance_scale"],
+                       help="default %(default)s; <=1 disables guidance")
+    group.add_argument("--delta", type=float, default=GUIDANCE_DEFAULTS["delta"],
+                       help="residual CFG virtual-negative weight (default %(default)s)")
     group.add_argument("--width", type=int, default=512, help="model width in pixels, a multiple of 8 (16 in causal video)")
     group.add_argument("--height", type=int, default=512, help="model height in pixels, a multiple of 8 (16 in causal video)")
     group.add_argument("--frame-buffer-size", type=int, default=1, help="frames per denoiser call")
@@ -249,6 +257,13 @@ def causal_settings(args: argparse.Namespace, mode: str, mode_option: str = "--m
 
     chosen = {name: getattr(args, name) for name in CAUSAL_OPTIONS if getattr(args, name, None) is not None}
     if mode == "causal-video":
+        guidance = {name: getattr(args, name) for name, default in GUIDANCE_DEFAULTS.items()
+                    if getattr(args, name, default) != default}
+        if getattr(args, "negative_prompt", ""):
+            guidance["negative_prompt"] = args.negative_prompt
+        for name, value in guidance.items():
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r}: {mode_option} causal-video runs distilled causal "
+                              f"models without classifier-free guidance; leave it out")
         return {"causal": chosen}
     if chosen:
         raise ConfigError(f"--{next(iter(chosen)).replace('_', '-')} is a {mode_option} causal-video option")

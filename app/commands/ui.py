@@ -110,9 +110,6 @@ def run(args: argparse.Namespace) -> int:
     settings = pipeline_settings(args, "img2img")
     settings.pop("mode")
     settings.update(causal_settings(args, stream_mode, "--stream-mode"))
-    if stream_mode == "causal-video" and args.negative_prompt:
-        raise ConfigError("--negative-prompt: stream mode causal-video runs distilled causal models without "
-                          "classifier-free guidance")
     print(f"livediff ui: loading {args.model} on {settings['device']} ({settings['dtype']}) ...", file=sys.stderr)
     engine = Engine(settings, stream_mode=stream_mode,
                     batch_wait_s=args.batch_wait_ms / 1000, max_batch=args.max_batch)

@@ -54,7 +54,9 @@ def plan_outputs(inputs: str | Path | Iterable[str | Path], output: str | Path) 
         check_output_file(sources[0], output)
         return [(sources[0], output)]
     if output.suffix.lower() in VIDEO_EXTENSIONS and not output.is_dir():
-        raise ConfigError(f"{len(sources)} inputs or a folder need an output folder, not the file {output}")
+        folders = [s for s in sources if s.is_dir()]
+        given = (f"{folders[0]}/ is a folder" if folders else f"{len(sources)} inputs were given")
+        raise ConfigError(f"{given}: -o must be a folder too (e.g. {output.with_suffix('')}/), not the file {output}")
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output {output} exists and is not a folder")
     pairs: list[tuple[Path, Path]] = []

@@ -395,6 +395,16 @@ def check_output_file(input_path: Path, output_path: Path) -> None:
         raise ConfigError(f"output {output_path} is the input file; choose another name")
 
 
+def interrupted_frames(output: Path) -> int:
+    """Frames an interrupted run of `output` finished (its manifest's segments), 0 when there is none."""
+    manifest = work_dir_for(output) / MANIFEST_NAME
+    try:
+        segments = json.loads(manifest.read_text()).get("segments", [])
+        return sum(int(segment.get("frames", 0)) for segment in segments)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
 def check_outputs_may_be_written(outputs: list[Path], options: JobOptions) -> None:
     """Before any model loads: no finished output is replaced unasked, and every folder is writable."""
     existing = [path for path in outputs if path.is_file()]
@@ -403,6 +413,13 @@ def check_outputs_may_be_written(outputs: list[Path], options: JobOptions) -> No
         raise ConfigError(f"{named} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
                           f"{'it' if len(existing) == 1 else 'them'} (each only once its new version is finished) "
                           f"or --resume to keep finished outputs and continue interrupted ones")
+    if not (options.resume or options.overwrite):
+        for output in outputs:
+            done = interrupted_frames(output)
+            if done:
+                raise ConfigError(f"{output} has an interrupted run with {done} frames done (in "
+                                  f"{work_dir_for(output)}); pass --resume to continue it or --overwrite to "
+                                  f"start over")
     for folder in dict.fromkeys(path.parent for path in outputs):
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -99,11 +99,31 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def differences(before: Any, now: Any, path: str = "") -> list[str]:
-    """`key: old → new` for every leaf that differs between two JSON-like values."""
+    """`what: old → new` for every leaf that differs between two JSON-like values, each named as the
+    user gave it: a setting as its option (`processor.prompt.prompt` → `--prompt`), the input as such."""
     if isinstance(before, dict) and isinstance(now, dict):
         return [line for key in sorted(set(before) | set(now), key=str)
                 for line in differences(before.get(key), now.get(key), f"{path}.{key}" if path else str(key))]
-    return [] if before == now else [f"{path}: {before!r} → {now!r}"]
+    return [] if before == now else [f"{user_words(path)}: {before!r} → {now!r}"]
+
+
+#: identity keys that are not an option's own name
+WORDS = {"loras": "--lora", "size": "the output size", "work": "--width/--height", "region": "--resize",
+         "time_base": "the input video's time base", "codec": "--codec", "quality": "--quality"}
+
+
+def user_words(path: str) -> str:
+    """A manifest identity key in the user's words: the input file's facts, the weights, or the option
+    that set it (`processor.prompt.prompt` → `--prompt`)."""
+    parts = path.split(".")
+    last = parts[-1]
+    if parts[0] == "input":
+        return f"the input video's {last}"
+    if "weights" in parts[:-1]:
+        return f"the {last} weights"
+    if "bank" in parts[:-1]:
+        return f"the feature bank's {last.replace('_', ' ')}"
+    return WORDS.get(last, "--" + last.replace("_", "-"))
 
 
 def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[str], None],
@@ -128,8 +148,8 @@ def load_resumable(parts: Path, identity: dict, resume: bool, emit: Callable[[st
         changed = differences(manifest.get("identity"), identity)
         if changed:
             raise ConfigError(f"cannot resume {identity['input']['path']}: the settings differ from the interrupted "
-                              f"run ({'; '.join(changed)}); use the same settings, or run without --resume to start "
-                              f"over")
+                              f"run ({'; '.join(changed)}); use the same settings, or pass --overwrite instead of "
+                              f"--resume to start over")
         expected = 0
         for entry in manifest.get("segments", []):
             try:
