@@ -45,8 +45,11 @@ class DoctorReport:
         w = self.workload
         control = f" · {w['controlnets']} ControlNet(s)" if w.get("controlnets") else ""
         control += " · IP-Adapter" if w.get("ip_adapter") else ""
-        lines = [f"livediff doctor · {self.environment['device_name']} · {w['preset']} {w['size']}² "
+        env = self.environment
+        versions = " · ".join(f"{name} {env[key]}" for name, key in VERSION_NAMES if env.get(key))
+        lines = [f"livediff doctor · {env['device_name']} · {w['preset']} {w['size']}² "
                  f"{w['dtype']} · img2img {w['steps']} steps{control} · {w['frames']} timed frames", "",
+                 versions, "",
                  "| backend | fps | median ms | setup s | max abs err | rel err | non-finite | verdict |",
                  "|---|---|---|---|---|---|---|---|"]
 
@@ -58,6 +61,12 @@ class DoctorReport:
                          f"{cell(b.max_abs_error, '.1e')} | {cell(b.rel_error, '.1e')} | {cell(b.nonfinite_values, 'd')} | "
                          f"{b.verdict} |")
         return "\n".join(lines)
+
+
+#: (shown name, `environment` key) of the versions the table lists under its title
+VERSION_NAMES = (("python", "python"), ("torch", "torch"), ("CUDA", "cuda_runtime"), ("driver", "driver"),
+                 ("diffusers", "diffusers"), ("onnxruntime", "onnxruntime"), ("openvino", "openvino"),
+                 ("tensorrt", "tensorrt"))
 
 
 def _version(package: str) -> str | None:

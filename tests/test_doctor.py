@@ -121,3 +121,13 @@ def test_the_doctor_says_tensorrt_builds_engines_first_and_shows_the_build_progr
     err = capsys.readouterr().err
     assert "livediff: unet: Building engine (first use at this size and setting; this takes a while) ..." in err
     assert report.backends[0].verdict.startswith("failed: not loaded in this test")
+
+
+def test_the_table_names_the_versions_not_only_the_json():
+    from livediff.app.doctor import BackendReport, DoctorReport, environment
+
+    env = environment()
+    report = DoctorReport(env, dict(preset="tiny", size=128, dtype="float32", steps=2, frames=4),
+                          [BackendReport("eager", "ok", fps=1.0)])
+    versions = report.table().splitlines()[2]
+    assert f"torch {env['torch']}" in versions and f"diffusers {env['diffusers']}" in versions
