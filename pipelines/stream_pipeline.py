@@ -33,6 +33,10 @@ from livediff.pipelines.stream_state import (STATE_VERSION, check_state, generat
 from livediff.pipelines.stream import Guidance, StreamBatch, stream_rows, unet_calls
 
 
+#: modes run by this class on the same networks: their sessions can switch between them
+SHARED_STREAM_MODES = frozenset({"img2img", "txt2img"})
+
+
 class StreamPipeline:
     """One stream's state (buffers, noise, prompt) over shared, read-only networks.
 
@@ -213,9 +217,11 @@ class StreamPipeline:
         if fixed:
             raise ConfigError(f"{', '.join(fixed)} belong to the shared networks; new_session cannot change them "
                               f"(build another pipeline)")
-        if overrides.get("mode", self.config.mode) != self.config.mode:
-            raise ConfigError(f"new_session mode {overrides['mode']!r}: a session keeps its pipeline's mode "
-                              f"{self.config.mode!r} (build a {overrides['mode']!r} pipeline with load_pipeline)")
+        mode = overrides.get("mode", self.config.mode)
+        if mode != self.config.mode and not {mode, self.config.mode} <= SHARED_STREAM_MODES:
+            raise ConfigError(f"new_session mode {mode!r}: a session keeps its pipeline's kind of stream "
+                              f"({self.config.mode!r}; img2img and txt2img sessions share one), build a {mode!r} "
+                              f"pipeline with load_pipeline")
         return type(self)(replace(self.config, **overrides), self.models, self.runners)
 
     def set_seed(self, seed: int) -> None:

@@ -98,7 +98,7 @@ BAD_VALUES = {
                       r"a style image must be a PIL image, an array, a tensor in \[0,1\] or a local file path, not int"),
     # --- new_session ---------------------------------------------------------------------------------
     "new_session mode video": (lambda api: api.image.new_session(mode="video"), ConfigError,
-                               r"new_session mode 'video': a session keeps its pipeline's mode 'img2img'"),
+                               r"new_session mode 'video': a session keeps its pipeline's kind of stream \('img2img'"),
     # --- the causal pipeline's live setters -------------------------------------------------------------
     "causal guidance_scale 3": (lambda api: api.causal.set_guidance(guidance_scale=3.0), ConfigError,
                                 r"guidance_scale 3\.0: mode 'causal-video' runs distilled causal models without "
