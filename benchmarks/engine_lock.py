@@ -65,6 +65,8 @@ class TimedLock:
 
 
 class TensorOut:
+    """A session's pipeline as the batcher sees it, giving device tensors (meta has no pixels to give back)."""
+
     def __init__(self, pipe):
         self.pipe = pipe
 

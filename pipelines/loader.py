@@ -80,7 +80,8 @@ def _causal_video_pipeline(config: StreamConfig, accelerator_options, progress=N
     """Mode "causal-video" (`pipelines.causal.pipeline`): a Wan-layout transformer, video VAE and text
     encoder, shared per process like the image models; its transformer runs on the accelerator
     (`pipelines.causal.runners`)."""
-    from livediff.pipelines.causal.pipeline import CausalVideoPipeline, load_causal_models
+    from livediff.pipelines.causal.models import load_causal_models
+    from livediff.pipelines.causal.pipeline import CausalVideoPipeline
     from livediff.pipelines.causal.runners import check_options, make_causal_backend
 
     options = check_options(config, accelerator_options)  # before any weights load

@@ -42,11 +42,16 @@ def copy_into(target: torch.Tensor, saved: torch.Tensor, what: str) -> None:
     target.copy_(saved)
 
 
-def to_device(saved: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None
-              ) -> torch.Tensor | None:
-    if saved is None:
-        return None
+def to_device(saved: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """A saved tensor on `device` (in `dtype`); anything else (None, a cache marker) as it is."""
+    if not isinstance(saved, torch.Tensor):
+        return saved
     return saved.to(device=device, dtype=dtype if dtype is not None else saved.dtype)
+
+
+def cloned(entry: Any) -> Any:
+    """A tensor copied (a state must not share memory with the live stream); anything else as it is."""
+    return entry.clone() if isinstance(entry, torch.Tensor) else entry
 
 
 def output_state(output: Any, kind: FrameKind | None) -> dict[str, Any] | None:

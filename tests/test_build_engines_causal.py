@@ -79,9 +79,9 @@ def test_a_pipeline_with_the_same_settings_builds_nothing(built, monkeypatch, ca
      "stream runs alone, one row per call"),
 ])
 def test_what_cannot_be_built_is_one_sentence(tmp_path, monkeypatch, capsys, accelerator, extra, message):
-    from livediff.pipelines.causal import pipeline
+    from livediff.pipelines.causal import models
 
-    monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(models, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
     assert cli(command(tmp_path, accelerator, *extra)) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines() == [f"livediff: error: {message}"]
@@ -94,11 +94,11 @@ def test_causal_options_in_an_image_mode_are_refused(tmp_path, capsys):
 
 
 def test_tensorrt_without_the_package_is_one_sentence(tmp_path, monkeypatch, capsys):
-    from livediff.pipelines.causal import pipeline
+    from livediff.pipelines.causal import models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-    monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(models, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
     args = command(tmp_path, "tensorrt", "--dtype", "float16")
     args[args.index("cpu")] = "cuda"
     assert cli(args) == 2

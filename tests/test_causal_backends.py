@@ -88,9 +88,9 @@ def test_compile_is_wired_but_not_run():
     ("onnxruntime", dict(resolution=(64, 64, 128, 128)), "the causal transformer's graph has a static resolution"),
 ])
 def test_what_cannot_run_is_refused_before_weights_load(accelerator, options, words, monkeypatch):
-    from livediff.pipelines.causal import pipeline
+    from livediff.pipelines.causal import models
 
-    monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(models, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
     with pytest.raises(ConfigError) as caught:
         build(accelerator, accelerator_options=options)
     assert words in str(caught.value)

@@ -195,10 +195,10 @@ def test_pil_and_array_frames_come_back_as_they_came_in():
     (dict(model="no-such-model"), "Unknown causal video model 'no-such-model'"),
 ])
 def test_bad_options_are_named_before_any_weights_load(overrides, words, monkeypatch):
-    from livediff.pipelines.causal import pipeline
+    from livediff.pipelines.causal import models
 
     if overrides.get("model") != "no-such-model":
-        monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+        monkeypatch.setattr(models, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         build(**overrides)
 

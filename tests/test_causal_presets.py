@@ -9,7 +9,7 @@ import torch
 
 from livediff.errors import ConfigError
 from livediff.pipelines import load_pipeline
-from livediff.pipelines.causal.pipeline import load_causal_models
+from livediff.pipelines.causal.models import load_causal_models
 from livediff.pipelines.causal.presets import CAUSAL_PRESETS, TINY_WAN_CAUSAL, TINY_WAN_VAE
 
 #: parameters of Wan-AI/Wan2.1-T2V-1.3B-Diffusers: transformer/ (5.68 GB in float32) and vae/ (508 MB)

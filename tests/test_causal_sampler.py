@@ -101,7 +101,7 @@ def test_the_seed_decides_the_output_and_reproduces_it(sampler):
     (None, "causal sampler None must be one of renoise, euler"),
 ])
 def test_a_bad_sampler_is_named_before_any_weights_load(sampler, words, monkeypatch):
-    from livediff.pipelines.causal import pipeline as module
+    from livediff.pipelines.causal import models as module
 
     monkeypatch.setattr(module, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
     with pytest.raises(ConfigError, match=words):

@@ -155,11 +155,11 @@ def test_the_engine_key_names_what_must_rebuild_an_engine():
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     """A CUDA machine (as torch sees it) without the `tensorrt` package; loading weights is a failure."""
-    from livediff.pipelines.causal import pipeline
+    from livediff.pipelines.causal import models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-    monkeypatch.setattr(pipeline, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
+    monkeypatch.setattr(models, "load_causal_models", lambda *a: pytest.fail("weights loaded"))
 
 
 def test_without_the_tensorrt_package_the_pipeline_says_so_in_one_sentence(no_tensorrt):

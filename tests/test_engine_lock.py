@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.engine_lock import TensorOut
 from livediff import load_pipeline
 from livediff.app.ui import control_preview
 from livediff.app.ui.batcher import LiveBatcher
@@ -69,16 +70,6 @@ class RecordingLock:
         self.seen.__exit__(*exc)
         self.owner = None
         self._lock.release()
-
-
-class TensorOut:
-    """A session's pipeline as the batcher sees it, giving device tensors (meta has no pixels to give back)."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
-
-    def frame_calls(self, frame):
-        return self.pipe.frame_calls(frame, output="tensor")
 
 
 def meta_pipe(**settings):

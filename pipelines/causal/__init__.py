@@ -14,6 +14,7 @@ Modules: `config` (validated options), `attention` (which chunks a chunk sees, r
 the processors), `cache` (`RollingKVCache`), `transformer` (the runner; the masked whole-sequence
 recompute it must equal is a test oracle, tests/causal_reference.py), `vae` (the Wan video VAE
 encoded/decoded as a stream with its own causal conv caches), `presets` (random-weight tiny models),
+`models` (a preset or a Wan-layout model loaded and placed), `pipeline` (`CausalVideoPipeline`),
 `sampler` (how a chunk goes from one stage's sigma to the next: "renoise" or "euler"), `rollback` (a
 chunk all or nothing in the pipeline).
 """

@@ -86,6 +86,7 @@ import torch
 
 from livediff.errors import ConfigError
 from livediff.pipelines import checks
+from livediff.pipelines.causal.models import CausalModels
 from livediff.pipelines.causal.options import CausalVideoOptions
 from livediff.pipelines.causal.rollback import rollback_on_error
 from livediff.pipelines.causal.runners import causal_transformer
@@ -94,24 +95,12 @@ from livediff.pipelines.causal.vae import FRAMES_PER_LATENT, WanDecoderStream, W
 from livediff.pipelines.config import StreamConfig, StreamSettings
 from livediff.pipelines.frames import FrameKind, from_model_tensor, host_frames
 from livediff.pipelines.generators import device_generator
-from livediff.pipelines.stream_state import (STATE_VERSION, check_state, copy_into, generator_state,
-                                             set_generator_state)
+from livediff.pipelines.stream_state import (STATE_VERSION, check_state, cloned, copy_into, generator_state,
+                                             set_generator_state, to_device)
 from livediff.pipelines.schedule import TABLE_STEPS, strength_to_t_index_list, validate_t_index_list
 
-TINY_PRESET = "tiny-wan-causal"
 #: longest prompt in tokens (Wan's pipelines use 512)
 MAX_TEXT_TOKENS = 512
-
-
-@dataclass
-class CausalModels:
-    """The networks of a causal video pipeline, on their device and dtype (shared, read-only)."""
-
-    name: str
-    transformer: Any  # diffusers WanTransformer3DModel
-    vae: Any  # diffusers AutoencoderKLWan
-    text_encoder: Any  # transformers UMT5EncoderModel (or T5)
-    tokenizer: Any
 
 
 @dataclass(frozen=True)
@@ -133,70 +122,6 @@ class FlowSchedule:
 
     def next_sigma(self, stage: int) -> float:
         return self.sigmas[stage + 1] if stage + 1 < len(self.sigmas) else 0.0
-
-
-class _Part:
-    """`from_pretrained` of one component of a diffusers pipeline folder / hub repository (its subfolder)."""
-
-    def __init__(self, cls, subfolder: str):
-        self.cls, self.subfolder = cls, subfolder
-
-    def from_pretrained(self, model: str, **kwargs):
-        return self.cls.from_pretrained(model, subfolder=self.subfolder, **kwargs)
-
-
-def load_causal_models(model: str, device: str, dtype: str) -> CausalModels:
-    """A random-weight preset (`CAUSAL_PRESETS`: tiny-wan-causal, wan-causal-reduced, wan-causal-random; no
-    download) or a hub id / folder in diffusers' Wan layout (transformer/, vae/, text_encoder/, tokenizer/ as
-    in Wan-AI/Wan2.1-T2V-1.3B-Diffusers). On the `meta` device a preset is built there directly (shapes
-    only: the 1.3B layout costs no memory)."""
-    from livediff.pipelines.causal.presets import (CAUSAL_PRESETS, build_text_encoder, build_tiny_wan_causal,
-                                                   build_tiny_wan_vae, build_wan_transformer, build_wan_vae)
-    from livediff.pipelines.models import resolve_dtype
-    from livediff.pipelines.placement import place_network
-
-    torch_dtype = resolve_dtype(dtype, device)
-    if model in CAUSAL_PRESETS:
-        from livediff.pipelines.presets import make_tokenizer
-
-        tokenizer = make_tokenizer()
-        text_encoder = build_text_encoder(model, tokenizer, seed=0, device="meta" if device == "meta" else "cpu")
-        if model == TINY_PRESET:
-            transformer, vae = build_tiny_wan_causal(seed=0), build_tiny_wan_vae(seed=0)
-        else:
-            where = "meta" if device == "meta" else "cpu"
-            transformer, vae = build_wan_transformer(model, 0, where), build_wan_vae(model, 0, where)
-    else:
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        from livediff.pipelines.models import from_folder_or_hub
-
-        parts = {}
-        for name, cls in (("transformer", WanTransformer3DModel), ("vae", AutoencoderKLWan),
-                          ("text_encoder", UMT5EncoderModel), ("tokenizer", AutoTokenizer)):
-            parts[name] = from_folder_or_hub(_Part(cls, name), model, preset=TINY_PRESET)
-            if parts[name] is None:
-                raise ConfigError(f"Unknown causal video model {model!r}: use a hub id or a local folder in diffusers' "
-                                  f"Wan layout (e.g. 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'), or a preset "
-                                  f"({', '.join(CAUSAL_PRESETS)}).")
-        transformer, vae, text_encoder, tokenizer = (parts[n] for n in ("transformer", "vae", "text_encoder",
-                                                                        "tokenizer"))
-    # the video VAE runs in float32 under a half-precision transformer, as diffusers' Wan pipelines run it;
-    # the transformer's and text encoder's `_keep_in_fp32_modules` stay float32 too (`placement`)
-    vae_dtype = torch.float64 if torch_dtype == torch.float64 else torch.float32
-    for net, wanted in ((transformer, torch_dtype), (vae, vae_dtype), (text_encoder, torch_dtype)):
-        place_network(net, device, wanted)
-    return CausalModels(model, transformer, vae, text_encoder, tokenizer)
-
-
-def _cloned(entry: Any) -> Any:
-    """A VAE conv-cache entry (a tensor, or a marker such as diffusers' "Rep", or None), copied."""
-    return entry.clone() if isinstance(entry, torch.Tensor) else entry
-
-
-def _on(entry: Any, device: torch.device) -> Any:
-    return entry.to(device) if isinstance(entry, torch.Tensor) else entry
 
 
 class CausalVideoPipeline:
@@ -351,8 +276,8 @@ class CausalVideoPipeline:
                 "cache": {"keys": {n: t.clone() for n, t in self.cache.keys.items()},
                           "values": {n: t.clone() for n, t in self.cache.values.items()},
                           "filled": self.cache.filled.clone(), "chunks": self.cache.chunks},
-                "encoder": {"cache": [_cloned(c) for c in encoded], "frames": encoder_frames},
-                "decoder": {"cache": [_cloned(c) for c in decoded], "frames": decoder_frames},
+                "encoder": {"cache": [cloned(c) for c in encoded], "frames": encoder_frames},
+                "decoder": {"cache": [cloned(c) for c in decoded], "frames": decoder_frames},
                 "noise": generator_state(self._noise), "chunks": self.chunks,
                 "pending": [p.clone() for p in self._pending],
                 "kinds": [[k.kind, k.batched, k.unbatched_tensor] for k in self._kinds]}
@@ -369,8 +294,8 @@ class CausalVideoPipeline:
         copy_into(self.cache.filled, cache["filled"], "cache slots")
         self.cache.chunks = cache["chunks"]
         here = self.device
-        self.encoder.restore(([_on(c, here) for c in state["encoder"]["cache"]], state["encoder"]["frames"]))
-        self.decoder.restore(([_on(c, here) for c in state["decoder"]["cache"]], state["decoder"]["frames"]))
+        self.encoder.restore(([to_device(c, here) for c in state["encoder"]["cache"]], state["encoder"]["frames"]))
+        self.decoder.restore(([to_device(c, here) for c in state["decoder"]["cache"]], state["decoder"]["frames"]))
         set_generator_state(self._noise, state["noise"])
         self.chunks = state["chunks"]
         self._pending = [p.to(here) for p in state["pending"]]

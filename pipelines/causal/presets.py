@@ -9,7 +9,7 @@ positions matter to the output.
 parameters), with a one-layer UMT5 text encoder at UMT5-XXL's width; `wan-causal-reduced`: the same
 depth and attention layout at a sixth of the transformer's width and a third of the VAE's, so a CPU
 benchmark finishes in minutes. Both random: for speed and memory work (`benchmarks/causal_video.py`).
-All three are loadable by name (`CAUSAL_PRESETS`, `load_causal_models`).
+All three are loadable by name (`CAUSAL_PRESETS`, `models.load_causal_models`).
 """
 from __future__ import annotations
 
