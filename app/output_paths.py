@@ -21,17 +21,25 @@ def image_suffixes() -> list[str]:
     return sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
 
 
-def writable_folder(folder: Path, typed: str) -> Path:
-    """`folder`, created if missing; refused in one sentence when nothing can be written there."""
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"-o {typed}: {folder} is a file, not a folder; choose a folder to write into")
+def write_problem(folder: Path) -> OSError | None:
+    """Why nothing can be written in `folder` (created if missing, then a scratch file opened there), or None."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise InputError(f"-o {typed}: cannot write in {folder} ({exc.strerror or exc}); "
-                         f"choose a folder you can write to") from None
+        return exc
+    return None
+
+
+def writable_folder(folder: Path, typed: str) -> Path:
+    """`folder`, created if missing; refused in one sentence when nothing can be written there."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"-o {typed}: {folder} is a file, not a folder; choose a folder to write into")
+    problem = write_problem(folder)
+    if problem is not None:
+        raise InputError(f"-o {typed}: cannot write in {folder} ({problem.strerror or problem}); "
+                         f"choose a folder you can write to")
     return folder
 
 

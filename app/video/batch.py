@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterable
 
 from livediff.app.video.codecs import VIDEO_EXTENSIONS
-from livediff.app.video.job import (Terminated, check_output_file, check_outputs_may_be_written, emitter,
-                                    locked_outputs, process_file)
+from livediff.app.video.job import Terminated, emitter, locked_outputs, process_file
+from livediff.app.video.output_checks import check_output_file, check_outputs_may_be_written
 from livediff.app.video.options import JobOptions
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory
 from livediff.app.video.results import BatchResult

@@ -8,9 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import signal
-import tempfile
 import sys
 import threading
 import time
@@ -23,14 +21,15 @@ import numpy as np
 
 from livediff.app.video.codecs import encoder_settings, resolve_codec
 from livediff.app.video.geometry import plan_geometry, working_size
-from livediff.app.video.options import OUTPUT_EXTENSIONS, JobOptions
+from livediff.app.video.options import JobOptions
+from livediff.app.video.output_checks import check_output_file, check_outputs_may_be_written
 from livediff.app.video.processor import LazyProcessor, ProcessorFactory, check_output_frame
 from livediff.app.video.reader import VideoReader, count_video_packets
 from livediff.app.video.results import JobResult
 from livediff.app.video.segments import (Segment, SegmentWriter, assemble, input_identity, load_resumable,
                                          save_manifest, save_state)
 from livediff.app.video.workarea import MANIFEST_NAME, OutputLock, clear_work, partial_path_for, work_dir_for
-from livediff.errors import ConfigError, InputError, LivediffError
+from livediff.errors import InputError, LivediffError
 
 log = logging.getLogger(__name__)
 
@@ -378,52 +377,3 @@ def process_video(
     if exc is not None:
         raise exc
     return result
-
-
-def check_output_file(input_path: Path, output_path: Path) -> None:
-    if output_path.suffix.lower() not in OUTPUT_EXTENSIONS:
-        raise ConfigError(
-            f"output {output_path} must end in one of {', '.join(sorted(OUTPUT_EXTENSIONS))} (or be a folder)"
-        )
-    if output_path.exists() and output_path.is_dir():
-        raise ConfigError(f"output {output_path} is a folder; give a file name")
-    try:
-        same = input_path.exists() and output_path.exists() and os.path.samefile(input_path, output_path)
-    except OSError:
-        same = False
-    if same or input_path.resolve() == output_path.resolve():
-        raise ConfigError(f"output {output_path} is the input file; choose another name")
-
-
-def interrupted_frames(output: Path) -> int:
-    """Frames an interrupted run of `output` finished (its manifest's segments), 0 when there is none."""
-    manifest = work_dir_for(output) / MANIFEST_NAME
-    try:
-        segments = json.loads(manifest.read_text()).get("segments", [])
-        return sum(int(segment.get("frames", 0)) for segment in segments)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return 0
-
-
-def check_outputs_may_be_written(outputs: list[Path], options: JobOptions) -> None:
-    """Before any model loads: no finished output is replaced unasked, and every folder is writable."""
-    existing = [path for path in outputs if path.is_file()]
-    if existing and not (options.resume or options.overwrite):
-        named = ", ".join(map(str, existing[:3])) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise ConfigError(f"{named} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
-                          f"{'it' if len(existing) == 1 else 'them'} (each only once its new version is finished) "
-                          f"or --resume to keep finished outputs and continue interrupted ones")
-    if not (options.resume or options.overwrite):
-        for output in outputs:
-            done = interrupted_frames(output)
-            if done:
-                raise ConfigError(f"{output} has an interrupted run with {done} frames done (in "
-                                  f"{work_dir_for(output)}); pass --resume to continue it or --overwrite to "
-                                  f"start over")
-    for folder in dict.fromkeys(path.parent for path in outputs):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"cannot write outputs to {folder}: {exc.strerror or exc}") from None
